@@ -1,0 +1,46 @@
+// Package ratelimit owns certfleet's view of CA rate limits: the pure GCRA
+// arithmetic (gcra.go), the per-CA limit catalogue and the bucket keys an
+// order spends (catalogue.go), the decisions that combine them (limiter.go),
+// the bucket stores (store.go, store_mem.go, store_db.go), operator-managed
+// overrides with their cache (override*.go), shared CA penalties and the
+// outbox relay that announces override changes (relay.go).
+//
+// It owns the ratelimit_* tables created by schema/migrations/0002_ratelimit.sql
+// and touches no other table. It does not talk to Kafka or to the CA itself:
+// the relay publishes through a one-method Publisher, and callers record a
+// CA's 429 through Limiter.Penalize.
+//
+// Start with NewLimiter over a Store (NewMemStore for one process, NewDBStore
+// for the fleet) and a Catalogue (DefaultCatalogue or LoadCatalogue), then
+// call Limiter.Spend with the transactions Catalogue.OrderTransactions
+// derives for an order.
+package ratelimit
+
+import (
+	"errors"
+	"time"
+)
+
+// Errors callers branch on.
+var (
+	// ErrInvalidRequest means a spend, check or refund was malformed (bad
+	// cost, duplicate key, unknown CA, ...); retrying it cannot help.
+	ErrInvalidRequest = errors.New("ratelimit: invalid request")
+	// ErrConflict means an override update or delete named a version that is
+	// no longer current: re-read and try again.
+	ErrConflict = errors.New("ratelimit: override version conflict")
+	// ErrNotFound means the override does not exist.
+	ErrNotFound = errors.New("ratelimit: override not found")
+)
+
+// Clock tells the time. Limiters and caches take one so tests can move time
+// by hand; SystemClock is the real one.
+type Clock interface {
+	Now() time.Time
+}
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
