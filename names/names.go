@@ -1,0 +1,262 @@
+// Package names validates and canonicalises the DNS names that certfleet
+// puts into certificates (subjectAltName dNSName entries).
+//
+// It owns the rules for what counts as an acceptable certificate name: IDNA
+// (UTS #46 lookup mapping, RFC 5891 label rules, the Bidi rule), the RFC 1035
+// lengths (253 octets per name, 63 per label), letters-digits-hyphen labels,
+// a wildcard only as the whole leftmost label, no IP literals, at least two
+// labels, and no name (or wildcard base) that is itself an ICANN public
+// suffix. The canonical form is the lower-case ASCII (A-label) form without a
+// trailing dot.
+//
+// It is pure: no I/O, no clock. The events package uses it to validate SANs on
+// the wire; the worker and the scheduler use it on their inputs. It does not
+// decide policy that depends on a CA or a tenant (allow lists, block lists).
+package names
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+	"golang.org/x/net/publicsuffix"
+)
+
+// Limits from RFC 1035 section 2.3.4, applied to the ASCII form.
+const (
+	MaxNameLength  = 253
+	MaxLabelLength = 63
+)
+
+// Sentinel errors; every error returned by this package wraps exactly one of
+// them inside a *NameError.
+var (
+	ErrEmpty        = errors.New("empty name")
+	ErrTooLong      = errors.New("name longer than 253 octets")
+	ErrLabelTooLong = errors.New("label longer than 63 octets")
+	ErrEmptyLabel   = errors.New("empty label")
+	ErrInvalidLabel = errors.New("invalid label")
+	ErrWildcard     = errors.New("wildcard is allowed only as the whole leftmost label")
+	ErrIPAddress    = errors.New("IP address literal is not a DNS name")
+	ErrSingleLabel  = errors.New("name needs at least two labels")
+	ErrPublicSuffix = errors.New("name is a public suffix")
+	ErrIDNA         = errors.New("IDNA conversion failed")
+	ErrNumericTLD   = errors.New("top-level label is all digits")
+	ErrNotCanonical = errors.New("name is not in canonical form")
+	ErrDuplicate    = errors.New("duplicate name")
+	ErrInvalidUTF8  = errors.New("name is not valid UTF-8")
+	ErrControl      = errors.New("name contains a control or space character")
+	ErrTooManyNames = errors.New("too many names")
+)
+
+// NameError describes why one name was rejected. Name is the offending input,
+// quoted with %q by Error so control characters cannot reach logs raw; Index is
+// its position in a list, or -1 for a single name.
+type NameError struct {
+	Name  string
+	Index int
+	Err   error
+}
+
+func (e *NameError) Error() string {
+	name := e.Name
+	if len(name) > 80 {
+		name = name[:80] + "..."
+	}
+	if e.Index >= 0 {
+		return fmt.Sprintf("names: name %d %q: %v", e.Index, name, e.Err)
+	}
+	return fmt.Sprintf("names: %q: %v", name, e.Err)
+}
+
+func (e *NameError) Unwrap() error { return e.Err }
+
+// profile maps for lookup (case folding, width mapping, NFC), checks the RFC
+// 5891 label rules, the Bidi rule and the DNS lengths, and rejects anything
+// outside letters, digits and hyphen in the ASCII range.
+var profile = idna.New(
+	idna.MapForLookup(),
+	idna.BidiRule(),
+	idna.VerifyDNSLength(true),
+	idna.Transitional(false),
+)
+
+// Normalize returns the canonical form of a certificate DNS name: IDNA
+// A-labels, lower-case, no trailing dot. "*.Example.COM" becomes
+// "*.example.com" and "bücher.example" becomes "xn--bcher-kva.example".
+// It returns a *NameError for anything that is not an acceptable name.
+func Normalize(name string) (string, error) {
+	canon, err := normalize(name)
+	if err != nil {
+		return "", &NameError{Name: name, Index: -1, Err: err}
+	}
+	return canon, nil
+}
+
+// Validate reports whether name is already canonical (Normalize(name) ==
+// name). Wire formats require canonical names so that every reader derives
+// the same certificate identity without running IDNA itself.
+func Validate(name string) error {
+	canon, err := Normalize(name)
+	if err != nil {
+		return err
+	}
+	if canon != name {
+		return &NameError{Name: name, Index: -1, Err: fmt.Errorf("%w: want %q", ErrNotCanonical, canon)}
+	}
+	return nil
+}
+
+// ValidateList checks a SAN list: between 1 and max names, each canonical,
+// none repeated. Errors carry the index of the first bad name.
+func ValidateList(list []string, max int) error {
+	if len(list) == 0 {
+		return &NameError{Index: -1, Err: ErrEmpty}
+	}
+	if len(list) > max {
+		return &NameError{Index: -1, Err: fmt.Errorf("%w: %d, at most %d", ErrTooManyNames, len(list), max)}
+	}
+	seen := make(map[string]struct{}, len(list))
+	for i, n := range list {
+		if err := Validate(n); err != nil {
+			ne := err.(*NameError)
+			ne.Index = i
+			return ne
+		}
+		if _, dup := seen[n]; dup {
+			return &NameError{Name: n, Index: i, Err: ErrDuplicate}
+		}
+		seen[n] = struct{}{}
+	}
+	return nil
+}
+
+func normalize(name string) (string, error) {
+	if name == "" {
+		return "", ErrEmpty
+	}
+	// Cheap bound before IDNA work: a U-label never gets shorter than a
+	// quarter of its A-label, so 4x the limit is generous.
+	if len(name) > 4*MaxNameLength {
+		return "", ErrTooLong
+	}
+	if !utf8.ValidString(name) {
+		return "", ErrInvalidUTF8
+	}
+	for _, r := range name {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == utf8.RuneError {
+			return "", fmt.Errorf("%w: %U", ErrControl, r)
+		}
+	}
+	if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return "", ErrIPAddress
+	}
+	wildcard := false
+	base := name
+	if strings.HasPrefix(name, "*.") {
+		wildcard = true
+		base = name[2:]
+	}
+	if strings.Contains(base, "*") {
+		return "", ErrWildcard
+	}
+	if strings.HasSuffix(base, ".") {
+		// A trailing dot (absolute name) is not allowed in a SAN.
+		return "", ErrEmptyLabel
+	}
+	for _, l := range strings.Split(base, ".") {
+		if l == "" {
+			return "", ErrEmptyLabel
+		}
+	}
+	ascii, err := profile.ToASCII(base)
+	if err != nil {
+		return "", classifyIDNA(base, err)
+	}
+	if ascii == "" {
+		return "", ErrEmpty
+	}
+	labels := strings.Split(ascii, ".")
+	for _, l := range labels {
+		if err := checkLabel(l); err != nil {
+			return "", err
+		}
+	}
+	if len(labels) < 2 {
+		return "", ErrSingleLabel
+	}
+	if isDigits(labels[len(labels)-1]) {
+		// Also catches dotted-decimal forms netip does not parse, such as
+		// "1.2.3.04" or "1.2.3".
+		return "", ErrNumericTLD
+	}
+	if suffix, icann := publicsuffix.PublicSuffix(ascii); icann && suffix == ascii {
+		return "", ErrPublicSuffix
+	}
+	out := ascii
+	if wildcard {
+		out = "*." + ascii
+	}
+	if len(out) > MaxNameLength {
+		return "", ErrTooLong
+	}
+	return out, nil
+}
+
+func checkLabel(l string) error {
+	if l == "" {
+		return ErrEmptyLabel
+	}
+	if len(l) > MaxLabelLength {
+		return ErrLabelTooLong
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-'
+		if !ok {
+			return fmt.Errorf("%w: character %q", ErrInvalidLabel, c)
+		}
+	}
+	if l[0] == '-' || l[len(l)-1] == '-' {
+		return fmt.Errorf("%w: leading or trailing hyphen", ErrInvalidLabel)
+	}
+	return nil
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// lenient is profile without the length check, used only to tell a length
+// failure apart from a label-rule failure.
+var lenient = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false))
+
+// classifyIDNA maps an IDNA failure onto this package's sentinels. The idna
+// package quotes the whole input in its messages; only a bounded prefix of
+// that is kept.
+func classifyIDNA(base string, err error) error {
+	if ascii, lerr := lenient.ToASCII(base); lerr == nil {
+		if len(ascii) > MaxNameLength {
+			return ErrTooLong
+		}
+		for _, l := range strings.Split(ascii, ".") {
+			if len(l) > MaxLabelLength {
+				return ErrLabelTooLong
+			}
+		}
+	}
+	msg := err.Error()
+	if len(msg) > 120 {
+		msg = msg[:120] + "..."
+	}
+	return fmt.Errorf("%w: %s", ErrIDNA, msg)
+}
