@@ -1,0 +1,160 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The database: PostgreSQL 15 from Debian's packages as the CockroachDB
+// stand-in, or `cockroach start-single-node --insecure` when chosen.
+const (
+	pgAddr   = "127.0.0.1:15432"
+	pgPort   = "15432"
+	pgBinDir = "/usr/lib/postgresql/15/bin"
+	crdbAddr = "127.0.0.1:26257"
+	crdbHTTP = "127.0.0.1:18080"
+	dbName   = "certfleet"
+)
+
+// dbKind picks the database: CERTFLEET_DB when set, else cockroach when the
+// binary is on PATH, else postgres.
+func dbKind() (string, error) {
+	switch k := os.Getenv(EnvDatabaseKind); k {
+	case "postgres", "cockroach":
+		return k, nil
+	case "":
+		if _, err := exec.LookPath("cockroach"); err == nil {
+			return "cockroach", nil
+		}
+		return "postgres", nil
+	default:
+		return "", fmt.Errorf("testenv: %s=%q: want postgres or cockroach", EnvDatabaseKind, k)
+	}
+}
+
+func dbProc(dir, kind string) proc {
+	if kind == "cockroach" {
+		return proc{name: "cockroach", dir: dir, marker: "start-single-node"}
+	}
+	return proc{name: "postgres", dir: dir, marker: "port=" + pgPort, signal: syscall.SIGINT}
+}
+
+func dbURL(kind string) string {
+	if kind == "cockroach" {
+		return "postgresql://root@" + crdbAddr + "/" + dbName + "?sslmode=disable"
+	}
+	return "postgres://postgres@" + pgAddr + "/" + dbName + "?sslmode=disable"
+}
+
+// installPostgres installs Debian's postgresql-15 when its server binaries
+// are missing.
+func installPostgres(ctx context.Context) error {
+	if _, err := os.Stat(filepath.Join(pgBinDir, "postgres")); err == nil {
+		return nil
+	}
+	args := []string{"apt-get", "install", "-y", "--no-install-recommends", "postgresql-15"}
+	update := []string{"apt-get", "update"}
+	if os.Geteuid() != 0 {
+		if _, err := exec.LookPath("sudo"); err != nil {
+			return fmt.Errorf("testenv: PostgreSQL 15 is missing (%s) and installing it needs root: run `apt-get install postgresql-15` as root", pgBinDir)
+		}
+		args, update = append([]string{"sudo"}, args...), append([]string{"sudo"}, update...)
+	}
+	for _, a := range [][]string{update, args} {
+		cmd := exec.CommandContext(ctx, a[0], a[1:]...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("testenv: %v: %w\n%s", a, err, out)
+		}
+	}
+	return nil
+}
+
+// asPostgresUser makes cmd run as the "postgres" system user when testenv
+// runs as root (the server refuses root), and hands that user data.
+func asPostgresUser(cmd *exec.Cmd, data string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return fmt.Errorf("testenv: running as root needs the \"postgres\" user (created by Debian's postgresql package): %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := filepath.Walk(data, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	}); err != nil {
+		return err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	return nil
+}
+
+// startPostgres initialises a fresh cluster in data (fsync off: test data
+// only) and starts the server on loopback TCP only.
+func startPostgres(ctx context.Context, p proc, data string) error {
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	initdb := exec.CommandContext(ctx, filepath.Join(pgBinDir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+	if err := asPostgresUser(initdb, data); err != nil {
+		return err
+	}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return fmt.Errorf("testenv: initdb: %w\n%s", err, out)
+	}
+	cmd := exec.Command(filepath.Join(pgBinDir, "postgres"), "-D", data,
+		"-c", "port="+pgPort, "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "max_connections=300", "-c", "shared_buffers=128MB")
+	if err := asPostgresUser(cmd, data); err != nil {
+		return err
+	}
+	return p.start(cmd)
+}
+
+func startCockroach(p proc, data string) error {
+	bin, err := exec.LookPath("cockroach")
+	if err != nil {
+		return errors.New("testenv: CERTFLEET_DB=cockroach but no cockroach binary is on PATH")
+	}
+	cmd := exec.Command(bin, "start-single-node", "--insecure", "--store="+data,
+		"--listen-addr="+crdbAddr, "--http-addr="+crdbHTTP, "--cache=256MiB", "--max-sql-memory=256MiB")
+	return p.start(cmd)
+}
+
+// dbReady connects to the server's default database and creates certfleet's.
+func dbReady(ctx context.Context, kind string) error {
+	admin := "postgres://postgres@" + pgAddr + "/postgres?sslmode=disable"
+	if kind == "cockroach" {
+		admin = "postgresql://root@" + crdbAddr + "/defaultdb?sslmode=disable"
+	}
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, dbName).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+dbName); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,169 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Apache Kafka in KRaft mode (one process is broker and controller), from
+// the Maven Central jars resolved by kafka/pom.xml.
+const (
+	kafkaAddr           = "127.0.0.1:19092"
+	kafkaControllerAddr = "127.0.0.1:19093"
+	kafkaHeap           = "512m"
+	readyTopic          = "certfleet.testenv.ready"
+)
+
+//go:embed kafka/pom.xml
+var kafkaPOM []byte
+
+// installKafka resolves the broker's jars into the cache, once per pom
+// content (changing the Kafka version in the pom makes a new cache entry).
+func installKafka(ctx context.Context, cache string) (string, error) {
+	sum := sha256.Sum256(kafkaPOM)
+	dir := filepath.Join(cache, "kafka-"+hex.EncodeToString(sum[:6]))
+	libs := filepath.Join(dir, "libs")
+	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
+		return libs, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pom.xml"), kafkaPOM, 0o644); err != nil {
+		return "", err
+	}
+	os.RemoveAll(libs)
+	mvn, err := exec.LookPath("mvn")
+	if err != nil {
+		return "", errors.New("testenv: Maven (mvn) is not on PATH; install it (apt-get install maven) to fetch the Kafka jars")
+	}
+	cmd := exec.CommandContext(ctx, mvn, "-B", "-q", "dependency:copy-dependencies", "-DincludeScope=runtime", "-DoutputDirectory="+libs)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("testenv: resolving Kafka jars with Maven: %w\n%s", err, out)
+	}
+	return libs, os.WriteFile(filepath.Join(dir, "complete"), nil, 0o644)
+}
+
+func kafkaProc(dir string) proc {
+	return proc{name: "kafka", dir: dir, marker: filepath.Join(dir, "kafka", "server.properties")}
+}
+
+// startKafka formats fresh storage under data and launches the broker.
+func startKafka(ctx context.Context, p proc, libs, data string) error {
+	confDir := filepath.Join(p.dir, "kafka")
+	if err := os.MkdirAll(confDir, 0o755); err != nil {
+		return err
+	}
+	props := fmt.Sprintf(`# written by certfleet testenv
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@%[2]s
+listeners=PLAINTEXT://%[1]s,CONTROLLER://%[2]s
+advertised.listeners=PLAINTEXT://%[1]s
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=%[3]s
+num.partitions=1
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+log.flush.interval.messages=9223372036854775807
+`, kafkaAddr, kafkaControllerAddr, data)
+	conf := filepath.Join(confDir, "server.properties")
+	if err := os.WriteFile(conf, []byte(props), 0o644); err != nil {
+		return err
+	}
+	java, err := exec.LookPath("java")
+	if err != nil {
+		return errors.New("testenv: java is not on PATH; install a JDK 17 (apt-get install openjdk-17-jre-headless)")
+	}
+	cp := filepath.Join(libs, "*")
+	format := exec.CommandContext(ctx, java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", clusterID(), "-c", conf)
+	if out, err := format.CombinedOutput(); err != nil {
+		return fmt.Errorf("testenv: formatting Kafka storage: %w\n%s", err, out)
+	}
+	cmd := exec.Command(java, "-Xmx"+kafkaHeap, "-Xms128m", "-XX:+UseSerialGC",
+		"-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", cp, "kafka.Kafka", conf)
+	return p.start(cmd)
+}
+
+// clusterID is a random Kafka cluster id (a base64url UUID without padding).
+func clusterID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// kafkaReady means a consumer group can join and commit, not merely that the
+// port is open: for about a second after start the group coordinator answers
+// "Group Coordinator Not Available".
+func kafkaReady(ctx context.Context) error {
+	if err := CreateTopic(ctx, []string{kafkaAddr}, readyTopic, 1); err != nil {
+		return err
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(kafkaAddr), Topic: readyTopic, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(ctx, kafka.Message{Value: []byte("ready")}); err != nil {
+		return fmt.Errorf("producing: %w", err)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: []string{kafkaAddr}, Topic: readyTopic, GroupID: "certfleet-testenv-ready",
+		StartOffset: kafka.FirstOffset, MaxWait: 100 * time.Millisecond,
+	})
+	defer r.Close()
+	m, err := r.FetchMessage(ctx)
+	if err != nil {
+		return fmt.Errorf("consuming in a group: %w", err)
+	}
+	if err := r.CommitMessages(ctx, m); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
+	return nil
+}
+
+// CreateTopic creates a topic with the given partitions (replication 1) on
+// the controller; an existing topic is not an error. Tests use it because the
+// stack disables automatic topic creation.
+func CreateTopic(ctx context.Context, brokers []string, topic string, partitions int) error {
+	var d kafka.Dialer
+	conn, err := d.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return fmt.Errorf("testenv: dialing Kafka: %w", err)
+	}
+	defer conn.Close()
+	ctrl, err := conn.Controller()
+	if err != nil {
+		return fmt.Errorf("testenv: finding the Kafka controller: %w", err)
+	}
+	cc, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, strconv.Itoa(ctrl.Port)))
+	if err != nil {
+		return fmt.Errorf("testenv: dialing the Kafka controller: %w", err)
+	}
+	defer cc.Close()
+	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1})
+	if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("testenv: creating topic %s: %w", topic, err)
+	}
+	return nil
+}

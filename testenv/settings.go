@@ -1,0 +1,211 @@
+// Package testenv starts, checks and stops certfleet's real local stack on loopback
+// (Apache Kafka in KRaft mode, PostgreSQL or CockroachDB, Pebble with
+// pebble-challtestsrv) and hands its connection settings to tests.
+//
+// It owns the processes it starts (tracked by pid files under its state
+// directory, `.testenv/` at the repository root by default) and the env file
+// it writes there. It must not touch processes or data it did not create.
+//
+// Start the stack with `make testenv-up` (or `go run ./cmd/testenv up`); tests
+// call Require to get the settings. Require fails a test whose stack is not
+// running; it skips only when CERTFLEET_TESTENV=off says so explicitly.
+package testenv
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Settings is how to reach a running stack. Every field is also written to the
+// env file as the environment variable named in its tag comment, so shells,
+// make targets and other languages can use the same stack.
+type Settings struct {
+	KafkaBrokers        []string // CERTFLEET_KAFKA_BROKERS, comma separated host:port
+	DatabaseURL         string   // CERTFLEET_DATABASE_URL, a pgx/libpq URL
+	DatabaseKind        string   // CERTFLEET_DB: "postgres" or "cockroach"
+	ACMEDirectory       string   // CERTFLEET_ACME_DIRECTORY, Pebble's directory URL
+	ACMETLSCA           string   // CERTFLEET_ACME_TLS_CA, PEM file that signs Pebble's HTTPS certificate
+	PebbleRoot          string   // CERTFLEET_PEBBLE_ROOT, PEM file with Pebble's current issuing root
+	PebbleManagementURL string   // CERTFLEET_PEBBLE_MANAGEMENT_URL, Pebble's management API (roots, ARI)
+	ChallTestSrvURL     string   // CERTFLEET_CHALLTESTSRV_URL, pebble-challtestsrv's management API
+	DNSServer           string   // CERTFLEET_DNS_SERVER, challtestsrv's DNS address used by Pebble
+	HTTP01Port          int      // CERTFLEET_HTTP01_PORT, where Pebble validates HTTP-01 (served by challtestsrv)
+}
+
+// Environment variable names; kept in one place so the env file, the CLI and
+// the docs agree.
+const (
+	EnvKafkaBrokers        = "CERTFLEET_KAFKA_BROKERS"
+	EnvDatabaseURL         = "CERTFLEET_DATABASE_URL"
+	EnvDatabaseKind        = "CERTFLEET_DB"
+	EnvACMEDirectory       = "CERTFLEET_ACME_DIRECTORY"
+	EnvACMETLSCA           = "CERTFLEET_ACME_TLS_CA"
+	EnvPebbleRoot          = "CERTFLEET_PEBBLE_ROOT"
+	EnvPebbleManagementURL = "CERTFLEET_PEBBLE_MANAGEMENT_URL"
+	EnvChallTestSrvURL     = "CERTFLEET_CHALLTESTSRV_URL"
+	EnvDNSServer           = "CERTFLEET_DNS_SERVER"
+	EnvHTTP01Port          = "CERTFLEET_HTTP01_PORT"
+
+	// EnvSwitch set to "off" makes Require skip (pure unit runs). Any other
+	// value, or none, means integration tests must have the stack.
+	EnvSwitch = "CERTFLEET_TESTENV"
+	// EnvStateDir overrides where the stack keeps pid files, data and the env file.
+	EnvStateDir = "CERTFLEET_TESTENV_DIR"
+)
+
+// ErrNotRunning means no env file was found: the stack was never started
+// (or was stopped).
+var ErrNotRunning = errors.New("testenv: the local stack is not running")
+
+// vars returns the settings as environment variables, sorted by name.
+func (s Settings) vars() [][2]string {
+	v := [][2]string{
+		{EnvKafkaBrokers, strings.Join(s.KafkaBrokers, ",")},
+		{EnvDatabaseURL, s.DatabaseURL},
+		{EnvDatabaseKind, s.DatabaseKind},
+		{EnvACMEDirectory, s.ACMEDirectory},
+		{EnvACMETLSCA, s.ACMETLSCA},
+		{EnvPebbleRoot, s.PebbleRoot},
+		{EnvPebbleManagementURL, s.PebbleManagementURL},
+		{EnvChallTestSrvURL, s.ChallTestSrvURL},
+		{EnvDNSServer, s.DNSServer},
+		{EnvHTTP01Port, fmt.Sprint(s.HTTP01Port)},
+	}
+	sort.Slice(v, func(i, j int) bool { return v[i][0] < v[j][0] })
+	return v
+}
+
+// EnvFile renders the settings as a file that `sh` can source
+// (`set -a; . .testenv/env; set +a`) and ParseEnvFile can read back.
+func (s Settings) EnvFile() string {
+	var b strings.Builder
+	b.WriteString("# certfleet testenv settings, written by `testenv up`; source with: set -a; . ./.testenv/env; set +a\n")
+	for _, kv := range s.vars() {
+		fmt.Fprintf(&b, "%s=%s\n", kv[0], shellQuote(kv[1]))
+	}
+	return b.String()
+}
+
+// shellQuote quotes v for POSIX sh when it holds anything but safe characters.
+func shellQuote(v string) string {
+	safe := true
+	for _, r := range v {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@,=?&%+", r)) {
+			safe = false
+			break
+		}
+	}
+	if safe && v != "" {
+		return v
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}
+
+// ParseEnvFile reads the format EnvFile writes (KEY=value, KEY='quoted value',
+// comments and blank lines).
+func ParseEnvFile(data string) (Settings, error) {
+	m := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return Settings{}, fmt.Errorf("testenv: env file line %d: want KEY=value, got %q", n, line)
+		}
+		if strings.HasPrefix(v, "'") {
+			if len(v) < 2 || !strings.HasSuffix(v, "'") {
+				return Settings{}, fmt.Errorf("testenv: env file line %d: unterminated quote", n)
+			}
+			v = strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
+		}
+		m[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		return Settings{}, fmt.Errorf("testenv: reading env file: %w", err)
+	}
+	return settingsFrom(func(k string) string { return m[k] })
+}
+
+// settingsFrom builds Settings from a lookup (the env file or the process
+// environment) and checks that nothing required is missing.
+func settingsFrom(get func(string) string) (Settings, error) {
+	s := Settings{
+		DatabaseURL:         get(EnvDatabaseURL),
+		DatabaseKind:        get(EnvDatabaseKind),
+		ACMEDirectory:       get(EnvACMEDirectory),
+		ACMETLSCA:           get(EnvACMETLSCA),
+		PebbleRoot:          get(EnvPebbleRoot),
+		PebbleManagementURL: get(EnvPebbleManagementURL),
+		ChallTestSrvURL:     get(EnvChallTestSrvURL),
+		DNSServer:           get(EnvDNSServer),
+	}
+	if b := get(EnvKafkaBrokers); b != "" {
+		s.KafkaBrokers = strings.Split(b, ",")
+	}
+	if p := get(EnvHTTP01Port); p != "" {
+		if _, err := fmt.Sscan(p, &s.HTTP01Port); err != nil {
+			return Settings{}, fmt.Errorf("testenv: %s=%q is not a port number", EnvHTTP01Port, p)
+		}
+	}
+	var missing []string
+	for _, kv := range s.vars() {
+		if kv[1] == "" || kv[1] == "0" {
+			missing = append(missing, kv[0])
+		}
+	}
+	if len(missing) > 0 {
+		return Settings{}, fmt.Errorf("testenv: settings incomplete, missing %s", strings.Join(missing, ", "))
+	}
+	return s, nil
+}
+
+// StateDir is where the stack keeps its pid files, data, logs and env file:
+// $CERTFLEET_TESTENV_DIR, else .testenv at the repository root (the nearest
+// directory above the working directory holding go.mod).
+func StateDir() (string, error) {
+	if d := os.Getenv(EnvStateDir); d != "" {
+		return filepath.Abs(d)
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("testenv: finding the state directory: %w", err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return filepath.Join(d, ".testenv"), nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("testenv: no go.mod above %s; set %s", dir, EnvStateDir)
+		}
+	}
+}
+
+// Load returns the settings of the running stack: from the process
+// environment when CERTFLEET_KAFKA_BROKERS is set there (someone sourced the
+// env file or points tests at another stack), else from the env file in the
+// state directory. It returns ErrNotRunning when there is neither.
+func Load() (Settings, error) {
+	if os.Getenv(EnvKafkaBrokers) != "" {
+		return settingsFrom(os.Getenv)
+	}
+	dir, err := StateDir()
+	if err != nil {
+		return Settings{}, err
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "env"))
+	if errors.Is(err, os.ErrNotExist) {
+		return Settings{}, ErrNotRunning
+	}
+	if err != nil {
+		return Settings{}, fmt.Errorf("testenv: reading env file: %w", err)
+	}
+	return ParseEnvFile(string(data))
+}
