@@ -1,0 +1,571 @@
+package ratelimit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/net/idna"
+	"golang.org/x/net/publicsuffix"
+)
+
+// Name identifies a kind of limit. The set is closed: configuration and
+// overrides naming anything else are rejected.
+type Name string
+
+// The limits certfleet models. The first four mirror Let's Encrypt's
+// published limits; FleetOrdersPerSecond is certfleet's own budget of orders
+// per second across the whole fleet for one CA.
+const (
+	NewOrdersPerAccount                     Name = "NewOrdersPerAccount"
+	CertificatesPerDomain                   Name = "CertificatesPerDomain"
+	CertificatesPerFQDNSet                  Name = "CertificatesPerFQDNSet"
+	FailedAuthorizationsPerDomainPerAccount Name = "FailedAuthorizationsPerDomainPerAccount"
+	FleetOrdersPerSecond                    Name = "FleetOrdersPerSecond"
+)
+
+// Names lists every known limit name in a fixed order.
+var Names = []Name{NewOrdersPerAccount, CertificatesPerDomain, CertificatesPerFQDNSet,
+	FailedAuthorizationsPerDomainPerAccount, FleetOrdersPerSecond}
+
+// Valid reports whether n is a known limit name.
+func (n Name) Valid() bool { return slices.Contains(Names, n) }
+
+// Exemption says how a limit treats a renewal.
+type Exemption string
+
+const (
+	// Enforce spends and checks the limit, as for a new order. The empty
+	// string means Enforce too.
+	Enforce Exemption = "enforce"
+	// SpendOnly spends the limit without checking it: the CA counts the
+	// certificate but does not refuse it (Let's Encrypt's
+	// CertificatesPerDomain for a renewal of an existing SAN set).
+	SpendOnly Exemption = "spend_only"
+	// Skip neither checks nor spends the limit.
+	Skip Exemption = "skip"
+)
+
+// LimitConfig is one limit of one CA: the rate and how renewals are treated.
+type LimitConfig struct {
+	Limit
+	// Renewal applies to an order for exactly the SAN set of an existing
+	// certificate.
+	Renewal Exemption
+	// ARIRenewal applies to a renewal the CA's ARI exempts (the order names
+	// the certificate it replaces and falls inside the suggested window).
+	ARIRenewal Exemption
+}
+
+// CA is the limit set of one ACME directory.
+type CA struct {
+	// ID is a short stable name used in bucket keys ("letsencrypt").
+	ID string
+	// Directory is the ACME directory URL.
+	Directory string
+	Limits    map[Name]LimitConfig
+}
+
+// Catalogue maps ACME directories to their limits. It is immutable after
+// construction and safe for concurrent use.
+type Catalogue struct {
+	byDirectory map[string]*CA
+}
+
+// LetsEncryptLimits returns the default limit set, modelled on Let's
+// Encrypt's published limits, plus a fleet budget of 10 orders per second.
+func LetsEncryptLimits() map[Name]LimitConfig {
+	week := 7 * 24 * time.Hour
+	return map[Name]LimitConfig{
+		NewOrdersPerAccount:                     {Limit: Limit{300, 3 * time.Hour, 300}, Renewal: Enforce, ARIRenewal: Skip},
+		CertificatesPerDomain:                   {Limit: Limit{50, week, 50}, Renewal: SpendOnly, ARIRenewal: SpendOnly},
+		CertificatesPerFQDNSet:                  {Limit: Limit{5, week, 5}, Renewal: Enforce, ARIRenewal: Enforce},
+		FailedAuthorizationsPerDomainPerAccount: {Limit: Limit{5, time.Hour, 5}, Renewal: Enforce, ARIRenewal: Enforce},
+		FleetOrdersPerSecond:                    {Limit: Limit{10, time.Second, 10}, Renewal: Enforce, ARIRenewal: Enforce},
+	}
+}
+
+// NewCatalogue builds a catalogue from validated CA definitions.
+func NewCatalogue(cas ...CA) (*Catalogue, error) {
+	c := &Catalogue{byDirectory: make(map[string]*CA, len(cas))}
+	ids := map[string]bool{}
+	for i := range cas {
+		ca := cas[i]
+		field := fmt.Sprintf("cas[%d]", i)
+		if err := validateCA(field, ca); err != nil {
+			return nil, err
+		}
+		if ids[ca.ID] {
+			return nil, &FieldError{Field: field + ".id", Err: fmt.Errorf("duplicate id %q", ca.ID)}
+		}
+		if c.byDirectory[ca.Directory] != nil {
+			return nil, &FieldError{Field: field + ".directory", Err: fmt.Errorf("duplicate directory %q", ca.Directory)}
+		}
+		ids[ca.ID] = true
+		ca.Limits = maps(ca.Limits)
+		c.byDirectory[ca.Directory] = &ca
+	}
+	return c, nil
+}
+
+func maps(m map[Name]LimitConfig) map[Name]LimitConfig {
+	out := make(map[Name]LimitConfig, len(m))
+	for k, v := range m {
+		if v.Renewal == "" {
+			v.Renewal = Enforce
+		}
+		if v.ARIRenewal == "" {
+			v.ARIRenewal = Enforce
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// CA returns the limit set of an ACME directory.
+func (c *Catalogue) CA(directory string) (*CA, bool) {
+	ca, ok := c.byDirectory[directory]
+	return ca, ok
+}
+
+// Default returns the catalogue's limit for a bucket's name and CA, if the CA
+// has that limit.
+func (c *Catalogue) Default(directory string, n Name) (Limit, bool) {
+	ca, ok := c.byDirectory[directory]
+	if !ok {
+		return Limit{}, false
+	}
+	lc, ok := ca.Limits[n]
+	return lc.Limit, ok
+}
+
+var caIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+func validateCA(field string, ca CA) error {
+	if !caIDPattern.MatchString(ca.ID) {
+		return &FieldError{Field: field + ".id", Err: errors.New("must be 1-32 of a-z, 0-9, '-'")}
+	}
+	if !strings.HasPrefix(ca.Directory, "https://") && !strings.HasPrefix(ca.Directory, "http://") || len(ca.Directory) > 512 {
+		return &FieldError{Field: field + ".directory", Err: errors.New("must be an http(s) URL of at most 512 bytes")}
+	}
+	for _, n := range sortedNames(ca.Limits) {
+		lc := ca.Limits[n]
+		f := field + ".limits." + string(n)
+		if !n.Valid() {
+			return &FieldError{Field: f, Err: fmt.Errorf("unknown limit name (known: %v)", Names)}
+		}
+		if err := checkCount(lc.Count); err != nil {
+			return &FieldError{Field: f + ".count", Err: err}
+		}
+		if err := checkPeriod(lc.Period); err != nil {
+			return &FieldError{Field: f + ".period", Err: err}
+		}
+		if err := checkCount(lc.Burst); err != nil {
+			return &FieldError{Field: f + ".burst", Err: err}
+		}
+		if err := lc.Limit.Validate(); err != nil {
+			return &FieldError{Field: f, Err: err}
+		}
+		if err := checkExemption(lc.Renewal); err != nil {
+			return &FieldError{Field: f + ".renewal", Err: err}
+		}
+		if err := checkExemption(lc.ARIRenewal); err != nil {
+			return &FieldError{Field: f + ".ari_renewal", Err: err}
+		}
+	}
+	return nil
+}
+
+func checkExemption(e Exemption) error {
+	switch e {
+	case "", Enforce, SpendOnly, Skip:
+		return nil
+	}
+	return fmt.Errorf("%q is not one of enforce, spend_only, skip", truncate(string(e), 32))
+}
+
+const (
+	maxCount  = 1_000_000_000
+	maxPeriod = 366 * 24 * time.Hour
+)
+
+func checkCount(n int64) error {
+	if n <= 0 || n > maxCount {
+		return fmt.Errorf("%d must be between 1 and %d", n, maxCount)
+	}
+	return nil
+}
+
+func checkPeriod(p time.Duration) error {
+	if p < time.Second || p > maxPeriod {
+		return fmt.Errorf("%s must be between 1s and %s", p, maxPeriod)
+	}
+	return nil
+}
+
+func sortedNames(m map[Name]LimitConfig) []Name {
+	ns := make([]Name, 0, len(m))
+	for n := range m {
+		ns = append(ns, n)
+	}
+	sort.Slice(ns, func(i, j int) bool { return ns[i] < ns[j] })
+	return ns
+}
+
+// FieldError is a configuration or validation error naming the field at fault.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return "ratelimit: " + e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// fileConfig is the on-disk form of a catalogue.
+type fileConfig struct {
+	CAs []fileCA `json:"cas"`
+}
+
+type fileCA struct {
+	ID        string               `json:"id"`
+	Directory string               `json:"directory"`
+	Limits    map[string]fileLimit `json:"limits"`
+}
+
+type fileLimit struct {
+	Count      int64     `json:"count"`
+	Period     string    `json:"period"`
+	Burst      int64     `json:"burst"`
+	Renewal    Exemption `json:"renewal"`
+	ARIRenewal Exemption `json:"ari_renewal"`
+}
+
+// LoadCatalogue reads a JSON catalogue file; see DecodeCatalogue.
+func LoadCatalogue(path string) (*Catalogue, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: opening catalogue: %w", err)
+	}
+	defer f.Close()
+	c, err := DecodeCatalogue(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return c, nil
+}
+
+// DecodeCatalogue decodes a catalogue strictly: unknown fields, unknown limit
+// names, trailing data and invalid numbers are errors naming the field. A CA
+// without a "limits" object gets LetsEncryptLimits; a CA with one gets exactly
+// the limits listed. Burst defaults to count when omitted.
+//
+//	{"cas": [{"id": "letsencrypt",
+//	          "directory": "https://acme.example/directory",
+//	          "limits": {"NewOrdersPerAccount": {"count": 300, "period": "3h"}}}]}
+func DecodeCatalogue(r io.Reader) (*Catalogue, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: reading catalogue: %w", err)
+	}
+	if len(raw) > 1<<20 {
+		return nil, errors.New("ratelimit: catalogue larger than 1 MiB")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var fc fileConfig
+	if err := dec.Decode(&fc); err != nil {
+		return nil, fmt.Errorf("ratelimit: decoding catalogue: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("ratelimit: decoding catalogue: trailing data after the top-level object")
+	}
+	if len(fc.CAs) == 0 {
+		return nil, &FieldError{Field: "cas", Err: errors.New("at least one CA is required")}
+	}
+	cas := make([]CA, 0, len(fc.CAs))
+	for i, fca := range fc.CAs {
+		ca := CA{ID: fca.ID, Directory: fca.Directory}
+		if fca.Limits == nil {
+			ca.Limits = LetsEncryptLimits()
+		} else {
+			ca.Limits = make(map[Name]LimitConfig, len(fca.Limits))
+			for name, fl := range fca.Limits {
+				if !Name(name).Valid() {
+					return nil, &FieldError{Field: fmt.Sprintf("cas[%d].limits.%s", i, name), Err: fmt.Errorf("unknown limit name (known: %v)", Names)}
+				}
+				f := fmt.Sprintf("cas[%d].limits.%s", i, name)
+				period, err := time.ParseDuration(fl.Period)
+				if err != nil {
+					return nil, &FieldError{Field: f + ".period", Err: fmt.Errorf("want a duration such as \"3h\": %w", err)}
+				}
+				burst := fl.Burst
+				if burst == 0 {
+					burst = fl.Count
+				}
+				ca.Limits[Name(name)] = LimitConfig{Limit: Limit{fl.Count, period, burst}, Renewal: fl.Renewal, ARIRenewal: fl.ARIRenewal}
+			}
+		}
+		cas = append(cas, ca)
+	}
+	return NewCatalogue(cas...)
+}
+
+// OrderKind says whether an order is new issuance or a renewal, which
+// decides the exemptions that apply.
+type OrderKind int
+
+const (
+	// NewOrder is issuance for a SAN set without a current certificate.
+	NewOrder OrderKind = iota
+	// Renewal is an order for exactly the SAN set of an existing certificate.
+	Renewal
+	// ARIRenewal is a Renewal that names the certificate it replaces and is
+	// inside the CA's ARI window.
+	ARIRenewal
+)
+
+// Order is what an order is about, for deriving its buckets.
+type Order struct {
+	Directory string
+	Account   string
+	SANs      []string
+	Kind      OrderKind
+}
+
+// Mode says what a transaction does to its bucket.
+type Mode int
+
+const (
+	// ModeSpend checks the cost against the bucket and spends it if it fits.
+	ModeSpend Mode = iota
+	// ModeSpendNoCheck spends the cost whether or not it fits.
+	ModeSpendNoCheck
+	// ModeCheck only checks; nothing is spent.
+	ModeCheck
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeSpend:
+		return "spend"
+	case ModeSpendNoCheck:
+		return "spend-no-check"
+	case ModeCheck:
+		return "check"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Transaction is one bucket an operation touches.
+type Transaction struct {
+	Directory string
+	Name      Name
+	// Value is the bucket's subject: an account id, a registered domain, a
+	// SAN set hash, "account:fqdn", or "*" for the fleet budget.
+	Value string
+	// Account and Domain are what overrides can match besides Value.
+	Account string
+	Domain  string
+	Cost    int64
+	Mode    Mode
+
+	caID string
+}
+
+// Key is the bucket key: CA id, limit name and value.
+func (t Transaction) Key() string { return t.caID + ":" + string(t.Name) + ":" + t.Value }
+
+// OrderTransactions derives the buckets an order spends at the CA named by
+// its directory: the fleet budget, NewOrdersPerAccount, CertificatesPerDomain
+// once per registered domain, CertificatesPerFQDNSet, and a check (no spend)
+// of FailedAuthorizationsPerDomainPerAccount per name. Renewal exemptions of
+// the CA are applied. SANs are normalised (IDNA, lower case, no trailing dot)
+// and must be valid DNS names or IP addresses.
+func (c *Catalogue) OrderTransactions(o Order) ([]Transaction, error) {
+	ca, ok := c.byDirectory[o.Directory]
+	if !ok {
+		return nil, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, o.Directory)
+	}
+	if o.Account == "" {
+		return nil, fmt.Errorf("%w: order has no account", ErrInvalidRequest)
+	}
+	if len(o.SANs) == 0 || len(o.SANs) > 100 {
+		return nil, fmt.Errorf("%w: order has %d SANs, want 1-100", ErrInvalidRequest, len(o.SANs))
+	}
+	names := make([]string, 0, len(o.SANs))
+	for _, s := range o.SANs {
+		n, err := NormalizeSAN(s)
+		if err != nil {
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+
+	var txns []Transaction
+	add := func(n Name, value, account, domain string, cost int64, mode Mode) {
+		lc, ok := ca.Limits[n]
+		if !ok {
+			return
+		}
+		exempt := Enforce
+		switch o.Kind {
+		case Renewal:
+			exempt = lc.Renewal
+		case ARIRenewal:
+			exempt = lc.ARIRenewal
+		}
+		switch {
+		case exempt == Skip:
+			return
+		case exempt == SpendOnly && mode == ModeSpend:
+			mode = ModeSpendNoCheck
+		case exempt == SpendOnly && mode == ModeCheck:
+			return
+		}
+		txns = append(txns, Transaction{Directory: ca.Directory, caID: ca.ID, Name: n, Value: value,
+			Account: account, Domain: domain, Cost: cost, Mode: mode})
+	}
+	add(FleetOrdersPerSecond, "*", "", "", 1, ModeSpend)
+	add(NewOrdersPerAccount, o.Account, o.Account, "", 1, ModeSpend)
+	seen := map[string]bool{}
+	for _, n := range names {
+		rd := registeredDomain(n)
+		if !seen[rd] {
+			seen[rd] = true
+			add(CertificatesPerDomain, rd, o.Account, rd, 1, ModeSpend)
+		}
+	}
+	add(CertificatesPerFQDNSet, FQDNSetHash(names), o.Account, "", 1, ModeSpend)
+	for _, n := range names {
+		host := strings.TrimPrefix(n, "*.")
+		add(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeCheck)
+	}
+	return txns, nil
+}
+
+// FailedAuthorizationTransaction is the bucket to spend when the CA reports a
+// failed authorization of domain for account.
+func (c *Catalogue) FailedAuthorizationTransaction(directory, account, domain string) (Transaction, error) {
+	ca, ok := c.byDirectory[directory]
+	if !ok {
+		return Transaction{}, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, directory)
+	}
+	if _, ok := ca.Limits[FailedAuthorizationsPerDomainPerAccount]; !ok {
+		return Transaction{}, fmt.Errorf("%w: CA %s has no %s limit", ErrInvalidRequest, ca.ID, FailedAuthorizationsPerDomainPerAccount)
+	}
+	host, err := NormalizeSAN(domain)
+	if err != nil {
+		return Transaction{}, err
+	}
+	host = strings.TrimPrefix(host, "*.")
+	return Transaction{Directory: directory, caID: ca.ID, Name: FailedAuthorizationsPerDomainPerAccount,
+		Value: account + ":" + host, Account: account, Domain: host, Cost: 1, Mode: ModeSpendNoCheck}, nil
+}
+
+// Transaction returns a transaction for an arbitrary bucket of a CA, for
+// penalties and admin tools.
+func (c *Catalogue) Transaction(directory string, n Name, value string) (Transaction, error) {
+	ca, ok := c.byDirectory[directory]
+	if !ok {
+		return Transaction{}, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, directory)
+	}
+	if _, ok := ca.Limits[n]; !ok {
+		return Transaction{}, fmt.Errorf("%w: CA %s has no limit %q", ErrInvalidRequest, ca.ID, n)
+	}
+	return Transaction{Directory: directory, caID: ca.ID, Name: n, Value: value, Cost: 1}, nil
+}
+
+// NormalizeSAN returns the canonical form of a SAN: an IP address in its
+// canonical text form, or a DNS name in lower-case ASCII (IDNA) without a
+// trailing dot, optionally with a leading "*." wildcard label. Names must
+// be below a public suffix.
+func NormalizeSAN(s string) (string, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return ip.Unmap().String(), nil
+	}
+	s = strings.TrimSuffix(strings.ToLower(s), ".")
+	wild := strings.HasPrefix(s, "*.")
+	host := strings.TrimPrefix(s, "*.")
+	a, err := idna.Lookup.ToASCII(host)
+	if err != nil || !isDNSName(a) {
+		return "", fmt.Errorf("%w: SAN %q is not a valid DNS name", ErrInvalidRequest, truncate(s, 64))
+	}
+	if _, err := publicsuffix.EffectiveTLDPlusOne(a); err != nil {
+		return "", fmt.Errorf("%w: SAN %q is a public suffix or has none", ErrInvalidRequest, a)
+	}
+	if wild {
+		return "*." + a, nil
+	}
+	return a, nil
+}
+
+// registeredDomain is the bucket value of CertificatesPerDomain: the
+// registered domain (eTLD+1) of a normalised DNS name, or for an IP address
+// the address itself (an IPv6 address counts per /64).
+func registeredDomain(n string) string {
+	if ip, err := netip.ParseAddr(n); err == nil {
+		if ip.Is6() {
+			p, _ := ip.Prefix(64)
+			return p.String()
+		}
+		return ip.String()
+	}
+	rd, err := publicsuffix.EffectiveTLDPlusOne(strings.TrimPrefix(n, "*."))
+	if err != nil {
+		return n // unreachable for names that passed NormalizeSAN
+	}
+	return rd
+}
+
+// FQDNSetHash identifies a SAN set: hex SHA-256 of the sorted, de-duplicated,
+// normalised names joined by commas.
+func FQDNSetHash(normalised []string) string {
+	s := slices.Clone(normalised)
+	slices.Sort(s)
+	s = slices.Compact(s)
+	h := sha256.Sum256([]byte(strings.Join(s, ",")))
+	return hex.EncodeToString(h[:])
+}
+
+// isDNSName reports whether s is a syntactically valid ASCII host name.
+func isDNSName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	if len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
