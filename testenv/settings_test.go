@@ -1,0 +1,39 @@
+package testenv
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestEnvFileRoundTrip(t *testing.T) {
+	s := Settings{
+		KafkaBrokers: []string{"127.0.0.1:19092", "127.0.0.1:19094"}, DatabaseURL: "postgres://u:p w@h/db?sslmode=disable",
+		DatabaseKind: "postgres", ACMEDirectory: "https://127.0.0.1:14000/dir", ACMETLSCA: "/x/it's/ca.pem",
+		PebbleRoot: "/x/root.pem", PebbleManagementURL: "https://127.0.0.1:15000", ChallTestSrvURL: "http://127.0.0.1:8055",
+		DNSServer: "127.0.0.1:8053", HTTP01Port: 5002,
+	}
+	got, err := ParseEnvFile(s.EnvFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, s) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
+	}
+}
+
+func TestParseEnvFileErrors(t *testing.T) {
+	for name, tc := range map[string]struct{ in, want string }{
+		"missing keys":  {"CERTFLEET_KAFKA_BROKERS=a:1\n", "missing CERTFLEET_ACME_DIRECTORY"},
+		"no equals":     {"garbage\n", "line 1: want KEY=value"},
+		"bad quote":     {"CERTFLEET_DB='postgres\n", "unterminated quote"},
+		"bad http port": {"CERTFLEET_HTTP01_PORT=abc\n", "not a port number"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseEnvFile(tc.in)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
