@@ -1,0 +1,97 @@
+package ratelimit
+
+import (
+	"context"
+	"time"
+)
+
+// coalesceKey groups single-bucket spends that one statement can decide
+// together: same bucket, same limit, same cost.
+type coalesceKey struct {
+	key   string
+	limit Limit
+	cost  int64
+}
+
+type spendQueue struct {
+	busy    bool
+	waiting []*spendWaiter
+}
+
+type spendWaiter struct {
+	now  int64
+	done chan spendResult // buffered: the runner never blocks on a caller gone away
+}
+
+type spendResult struct {
+	d   Decision
+	err error
+}
+
+// coalesceTimeout bounds one coalesced statement. Callers' own contexts
+// bound their wait; the statement itself must not die with the first
+// caller's context while others wait on it.
+const coalesceTimeout = 10 * time.Second
+
+// spendCoalesced spends r (ModeSpend) for this caller. While a statement for
+// the same bucket, limit and cost is in flight, callers queue; the runner
+// then decides the whole queue with one statement.
+func (s *DBStore) spendCoalesced(ctx context.Context, now int64, r Request) (Decision, error) {
+	ck := coalesceKey{r.Key, r.Limit, r.Cost}
+	w := &spendWaiter{now: now, done: make(chan spendResult, 1)}
+	s.mu.Lock()
+	q := s.queues[ck]
+	if q == nil {
+		q = &spendQueue{}
+		s.queues[ck] = q
+	}
+	q.waiting = append(q.waiting, w)
+	start := !q.busy
+	q.busy = true
+	s.mu.Unlock()
+	if start {
+		go s.runQueue(context.WithoutCancel(ctx), ck, r, q)
+	}
+	select {
+	case res := <-w.done:
+		return res.d, res.err
+	case <-ctx.Done():
+		// The statement may still spend for this caller: the Store contract
+		// makes an error an unknown outcome.
+		return Decision{}, ctx.Err()
+	}
+}
+
+// runQueue drains a queue, one statement per batch of waiters, until it is
+// empty.
+func (s *DBStore) runQueue(ctx context.Context, ck coalesceKey, r Request, q *spendQueue) {
+	limit := max(s.MaxCoalesce, 1)
+	for {
+		s.mu.Lock()
+		if len(q.waiting) == 0 {
+			q.busy = false
+			delete(s.queues, ck)
+			s.mu.Unlock()
+			return
+		}
+		n := min(len(q.waiting), limit)
+		batch := q.waiting[:n:n]
+		q.waiting = q.waiting[n:]
+		s.mu.Unlock()
+
+		now := batch[0].now
+		for _, w := range batch {
+			now = max(now, w.now)
+		}
+		cctx, cancel := context.WithTimeout(ctx, coalesceTimeout)
+		ds, err := s.spendSingle(cctx, now, r, len(batch))
+		cancel()
+		for i, w := range batch {
+			if err != nil {
+				w.done <- spendResult{err: err}
+			} else {
+				w.done <- spendResult{d: ds[i]}
+			}
+		}
+	}
+}

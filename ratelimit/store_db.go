@@ -1,0 +1,304 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/certfleet/certfleet/db"
+)
+
+// DBStore is the fleet-wide Store in the ratelimit_buckets table, on
+// PostgreSQL or CockroachDB.
+//
+// A single-bucket spend is one INSERT ... ON CONFLICT DO UPDATE statement that
+// evaluates the GCRA in SQL and needs no client-side retry. Concurrent
+// single-bucket spends of the same key, limit and cost inside one process are
+// coalesced: while one statement for the key is in flight, later callers
+// queue, and the queue is then decided by one statement that grants as many
+// of them, in arrival order, as fit. A multi-bucket spend is one short
+// transaction that locks every key in sorted order with one statement, decides
+// in Go with the pure GCRA, and writes the new TATs with a second statement.
+type DBStore struct {
+	db   *db.DB
+	pool *pgxpool.Pool
+
+	// MaxCoalesce caps how many queued spends one statement decides (default
+	// 64). Set before first use.
+	MaxCoalesce int
+
+	mu     sync.Mutex
+	queues map[coalesceKey]*spendQueue
+}
+
+var _ Store = (*DBStore)(nil)
+
+// NewDBStore returns a store over d. The ratelimit_* tables must exist
+// (schema.Migrate).
+func NewDBStore(d *db.DB) *DBStore {
+	return &DBStore{db: d, pool: d.Pool(), MaxCoalesce: 64, queues: map[coalesceKey]*spendQueue{}}
+}
+
+// Spend implements Store.
+func (s *DBStore) Spend(ctx context.Context, now time.Time, reqs []Request) ([]Decision, error) {
+	if err := validateRequests(reqs); err != nil {
+		return nil, err
+	}
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	if len(reqs) == 1 && reqs[0].Mode == ModeSpend {
+		d, err := s.spendCoalesced(ctx, nanos(now), reqs[0])
+		if err != nil {
+			return nil, err
+		}
+		return []Decision{d}, nil
+	}
+	if len(reqs) == 1 && reqs[0].Mode == ModeSpendNoCheck {
+		ds, err := s.spendSingle(ctx, nanos(now), reqs[0], 1)
+		if err != nil {
+			return nil, err
+		}
+		return ds, nil
+	}
+	checkOnly := true
+	for _, r := range reqs {
+		checkOnly = checkOnly && r.Mode == ModeCheck
+	}
+	if checkOnly {
+		return s.check(ctx, nanos(now), reqs)
+	}
+	return s.spendMany(ctx, nanos(now), reqs)
+}
+
+// spendSingleSQL decides up to $5 spends of cost increment $3 in one
+// statement. The update path counts how many of the $5 prefixes fit
+// (tat' + j*inc - burstOffset <= now, no penalty), or grants all of them when
+// $6 (no check) is set, advances the TAT by that many increments and records
+// the count in last_granted for RETURNING. The insert path (a new bucket,
+// TAT = now) is decided by the client and passed as $7 (granted) and $8
+// (TAT). Only +, -, *, GREATEST and comparisons on INT8: no division, whose
+// semantics differ between PostgreSQL and CockroachDB.
+const spendSingleSQL = `
+INSERT INTO ratelimit_buckets AS b (bucket_key, tat_ns, penalty_until_ns, last_granted, updated_at)
+VALUES ($1, $8::INT8, 0, $7::INT8, now())
+ON CONFLICT (bucket_key) DO UPDATE SET
+  tat_ns = GREATEST(b.tat_ns, $2::INT8) + $3::INT8 * (
+    SELECT count(*) FROM generate_series(1, $5::INT8) AS g(j)
+    WHERE $6::BOOL OR (b.penalty_until_ns <= $2::INT8 AND GREATEST(b.tat_ns, $2::INT8) + g.j * $3::INT8 - $4::INT8 <= $2::INT8)),
+  last_granted = (
+    SELECT count(*) FROM generate_series(1, $5::INT8) AS g(j)
+    WHERE $6::BOOL OR (b.penalty_until_ns <= $2::INT8 AND GREATEST(b.tat_ns, $2::INT8) + g.j * $3::INT8 - $4::INT8 <= $2::INT8)),
+  updated_at = now()
+RETURNING tat_ns, penalty_until_ns, last_granted`
+
+// spendSingle spends r.Cost for m callers asking for the same thing in one
+// statement and returns one decision per caller, in arrival order: the
+// first ones that fit are granted.
+func (s *DBStore) spendSingle(ctx context.Context, now int64, r Request, m int) ([]Decision, error) {
+	inc := r.Limit.Interval() * r.Cost
+	burstOffset := r.Limit.BurstOffset()
+	noCheck := r.Mode == ModeSpendNoCheck
+	insGranted := int64(0) // for a fresh bucket, whose TAT is now
+	for j := int64(1); j <= int64(m); j++ {
+		if noCheck || j*inc <= burstOffset {
+			insGranted = j
+		}
+	}
+	var tat, penalty, granted int64
+	err := s.pool.QueryRow(ctx, spendSingleSQL, r.Key, now, inc, burstOffset, int64(m), noCheck, insGranted, now+insGranted*inc).
+		Scan(&tat, &penalty, &granted)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: spending bucket %s: %w", r.Key, err)
+	}
+	ds := make([]Decision, m)
+	base := tat - granted*inc
+	for i := range ds {
+		if int64(i) < granted {
+			after := base + int64(i+1)*inc
+			ds[i] = describeAllowed(r.Limit.Interval(), burstOffset, after, now, after)
+			continue
+		}
+		d := withPenalty(decide(r.Limit, tat, now, r.Cost, true), tat, now, penalty)
+		if d.Allowed { // only if the server's clock arithmetic disagreed; never report a spend that did not happen
+			d = Decision{Allowed: false, RetryIn: time.Duration(r.Limit.Interval()), ResetIn: time.Duration(max(tat-now, 0)), newTAT: tat}
+		}
+		ds[i] = d
+	}
+	return ds, nil
+}
+
+// check reads buckets without locking or writing.
+func (s *DBStore) check(ctx context.Context, now int64, reqs []Request) ([]Decision, error) {
+	keys := make([]string, len(reqs))
+	for i, r := range reqs {
+		keys[i] = r.Key
+	}
+	state, err := s.read(ctx, s.pool, `SELECT bucket_key, tat_ns, penalty_until_ns FROM ratelimit_buckets WHERE bucket_key = ANY($1::TEXT[])`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: checking %d buckets: %w", len(reqs), err)
+	}
+	ds := make([]Decision, len(reqs))
+	for i, r := range reqs {
+		st := state[r.Key]
+		ds[i] = evaluate(r, st[0], st[1], now)
+	}
+	return ds, nil
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func (s *DBStore) read(ctx context.Context, q querier, sql string, args ...any) (map[string][2]int64, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][2]int64{}
+	var k string
+	var tat, pen int64
+	_, err = pgx.ForEachRow(rows, []any{&k, &tat, &pen}, func() error {
+		out[k] = [2]int64{tat, pen}
+		return nil
+	})
+	return out, err
+}
+
+// lockSQL creates missing buckets (TAT 0: full) and locks every key, in
+// sorted order so that concurrent batches cannot deadlock, returning the
+// current state of each.
+const lockSQL = `
+INSERT INTO ratelimit_buckets AS b (bucket_key, tat_ns, penalty_until_ns, last_granted, updated_at)
+SELECT k, 0, 0, 0, now() FROM unnest($1::TEXT[]) AS u(k) ORDER BY k
+ON CONFLICT (bucket_key) DO UPDATE SET last_granted = b.last_granted
+RETURNING bucket_key, tat_ns, penalty_until_ns`
+
+const writeSQL = `
+UPDATE ratelimit_buckets AS b SET tat_ns = u.tat, updated_at = now()
+FROM unnest($1::TEXT[], $2::INT8[]) AS u(k, tat) WHERE b.bucket_key = u.k`
+
+// spendMany is the all-or-nothing multi-bucket spend.
+func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request) ([]Decision, error) {
+	keys := make([]string, len(reqs))
+	for i, r := range reqs {
+		keys[i] = r.Key
+	}
+	slices.Sort(keys)
+	var ds []Decision
+	err := s.runTx(ctx, func(tx pgx.Tx) error {
+		state, err := s.read(ctx, tx, lockSQL, keys)
+		if err != nil {
+			return fmt.Errorf("locking: %w", err)
+		}
+		ds = make([]Decision, len(reqs))
+		all := true
+		var wk []string
+		var wt []int64
+		for i, r := range reqs {
+			st := state[r.Key]
+			ds[i] = evaluate(r, st[0], st[1], now)
+			all = all && ds[i].Allowed
+			if r.Mode != ModeCheck {
+				wk, wt = append(wk, r.Key), append(wt, ds[i].newTAT)
+			}
+		}
+		if !all || len(wk) == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, writeSQL, wk, wt); err != nil {
+			return fmt.Errorf("writing: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(reqs), keys[0], err)
+	}
+	return ds, nil
+}
+
+// runTx runs fn in one transaction. On CockroachDB it is db.ExecuteTx
+// (SERIALIZABLE with the server's retry protocol). On PostgreSQL it is READ
+// COMMITTED: fn locks every row it writes, in sorted order, so it needs no
+// snapshot isolation, and SERIALIZABLE would abort most transactions on a hot
+// bucket. A detected deadlock is retried a few times.
+func (s *DBStore) runTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	if s.db.Kind() == db.Cockroach {
+		return s.db.ExecuteTx(ctx, fn)
+	}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, fn)
+		if err == nil || !db.Retryable(err) {
+			return err
+		}
+	}
+	return err
+}
+
+const refundSQL = `
+UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(b.tat_ns - u.inc, $3::INT8), updated_at = now()
+FROM unnest($1::TEXT[], $2::INT8[]) AS u(k, inc)
+WHERE b.bucket_key = u.k AND b.tat_ns > $3::INT8`
+
+// Refund implements Store with one statement.
+func (s *DBStore) Refund(ctx context.Context, now time.Time, reqs []Request) error {
+	if err := validateRequests(reqs); err != nil {
+		return err
+	}
+	keys := make([]string, len(reqs))
+	incs := make([]int64, len(reqs))
+	for i, r := range reqs {
+		keys[i], incs[i] = r.Key, r.Limit.Interval()*r.Cost
+	}
+	if _, err := s.pool.Exec(ctx, refundSQL, keys, incs, nanos(now)); err != nil {
+		return fmt.Errorf("ratelimit: refunding %d buckets: %w", len(reqs), err)
+	}
+	return nil
+}
+
+const penalizeSQL = `
+INSERT INTO ratelimit_buckets AS b (bucket_key, tat_ns, penalty_until_ns, last_granted, updated_at)
+VALUES ($1, 0, $2::INT8, 0, now())
+ON CONFLICT (bucket_key) DO UPDATE SET
+  penalty_until_ns = CASE WHEN $2::INT8 = 0 THEN 0 ELSE GREATEST(b.penalty_until_ns, $2::INT8) END,
+  updated_at = now()`
+
+// Penalize implements Store.
+func (s *DBStore) Penalize(ctx context.Context, key string, until time.Time) error {
+	if key == "" || len(key) > 1024 {
+		return fmt.Errorf("%w: penalty key must be 1-1024 bytes", ErrInvalidRequest)
+	}
+	if _, err := s.pool.Exec(ctx, penalizeSQL, key, nanos(until)); err != nil {
+		return fmt.Errorf("ratelimit: recording penalty for %s: %w", key, err)
+	}
+	return nil
+}
+
+// Penalty is an active CA penalty on one bucket.
+type Penalty struct {
+	Key   string
+	Until time.Time
+}
+
+// Penalties lists the penalties active at now, soonest ending first, at most
+// limit of them (for admin tools).
+func (s *DBStore) Penalties(ctx context.Context, now time.Time, limit int) ([]Penalty, error) {
+	rows, err := s.pool.Query(ctx, `SELECT bucket_key, penalty_until_ns FROM ratelimit_buckets
+		WHERE penalty_until_ns > $1::INT8 ORDER BY penalty_until_ns, bucket_key LIMIT $2`, nanos(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: listing penalties: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Penalty, error) {
+		var p Penalty
+		var until int64
+		err := r.Scan(&p.Key, &until)
+		p.Until = time.Unix(0, until)
+		return p, err
+	})
+}
