@@ -1,0 +1,385 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/url"
+	"reflect"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Header names of the CloudEvents Kafka protocol binding, binary content mode.
+const (
+	hSpecVersion = "ce_specversion"
+	hID          = "ce_id"
+	hSource      = "ce_source"
+	hType        = "ce_type"
+	hTime        = "ce_time"
+	hDataSchema  = "ce_dataschema"
+	hContentType = "content-type"
+)
+
+// SpecVersion is the only CloudEvents version this package reads or writes.
+const SpecVersion = "1.0"
+
+// ContentType of every value.
+const ContentType = "application/json"
+
+// Encode renders e as a Kafka record in CloudEvents binary mode: the
+// attributes as ce_* headers, the payload as the JSON value, the certificate
+// identity as the key. Topic is left empty for the caller. It validates e
+// first, so nothing invalid is ever written.
+func Encode(e Event) (kafka.Message, error) {
+	if err := e.Validate(); err != nil {
+		return kafka.Message{}, err
+	}
+	value, err := marshal(e.Data)
+	if err != nil {
+		return kafka.Message{}, err
+	}
+	t := e.Type()
+	return kafka.Message{
+		Key:   []byte(e.Key()),
+		Value: value,
+		Headers: []kafka.Header{
+			{Key: hSpecVersion, Value: []byte(SpecVersion)},
+			{Key: hID, Value: []byte(e.ID)},
+			{Key: hSource, Value: []byte(e.Source)},
+			{Key: hType, Value: []byte(t)},
+			{Key: hTime, Value: []byte(e.Time.UTC().Format(time.RFC3339Nano))},
+			{Key: hDataSchema, Value: []byte(t.SchemaURI())},
+			{Key: hContentType, Value: []byte(ContentType)},
+		},
+	}, nil
+}
+
+func marshal(p Payload) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(p); err != nil {
+		return nil, fieldErr("value", fmt.Errorf("encoding %s: %w", p.EventType(), err))
+	}
+	value := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if len(value) > MaxValueSize {
+		return nil, fieldErrf("value", ErrTooLarge, "%d bytes", len(value))
+	}
+	if bytes.Contains(value, []byte("PRIVATE KEY")) {
+		return nil, fieldErr("value", ErrPrivateKey)
+	}
+	return value, nil
+}
+
+// Decode parses and validates one record. It is strict: every rule that
+// Encode applies is checked again, plus the wire-level ones (sizes, headers,
+// JSON shape). Every error is a *FieldError wrapping one sentinel, e.g.
+// ErrUnknownSpecVersion, ErrUnknownSchemaVersion, ErrUnknownField,
+// ErrTooLarge. Headers other than the ce_* attributes and content-type
+// (tracing, DLQ metadata) are ignored.
+func Decode(m kafka.Message) (Event, error) {
+	if len(m.Value) > MaxValueSize {
+		return Event{}, fieldErrf("value", ErrTooLarge, "%d bytes", len(m.Value))
+	}
+	h, err := readHeaders(m.Headers)
+	if err != nil {
+		return Event{}, err
+	}
+	if v, ok := h[hSpecVersion]; !ok {
+		return Event{}, fieldErr(hSpecVersion, ErrMissingHeader)
+	} else if v != SpecVersion {
+		return Event{}, fieldErrf(hSpecVersion, ErrUnknownSpecVersion, "%s", quote(v))
+	}
+	t, err := headerType(h)
+	if err != nil {
+		return Event{}, err
+	}
+	if err := checkDataSchema(h, t); err != nil {
+		return Event{}, err
+	}
+	if err := checkContentType(h); err != nil {
+		return Event{}, err
+	}
+	e := Event{
+		ID:     h[hID],
+		Source: h[hSource],
+		Record: Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset},
+	}
+	if _, ok := h[hID]; !ok {
+		return Event{}, fieldErr(hID, ErrMissingHeader)
+	}
+	if _, ok := h[hSource]; !ok {
+		return Event{}, fieldErr(hSource, ErrMissingHeader)
+	}
+	ts, ok := h[hTime]
+	if !ok {
+		return Event{}, fieldErr(hTime, ErrMissingHeader)
+	}
+	if e.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
+		return Event{}, fieldErrf(hTime, ErrInvalidHeader, "%s is not an RFC 3339 time", quote(ts))
+	}
+	data, err := unmarshal(t, m.Value)
+	if err != nil {
+		return Event{}, err
+	}
+	e.Data = data
+	if err := e.Validate(); err != nil {
+		return Event{}, err
+	}
+	if string(m.Key) != e.Key() {
+		return Event{}, fieldErrf("key", ErrKeyMismatch, "got %s, want %s", quote(string(m.Key)), e.Key())
+	}
+	return e, nil
+}
+
+// readHeaders collects the headers Decode reads, rejecting duplicates, and
+// checks every header it reads for size, UTF-8 and control characters.
+func readHeaders(hs []kafka.Header) (map[string]string, error) {
+	if len(hs) > MaxHeaders {
+		return nil, fieldErrf("headers", ErrTooManyHeaders, "%d, at most %d", len(hs), MaxHeaders)
+	}
+	out := make(map[string]string, 8)
+	for _, h := range hs {
+		switch h.Key {
+		case hSpecVersion, hID, hSource, hType, hTime, hDataSchema, hContentType:
+		default:
+			continue
+		}
+		if _, dup := out[h.Key]; dup {
+			return nil, fieldErr(h.Key, ErrDuplicateHeader)
+		}
+		v := string(h.Value)
+		if err := checkHeaderText(h.Key, v); err != nil {
+			return nil, err
+		}
+		out[h.Key] = v
+	}
+	return out, nil
+}
+
+func checkHeaderText(name, v string) error {
+	if v == "" {
+		return fieldErrf(name, ErrInvalidHeader, "empty")
+	}
+	if len(v) > MaxHeaderSize {
+		return fieldErrf(name, ErrInvalidHeader, "%d bytes, at most %d", len(v), MaxHeaderSize)
+	}
+	if !utf8.ValidString(v) {
+		return fieldErr(name, ErrInvalidUTF8)
+	}
+	if err := checkText(v, MaxHeaderSize); err != nil {
+		return fieldErr(name, err)
+	}
+	return nil
+}
+
+func checkSource(s string) error {
+	if err := checkHeaderText(hSource, s); err != nil {
+		return err
+	}
+	if _, err := url.Parse(s); err != nil || strings.ContainsAny(s, " ") {
+		return fieldErrf(hSource, ErrInvalidHeader, "%s is not a URI-reference", quote(s))
+	}
+	return nil
+}
+
+func headerType(h map[string]string) (Type, error) {
+	v, ok := h[hType]
+	if !ok {
+		return "", fieldErr(hType, ErrMissingHeader)
+	}
+	t := Type(v)
+	if !t.Valid() {
+		return "", fieldErrf(hType, ErrUnknownType, "%s", quote(v))
+	}
+	return t, nil
+}
+
+// checkDataSchema requires ce_dataschema to be the schema URI of t in a
+// version this package knows. A URI of the same family with another version
+// is ErrUnknownSchemaVersion; anything else is ErrInvalidHeader.
+func checkDataSchema(h map[string]string, t Type) error {
+	v, ok := h[hDataSchema]
+	if !ok {
+		return fieldErr(hDataSchema, ErrMissingHeader)
+	}
+	if v == t.SchemaURI() {
+		return nil
+	}
+	if rest, ok := strings.CutPrefix(v, schemaBase); ok {
+		if version, file, ok := strings.Cut(rest, "/"); ok && file == t.short()+".json" {
+			return fieldErrf(hDataSchema, ErrUnknownSchemaVersion, "%s, this reader knows %s", quote(version), SchemaVersion)
+		}
+	}
+	return fieldErrf(hDataSchema, ErrInvalidHeader, "%s is not the schema of %s", quote(v), t)
+}
+
+func checkContentType(h map[string]string) error {
+	v, ok := h[hContentType]
+	if !ok {
+		return fieldErr(hContentType, ErrMissingHeader)
+	}
+	mt, params, err := mime.ParseMediaType(v)
+	if err != nil || mt != ContentType {
+		return fieldErrf(hContentType, ErrContentType, "%s", quote(v))
+	}
+	for k, pv := range params {
+		if k != "charset" || !strings.EqualFold(pv, "utf-8") {
+			return fieldErrf(hContentType, ErrContentType, "parameter %s", quote(k+"="+pv))
+		}
+	}
+	return nil
+}
+
+// unmarshal decodes the JSON value strictly into the payload type of t.
+func unmarshal(t Type, value []byte) (Payload, error) {
+	if !utf8.Valid(value) {
+		// encoding/json would silently turn bad bytes into U+FFFD.
+		return nil, fieldErr("value", ErrInvalidUTF8)
+	}
+	if bytes.Contains(value, []byte("PRIVATE KEY")) {
+		return nil, fieldErr("value", ErrPrivateKey)
+	}
+	p := registry[t]()
+	if err := checkShape(value, fieldsOf(p)); err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(p); err != nil {
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) && ute.Field != "" {
+			return nil, fieldErrf(ute.Field, ErrInvalidField, "want JSON %s, got %s", jsonKind(ute.Type), ute.Value)
+		}
+		var pe *time.ParseError
+		if errors.As(err, &pe) {
+			return nil, fieldErrf("value", ErrInvalidField, "time %s is not RFC 3339", quote(pe.Value))
+		}
+		return nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
+	}
+	return p, nil
+}
+
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Int, reflect.Int64:
+		return "integer"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Slice:
+		return "array"
+	case reflect.Struct:
+		return "string (RFC 3339 time)"
+	}
+	return t.String()
+}
+
+// fieldSet is a payload's JSON field names, split by whether they are
+// required (no omitempty/omitzero option).
+type fieldSet struct {
+	known    map[string]bool // name -> required
+	required []string
+}
+
+var fieldCache = map[Type]fieldSet{}
+
+func init() {
+	for t, mk := range registry {
+		fieldCache[t] = buildFieldSet(reflect.TypeOf(mk()).Elem())
+	}
+}
+
+func fieldsOf(p Payload) fieldSet { return fieldCache[p.EventType()] }
+
+func buildFieldSet(rt reflect.Type) fieldSet {
+	fs := fieldSet{known: map[string]bool{}}
+	for f := range rt.Fields() {
+		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		required := !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero")
+		fs.known[name] = required
+		if required {
+			fs.required = append(fs.required, name)
+		}
+	}
+	return fs
+}
+
+// checkShape walks the value's tokens once: it must be exactly one JSON
+// object whose keys are known field names, matched case-sensitively (Go's
+// decoder alone folds case), each present at most once, none null, and every
+// required field present. Nested values are walked too, so deeply nested
+// junk is rejected by the tokenizer's depth limit, not by recursion here.
+func checkShape(value []byte, fs fieldSet) error {
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return fieldErrf("value", ErrMalformedJSON, "%v", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return fieldErrf("value", ErrMalformedJSON, "not a JSON object")
+	}
+	seen := make(map[string]bool, len(fs.known))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return fieldErrf("value", ErrMalformedJSON, "%v", err)
+		}
+		key := tok.(string) // object keys are always strings
+		if _, ok := fs.known[key]; !ok {
+			return fieldErrf("value", ErrUnknownField, "%s", quote(key))
+		}
+		if seen[key] {
+			return fieldErr(key, ErrDuplicateField)
+		}
+		seen[key] = true
+		if err := skipValue(dec, key); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return fieldErrf("value", ErrMalformedJSON, "%v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fieldErrf("value", ErrMalformedJSON, "data after the top-level object")
+	}
+	for _, name := range fs.required {
+		if !seen[name] {
+			return fieldErr(name, ErrMissingField)
+		}
+	}
+	return nil
+}
+
+// skipValue consumes one JSON value, rejecting a top-level null.
+func skipValue(dec *json.Decoder, key string) error {
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return fieldErrf(key, ErrMalformedJSON, "%v", err)
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		case nil:
+			if depth == 0 {
+				return fieldErrf(key, ErrInvalidField, "null")
+			}
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
+}
