@@ -2,7 +2,6 @@ package testenv_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -175,7 +174,7 @@ func TestPebbleObtainCertificateHTTP01(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: inter}); err != nil {
 		t.Fatalf("chain does not verify against Pebble's root: %v", err)
 	}
-	if !leaf.PublicKey.(*ecdsa.PublicKey).Equal(certKey.Public().(crypto.PublicKey)) {
+	if !leaf.PublicKey.(*ecdsa.PublicKey).Equal(certKey.Public()) {
 		t.Error("certificate is not for our key")
 	}
 	// The named profile was honoured: 6-day lifetime, not 90 days.

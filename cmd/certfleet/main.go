@@ -1,0 +1,110 @@
+// Command certfleet is the operator's tool. Subcommands:
+//
+//	certfleet migrate   apply the database migrations (safe to run from many processes at once)
+//
+// Configuration comes from flags, falling back to environment variables
+// (CERTFLEET_DATABASE_URL).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/schema"
+)
+
+// Exit codes scripts can rely on.
+const (
+	exitOK    = 0
+	exitError = 1 // the command ran and failed
+	exitUsage = 2 // bad arguments or configuration
+)
+
+const usage = `usage: certfleet <command> [flags]
+
+commands:
+  migrate   apply pending database migrations
+
+Run 'certfleet <command> -h' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks configuration and argument errors (exit status 2).
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "migrate":
+		err = migrate(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "certfleet: unknown command %q\n%s", args[0], usage)
+		return exitUsage
+	}
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(stderr, "certfleet:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "certfleet:", err)
+		return exitError
+	}
+}
+
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("database-url", os.Getenv("CERTFLEET_DATABASE_URL"), "database URL (env CERTFLEET_DATABASE_URL)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long, including waiting for another migrator")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *url == "" {
+		return fmt.Errorf("%w: migrate: no database: set --database-url or CERTFLEET_DATABASE_URL (with testenv: set -a; . ./.testenv/env; set +a)", errUsage)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	d, err := db.Open(ctx, db.Config{URL: *url})
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer d.Close()
+	applied, err := schema.Migrate(ctx, d, schema.Options{})
+	for _, v := range applied {
+		fmt.Fprintf(stdout, "applied migration %04d\n", v)
+	}
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(stdout, "database schema is up to date")
+	}
+	return nil
+}
