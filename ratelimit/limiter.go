@@ -1,0 +1,142 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Limiter makes rate-limit decisions: it resolves each transaction's limit
+// (override, else catalogue default) and asks the Store to spend, check or
+// refund all of them at once. It is safe for concurrent use.
+type Limiter struct {
+	store     Store
+	cat       *Catalogue
+	overrides OverrideSource
+	clock     Clock
+}
+
+// Option configures a Limiter.
+type Option func(*Limiter)
+
+// WithOverrides makes the limiter consult src (typically an OverrideCache
+// over an OverrideStore). Default: no overrides.
+func WithOverrides(src OverrideSource) Option { return func(l *Limiter) { l.overrides = src } }
+
+// WithClock replaces the clock. Default: SystemClock.
+func WithClock(c Clock) Option { return func(l *Limiter) { l.clock = c } }
+
+// NewLimiter returns a limiter over store with the limits of cat.
+func NewLimiter(store Store, cat *Catalogue, opts ...Option) *Limiter {
+	l := &Limiter{store: store, cat: cat, clock: SystemClock{}}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
+}
+
+// Result is the combined decision for a set of transactions.
+type Result struct {
+	// Decision combines the buckets: Allowed if all are, the longest
+	// RetryIn and ResetIn, the smallest Remaining.
+	Decision
+	// Buckets holds each transaction's own decision, in order.
+	Buckets []Decision
+	// Limiting is the transaction with the longest RetryIn when denied.
+	Limiting *Transaction
+}
+
+// Spend spends every transaction, all or nothing. ctx bounds the call; on
+// error the outcome is unknown (see Store).
+func (l *Limiter) Spend(ctx context.Context, txns []Transaction) (Result, error) {
+	return l.do(ctx, txns, false)
+}
+
+// Check evaluates the transactions without spending anything.
+func (l *Limiter) Check(ctx context.Context, txns []Transaction) (Result, error) {
+	return l.do(ctx, txns, true)
+}
+
+func (l *Limiter) do(ctx context.Context, txns []Transaction, checkOnly bool) (Result, error) {
+	now := l.clock.Now()
+	reqs, err := l.requests(ctx, now, txns)
+	if err != nil {
+		return Result{}, err
+	}
+	if checkOnly {
+		for i := range reqs {
+			reqs[i].Mode = ModeCheck
+		}
+	}
+	ds, err := l.store.Spend(ctx, now, reqs)
+	if err != nil {
+		return Result{}, fmt.Errorf("ratelimit: deciding %d buckets: %w", len(reqs), err)
+	}
+	res := Result{Decision: Decision{Allowed: true, Remaining: -1}, Buckets: ds}
+	for i, d := range ds {
+		res.Allowed = res.Allowed && d.Allowed
+		if res.Remaining < 0 || d.Remaining < res.Remaining {
+			res.Remaining = d.Remaining
+		}
+		res.ResetIn = max(res.ResetIn, d.ResetIn)
+		if !d.Allowed && (res.Limiting == nil || d.RetryIn > res.RetryIn) {
+			res.RetryIn, res.Limiting = d.RetryIn, &txns[i]
+		}
+	}
+	res.Remaining = max(res.Remaining, 0)
+	return res, nil
+}
+
+// Refund gives back what Spend took for txns (for an order that failed
+// before the CA counted it). Spend-without-check and check transactions
+// are skipped: the CA counted the former, the latter spent nothing.
+func (l *Limiter) Refund(ctx context.Context, txns []Transaction) error {
+	var spent []Transaction
+	for _, t := range txns {
+		if t.Mode == ModeSpend {
+			spent = append(spent, t)
+		}
+	}
+	if len(spent) == 0 {
+		return nil
+	}
+	now := l.clock.Now()
+	reqs, err := l.requests(ctx, now, spent)
+	if err != nil {
+		return err
+	}
+	if err := l.store.Refund(ctx, now, reqs); err != nil {
+		return fmt.Errorf("ratelimit: refunding %d buckets: %w", len(reqs), err)
+	}
+	return nil
+}
+
+// Penalize records that the CA refused t's bucket until until (a 429 with
+// Retry-After): every limiter sharing the store denies it until then.
+func (l *Limiter) Penalize(ctx context.Context, t Transaction, until time.Time) error {
+	return l.store.Penalize(ctx, t.Key(), until)
+}
+
+// requests resolves each transaction's limit: the override in force, else
+// the catalogue default.
+func (l *Limiter) requests(ctx context.Context, now time.Time, txns []Transaction) ([]Request, error) {
+	var ovs []*Override
+	if l.overrides != nil && len(txns) > 0 {
+		var err error
+		if ovs, err = l.overrides.Find(ctx, now, txns); err != nil {
+			return nil, fmt.Errorf("ratelimit: resolving overrides: %w", err)
+		}
+	}
+	reqs := make([]Request, len(txns))
+	for i, t := range txns {
+		lim, ok := l.cat.Default(t.Directory, t.Name)
+		if !ok {
+			return nil, fmt.Errorf("%w: CA %q has no limit %s", ErrInvalidRequest, t.Directory, t.Name)
+		}
+		if ovs != nil && ovs[i] != nil {
+			lim = ovs[i].Limit
+		}
+		reqs[i] = Request{Key: t.Key(), Limit: lim, Cost: t.Cost, Mode: t.Mode}
+	}
+	return reqs, nil
+}
