@@ -240,12 +240,12 @@ func checkContentType(h map[string]string) error {
 
 // unmarshal decodes the JSON value strictly into the payload type of t.
 func unmarshal(t Type, value []byte) (Payload, error) {
+	if bytes.Contains(value, []byte("PRIVATE KEY")) {
+		return nil, fieldErr("value", ErrPrivateKey)
+	}
 	if !utf8.Valid(value) {
 		// encoding/json would silently turn bad bytes into U+FFFD.
 		return nil, fieldErr("value", ErrInvalidUTF8)
-	}
-	if bytes.Contains(value, []byte("PRIVATE KEY")) {
-		return nil, fieldErr("value", ErrPrivateKey)
 	}
 	p := registry[t]()
 	if err := checkShape(value, fieldsOf(p)); err != nil {
@@ -316,8 +316,8 @@ func buildFieldSet(rt reflect.Type) fieldSet {
 // checkShape walks the value's tokens once: it must be exactly one JSON
 // object whose keys are known field names, matched case-sensitively (Go's
 // decoder alone folds case), each present at most once, none null, and every
-// required field present. Nested values are walked too, so deeply nested
-// junk is rejected by the tokenizer's depth limit, not by recursion here.
+// required field present. Nested values are walked iteratively and
+// rejected past maxDepth.
 func checkShape(value []byte, fs fieldSet) error {
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.UseNumber()
@@ -360,6 +360,9 @@ func checkShape(value []byte, fs fieldSet) error {
 	return nil
 }
 
+// maxDepth bounds nesting inside a field; no payload nests deeper than 1.
+const maxDepth = 8
+
 // skipValue consumes one JSON value, rejecting a top-level null.
 func skipValue(dec *json.Decoder, key string) error {
 	depth := 0
@@ -371,6 +374,9 @@ func skipValue(dec *json.Decoder, key string) error {
 		switch tok {
 		case json.Delim('{'), json.Delim('['):
 			depth++
+			if depth > maxDepth {
+				return fieldErrf(key, ErrMalformedJSON, "nested deeper than %d", maxDepth)
+			}
 		case json.Delim('}'), json.Delim(']'):
 			depth--
 		case nil:
