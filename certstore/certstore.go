@@ -1,0 +1,208 @@
+// Package certstore owns the database rows that make issuance idempotent and
+// durable: one row per issuance request (who is ordering it, how it ended and
+// the event that reported it) and the issued certificates with their sealed
+// private keys. It does not seal keys itself (package seal does), order
+// certificates or talk to Kafka.
+//
+// The request life cycle:
+//
+//	(none) --Claim--> ordering --Complete--> succeeded   (outcome kept; redeliveries re-publish it)
+//	                     |     --Fail------> failed      (permanent; outcome kept likewise)
+//	                     |     --Release---> released    (retryable; the next delivery claims it)
+//	                     '-- lease expires (worker died): the next Claim takes it over
+//
+// Every transition is guarded by the owner, so a worker whose lease was taken
+// over cannot overwrite the new owner's result.
+package certstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/certfleet/certfleet/db"
+)
+
+// State of a request row.
+type State string
+
+const (
+	StateOrdering  State = "ordering"
+	StateSucceeded State = "succeeded"
+	StateFailed    State = "failed"
+	StateReleased  State = "released"
+)
+
+// ClaimResult says what a worker should do with a delivered request.
+type ClaimResult struct {
+	// Acquired: this worker now owns the request until LeaseUntil and should
+	// order the certificate.
+	Acquired bool
+	// Attempt is the attempt number of this claim (1 for the first).
+	Attempt int
+	// Done: the request already ended (succeeded or failed); Outcome is the
+	// event that reported it, to be re-published unchanged.
+	Done    bool
+	State   State
+	Outcome []byte
+	// Busy: another worker owns it until LeaseUntil; defer the job until then
+	// rather than order a second certificate.
+	Busy       bool
+	LeaseUntil time.Time
+}
+
+// Store is the request and certificate store over the database. Safe for
+// concurrent use.
+type Store struct{ db *db.DB }
+
+// New returns a Store over d; the schema must be migrated.
+func New(d *db.DB) *Store { return &Store{db: d} }
+
+// ErrNotOwner means the caller no longer owns the request (its lease expired
+// and another worker claimed it, or it already ended); its result was not
+// recorded.
+var ErrNotOwner = errors.New("certstore: request is not owned by this worker")
+
+// Claim takes ownership of requestID for lease, unless it already ended or a
+// live lease of another worker holds it. One statement decides; a second read
+// reports why a claim was refused.
+func (s *Store) Claim(ctx context.Context, requestID, identity, owner string, lease time.Duration) (ClaimResult, error) {
+	var r ClaimResult
+	err := s.db.Pool().QueryRow(ctx, `
+INSERT INTO issuance_requests (request_id, identity, state, owner, owner_until, attempts)
+VALUES ($1, $2, 'ordering', $3, now() + $4::INT * INTERVAL '1 millisecond', 1)
+ON CONFLICT (request_id) DO UPDATE
+   SET state = 'ordering', owner = excluded.owner, owner_until = excluded.owner_until,
+       attempts = issuance_requests.attempts + 1, updated_at = now()
+ WHERE issuance_requests.state = 'released'
+    OR (issuance_requests.state = 'ordering' AND (issuance_requests.owner_until < now() OR issuance_requests.owner = excluded.owner))
+RETURNING attempts, owner_until`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil)
+	if err == nil {
+		r.Acquired, r.State = true, StateOrdering
+		return r, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("certstore: claiming request %q: %w", requestID, err)
+	}
+	var until *time.Time
+	err = s.db.Pool().QueryRow(ctx, `SELECT state, attempts, owner_until, outcome FROM issuance_requests WHERE request_id = $1`, requestID).
+		Scan(&r.State, &r.Attempt, &until, &r.Outcome)
+	if err != nil {
+		return r, fmt.Errorf("certstore: reading request %q after a refused claim: %w", requestID, err)
+	}
+	switch r.State {
+	case StateSucceeded, StateFailed:
+		r.Done = true
+	default:
+		r.Busy = true
+		if until != nil {
+			r.LeaseUntil = *until
+		}
+	}
+	return r, nil
+}
+
+// Issued is a certificate to store. SealedKey is the private key already
+// sealed by package seal; it is never stored or logged in the clear.
+type Issued struct {
+	Identity  string
+	RequestID string
+	Serial    string
+	ARICertID string
+	NotBefore time.Time
+	NotAfter  time.Time
+	ChainPEM  string
+	SealedKey []byte
+	Issuer    string
+}
+
+// Complete stores the certificate and marks the request succeeded with the
+// outcome event, in one transaction, if owner still owns it; otherwise it
+// returns ErrNotOwner and stores nothing.
+func (s *Store) Complete(ctx context.Context, owner string, c Issued, outcome []byte) error {
+	id := uuid.New()
+	err := s.db.ExecuteTx(ctx, func(tx pgx.Tx) error {
+		if err := finish(ctx, tx, c.RequestID, owner, StateSucceeded, outcome); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `
+INSERT INTO issued_certificates (id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			id, c.Identity, c.RequestID, c.Serial, c.ARICertID, c.NotBefore, c.NotAfter, c.ChainPEM, c.SealedKey, c.Issuer)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("certstore: completing request %q: %w", c.RequestID, err)
+	}
+	return nil
+}
+
+// Fail marks the request permanently failed with the outcome event, if owner
+// still owns it.
+func (s *Store) Fail(ctx context.Context, requestID, owner string, outcome []byte) error {
+	if err := s.db.ExecuteTx(ctx, func(tx pgx.Tx) error {
+		return finish(ctx, tx, requestID, owner, StateFailed, outcome)
+	}); err != nil {
+		return fmt.Errorf("certstore: failing request %q: %w", requestID, err)
+	}
+	return nil
+}
+
+// Release hands the request back (retryable failure, deferral or shutdown) so
+// the next delivery can claim it at once.
+func (s *Store) Release(ctx context.Context, requestID, owner string) error {
+	tag, err := s.db.Pool().Exec(ctx, `
+UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL, updated_at = now()
+ WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner)
+	if err != nil {
+		return fmt.Errorf("certstore: releasing request %q: %w", requestID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("releasing request %q: %w", requestID, ErrNotOwner)
+	}
+	return nil
+}
+
+func finish(ctx context.Context, tx pgx.Tx, requestID, owner string, state State, outcome []byte) error {
+	tag, err := tx.Exec(ctx, `
+UPDATE issuance_requests SET state = $3, outcome = $4, owner = '', owner_until = NULL, updated_at = now()
+ WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, string(state), outcome)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotOwner
+	}
+	return nil
+}
+
+// Certificate is a stored certificate, key still sealed.
+type Certificate struct {
+	Issued
+	ID        uuid.UUID
+	CreatedAt time.Time
+}
+
+// Latest returns the newest certificate (by NotAfter) for identity, or
+// ErrNotFound.
+func (s *Store) Latest(ctx context.Context, identity string) (Certificate, error) {
+	var c Certificate
+	err := s.db.Pool().QueryRow(ctx, `
+SELECT id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer, created_at
+  FROM issued_certificates WHERE identity = $1 ORDER BY not_after DESC LIMIT 1`, identity).
+		Scan(&c.ID, &c.Identity, &c.RequestID, &c.Serial, &c.ARICertID, &c.NotBefore, &c.NotAfter, &c.ChainPEM, &c.SealedKey, &c.Issuer, &c.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, fmt.Errorf("certstore: certificate for %s: %w", identity, ErrNotFound)
+	}
+	if err != nil {
+		return c, fmt.Errorf("certstore: reading certificate for %s: %w", identity, err)
+	}
+	return c, nil
+}
+
+// ErrNotFound means no certificate is stored for the identity.
+var ErrNotFound = errors.New("certstore: not found")

@@ -1,0 +1,146 @@
+package certstore_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/schema"
+	"github.com/certfleet/certfleet/testenv"
+)
+
+func newStore(t *testing.T) (*certstore.Store, *db.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := db.Open(ctx, db.Config{URL: testenv.FreshDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	return certstore.New(d), d
+}
+
+func issued(req string) certstore.Issued {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	return certstore.Issued{Identity: "id-" + req, RequestID: req, Serial: "abc", ARICertID: "aki.serial",
+		NotBefore: now, NotAfter: now.Add(90 * 24 * time.Hour), ChainPEM: "-----BEGIN CERTIFICATE-----", SealedKey: []byte{1, 2, 3}, Issuer: "CN=Pebble"}
+}
+
+func TestRequestLifeCycle(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+
+	r, err := s.Claim(ctx, "r1", "id-r1", "worker-a", time.Minute)
+	if err != nil || !r.Acquired || r.Attempt != 1 {
+		t.Fatalf("first claim: %+v, %v", r, err)
+	}
+	r, err = s.Claim(ctx, "r1", "id-r1", "worker-b", time.Minute)
+	if err != nil || r.Acquired || !r.Busy || r.LeaseUntil.Before(time.Now()) {
+		t.Fatalf("claim while another worker orders: %+v, %v; want Busy with a future lease", r, err)
+	}
+	if err := s.Complete(ctx, "worker-a", issued("r1"), []byte("event-1")); err != nil {
+		t.Fatal(err)
+	}
+	r, err = s.Claim(ctx, "r1", "id-r1", "worker-b", time.Minute)
+	if err != nil || !r.Done || r.State != certstore.StateSucceeded || string(r.Outcome) != "event-1" {
+		t.Fatalf("redelivery after success: %+v, %v; want Done with the same outcome", r, err)
+	}
+	c, err := s.Latest(ctx, "id-r1")
+	if err != nil || c.RequestID != "r1" || string(c.SealedKey) != "\x01\x02\x03" {
+		t.Fatalf("Latest: %+v, %v", c, err)
+	}
+	if _, err := s.Latest(ctx, "nope"); !errors.Is(err, certstore.ErrNotFound) {
+		t.Fatalf("Latest(missing) = %v", err)
+	}
+}
+
+func TestReleaseAndFail(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	if _, err := s.Claim(ctx, "r2", "id", "a", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, "r2", "b"); !errors.Is(err, certstore.ErrNotOwner) {
+		t.Fatalf("release by a non-owner: %v", err)
+	}
+	if err := s.Release(ctx, "r2", "a"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Claim(ctx, "r2", "id", "b", time.Minute)
+	if err != nil || !r.Acquired || r.Attempt != 2 {
+		t.Fatalf("claim after release: %+v, %v; want acquired, attempt 2", r, err)
+	}
+	if err := s.Fail(ctx, "r2", "b", []byte("failed-event")); err != nil {
+		t.Fatal(err)
+	}
+	r, err = s.Claim(ctx, "r2", "id", "c", time.Minute)
+	if err != nil || !r.Done || r.State != certstore.StateFailed || string(r.Outcome) != "failed-event" {
+		t.Fatalf("claim after permanent failure: %+v, %v", r, err)
+	}
+}
+
+// A worker that died holding a request loses it when its lease expires; its
+// late result is refused so it cannot overwrite the new owner's.
+func TestExpiredLeaseIsTakenOver(t *testing.T) {
+	s, d := newStore(t)
+	ctx := context.Background()
+	if _, err := s.Claim(ctx, "r3", "id-r3", "dead", -time.Second); err != nil { // already expired
+		t.Fatal(err)
+	}
+	r, err := s.Claim(ctx, "r3", "id-r3", "alive", time.Minute)
+	if err != nil || !r.Acquired || r.Attempt != 2 {
+		t.Fatalf("takeover: %+v, %v", r, err)
+	}
+	if err := s.Complete(ctx, "dead", issued("r3"), []byte("late")); !errors.Is(err, certstore.ErrNotOwner) {
+		t.Fatalf("late completion by the old owner: %v; want ErrNotOwner", err)
+	}
+	var n int
+	if err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM issued_certificates WHERE request_id = 'r3'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("old owner's certificate stored (%d rows, %v)", n, err)
+	}
+	if err := s.Complete(ctx, "alive", issued("r3"), []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Eight workers receiving the same request at once: exactly one orders.
+func TestConcurrentClaimsOneWinner(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for round := 0; round < 10; round++ {
+		req := "race-" + string(rune('a'+round))
+		var mu sync.Mutex
+		winners := 0
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := s.Claim(ctx, req, "id", "w"+string(rune('0'+w)), time.Minute)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if r.Acquired {
+					mu.Lock()
+					winners++
+					mu.Unlock()
+				} else if !r.Busy {
+					t.Errorf("loser got %+v; want Busy", r)
+				}
+			}()
+		}
+		wg.Wait()
+		if winners != 1 {
+			t.Fatalf("round %d: %d workers acquired the request, want 1", round, winners)
+		}
+	}
+}
