@@ -17,12 +17,15 @@ import (
 // The database: PostgreSQL 15 from Debian's packages as the CockroachDB
 // stand-in, or `cockroach start-single-node --insecure` when chosen.
 const (
-	pgAddr   = "127.0.0.1:15432"
-	pgPort   = "15432"
 	pgBinDir = "/usr/lib/postgresql/15/bin"
-	crdbAddr = "127.0.0.1:26257"
-	crdbHTTP = "127.0.0.1:18080"
 	dbName   = "certfleet"
+)
+
+var (
+	pgPort   = fmt.Sprint(port(15432))
+	pgAddr   = addr(15432)
+	crdbAddr = addr(26257)
+	crdbHTTP = addr(18080)
 )
 
 // dbKind picks the database: CERTFLEET_DB when set, else cockroach when the

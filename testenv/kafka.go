@@ -22,10 +22,13 @@ import (
 // Apache Kafka in KRaft mode (one process is broker and controller), from
 // the Maven Central jars resolved by kafka/pom.xml.
 const (
-	kafkaAddr           = "127.0.0.1:19092"
-	kafkaControllerAddr = "127.0.0.1:19093"
-	kafkaHeap           = "512m"
-	readyTopic          = "certfleet.testenv.ready"
+	kafkaHeap  = "512m"
+	readyTopic = "certfleet.testenv.ready"
+)
+
+var (
+	kafkaAddr           = addr(19092)
+	kafkaControllerAddr = addr(19093)
 )
 
 //go:embed kafka/pom.xml

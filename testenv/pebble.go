@@ -23,12 +23,6 @@ const (
 	PebbleVersion       = "v2.10.1"
 	MaxConcurrentOrders = 8
 
-	pebbleAddr     = "127.0.0.1:14000"
-	pebbleMgmtAddr = "127.0.0.1:15000"
-	challDNSAddr   = "127.0.0.1:8053"
-	challHTTP01    = 5002
-	challMgmtAddr  = "127.0.0.1:8055"
-
 	// EnvPebbleAlwaysValid=1 starts Pebble with PEBBLE_VA_ALWAYS_VALID=1:
 	// every challenge passes without a validation request, for throughput runs.
 	EnvPebbleAlwaysValid = "CERTFLEET_PEBBLE_ALWAYS_VALID"
@@ -36,6 +30,15 @@ const (
 	// random one otherwise); PebbleShortProfile has a 6-day lifetime.
 	PebbleProfile      = "default"
 	PebbleShortProfile = "shortlived"
+)
+
+var (
+	pebbleAddr     = addr(14000)
+	pebbleMgmtAddr = addr(15000)
+	challDNSAddr   = addr(8053)
+	challHTTP01    = port(5002)
+	challMgmtAddr  = addr(8055)
+	tlsALPNPort    = port(5001) // Pebble's TLS-ALPN-01 port; nothing serves it
 )
 
 // installPebble puts pebble and pebble-challtestsrv into the cache with
@@ -91,7 +94,7 @@ func writePebbleConfig(dir, cert, key string) (string, error) {
 	p := &c.Pebble
 	p.ListenAddress, p.ManagementListenAddress = pebbleAddr, pebbleMgmtAddr
 	p.Certificate, p.PrivateKey = cert, key
-	p.HTTPPort, p.TLSPort = challHTTP01, 5001
+	p.HTTPPort, p.TLSPort = challHTTP01, tlsALPNPort
 	p.DomainBlocklist = []string{"blocked-domain.example"}
 	p.KeyAlgorithm = "ecdsa"
 	p.Profiles = map[string]pebbleProfile{

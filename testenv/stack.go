@@ -34,6 +34,9 @@ type layout struct {
 }
 
 func newLayout() (layout, error) {
+	if portOffsetErr != nil {
+		return layout{}, portOffsetErr
+	}
 	state, err := StateDir()
 	if err != nil {
 		return layout{}, err
