@@ -105,10 +105,7 @@ func (l *Limiter) Refund(ctx context.Context, txns []Transaction) error {
 	if err != nil {
 		return err
 	}
-	if err := l.store.Refund(ctx, now, reqs); err != nil {
-		return fmt.Errorf("ratelimit: refunding %d buckets: %w", len(reqs), err)
-	}
-	return nil
+	return l.store.Refund(ctx, now, reqs)
 }
 
 // Penalize records that the CA refused t's bucket until until (a 429 with

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -246,17 +247,33 @@ UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(b.tat_ns - u.inc, $3::INT8),
 FROM unnest($1::TEXT[], $2::INT8[]) AS u(k, inc)
 WHERE b.bucket_key = u.k AND b.tat_ns > $3::INT8`
 
-// Refund implements Store with one statement.
+// Refund implements Store. A one-key refund is one statement; a batch is a
+// short transaction that first locks its keys in sorted order (an UPDATE
+// ... FROM locks in no defined order and deadlocks against other batches).
 func (s *DBStore) Refund(ctx context.Context, now time.Time, reqs []Request) error {
 	if err := validateRequests(reqs); err != nil {
 		return err
 	}
+	reqs = slices.Clone(reqs)
+	slices.SortFunc(reqs, func(a, b Request) int { return strings.Compare(a.Key, b.Key) })
 	keys := make([]string, len(reqs))
 	incs := make([]int64, len(reqs))
 	for i, r := range reqs {
 		keys[i], incs[i] = r.Key, r.Limit.Interval()*r.Cost
 	}
-	if _, err := s.pool.Exec(ctx, refundSQL, keys, incs, nanos(now)); err != nil {
+	var err error
+	if len(reqs) == 1 {
+		_, err = s.pool.Exec(ctx, refundSQL, keys, incs, nanos(now))
+	} else {
+		err = s.runTx(ctx, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT bucket_key FROM ratelimit_buckets WHERE bucket_key = ANY($1::TEXT[]) ORDER BY bucket_key FOR UPDATE`, keys); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, refundSQL, keys, incs, nanos(now))
+			return err
+		})
+	}
+	if err != nil {
 		return fmt.Errorf("ratelimit: refunding %d buckets: %w", len(reqs), err)
 	}
 	return nil

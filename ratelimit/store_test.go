@@ -32,8 +32,13 @@ func testDB(t testing.TB) *db.DB {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Close)
+	migrateDB(t, ctx, d)
+	return d
+}
+
+func migrateDB(t testing.TB, ctx context.Context, d *db.DB) {
+	t.Helper()
 	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	return d
 }

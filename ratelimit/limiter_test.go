@@ -1,0 +1,120 @@
+package ratelimit_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/certfleet/certfleet/ratelimit"
+)
+
+type staticOverrides map[string]ratelimit.Limit // by bucket key
+
+func (s staticOverrides) Find(_ context.Context, _ time.Time, txns []ratelimit.Transaction) ([]*ratelimit.Override, error) {
+	out := make([]*ratelimit.Override, len(txns))
+	for i, t := range txns {
+		if l, ok := s[t.Key()]; ok {
+			out[i] = &ratelimit.Override{Limit: l}
+		}
+	}
+	return out, nil
+}
+
+func order(t testing.TB, c *ratelimit.Catalogue, kind ratelimit.OrderKind, sans ...string) []ratelimit.Transaction {
+	t.Helper()
+	txns, err := c.OrderTransactions(ratelimit.Order{Directory: leDir, Account: "acct-1", SANs: sans, Kind: kind})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return txns
+}
+
+func TestLimiterFQDNSet(t *testing.T) {
+	cat := catalogue(t)
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	l := ratelimit.NewLimiter(ratelimit.NewMemStore(), cat, ratelimit.WithClock(clk))
+	ctx := tctx(t)
+	for i := range 5 {
+		r, err := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, "www.example.com", "example.com"))
+		if err != nil || !r.Allowed {
+			t.Fatalf("order %d: %+v, %v", i, r, err)
+		}
+		clk.Add(time.Second)
+	}
+	r, err := l.Spend(ctx, order(t, cat, ratelimit.Renewal, "example.com", "www.example.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Allowed || r.Limiting == nil || r.Limiting.Name != ratelimit.CertificatesPerFQDNSet {
+		t.Fatalf("6th order for one SAN set = %+v, want denied by CertificatesPerFQDNSet even as a renewal", r)
+	}
+	if want := 7*24*time.Hour/5 - 5*time.Second; r.RetryIn != want {
+		t.Fatalf("RetryIn = %s, want %s", r.RetryIn, want)
+	}
+}
+
+func TestLimiterRenewalSpendsWithoutCheck(t *testing.T) {
+	cat := catalogue(t)
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	l := ratelimit.NewLimiter(ratelimit.NewMemStore(), cat, ratelimit.WithClock(clk))
+	ctx := tctx(t)
+	for i := range 50 {
+		r, err := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, fmt.Sprintf("h%d.example.com", i)))
+		if err != nil || !r.Allowed {
+			t.Fatalf("order %d: %+v, %v", i, r, err)
+		}
+		clk.Add(time.Second)
+	}
+	r, _ := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, "new.example.com"))
+	if r.Allowed || r.Limiting.Name != ratelimit.CertificatesPerDomain {
+		t.Fatalf("51st new certificate = %+v, want denied by CertificatesPerDomain", r)
+	}
+	r, _ = l.Spend(ctx, order(t, cat, ratelimit.Renewal, "h0.example.com"))
+	if !r.Allowed {
+		t.Fatalf("renewal of an existing SAN set = %+v, want allowed (spend without check)", r)
+	}
+	// The renewal was counted: new issuance now waits two intervals.
+	r, _ = l.Check(ctx, order(t, cat, ratelimit.NewOrder, "new.example.com"))
+	if r.Allowed || r.RetryIn < 2*7*24*time.Hour/50-time.Minute {
+		t.Fatalf("after renewal, new order check = %+v, want a wait of about two intervals", r)
+	}
+}
+
+func TestLimiterRefundPenaltyOverride(t *testing.T) {
+	cat := catalogue(t)
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	acct := mustTxn(t, cat, ratelimit.NewOrdersPerAccount, "acct-1", "acct-1", "")
+	store := ratelimit.NewMemStore()
+	l := ratelimit.NewLimiter(store, cat, ratelimit.WithClock(clk),
+		ratelimit.WithOverrides(staticOverrides{acct.Key(): {Count: 2, Period: time.Hour, Burst: 2}}))
+	ctx := tctx(t)
+	txns := []ratelimit.Transaction{acct}
+	for range 2 {
+		if r, _ := l.Spend(ctx, txns); !r.Allowed {
+			t.Fatalf("spend within override = %+v", r)
+		}
+	}
+	if r, _ := l.Spend(ctx, txns); r.Allowed || r.RetryIn != 30*time.Minute {
+		t.Fatalf("spend beyond lower override = %+v, want denied for 30m", r)
+	}
+	if err := l.Refund(ctx, txns); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := l.Spend(ctx, txns); !r.Allowed {
+		t.Fatalf("spend after refund = %+v", r)
+	}
+	if err := l.Refund(ctx, txns); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Penalize(ctx, acct, clk.Now().Add(10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := l.Spend(ctx, txns); r.Allowed || r.RetryIn != 10*time.Minute {
+		t.Fatalf("spend under penalty = %+v, want denied for 10m", r)
+	}
+	clk.Add(10 * time.Minute)
+	if r, _ := l.Spend(ctx, txns); !r.Allowed {
+		t.Fatalf("spend after penalty = %+v", r)
+	}
+}
