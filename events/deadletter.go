@@ -1,0 +1,101 @@
+package events
+
+import (
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Headers the subscriber adds to a dead-lettered record. The record keeps
+// its key, value and original headers, so it can be inspected with any Kafka
+// tool and replayed to its source topic unchanged.
+const (
+	HeaderDLQReason    = "certfleet_dlq_reason"    // why: the decode error or the handler's last error
+	HeaderDLQTopic     = "certfleet_dlq_topic"     // source topic
+	HeaderDLQPartition = "certfleet_dlq_partition" // source partition, decimal
+	HeaderDLQOffset    = "certfleet_dlq_offset"    // source offset, decimal
+	HeaderDLQAttempts  = "certfleet_dlq_attempts"  // handler attempts, decimal; 0 when it never decoded
+	HeaderDLQGroup     = "certfleet_dlq_group"     // consumer group that gave up
+	HeaderDLQTime      = "certfleet_dlq_time"      // RFC 3339
+)
+
+const maxReasonLen = 1024
+
+// DeadLetter is the metadata of a dead-lettered record.
+type DeadLetter struct {
+	Reason    string
+	Topic     string
+	Partition int
+	Offset    int64
+	Attempts  int
+	Group     string
+	Time      time.Time
+}
+
+// ReadDeadLetter extracts the dead-letter metadata from a record read from a
+// DLQ topic. ok is false when the record carries no reason header.
+func ReadDeadLetter(m kafka.Message) (d DeadLetter, ok bool) {
+	for _, h := range m.Headers {
+		v := string(h.Value)
+		switch h.Key {
+		case HeaderDLQReason:
+			d.Reason, ok = v, true
+		case HeaderDLQTopic:
+			d.Topic = v
+		case HeaderDLQPartition:
+			d.Partition, _ = strconv.Atoi(v)
+		case HeaderDLQOffset:
+			d.Offset, _ = strconv.ParseInt(v, 10, 64)
+		case HeaderDLQAttempts:
+			d.Attempts, _ = strconv.Atoi(v)
+		case HeaderDLQGroup:
+			d.Group = v
+		case HeaderDLQTime:
+			d.Time, _ = time.Parse(time.RFC3339Nano, v)
+		}
+	}
+	return d, ok
+}
+
+// deadLetterRecord copies m for topic, replacing any earlier dead-letter
+// headers with d's.
+func deadLetterRecord(topic string, m kafka.Message, d DeadLetter) kafka.Message {
+	hs := make([]kafka.Header, 0, len(m.Headers)+7)
+	for _, h := range m.Headers {
+		if !strings.HasPrefix(h.Key, "certfleet_dlq_") {
+			hs = append(hs, h)
+		}
+	}
+	hs = append(hs,
+		kafka.Header{Key: HeaderDLQReason, Value: []byte(sanitizeReason(d.Reason))},
+		kafka.Header{Key: HeaderDLQTopic, Value: []byte(d.Topic)},
+		kafka.Header{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(d.Partition))},
+		kafka.Header{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(d.Offset, 10))},
+		kafka.Header{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(d.Attempts))},
+		kafka.Header{Key: HeaderDLQGroup, Value: []byte(d.Group)},
+		kafka.Header{Key: HeaderDLQTime, Value: []byte(d.Time.UTC().Format(time.RFC3339Nano))},
+	)
+	return kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: hs}
+}
+
+// sanitizeReason makes an error text safe for a header and for whoever
+// prints it: valid UTF-8, control characters replaced, bounded length.
+func sanitizeReason(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxReasonLen {
+		s = strings.ToValidUTF8(s[:maxReasonLen], "") + "..."
+	}
+	if s == "" {
+		s = "unknown"
+	}
+	return s
+}

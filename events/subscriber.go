@@ -1,0 +1,419 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+)
+
+// Handler processes one event. A nil error means the event is done and its
+// offset may be committed. Any other error is retried with backoff, up to
+// SubscriberConfig.MaxAttempts calls in all, unless it wraps a
+// *backoff.PermanentError (see Permanent), which dead-letters at once.
+// Handlers must be idempotent: Kafka delivers at least once, and duplicates
+// that slip past the dedupe window (restarts, rebalances) reach the handler.
+// ctx is cancelled when Run's ctx is, or when Shutdown's deadline passes.
+type Handler func(ctx context.Context, e Event) error
+
+// Permanent marks err as not worth retrying: the subscriber dead-letters the
+// record after this one attempt.
+func Permanent(err error) error { return backoff.Permanent(err) }
+
+// MessageWriter writes records synchronously: a nil error means every record
+// is durably written (for Kafka: acknowledged by all in-sync replicas). A
+// blocked write returns when ctx is done. *Producer implements it.
+type MessageWriter interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// fetcher is the part of *kafka.Reader the subscriber uses; tests of the pure
+// logic substitute an in-memory one.
+type fetcher interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+	Close() error
+}
+
+// SubscriberConfig configures a Subscriber. The zero value of every optional
+// field means its documented default.
+type SubscriberConfig struct {
+	// Brokers are the bootstrap addresses. Required.
+	Brokers []string
+	// GroupID is the consumer group. Required: offsets are committed to it.
+	GroupID string
+	// Topics to consume. Required.
+	Topics []string
+	// DeadLetter receives records the subscriber gives up on, written to
+	// DeadLetterTopic. Both required.
+	DeadLetter      MessageWriter
+	DeadLetterTopic string
+	// MaxAttempts is how many times the handler is called for one event
+	// before the record is dead-lettered. Default 5.
+	MaxAttempts int
+	// Backoff returns a fresh policy for the waits between attempts of one
+	// event. A policy that returns backoff.Stop ends the attempts early.
+	// Default exponential from 50 ms to 5 s with jitter.
+	Backoff func() backoff.BackOff
+	// DedupeWindow is how many recent event ids are remembered; an event
+	// whose id is among them is committed without calling the handler.
+	// Default 10,000; negative disables deduplication.
+	DedupeWindow int
+	// MaxWait bounds one fetch long-poll. Default 250 ms.
+	MaxWait time.Duration
+	// StartOffset for a group with no committed offset: kafka.FirstOffset
+	// (default) or kafka.LastOffset.
+	StartOffset int64
+	// SessionTimeout and HeartbeatInterval of the group membership. Defaults
+	// 10 s and 1 s: a member that dies is replaced within about 10 s.
+	SessionTimeout    time.Duration
+	HeartbeatInterval time.Duration
+	// Dialer carries TLS and SASL settings. Default kafka.DefaultDialer.
+	Dialer *kafka.Dialer
+	// Logger receives retries, dead letters and commit failures. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *SubscriberConfig) validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("Brokers is empty"))
+	}
+	if c.GroupID == "" {
+		errs = append(errs, errors.New("GroupID is empty"))
+	}
+	if len(c.Topics) == 0 {
+		errs = append(errs, errors.New("Topics is empty"))
+	}
+	if c.DeadLetter == nil {
+		errs = append(errs, errors.New("DeadLetter is nil"))
+	}
+	if c.DeadLetterTopic == "" {
+		errs = append(errs, errors.New("DeadLetterTopic is empty"))
+	}
+	for _, t := range c.Topics {
+		if t == c.DeadLetterTopic && t != "" {
+			errs = append(errs, fmt.Errorf("DeadLetterTopic %q is also consumed: a poison record would loop", t))
+		}
+	}
+	if c.MaxAttempts < 0 || c.MaxWait < 0 || c.SessionTimeout < 0 || c.HeartbeatInterval < 0 {
+		errs = append(errs, errors.New("MaxAttempts, MaxWait, SessionTimeout and HeartbeatInterval must not be negative"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("events: SubscriberConfig: %w", err)
+	}
+	return nil
+}
+
+func (c *SubscriberConfig) setDefaults() {
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 5
+	}
+	if c.Backoff == nil {
+		c.Backoff = func() backoff.BackOff {
+			return backoff.NewExponentialBackOff(
+				backoff.WithInitialInterval(50*time.Millisecond),
+				backoff.WithMaxInterval(5*time.Second),
+				backoff.WithMaxElapsedTime(0))
+		}
+	}
+	if c.DedupeWindow == 0 {
+		c.DedupeWindow = 10_000
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = 250 * time.Millisecond
+	}
+	if c.StartOffset == 0 {
+		c.StartOffset = kafka.FirstOffset
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 10 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Stats counts what a subscriber did since it started.
+type Stats struct {
+	Handled      int64 // handler returned nil, offset committed
+	Retries      int64 // handler calls after the first, over all events
+	DeadLettered int64 // records written to the dead-letter topic
+	Duplicates   int64 // events skipped because their id was in the window
+	CommitErrors int64 // commits that failed (the record will be redelivered)
+}
+
+// Subscriber consumes events as a member of a consumer group. It processes
+// one record at a time in partition order and commits a record's offset only
+// after the handler succeeded or the record was written to the dead-letter
+// topic, so no record is ever dropped: each ends handled, deduplicated, or
+// dead-lettered. Records that fail to decode go to the dead-letter topic at
+// once, with the decode error as the reason.
+type Subscriber struct {
+	cfg  SubscriberConfig
+	r    fetcher
+	seen *window
+	log  *slog.Logger
+
+	stop     chan struct{} // closed by Shutdown
+	stopOnce sync.Once
+	started  atomic.Bool
+	done     chan struct{} // closed when Run returns
+	mu       sync.Mutex
+	cancel   context.CancelFunc // cancels Run's handler context
+
+	handled, retries, deadLettered, duplicates, commitErrors atomic.Int64
+}
+
+// NewSubscriber validates cfg and creates the group reader. It does not
+// block; the group is joined by the first fetch in Run.
+func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           cfg.Brokers,
+		GroupID:           cfg.GroupID,
+		GroupTopics:       cfg.Topics,
+		Dialer:            cfg.Dialer,
+		MinBytes:          1,
+		MaxBytes:          4 << 20,
+		MaxWait:           cfg.MaxWait,
+		StartOffset:       cfg.StartOffset,
+		CommitInterval:    0, // synchronous commits: CommitMessages returns the broker's answer
+		SessionTimeout:    cfg.SessionTimeout,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		RebalanceTimeout:  cfg.SessionTimeout,
+		JoinGroupBackoff:  500 * time.Millisecond,
+		ReadLagInterval:   -1,
+	})
+	return newSubscriber(cfg, r), nil
+}
+
+func newSubscriber(cfg SubscriberConfig, r fetcher) *Subscriber {
+	return &Subscriber{
+		cfg:  cfg,
+		r:    r,
+		seen: newWindow(cfg.DedupeWindow),
+		log:  cfg.Logger.With("group", cfg.GroupID),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+}
+
+// ErrSubscriberUsed is returned by a second call to Run.
+var ErrSubscriberUsed = errors.New("events: Subscriber.Run called twice")
+
+// Run fetches and handles records until Shutdown or ctx ends. It returns nil
+// after Shutdown, ctx's error when ctx ends (the record in hand is then not
+// committed and will be redelivered), or the reader's error. Run may be
+// called once.
+func (s *Subscriber) Run(ctx context.Context, h Handler) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return ErrSubscriberUsed
+	}
+	defer close(s.done)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+
+	// Fetches stop at Shutdown; the handler context lives on until Run's ctx
+	// ends or Shutdown's deadline passes.
+	fetchCtx, fetchCancel := context.WithCancel(runCtx)
+	defer fetchCancel()
+	go func() {
+		select {
+		case <-s.stop:
+			fetchCancel()
+		case <-fetchCtx.Done():
+		}
+	}()
+
+	for {
+		m, err := s.r.FetchMessage(fetchCtx)
+		if err != nil {
+			switch {
+			case s.stopping():
+				return nil
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case errors.Is(err, io.EOF):
+				return errors.New("events: subscriber reader closed")
+			}
+			return fmt.Errorf("events: fetching from %v: %w", s.cfg.Topics, err)
+		}
+		if err := s.process(runCtx, h, m); err != nil {
+			if s.stopping() && ctx.Err() == nil {
+				return nil // Shutdown's deadline cut the handler short
+			}
+			return err
+		}
+	}
+}
+
+func (s *Subscriber) stopping() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// process takes one record to an end: handled, duplicate or dead-lettered,
+// then commits it. It returns an error only when ctx ended first; the record
+// is then left uncommitted.
+func (s *Subscriber) process(ctx context.Context, h Handler, m kafka.Message) error {
+	log := s.log.With("topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
+	e, err := Decode(m)
+	if err != nil {
+		if err := s.deadLetter(ctx, m, err, 0); err != nil {
+			return err
+		}
+		return s.commit(ctx, m)
+	}
+	log = log.With("event_id", e.ID, "type", e.Type())
+	if s.seen.Seen(e.ID) {
+		s.duplicates.Add(1)
+		log.Debug("events: duplicate skipped")
+		return s.commit(ctx, m)
+	}
+	attempts := 0
+	err = backoff.RetryNotify(func() error {
+		attempts++
+		if attempts > 1 {
+			s.retries.Add(1)
+		}
+		err := callHandler(ctx, h, e)
+		if err != nil && attempts >= s.cfg.MaxAttempts {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, backoff.WithContext(s.cfg.Backoff(), ctx), func(err error, wait time.Duration) {
+		log.Warn("events: handler failed, retrying", "attempt", attempts, "wait", wait, "error", err)
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		if err := s.deadLetter(ctx, m, err, attempts); err != nil {
+			return err
+		}
+	} else {
+		s.handled.Add(1)
+	}
+	// Remember the id either way: a redelivered copy of a dead-lettered record
+	// must not be dead-lettered twice.
+	s.seen.Add(e.ID)
+	return s.commit(ctx, m)
+}
+
+// callHandler turns a handler panic into an error, so one bad event cannot
+// crash the consumer.
+func callHandler(ctx context.Context, h Handler, e Event) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return h(ctx, e)
+}
+
+// deadLetter writes m to the dead-letter topic, retrying until it succeeds or
+// ctx ends: a record is committed only once it is safe somewhere.
+func (s *Subscriber) deadLetter(ctx context.Context, m kafka.Message, reason error, attempts int) error {
+	d := DeadLetter{
+		Reason:    reason.Error(),
+		Topic:     m.Topic,
+		Partition: m.Partition,
+		Offset:    m.Offset,
+		Attempts:  attempts,
+		Group:     s.cfg.GroupID,
+		Time:      time.Now(),
+	}
+	rec := deadLetterRecord(s.cfg.DeadLetterTopic, m, d)
+	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	err := backoff.RetryNotify(func() error {
+		return s.cfg.DeadLetter.WriteMessages(ctx, rec)
+	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
+		s.log.Error("events: dead-letter write failed, retrying", "topic", s.cfg.DeadLetterTopic, "wait", wait, "error", err)
+	})
+	if err != nil {
+		return fmt.Errorf("events: dead-lettering %s/%d@%d: %w", m.Topic, m.Partition, m.Offset, err)
+	}
+	s.deadLettered.Add(1)
+	s.log.Warn("events: record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
+		"attempts", attempts, "reason", sanitizeReason(d.Reason))
+	return nil
+}
+
+// commit commits m's offset. A failed commit (typically a rebalance) is
+// logged, not fatal: the record will be redelivered to whoever owns the
+// partition next, and handlers are idempotent.
+func (s *Subscriber) commit(ctx context.Context, m kafka.Message) error {
+	err := s.r.CommitMessages(ctx, m)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	s.commitErrors.Add(1)
+	s.log.Warn("events: commit failed; the record will be redelivered", "topic", m.Topic,
+		"partition", m.Partition, "offset", m.Offset, "error", err)
+	return nil
+}
+
+// Stats returns the subscriber's counters.
+func (s *Subscriber) Stats() Stats {
+	return Stats{
+		Handled:      s.handled.Load(),
+		Retries:      s.retries.Load(),
+		DeadLettered: s.deadLettered.Load(),
+		Duplicates:   s.duplicates.Load(),
+		CommitErrors: s.commitErrors.Load(),
+	}
+}
+
+// Shutdown stops fetching, lets the record in hand finish (handler, dead
+// letter, commit), then leaves the group and closes the reader. If ctx ends
+// first, the handler's context is cancelled, that record stays uncommitted
+// and is redelivered to another member. Safe to call more than once and
+// without Run.
+func (s *Subscriber) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	if s.started.Load() {
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			s.mu.Lock()
+			if s.cancel != nil {
+				s.cancel()
+			}
+			s.mu.Unlock()
+			<-s.done
+		}
+	}
+	if err := s.r.Close(); err != nil {
+		return fmt.Errorf("events: closing subscriber: %w", err)
+	}
+	return nil
+}
+
+// Close is Shutdown without a deadline.
+func (s *Subscriber) Close() error { return s.Shutdown(context.Background()) }

@@ -1,0 +1,314 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+)
+
+// fakeReader is an in-memory fetcher: it hands out queued records and records
+// commits. Only for the subscriber's pure logic; Kafka behaviour is tested
+// against testenv in subscriber_test.go.
+type fakeReader struct {
+	mu      sync.Mutex
+	queue   chan kafka.Message
+	commits []kafka.Message
+	closed  bool
+}
+
+func newFakeReader(msgs ...kafka.Message) *fakeReader {
+	f := &fakeReader{queue: make(chan kafka.Message, 100)}
+	for i, m := range msgs {
+		m.Topic, m.Offset = "src", int64(i)
+		f.queue <- m
+	}
+	return f
+}
+
+func (f *fakeReader) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	select {
+	case m := <-f.queue:
+		return m, nil
+	case <-ctx.Done():
+		return kafka.Message{}, ctx.Err()
+	}
+}
+
+func (f *fakeReader) CommitMessages(ctx context.Context, msgs ...kafka.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.commits = append(f.commits, msgs...)
+	return nil
+}
+
+func (f *fakeReader) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+func (f *fakeReader) committed() []int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []int64
+	for _, m := range f.commits {
+		out = append(out, m.Offset)
+	}
+	return out
+}
+
+// fakeWriter records written messages; its first failures writes fail.
+type fakeWriter struct {
+	mu       sync.Mutex
+	failures int
+	msgs     []kafka.Message
+}
+
+func (w *fakeWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failures > 0 {
+		w.failures--
+		return errors.New("broker unavailable")
+	}
+	w.msgs = append(w.msgs, msgs...)
+	return nil
+}
+
+func (w *fakeWriter) written() []kafka.Message {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]kafka.Message(nil), w.msgs...)
+}
+
+func testConfig(w MessageWriter) SubscriberConfig {
+	cfg := SubscriberConfig{
+		Brokers: []string{"unused:1"}, GroupID: "g", Topics: []string{"src"},
+		DeadLetter: w, DeadLetterTopic: "dlq", MaxAttempts: 3,
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	cfg.setDefaults()
+	return cfg
+}
+
+// runUntil runs s until cond holds (or 10 s pass), then shuts it down.
+func runUntil(t *testing.T, s *Subscriber, h Handler, cond func() bool) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() { errc <- s.Run(context.Background(), h) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestSubscriberLogic(t *testing.T) {
+	good := encodeSample(t, 1)
+	other := encodeSample(t, 2)
+	bad := good
+	bad.Value = []byte(`{"request_id":"x"`)
+
+	tests := []struct {
+		name         string
+		msgs         []kafka.Message
+		handler      func(calls int) error
+		wantCalls    int
+		wantCommits  int
+		wantDLQ      int
+		wantAttempts string
+		wantReason   string
+		wantStats    Stats
+	}{
+		{"success commits", []kafka.Message{good}, func(int) error { return nil }, 1, 1, 0, "", "", Stats{Handled: 1}},
+		{"retry then success", []kafka.Message{good}, func(n int) error {
+			if n < 3 {
+				return errors.New("flaky")
+			}
+			return nil
+		}, 3, 1, 0, "", "", Stats{Handled: 1, Retries: 2}},
+		{"exhausted goes to DLQ", []kafka.Message{good}, func(int) error { return errors.New("db down") }, 3, 1, 1, "3", "db down", Stats{Retries: 2, DeadLettered: 1}},
+		{"permanent skips retries", []kafka.Message{good}, func(int) error { return Permanent(errors.New("bad input")) }, 1, 1, 1, "1", "bad input", Stats{DeadLettered: 1}},
+		{"panic is an error", []kafka.Message{good}, func(int) error { panic("boom") }, 3, 1, 1, "3", "handler panicked: boom", Stats{Retries: 2, DeadLettered: 1}},
+		{"undecodable goes to DLQ untouched", []kafka.Message{bad}, func(int) error { return nil }, 0, 1, 1, "0", "malformed JSON", Stats{DeadLettered: 1}},
+		{"duplicate id skipped", []kafka.Message{good, other, good}, func(int) error { return nil }, 2, 3, 0, "", "", Stats{Handled: 2, Duplicates: 1}},
+		{"dead-lettered id not dead-lettered twice", []kafka.Message{good, good}, func(int) error { return Permanent(errors.New("no")) }, 1, 2, 1, "1", "no", Stats{DeadLettered: 1, Duplicates: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newFakeReader(tt.msgs...)
+			w := &fakeWriter{}
+			s := newSubscriber(testConfig(w), r)
+			var mu sync.Mutex
+			calls := 0
+			h := func(ctx context.Context, e Event) error {
+				mu.Lock()
+				calls++
+				n := calls
+				mu.Unlock()
+				return tt.handler(n)
+			}
+			runUntil(t, s, h, func() bool { return len(r.committed()) == len(tt.msgs) })
+			if calls != tt.wantCalls {
+				t.Errorf("handler calls %d, want %d", calls, tt.wantCalls)
+			}
+			if got := len(r.committed()); got != tt.wantCommits {
+				t.Errorf("commits %d, want %d", got, tt.wantCommits)
+			}
+			dl := w.written()
+			if len(dl) != tt.wantDLQ {
+				t.Fatalf("dead letters %d, want %d", len(dl), tt.wantDLQ)
+			}
+			if s.Stats() != tt.wantStats {
+				t.Errorf("stats %+v, want %+v", s.Stats(), tt.wantStats)
+			}
+			if tt.wantDLQ == 0 {
+				return
+			}
+			d, ok := ReadDeadLetter(dl[0])
+			if !ok || dl[0].Topic != "dlq" || d.Topic != "src" || d.Offset != 0 || d.Group != "g" ||
+				fmt.Sprint(d.Attempts) != tt.wantAttempts || !strings.Contains(d.Reason, tt.wantReason) {
+				t.Errorf("dead letter %+v on %q, want attempts %s reason containing %q", d, dl[0].Topic, tt.wantAttempts, tt.wantReason)
+			}
+			if string(dl[0].Value) != string(tt.msgs[0].Value) || string(dl[0].Key) != string(tt.msgs[0].Key) {
+				t.Error("dead letter does not carry the original key and value")
+			}
+		})
+	}
+}
+
+// TestSubscriberDLQWriteRetried: a failing dead-letter write is retried and
+// the offset is committed only after it succeeded.
+func TestSubscriberDLQWriteRetried(t *testing.T) {
+	bad := encodeSample(t, 1)
+	bad.Value = []byte("{}")
+	r := newFakeReader(bad)
+	w := &fakeWriter{failures: 2}
+	s := newSubscriber(testConfig(w), r)
+	runUntil(t, s, func(context.Context, Event) error { return nil }, func() bool { return len(r.committed()) == 1 })
+	if len(w.written()) != 1 {
+		t.Fatalf("dead letters %d, want 1", len(w.written()))
+	}
+}
+
+// TestSubscriberNoCommitWithoutDLQ: if the dead-letter topic stays
+// unwritable until the subscriber is stopped, the record is not committed.
+func TestSubscriberNoCommitWithoutDLQ(t *testing.T) {
+	bad := encodeSample(t, 1)
+	bad.Value = []byte("{}")
+	r := newFakeReader(bad)
+	w := &fakeWriter{failures: 1 << 30}
+	s := newSubscriber(testConfig(w), r)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := s.Run(ctx, func(context.Context, Event) error { return nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v, want deadline exceeded", err)
+	}
+	if c := r.committed(); len(c) != 0 {
+		t.Fatalf("committed %v without a dead letter", c)
+	}
+}
+
+// TestSubscriberShutdownFinishesInFlight: Shutdown waits for the handler in
+// progress and commits it; with an expired deadline it cancels the handler
+// and commits nothing.
+func TestSubscriberShutdownFinishesInFlight(t *testing.T) {
+	for _, graceful := range []bool{true, false} {
+		t.Run(fmt.Sprint("graceful=", graceful), func(t *testing.T) {
+			r := newFakeReader(encodeSample(t, 1))
+			s := newSubscriber(testConfig(&fakeWriter{}), r)
+			started := make(chan struct{})
+			h := func(ctx context.Context, e Event) error {
+				close(started)
+				select {
+				case <-time.After(200 * time.Millisecond):
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- s.Run(context.Background(), h) }()
+			<-started
+			ctx := context.Background()
+			if !graceful {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 10*time.Millisecond)
+				defer cancel()
+			}
+			if err := s.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			want := 0
+			if graceful {
+				want = 1
+			}
+			if got := len(r.committed()); got != want {
+				t.Fatalf("commits %d, want %d", got, want)
+			}
+			if !r.closed {
+				t.Fatal("reader not closed")
+			}
+		})
+	}
+}
+
+func TestSubscriberConfigValidation(t *testing.T) {
+	_, err := NewSubscriber(SubscriberConfig{Topics: []string{"a"}, DeadLetterTopic: "a"})
+	if err == nil {
+		t.Fatal("empty config accepted")
+	}
+	for _, want := range []string{"Brokers", "GroupID", "DeadLetter is nil", "would loop"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestWindow(t *testing.T) {
+	w := newWindow(2)
+	w.Add("a")
+	w.Add("b")
+	if !w.Seen("a") { // refreshes a
+		t.Fatal("a not seen")
+	}
+	w.Add("c") // evicts b, the least recently seen
+	if w.Seen("b") || !w.Seen("a") || !w.Seen("c") {
+		t.Fatal("wrong eviction")
+	}
+	off := newWindow(-1)
+	off.Add("a")
+	if off.Seen("a") {
+		t.Fatal("disabled window remembers")
+	}
+}
+
+func TestSanitizeReason(t *testing.T) {
+	got := sanitizeReason("a\nb\x00c\xff" + strings.Repeat("x", 2000))
+	if strings.ContainsAny(got, "\n\x00") || len(got) > maxReasonLen+3 || !strings.HasPrefix(got, "a b c\uFFFD") {
+		t.Fatalf("sanitizeReason = %q", got[:20])
+	}
+}
