@@ -125,10 +125,12 @@ func ValidateOverrideKey(k string) error {
 	if strings.Contains(k, "*") {
 		return fmt.Errorf("%q: a wildcard is only allowed as a leading \"*.\"", truncate(k, 64))
 	}
-	if _, err := netip.ParsePrefix(k); err == nil {
+	// IP addresses and prefixes in canonical form only (no zones: "fe80::1%x y"
+	// parses as an address).
+	if p, err := netip.ParsePrefix(k); err == nil && p.String() == k {
 		return nil
 	}
-	if _, err := netip.ParseAddr(k); err == nil {
+	if ip, err := netip.ParseAddr(k); err == nil && ip.Zone() == "" && ip.String() == k {
 		return nil
 	}
 	if err := checkIdent(k, maxKeyLen); err != nil {
