@@ -1,6 +1,7 @@
 # certfleet developer entry points. `make help` lists them.
 # Go from /usr/local/go is used when `go` is not on PATH.
 export PATH := $(PATH):/usr/local/go/bin
+SHELL := /bin/bash
 GO        ?= go
 TESTFLAGS ?=
 CACHE     ?= $(or $(CERTFLEET_CACHE_DIR),$(HOME)/.cache/certfleet)
@@ -43,5 +44,9 @@ $(STATICCHECK):
 	GOBIN=$(CACHE)/bin/tmp $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(CACHE)/bin/tmp/staticcheck $@
 
-bench: testenv-up ## run every benchmark (ratios against baselines measured in the same run)
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+BENCHTIME ?= 1s
+bench: testenv-up ## run every benchmark; prints one table with ratios against baselines of the same run, JSON in bench-results/
+	mkdir -p bench-results
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -count=1 -timeout 30m ./... \
+	  | tee bench-results/raw.txt \
+	  | $(GO) run ./cmd/benchtable -json bench-results/bench.json -settings "benchtime=$(BENCHTIME), testenv on loopback ($$(. ./.testenv/env; echo $$CERTFLEET_DB))"
