@@ -76,6 +76,9 @@
 // Subscriber consumes as a consumer group member with FetchMessage and
 // CommitMessages, calls a typed Handler, retries failures with backoff,
 // dead-letters after MaxAttempts (or at once for records that do not decode),
-// dedupes by event id within a window, and commits a record only once it is
-// handled, skipped as a duplicate, or safely in the dead-letter topic.
+// dedupes by event id within a window, and marks a record for commit only
+// once it is handled, skipped as a duplicate, or safely in the dead-letter
+// topic. Marked offsets are committed every CommitInterval (100 ms) and at
+// Shutdown; committing each record synchronously is an option, at about a
+// sixth of the throughput.
 package events

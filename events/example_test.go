@@ -68,7 +68,10 @@ func Example() {
 		switch d := e.Data.(type) {
 		case *events.IssuanceRequest:
 			fmt.Println("request", d.RequestID, "for", d.SANs, "key", e.Key())
-			done <- struct{}{} // one is enough for the example
+			select { // one is enough for the example
+			case done <- struct{}{}:
+			default:
+			}
 		case *events.CertObtained:
 			fmt.Println("certificate", d.Serial)
 		}

@@ -22,7 +22,7 @@ type kafkaEnv struct {
 	topics  Topics
 }
 
-func newKafkaEnv(t *testing.T, partitions int) kafkaEnv {
+func newKafkaEnv(t testing.TB, partitions int) kafkaEnv {
 	t.Helper()
 	s := testenv.Require(t)
 	b := make([]byte, 4)
@@ -64,7 +64,7 @@ func sanitizeTopic(s string) string {
 	return string(b)
 }
 
-func (k kafkaEnv) producer(t *testing.T) *Producer {
+func (k kafkaEnv) producer(t testing.TB) *Producer {
 	t.Helper()
 	p, err := NewProducer(ProducerConfig{Brokers: k.brokers, Topics: k.topics})
 	if err != nil {

