@@ -1,0 +1,96 @@
+package acmeissuer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/mholt/acmez/v3/acme"
+)
+
+func problem(typ string, status int) acme.Problem {
+	return acme.Problem{Type: acme.ProblemTypeNamespace + typ, Status: status, Detail: "detail of " + typ}
+}
+
+func TestClassify(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	wrap := func(err error) error { return fmt.Errorf("creating new order: attempt 1: https://ca/order: %w", err) }
+	cases := []struct {
+		name     string
+		err      error
+		class    Class
+		typ      string
+		retryAt  time.Time
+		noDetail bool
+	}{
+		{"rate limited error", wrap(&RateLimitedError{RetryAfter: at, Problem: problem("rateLimited", 429), Err: problem("rateLimited", 429)}), RateLimited, "rateLimited", at, false},
+		{"rateLimited problem without transport", wrap(problem("rateLimited", 429)), RateLimited, "rateLimited", time.Time{}, false},
+		{"429 status, other type", wrap(problem("malformed", 429)), RateLimited, "malformed", time.Time{}, false},
+		{"429 status error", &StatusError{Status: 429, Err: errors.New("HTTP 429: slow down")}, RateLimited, "", time.Time{}, true},
+		{"badNonce", wrap(problem("badNonce", 400)), Retry, "badNonce", time.Time{}, false},
+		{"serverInternal", wrap(problem("serverInternal", 500)), Retry, "serverInternal", time.Time{}, false},
+		{"503 problem with Retry-After", &StatusError{Status: 503, RetryAfter: at, Err: problem("serverInternal", 503)}, Retry, "serverInternal", at, false},
+		{"plain 502", &StatusError{Status: 502, Err: errors.New("HTTP 502: <html>")}, Retry, "", time.Time{}, true},
+		{"any 5xx problem", wrap(acme.Problem{Type: "about:blank", Status: 504}), Retry, "about:blank", time.Time{}, true},
+		{"deadline", wrap(context.DeadlineExceeded), Retry, "", time.Time{}, true},
+		{"canceled", context.Canceled, Retry, "", time.Time{}, true},
+		{"network", wrap(&url.Error{Op: "Post", URL: "https://ca", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}), Retry, "", time.Time{}, true},
+		{"eof", fmt.Errorf("reading response body: %w", io.ErrUnexpectedEOF), Retry, "", time.Time{}, true},
+		{"unknown", errors.New("something odd"), Retry, "", time.Time{}, true},
+		{"invalid request", fmt.Errorf("x: %w", ErrInvalidRequest), Permanent, "", time.Time{}, true},
+		{"malformed", wrap(problem("malformed", 400)), Permanent, "malformed", time.Time{}, false},
+		{"unauthorized (validation)", fmt.Errorf("solving challenge: a.test: %w", problem("unauthorized", 403)), Permanent, "unauthorized", time.Time{}, false},
+		{"caa", wrap(problem("caa", 403)), Permanent, "caa", time.Time{}, false},
+		{"rejectedIdentifier", wrap(problem("rejectedIdentifier", 400)), Permanent, "rejectedIdentifier", time.Time{}, false},
+		{"dns", wrap(problem("dns", 400)), Permanent, "dns", time.Time{}, false},
+		{"badCSR", wrap(problem("badCSR", 400)), Permanent, "badCSR", time.Time{}, false},
+		{"accountDoesNotExist", wrap(problem("accountDoesNotExist", 400)), Permanent, "accountDoesNotExist", time.Time{}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := Classify(c.err)
+			wantType := c.typ
+			if wantType != "" && wantType != "about:blank" {
+				wantType = acme.ProblemTypeNamespace + wantType
+			}
+			if got.Class != c.class || got.ProblemType != wantType || !got.RetryAfter.Equal(c.retryAt) {
+				t.Fatalf("Classify = %+v; want class %v type %q retry %v", got, c.class, wantType, c.retryAt)
+			}
+			if !c.noDetail && got.Detail == "" {
+				t.Error("detail lost")
+			}
+		})
+	}
+	if got := Classify(nil); got != (Classification{}) {
+		t.Errorf("Classify(nil) = %+v", got)
+	}
+}
+
+func TestAnnotate(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := &capture{}
+	plain := errors.New("x")
+	if got := annotate(plain, c, now, time.Minute); got != plain {
+		t.Errorf("nothing seen: %v", got)
+	}
+	c.status(502)
+	var se *StatusError
+	if got := annotate(plain, c, now, time.Minute); !errors.As(got, &se) || se.Status != 502 {
+		t.Errorf("after 502: %v", got)
+	}
+	c.status(429)
+	c.retryAfter(429, now.Add(time.Hour))
+	var rl *RateLimitedError
+	if got := annotate(plain, c, now, time.Minute); !errors.As(got, &rl) || !rl.RetryAfter.Equal(now.Add(time.Hour)) || rl.Guessed {
+		t.Errorf("after 429: %v", got)
+	}
+	// A rateLimited problem the transport never saw (no hook) gets the default.
+	if got := annotate(problem("rateLimited", 429), &capture{}, now, time.Minute); !errors.As(got, &rl) || !rl.Guessed || !rl.RetryAfter.Equal(now.Add(time.Minute)) {
+		t.Errorf("problem only: %v", got)
+	}
+}

@@ -1,0 +1,375 @@
+// Package acmeissuer obtains certificates from one ACME CA through acmez: the
+// fleet-wide ACME account per (CA directory, tenant), the order itself with an
+// explicit profile and ARI "replaces", HTTP-01 through a database-backed
+// challenge store and responder, DNS-01 through libdns providers, the
+// Retry-After of a 429 that acmez drops, and the classification of every error
+// into retry, rate-limited or permanent.
+//
+// It owns the acme_accounts rows of its CA directory (schema 0001) and the
+// acme_http01_challenges table (schema 0003), and touches no other table. It
+// does not spend rate-limit tokens, store certificates, seal certificate keys
+// or talk to Kafka: those belong to the pipeline, which calls Obtain, seals
+// Result.PrivateKey (seal.SealPrivateKey) and records the 429 penalty through
+// the PenaltyRecorder it passes in. It never logs or returns key material.
+//
+// Start with New(Config{...}) per CA directory, then call Obtain per order;
+// serve HTTP01Handler on every worker's port 80 when HTTP-01 is used.
+package acmeissuer
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mholt/acmez/v3"
+	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/seal"
+)
+
+// PenaltyRecorder records a CA's 429 so every worker backs off, not just this
+// one. ratelimit.Store (and its DB implementation) satisfies it.
+//
+// Contract: Penalize blocks key until until, extending and never shortening a
+// current penalty; it is safe for concurrent use and honours ctx.
+type PenaltyRecorder interface {
+	Penalize(ctx context.Context, key string, until time.Time) error
+}
+
+// Config configures an Issuer for one CA directory. The zero value of every
+// optional field means its documented default.
+type Config struct {
+	// Directory is the CA's ACME directory URL. Required.
+	Directory string
+	// DB holds acme_accounts. Required.
+	DB *db.DB
+	// Sealer seals ACME account keys at rest. Required.
+	Sealer seal.Sealer
+	// Solvers maps challenge types (acme.ChallengeTypeHTTP01,
+	// acme.ChallengeTypeDNS01, ...) to solvers, e.g. HTTP01Solver and
+	// DNS01Solver. At least one is required.
+	Solvers map[string]acmez.Solver
+	// HTTPClient talks to the CA. Its Transport is wrapped in a
+	// RetryAfterTransport (the client is copied, not modified). Default: a
+	// client with a 30 s timeout over http.DefaultTransport.
+	HTTPClient *http.Client
+	// OnRetryAfter, optional, is called by the transport for every 429/503
+	// with the server's Retry-After (see RetryAfterTransport).
+	OnRetryAfter func(req *http.Request, status int, until time.Time)
+	// Penalties, optional, receives Request.PenaltyKeys when the CA answers an
+	// order with 429.
+	Penalties PenaltyRecorder
+	// DefaultPenalty is how long a 429 without Retry-After blocks. Default 5 minutes.
+	DefaultPenalty time.Duration
+	// Contact lists account contact URLs (mailto:...). Optional.
+	Contact []string
+	// Profile is the ACME profile used when Request.Profile is empty.
+	Profile string
+	// AccountWait is how long a worker that lost the race to create a tenant's
+	// account waits for the winner to register it before registering the same
+	// key itself. Default 10 s. AccountPoll is its poll interval; default 50 ms.
+	AccountWait, AccountPoll time.Duration
+	// PollInterval and PollTimeout tune acmez's polling of authorizations and
+	// orders when the CA sends no Retry-After. Defaults: acmez's (250 ms, 5 min).
+	PollInterval, PollTimeout time.Duration
+	// UserAgent is appended to acmez's User-Agent. Default "certfleet".
+	UserAgent string
+	// Logger receives acmez's debug logs. Default: none.
+	Logger *slog.Logger
+	// Now tells the time; default time.Now.
+	Now func() time.Time
+}
+
+// Issuer obtains certificates from one CA. Safe for concurrent use.
+type Issuer struct {
+	cfg    Config
+	client *acme.Client
+
+	mu            sync.Mutex
+	accounts      map[string]*accountEntry
+	registrations atomic.Int64 // newAccount calls that succeeded (tests)
+}
+
+// New validates cfg and returns an Issuer. Errors name the field.
+func New(cfg Config) (*Issuer, error) {
+	switch {
+	case cfg.Directory == "":
+		return nil, errors.New("acmeissuer: Config.Directory is required")
+	case cfg.DB == nil:
+		return nil, errors.New("acmeissuer: Config.DB is required")
+	case cfg.Sealer == nil:
+		return nil, errors.New("acmeissuer: Config.Sealer is required")
+	case len(cfg.Solvers) == 0:
+		return nil, errors.New("acmeissuer: Config.Solvers needs at least one challenge solver")
+	case cfg.DefaultPenalty < 0, cfg.AccountWait < 0, cfg.AccountPoll < 0, cfg.PollInterval < 0, cfg.PollTimeout < 0:
+		return nil, errors.New("acmeissuer: Config durations must not be negative")
+	}
+	for typ, s := range cfg.Solvers {
+		if s == nil {
+			return nil, fmt.Errorf("acmeissuer: Config.Solvers[%q] is nil", typ)
+		}
+	}
+	if cfg.DefaultPenalty == 0 {
+		cfg.DefaultPenalty = 5 * time.Minute
+	}
+	if cfg.AccountWait == 0 {
+		cfg.AccountWait = 10 * time.Second
+	}
+	if cfg.AccountPoll == 0 {
+		cfg.AccountPoll = 50 * time.Millisecond
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "certfleet"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	if cfg.HTTPClient != nil {
+		c := *cfg.HTTPClient
+		hc = &c
+	}
+	hc.Transport = &RetryAfterTransport{Base: hc.Transport, Now: cfg.Now, OnRetryAfter: cfg.OnRetryAfter}
+	return &Issuer{
+		cfg: cfg,
+		client: &acme.Client{
+			Directory:    cfg.Directory,
+			HTTPClient:   hc,
+			UserAgent:    cfg.UserAgent,
+			PollInterval: cfg.PollInterval,
+			PollTimeout:  cfg.PollTimeout,
+			Logger:       cfg.Logger,
+		},
+		accounts: map[string]*accountEntry{},
+	}, nil
+}
+
+func (i *Issuer) now() time.Time { return i.cfg.Now() }
+
+// Request is one certificate order.
+type Request struct {
+	// Tenant selects the ACME account ("" is a valid tenant).
+	Tenant string
+	// SANs are the DNS names (or IP addresses) of the certificate, already
+	// validated and normalised by the caller (package names). Required.
+	SANs []string
+	// Profile is the ACME profile to order; empty means Config.Profile. When
+	// the CA advertises profiles one of them must be named; when it
+	// advertises none, none may be named.
+	Profile string
+	// Replaces is the certificate this order renews (ARI, RFC 9773); nil for
+	// a new certificate. acmez drops it and retries if the CA says
+	// alreadyReplaced.
+	Replaces *x509.Certificate
+	// KeyType of the new certificate key; empty means ECDSAP256.
+	KeyType KeyType
+	// Challenges restricts the challenge types tried (each must be in
+	// Config.Solvers); empty means every configured one. Wildcard names need
+	// dns-01.
+	Challenges []string
+	// PenaltyKeys are the rate-limit bucket keys Config.Penalties blocks until
+	// the CA's Retry-After when this order gets a 429.
+	PenaltyKeys []string
+}
+
+// Result is an obtained certificate. PrivateKey is unsealed: the caller seals
+// it (seal.SealPrivateKey) and must not log it; Result's String and LogValue
+// leave it out.
+type Result struct {
+	ChainPEM            []byte // leaf first, as the CA sent it
+	Leaf                *x509.Certificate
+	Serial              string // lower-case hex, no separators
+	NotBefore, NotAfter time.Time
+	ARICertID           string // RFC 9773 certificate identifier, for renewal info and "replaces"
+	CertURL             string
+	AccountURL          string
+	PrivateKey          crypto.Signer
+}
+
+func (r *Result) String() string {
+	return fmt.Sprintf("acmeissuer.Result{serial: %s, sans: %v, not_after: %s}", r.Serial, r.Leaf.DNSNames, r.NotAfter.Format(time.RFC3339))
+}
+
+// GoString is String, so %#v prints no key either.
+func (r *Result) GoString() string { return r.String() }
+
+// LogValue leaves the private key out of structured logs.
+func (r *Result) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("serial", r.Serial), slog.Any("sans", r.Leaf.DNSNames),
+		slog.Time("not_after", r.NotAfter), slog.String("ari_cert_id", r.ARICertID))
+}
+
+// Obtain orders, validates, finalises and downloads a certificate for req. It
+// blocks until the certificate is issued, the order fails, or ctx ends
+// (cancellation abandons the order at the CA; the caller retries). Errors wrap
+// *RateLimitedError, *StatusError, acme.Problem or ErrInvalidRequest; use
+// Classify. On a 429 it first records Request.PenaltyKeys with
+// Config.Penalties (a failure to record is joined to the returned error).
+func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
+	solvers, err := i.check(req)
+	if err != nil {
+		return nil, err
+	}
+	profile := req.Profile
+	if profile == "" {
+		profile = i.cfg.Profile
+	}
+	if err := i.checkProfile(ctx, profile); err != nil {
+		return nil, err
+	}
+	acct, err := i.Account(ctx, req.Tenant)
+	if err != nil {
+		return nil, i.penalize(ctx, req, err)
+	}
+	key, err := req.KeyType.GenerateKey()
+	if err != nil {
+		return nil, fmt.Errorf("acmeissuer: generating the certificate key: %w", err)
+	}
+	csr, err := acmez.NewCSR(key, req.SANs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: making a CSR for %v: %v", ErrInvalidRequest, req.SANs, err)
+	}
+	params, err := acmez.OrderParametersFromCSR(acct, csr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: order parameters for %v: %v", ErrInvalidRequest, req.SANs, err)
+	}
+	params.Profile = profile
+	params.Replaces = req.Replaces
+
+	cctx, c := withCapture(ctx)
+	client := acmez.Client{Client: i.client, ChallengeSolvers: solvers}
+	certs, err := client.ObtainCertificate(cctx, params)
+	if err != nil {
+		err = annotate(err, c, i.now(), i.cfg.DefaultPenalty)
+		return nil, i.penalize(ctx, req, fmt.Errorf("acmeissuer: obtaining a certificate for %v: %w", req.SANs, err))
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("acmeissuer: obtaining a certificate for %v: the CA offered no chain", req.SANs)
+	}
+	res, err := resultFrom(certs[0], key)
+	if err != nil {
+		return nil, fmt.Errorf("acmeissuer: certificate for %v: %w", req.SANs, err)
+	}
+	res.AccountURL = acct.Location
+	return res, nil
+}
+
+// check validates req and picks its solvers.
+func (i *Issuer) check(req Request) (map[string]acmez.Solver, error) {
+	if len(req.SANs) == 0 {
+		return nil, fmt.Errorf("%w: no SANs", ErrInvalidRequest)
+	}
+	if len(req.SANs) > 100 {
+		return nil, fmt.Errorf("%w: %d SANs, at most 100", ErrInvalidRequest, len(req.SANs))
+	}
+	seen := make(map[string]bool, len(req.SANs))
+	for _, s := range req.SANs {
+		if s == "" || seen[s] {
+			return nil, fmt.Errorf("%w: empty or duplicate SAN %q", ErrInvalidRequest, s)
+		}
+		seen[s] = true
+	}
+	if !req.KeyType.Valid() {
+		return nil, fmt.Errorf("%w: unknown key type %q", ErrInvalidRequest, string(req.KeyType))
+	}
+	if len(req.Challenges) == 0 {
+		return i.cfg.Solvers, nil
+	}
+	solvers := make(map[string]acmez.Solver, len(req.Challenges))
+	for _, typ := range req.Challenges {
+		s, ok := i.cfg.Solvers[typ]
+		if !ok {
+			return nil, fmt.Errorf("%w: no solver for challenge type %q", ErrInvalidRequest, typ)
+		}
+		solvers[typ] = s
+	}
+	return solvers, nil
+}
+
+// checkProfile insists on an explicit profile when the CA offers profiles (a
+// CA may otherwise pick one at random; Pebble does).
+func (i *Issuer) checkProfile(ctx context.Context, profile string) error {
+	cctx, c := withCapture(ctx)
+	dir, err := i.client.GetDirectory(cctx)
+	if err != nil {
+		return fmt.Errorf("acmeissuer: reading the directory %s: %w", i.cfg.Directory, annotate(err, c, i.now(), i.cfg.DefaultPenalty))
+	}
+	var offered map[string]string
+	if dir.Meta != nil {
+		offered = dir.Meta.Profiles
+	}
+	switch _, ok := offered[profile]; {
+	case len(offered) == 0 && profile != "":
+		return fmt.Errorf("%w: profile %q named but the CA offers no profiles", ErrInvalidRequest, profile)
+	case len(offered) > 0 && profile == "":
+		return fmt.Errorf("%w: the CA offers profiles %v; name one", ErrInvalidRequest, sortedKeys(offered))
+	case len(offered) > 0 && !ok:
+		return fmt.Errorf("%w: profile %q is not offered by the CA (offers %v)", ErrInvalidRequest, profile, sortedKeys(offered))
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// penalize records a 429 through Config.Penalties for req's keys.
+func (i *Issuer) penalize(ctx context.Context, req Request, err error) error {
+	var rl *RateLimitedError
+	if i.cfg.Penalties == nil || !errors.As(err, &rl) {
+		return err
+	}
+	var errs []error
+	for _, k := range req.PenaltyKeys {
+		if perr := i.cfg.Penalties.Penalize(ctx, k, rl.RetryAfter); perr != nil {
+			errs = append(errs, fmt.Errorf("acmeissuer: recording the CA's penalty on %q: %w", k, perr))
+		}
+	}
+	return errors.Join(append([]error{err}, errs...)...)
+}
+
+// resultFrom parses the chain and checks the leaf is for key.
+func resultFrom(cert acme.Certificate, key crypto.Signer) (*Result, error) {
+	block, _ := pem.Decode(cert.ChainPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("chain has no PEM certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the leaf: %w", err)
+	}
+	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, errors.New("the leaf is not for the order's key")
+	}
+	ariID, err := acme.ARIUniqueIdentifier(leaf)
+	if err != nil {
+		return nil, fmt.Errorf("computing the ARI certificate id: %w", err)
+	}
+	return &Result{
+		ChainPEM:   cert.ChainPEM,
+		Leaf:       leaf,
+		Serial:     hex.EncodeToString(leaf.SerialNumber.Bytes()),
+		NotBefore:  leaf.NotBefore,
+		NotAfter:   leaf.NotAfter,
+		ARICertID:  ariID,
+		CertURL:    cert.URL,
+		PrivateKey: key,
+	}, nil
+}
