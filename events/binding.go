@@ -65,7 +65,7 @@ func marshal(p Payload) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(p); err != nil {
+	if err := enc.Encode(inUTC(p)); err != nil {
 		return nil, fieldErr("value", fmt.Errorf("encoding %s: %w", p.EventType(), err))
 	}
 	value := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
@@ -76,6 +76,34 @@ func marshal(p Payload) ([]byte, error) {
 		return nil, fieldErr("value", ErrPrivateKey)
 	}
 	return value, nil
+}
+
+// inUTC returns a copy of p with every time in UTC, so the wire never
+// depends on the producer's time zone.
+func inUTC(p Payload) Payload {
+	switch v := p.(type) {
+	case *IssuanceRequest:
+		c := *v
+		c.NotBefore = c.NotBefore.UTC()
+		return &c
+	case *CertObtained:
+		c := *v
+		c.NotBefore, c.NotAfter = c.NotBefore.UTC(), c.NotAfter.UTC()
+		return &c
+	case *CertFailed:
+		c := *v
+		c.NextAttemptAt = c.NextAttemptAt.UTC()
+		return &c
+	case *IssuanceDeferred:
+		c := *v
+		c.RetryAt = c.RetryAt.UTC()
+		return &c
+	case *RenewalScheduled:
+		c := *v
+		c.RenewAt, c.WindowStart, c.WindowEnd = c.RenewAt.UTC(), c.WindowStart.UTC(), c.WindowEnd.UTC()
+		return &c
+	}
+	return p
 }
 
 // Decode parses and validates one record. It is strict: every rule that

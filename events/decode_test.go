@@ -217,6 +217,26 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 	}
 }
 
+func TestEncodeWritesUTC(t *testing.T) {
+	p := samplePayloads(t)[3].(*IssuanceDeferred)
+	p.RetryAt = p.RetryAt.In(time.FixedZone("X", 5*3600))
+	e, err := New(testSource, testTime.In(time.FixedZone("Y", -3600)), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := encodeSample(t, 3)
+	if !bytes.Equal(m.Value, want.Value) || string(m.Headers[4].Value) != string(want.Headers[4].Value) {
+		t.Fatalf("times not written in UTC:\n%s %s\n%s %s", m.Headers[4].Value, m.Value, want.Headers[4].Value, want.Value)
+	}
+	if p.RetryAt.Location().String() != "X" {
+		t.Fatal("Encode modified the caller's payload")
+	}
+}
+
 func TestIdentity(t *testing.T) {
 	// The documented test vector: sha256("example.com\nwww.example.com").
 	const want = "d0153bd58ceefd23eaf3c18ab3d2affc04f3a5fb6d6041c01b23284506a987e2"
