@@ -190,18 +190,29 @@ type Certificate struct {
 // Latest returns the newest certificate (by NotAfter) for identity, or
 // ErrNotFound.
 func (s *Store) Latest(ctx context.Context, identity string) (Certificate, error) {
+	return s.one(ctx, `WHERE identity = $1 ORDER BY not_after DESC LIMIT 1`, identity)
+}
+
+// one reads the first certificate matching where (a fixed clause, arg bound).
+func (s *Store) one(ctx context.Context, where, arg string) (Certificate, error) {
 	var c Certificate
 	err := s.db.Pool().QueryRow(ctx, `
 SELECT id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer, created_at
-  FROM issued_certificates WHERE identity = $1 ORDER BY not_after DESC LIMIT 1`, identity).
+  FROM issued_certificates `+where, arg).
 		Scan(&c.ID, &c.Identity, &c.RequestID, &c.Serial, &c.ARICertID, &c.NotBefore, &c.NotAfter, &c.ChainPEM, &c.SealedKey, &c.Issuer, &c.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return c, fmt.Errorf("certstore: certificate for %s: %w", identity, ErrNotFound)
+		return c, fmt.Errorf("certstore: certificate %s: %w", arg, ErrNotFound)
 	}
 	if err != nil {
-		return c, fmt.Errorf("certstore: reading certificate for %s: %w", identity, err)
+		return c, fmt.Errorf("certstore: reading certificate %s: %w", arg, err)
 	}
 	return c, nil
+}
+
+// ByARICertID returns the certificate with the given ARI certificate id
+// (RFC 9773), or ErrNotFound: the certificate an ARI renewal replaces.
+func (s *Store) ByARICertID(ctx context.Context, ariCertID string) (Certificate, error) {
+	return s.one(ctx, `WHERE ari_cert_id = $1 ORDER BY not_after DESC LIMIT 1`, ariCertID)
 }
 
 // ErrNotFound means no certificate is stored for the identity.

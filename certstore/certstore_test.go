@@ -57,6 +57,12 @@ func TestRequestLifeCycle(t *testing.T) {
 	if err != nil || c.RequestID != "r1" || string(c.SealedKey) != "\x01\x02\x03" {
 		t.Fatalf("Latest: %+v, %v", c, err)
 	}
+	if c, err := s.ByARICertID(ctx, "aki.serial"); err != nil || c.RequestID != "r1" {
+		t.Fatalf("ByARICertID: %+v, %v", c, err)
+	}
+	if _, err := s.ByARICertID(ctx, "other"); !errors.Is(err, certstore.ErrNotFound) {
+		t.Fatalf("ByARICertID(missing) = %v", err)
+	}
 	if _, err := s.Latest(ctx, "nope"); !errors.Is(err, certstore.ErrNotFound) {
 		t.Fatalf("Latest(missing) = %v", err)
 	}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/certfleet/certfleet/db"
 )
@@ -119,19 +120,8 @@ func apply(ctx context.Context, d *db.DB, ms []Migration, opt Options) ([]int, e
 		opt.Poll = 250 * time.Millisecond
 	}
 	pool := d.Pool()
-	if _, err := pool.Exec(ctx, `
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INT         NOT NULL PRIMARY KEY,
-    name       TEXT        NOT NULL,
-    checksum   TEXT        NOT NULL,
-    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS schema_migration_lock (
-    id         INT         NOT NULL PRIMARY KEY,
-    holder     TEXT        NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL
-)`); err != nil {
-		return nil, fmt.Errorf("schema: creating bookkeeping tables: %w", err)
+	if err := createBookkeeping(ctx, d); err != nil {
+		return nil, err
 	}
 	if err := lock(ctx, d, opt); err != nil {
 		return nil, err
@@ -175,6 +165,38 @@ CREATE TABLE IF NOT EXISTS schema_migration_lock (
 		done = append(done, m.Version)
 	}
 	return done, nil
+}
+
+const bookkeeping = `
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INT         NOT NULL PRIMARY KEY,
+    name       TEXT        NOT NULL,
+    checksum   TEXT        NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS schema_migration_lock (
+    id         INT         NOT NULL PRIMARY KEY,
+    holder     TEXT        NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+)`
+
+// createBookkeeping creates the runner's own tables. Before the lock exists
+// nothing serialises migrators, and PostgreSQL's CREATE TABLE IF NOT EXISTS
+// is not safe against a concurrent twin: the loser fails with a unique
+// violation on the catalog (23505) or duplicate_table (42P07). Both mean
+// "someone else just created it", so try again and find it there.
+func createBookkeeping(ctx context.Context, d *db.DB) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if _, err = d.Pool().Exec(ctx, bookkeeping); err == nil {
+			return nil
+		}
+		var pg *pgconn.PgError
+		if !errors.As(err, &pg) || (pg.Code != "23505" && pg.Code != "42P07") {
+			break
+		}
+	}
+	return fmt.Errorf("schema: creating bookkeeping tables: %w", err)
 }
 
 // applyOne runs a migration and records it. On PostgreSQL both happen in one
