@@ -312,3 +312,28 @@ func TestSanitizeReason(t *testing.T) {
 		t.Fatalf("sanitizeReason = %q", got[:20])
 	}
 }
+
+func TestDeadLetterRecordRoundTrip(t *testing.T) {
+	m := encodeSample(t, 0)
+	m.Headers = append(m.Headers, kafka.Header{Key: HeaderDLQReason, Value: []byte("an older reason")})
+	d := DeadLetter{Reason: "bad\nthing", Topic: "src", Partition: 2, Offset: 7, Attempts: 4, Group: "g",
+		Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	rec := DeadLetterRecord("dlq", m, d)
+	got, ok := ReadDeadLetter(rec)
+	d.Reason = "bad thing" // sanitized
+	if !ok || got != d || rec.Topic != "dlq" {
+		t.Fatalf("ReadDeadLetter = %+v, %v; want %+v", got, ok, d)
+	}
+	n := 0
+	for _, h := range rec.Headers {
+		if h.Key == HeaderDLQReason {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d reason headers, want the earlier one replaced", n)
+	}
+	if _, err := Decode(rec); err != nil {
+		t.Fatalf("dead letter of a valid event no longer decodes: %v", err)
+	}
+}
