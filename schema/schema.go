@@ -183,7 +183,7 @@ CREATE TABLE IF NOT EXISTS schema_migration_lock (
 // createBookkeeping creates the runner's own tables. Before the lock exists
 // nothing serialises migrators, and PostgreSQL's CREATE TABLE IF NOT EXISTS
 // is not safe against a concurrent twin: the loser fails with a unique
-// violation on the catalog (23505) or duplicate_table (42P07). Both mean
+// violation on the catalog (23505), duplicate_table (42P07) or duplicate_object (42710, the row type). All mean
 // "someone else just created it", so try again and find it there.
 func createBookkeeping(ctx context.Context, d *db.DB) error {
 	var err error
@@ -192,7 +192,7 @@ func createBookkeeping(ctx context.Context, d *db.DB) error {
 			return nil
 		}
 		var pg *pgconn.PgError
-		if !errors.As(err, &pg) || (pg.Code != "23505" && pg.Code != "42P07") {
+		if !errors.As(err, &pg) || (pg.Code != "23505" && pg.Code != "42P07" && pg.Code != "42710") {
 			break
 		}
 	}
