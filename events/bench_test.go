@@ -116,3 +116,47 @@ func BenchmarkPublishToHandler(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 }
+
+// BenchmarkSubscriberDrain measures how fast one subscriber drains a backlog
+// of b.N records from one partition (no-op handler, default commits).
+//
+//	go test ./events -run '^$' -bench SubscriberDrain -benchtime 10000x
+func BenchmarkSubscriberDrain(b *testing.B) {
+	k := newKafkaEnv(b, 1)
+	p := k.producer(b)
+	var batch []Event
+	for i := 0; i < b.N; i++ {
+		batch = append(batch, requestEvent(b, i))
+		if len(batch) == 500 || i == b.N-1 {
+			if err := p.Publish(context.Background(), batch...); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	s := k.subscriber(b, "g-drain", nil)
+	got := make(chan struct{}, b.N)
+	b.ResetTimer()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- s.Run(context.Background(), func(ctx context.Context, e Event) error {
+			got <- struct{}{}
+			return nil
+		})
+	}()
+	for range b.N {
+		select {
+		case <-got:
+		case <-time.After(30 * time.Second):
+			b.Fatal("records lost")
+		}
+	}
+	b.StopTimer()
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}

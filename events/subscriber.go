@@ -235,7 +235,8 @@ var ErrSubscriberUsed = errors.New("events: Subscriber.Run called twice")
 // Run fetches and handles records until Shutdown or ctx ends. It returns nil
 // after Shutdown, ctx's error when ctx ends (the record in hand is then not
 // committed and will be redelivered), or the reader's error. Run may be
-// called once.
+// called once. Call Close or Shutdown after Run returns, from outside the
+// handler: it commits the offsets marked so far and leaves the group.
 func (s *Subscriber) Run(ctx context.Context, h Handler) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return ErrSubscriberUsed
