@@ -94,19 +94,19 @@ type SubscriberConfig struct {
 func (c *SubscriberConfig) validate() error {
 	var errs []error
 	if len(c.Brokers) == 0 {
-		errs = append(errs, errors.New("Brokers is empty"))
+		errs = append(errs, errors.New("empty Brokers"))
 	}
 	if c.GroupID == "" {
-		errs = append(errs, errors.New("GroupID is empty"))
+		errs = append(errs, errors.New("empty GroupID"))
 	}
 	if len(c.Topics) == 0 {
-		errs = append(errs, errors.New("Topics is empty"))
+		errs = append(errs, errors.New("empty Topics"))
 	}
 	if c.DeadLetter == nil {
-		errs = append(errs, errors.New("DeadLetter is nil"))
+		errs = append(errs, errors.New("nil DeadLetter"))
 	}
 	if c.DeadLetterTopic == "" {
-		errs = append(errs, errors.New("DeadLetterTopic is empty"))
+		errs = append(errs, errors.New("empty DeadLetterTopic"))
 	}
 	for _, t := range c.Topics {
 		if t == c.DeadLetterTopic && t != "" {
@@ -114,7 +114,7 @@ func (c *SubscriberConfig) validate() error {
 		}
 	}
 	if c.MaxAttempts < 0 || c.MaxWait < 0 || c.SessionTimeout < 0 || c.HeartbeatInterval < 0 {
-		errs = append(errs, errors.New("MaxAttempts, MaxWait, SessionTimeout and HeartbeatInterval must not be negative"))
+		errs = append(errs, errors.New("negative MaxAttempts, MaxWait, SessionTimeout or HeartbeatInterval"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("events: SubscriberConfig: %w", err)

@@ -281,7 +281,7 @@ func TestSubscriberConfigValidation(t *testing.T) {
 	if err == nil {
 		t.Fatal("empty config accepted")
 	}
-	for _, want := range []string{"Brokers", "GroupID", "DeadLetter is nil", "would loop"} {
+	for _, want := range []string{"Brokers", "GroupID", "nil DeadLetter", "would loop"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
