@@ -96,6 +96,26 @@ func LetsEncryptLimits() map[Name]LimitConfig {
 	}
 }
 
+// Let's Encrypt's ACME directories, the CAs of DefaultCatalogue.
+const (
+	LetsEncryptDirectory        = "https://acme-v02.api.letsencrypt.org/directory"
+	LetsEncryptStagingDirectory = "https://acme-staging-v02.api.letsencrypt.org/directory"
+)
+
+// DefaultCatalogue returns the catalogue used when no file is configured:
+// Let's Encrypt production (id "letsencrypt") and staging (id
+// "letsencrypt-staging"), both with LetsEncryptLimits.
+func DefaultCatalogue() *Catalogue {
+	c, err := NewCatalogue(
+		CA{ID: "letsencrypt", Directory: LetsEncryptDirectory, Limits: LetsEncryptLimits()},
+		CA{ID: "letsencrypt-staging", Directory: LetsEncryptStagingDirectory, Limits: LetsEncryptLimits()},
+	)
+	if err != nil {
+		panic("ratelimit: default catalogue is invalid: " + err.Error())
+	}
+	return c
+}
+
 // NewCatalogue builds a catalogue from validated CA definitions.
 func NewCatalogue(cas ...CA) (*Catalogue, error) {
 	c := &Catalogue{byDirectory: make(map[string]*CA, len(cas))}

@@ -8,7 +8,9 @@
 // It owns the ratelimit_* tables created by schema/migrations/0002_ratelimit.sql
 // and touches no other table. It does not talk to Kafka or to the CA itself:
 // the relay publishes through a one-method Publisher, and callers record a
-// CA's 429 through Limiter.Penalize.
+// CA's 429 through Limiter.Penalize. Package ratelimit/changefeed carries
+// the changes over Kafka: a Publisher over the events producer, and a
+// consumer that feeds every worker's OverrideCache from the topic.
 //
 // Start with NewLimiter over a Store (NewMemStore for one process, NewDBStore
 // for the fleet) and a Catalogue (DefaultCatalogue or LoadCatalogue), then

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -318,4 +319,49 @@ func (s *DBStore) Penalties(ctx context.Context, now time.Time, limit int) ([]Pe
 		p.Until = time.Unix(0, until)
 		return p, err
 	})
+}
+
+// ClearPenalty lifts the penalty on key at once, for an operator who knows
+// the CA's block is over. It reports whether a penalty was active at now;
+// clearing a key without one is not an error.
+func (s *DBStore) ClearPenalty(ctx context.Context, now time.Time, key string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE ratelimit_buckets SET penalty_until_ns = 0, updated_at = now()
+		WHERE bucket_key = $1 AND penalty_until_ns > $2::INT8`, key, nanos(now))
+	if err != nil {
+		return false, fmt.Errorf("ratelimit: clearing penalty of %s: %w", key, err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// BucketState is one bucket as stored, for admin tools.
+type BucketState struct {
+	Key string
+	// TAT is the theoretical arrival time; a TAT at or before now (or zero)
+	// means the bucket is full.
+	TAT time.Time
+	// PenaltyUntil is when the CA's block ends; zero when there is none.
+	PenaltyUntil time.Time
+	UpdatedAt    time.Time
+}
+
+// Bucket reads one bucket without locking it. found is false when the
+// bucket was never written, which means full and without penalty.
+func (s *DBStore) Bucket(ctx context.Context, key string) (st BucketState, found bool, err error) {
+	var tat, pen int64
+	err = s.pool.QueryRow(ctx, `SELECT tat_ns, penalty_until_ns, updated_at FROM ratelimit_buckets WHERE bucket_key = $1`, key).
+		Scan(&tat, &pen, &st.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return BucketState{Key: key}, false, nil
+	}
+	if err != nil {
+		return BucketState{}, false, fmt.Errorf("ratelimit: reading bucket %s: %w", key, err)
+	}
+	st.Key = key
+	if tat != 0 {
+		st.TAT = time.Unix(0, tat)
+	}
+	if pen != 0 {
+		st.PenaltyUntil = time.Unix(0, pen)
+	}
+	return st, true, nil
 }

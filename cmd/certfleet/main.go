@@ -1,6 +1,9 @@
 // Command certfleet is the operator's tool. Subcommands:
 //
 //	certfleet migrate   apply the database migrations (safe to run from many processes at once)
+//	certfleet override  set, get, list, disable and delete rate-limit overrides
+//	certfleet bucket    inspect one rate-limit bucket
+//	certfleet penalty   list and clear CA penalties
 //
 // Configuration comes from flags, falling back to environment variables
 // (CERTFLEET_DATABASE_URL).
@@ -32,6 +35,9 @@ const usage = `usage: certfleet <command> [flags]
 
 commands:
   migrate   apply pending database migrations
+  override  set, get, list, disable, delete rate-limit overrides
+  bucket    inspect one rate-limit bucket
+  penalty   list and clear CA penalties (429s with Retry-After)
 
 Run 'certfleet <command> -h' for a command's flags.
 `
@@ -54,6 +60,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "migrate":
 		err = migrate(ctx, args[1:], stdout, stderr)
+	case "override":
+		err = override(ctx, args[1:], stdout, stderr)
+	case "bucket":
+		err = bucket(ctx, args[1:], stdout, stderr)
+	case "penalty":
+		err = penalty(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
