@@ -20,7 +20,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -189,7 +188,7 @@ type Request struct {
 type Result struct {
 	ChainPEM            []byte // leaf first, as the CA sent it
 	Leaf                *x509.Certificate
-	Serial              string // lower-case hex, no separators
+	Serial              string // lower-case hex without leading zeros (big.Int.Text(16)), as events.CertObtained.Serial
 	NotBefore, NotAfter time.Time
 	ARICertID           string // RFC 9773 certificate identifier, for renewal info and "replaces"
 	CertURL             string
@@ -365,7 +364,7 @@ func resultFrom(cert acme.Certificate, key crypto.Signer) (*Result, error) {
 	return &Result{
 		ChainPEM:   cert.ChainPEM,
 		Leaf:       leaf,
-		Serial:     hex.EncodeToString(leaf.SerialNumber.Bytes()),
+		Serial:     leaf.SerialNumber.Text(16),
 		NotBefore:  leaf.NotBefore,
 		NotAfter:   leaf.NotAfter,
 		ARICertID:  ariID,

@@ -41,7 +41,7 @@ func TestObtainAndRenew(t *testing.T) {
 	if _, ok := res.PrivateKey.(*rsa.PrivateKey); !ok {
 		t.Errorf("key type %T; want RSA", res.PrivateKey)
 	}
-	if res.Serial == "" || res.Serial != fmt.Sprintf("%x", res.Leaf.SerialNumber) || res.ARICertID == "" || res.AccountURL == "" {
+	if res.Serial == "" || res.Serial != res.Leaf.SerialNumber.Text(16) || res.ARICertID == "" || res.AccountURL == "" {
 		t.Errorf("result metadata: %v serial %q ari %q account %q", res, res.Serial, res.ARICertID, res.AccountURL)
 	}
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {

@@ -12,7 +12,8 @@
 //	                     '-- lease expires (worker died): the next Claim takes it over
 //
 // Every transition is guarded by the owner, so a worker whose lease was taken
-// over cannot overwrite the new owner's result.
+// over cannot overwrite the new owner's result. Owners should be unique per
+// attempt (worker plus job), not per worker: a claim is never re-entered.
 package certstore
 
 import (
@@ -79,7 +80,7 @@ ON CONFLICT (request_id) DO UPDATE
    SET state = 'ordering', owner = excluded.owner, owner_until = excluded.owner_until,
        attempts = issuance_requests.attempts + 1, updated_at = now()
  WHERE issuance_requests.state = 'released'
-    OR (issuance_requests.state = 'ordering' AND (issuance_requests.owner_until < now() OR issuance_requests.owner = excluded.owner))
+    OR (issuance_requests.state = 'ordering' AND issuance_requests.owner_until < now())
 RETURNING attempts, owner_until`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil)
 	if err == nil {
 		r.Acquired, r.State = true, StateOrdering

@@ -28,6 +28,13 @@ func (c ChallTestSrv) DelHTTP01(ctx context.Context, token string) error {
 	return c.post(ctx, "/del-http01", map[string]string{"token": token})
 }
 
+// AddA makes challtestsrv's DNS answer A queries for host (no trailing dot
+// needed) with addrs instead of its default 127.0.0.1: tests point a name at
+// 127.0.0.2 to have Pebble validate HTTP-01 against their own responder there.
+func (c ChallTestSrv) AddA(ctx context.Context, host string, addrs ...string) error {
+	return c.post(ctx, "/add-a", map[string]any{"host": host, "addresses": addrs})
+}
+
 // SetTXT adds a TXT record value for a fully qualified name (with trailing dot).
 func (c ChallTestSrv) SetTXT(ctx context.Context, fqdn, value string) error {
 	return c.post(ctx, "/set-txt", map[string]string{"host": fqdn, "value": value})

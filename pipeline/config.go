@@ -1,0 +1,134 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/seal"
+)
+
+// Config wires a Worker. Fields marked required have no default; the zero
+// value of every other field means its documented default.
+type Config struct {
+	// Owner names this worker in claims (required; e.g. host:pid).
+	Owner string
+	// Source is the CloudEvents source of the events it publishes.
+	// Default "//certfleet/issuer-worker".
+	Source string
+	// Topics names the topics; zero fields mean events' defaults.
+	Topics events.Topics
+
+	Claims Claims      // required
+	Tokens Tokens      // required
+	Limits Limits      // required
+	Writer Writer      // required
+	Sealer seal.Sealer // required
+	CAs    []CA        // required, at least one
+
+	// Concurrency caps orders in flight. Default 8 (Pebble's safe maximum).
+	Concurrency int
+	// MaxPending caps fetched records not yet finished, including those
+	// waiting for their not_before. Default 1024.
+	MaxPending int
+	// Lease is how long a claim protects a request from other workers; it
+	// must exceed the longest order. Default 5 minutes.
+	Lease time.Duration
+	// BusyRetry is how long a record waits when another worker is ordering
+	// the same request, before looking again for its outcome. Default 5 s.
+	BusyRetry time.Duration
+	// OrderTimeout bounds one ACME order. Default 2 minutes.
+	OrderTimeout time.Duration
+	// OrderRetries is how often a retryable ACME failure (5xx, network) is
+	// retried inside the job before deferring. Default 3.
+	OrderRetries int
+	// MaxAttempts ends a request as permanently failed after this many
+	// deferrals and retries. Default 20.
+	MaxAttempts int
+	// RetryDelay is the first deferral after retryable ACME failures; it
+	// doubles per attempt up to MaxRetryDelay. Defaults 30 s and 1 h.
+	RetryDelay, MaxRetryDelay time.Duration
+	// InfraBackoffMax caps the backoff between retries of database and Kafka
+	// operations inside a job. Default 5 s.
+	InfraBackoffMax time.Duration
+
+	Logger  *slog.Logger     // default slog.Default()
+	Metrics *Metrics         // default: unregistered metrics
+	Now     func() time.Time // default time.Now
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	req := func(ok bool, field string) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("pipeline: config field %s is required", field))
+		}
+	}
+	req(c.Owner != "", "Owner")
+	req(c.Claims != nil, "Claims")
+	req(c.Tokens != nil, "Tokens")
+	req(c.Limits != nil, "Limits")
+	req(c.Writer != nil, "Writer")
+	req(c.Sealer != nil, "Sealer")
+	req(len(c.CAs) > 0, "CAs")
+	seen := map[string]bool{}
+	for i, ca := range c.CAs {
+		if ca.Name == "" || ca.Directory == "" || ca.Issuer == nil {
+			errs = append(errs, fmt.Errorf("pipeline: config field CAs[%d] needs Name, Directory and Issuer", i))
+		}
+		if seen[ca.Name] || seen[ca.Directory] {
+			errs = append(errs, fmt.Errorf("pipeline: config field CAs[%d]: %q or %q configured twice", i, ca.Name, ca.Directory))
+		}
+		seen[ca.Name], seen[ca.Directory] = true, true
+	}
+	for _, n := range []struct {
+		v    int
+		name string
+	}{{c.Concurrency, "Concurrency"}, {c.MaxPending, "MaxPending"}, {c.OrderRetries, "OrderRetries"}, {c.MaxAttempts, "MaxAttempts"}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("pipeline: config field %s is negative", n.name))
+		}
+	}
+	if c.Concurrency > 0 && c.MaxPending > 0 && c.MaxPending < c.Concurrency {
+		errs = append(errs, errors.New("pipeline: config field MaxPending is below Concurrency"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) defaults() {
+	if c.Source == "" {
+		c.Source = "//certfleet/issuer-worker"
+	}
+	c.Topics = c.Topics.WithDefaults()
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	def(&c.Concurrency, 8)
+	def(&c.MaxPending, 1024)
+	def(&c.OrderRetries, 3)
+	def(&c.MaxAttempts, 20)
+	dur := func(p *time.Duration, v time.Duration) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	dur(&c.Lease, 5*time.Minute)
+	dur(&c.OrderTimeout, 2*time.Minute)
+	dur(&c.BusyRetry, 5*time.Second)
+	dur(&c.RetryDelay, 30*time.Second)
+	dur(&c.MaxRetryDelay, time.Hour)
+	dur(&c.InfraBackoffMax, 5*time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}

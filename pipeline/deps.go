@@ -1,0 +1,56 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/acmeissuer"
+	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/ratelimit"
+)
+
+// Claims makes requests idempotent across workers and redeliveries.
+// *certstore.Store implements it; see certstore for the contract.
+type Claims interface {
+	Claim(ctx context.Context, requestID, identity, owner string, lease time.Duration) (certstore.ClaimResult, error)
+	Complete(ctx context.Context, owner string, c certstore.Issued, outcome []byte) error
+	Fail(ctx context.Context, requestID, owner string, outcome []byte) error
+	Release(ctx context.Context, requestID, owner string) error
+}
+
+// Tokens spends and refunds rate-limit tokens, all or nothing across the
+// transactions. *ratelimit.Limiter implements it. An error means the outcome
+// is unknown (the job retries; a double spend only delays, never over-issues).
+type Tokens interface {
+	Spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimit.Result, error)
+	Refund(ctx context.Context, txns []ratelimit.Transaction) error
+}
+
+// Limits derives the rate-limit transactions of an order.
+// *ratelimit.Catalogue implements it.
+type Limits interface {
+	OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction, error)
+}
+
+// Issuer obtains one certificate from one CA. *acmeissuer.Issuer implements
+// it. Errors are classified with acmeissuer.Classify.
+type Issuer interface {
+	Obtain(ctx context.Context, req acmeissuer.Request) (*acmeissuer.Result, error)
+}
+
+// Writer writes records synchronously (nil error: durably written, every
+// record with its Topic set). *events.Producer implements it.
+type Writer interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// CA is one certificate authority the worker may order from.
+type CA struct {
+	// Name is what requests use in their "ca" field ("letsencrypt", "pebble").
+	Name string
+	// Directory is the ACME directory URL; requests may also name it directly.
+	Directory string
+	Issuer    Issuer
+}

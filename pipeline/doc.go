@@ -1,0 +1,28 @@
+// Package pipeline is the issuer-worker's job: it turns issuance requests
+// from Kafka into certificates and events, one job per record, with at most
+// Config.Concurrency orders in flight per process.
+//
+// A job runs these steps (job.go), and each ends the record in exactly one way:
+//
+//	decode + validate   bad record           -> dead-letter topic, with reason and origin headers
+//	wait for not_before (per record, holding no order slot, so a partition never stalls)
+//	claim the request   done before          -> re-publish the stored event (same ce_id), order nothing
+//	                    another worker has it -> defer until its lease ends
+//	spend rate-limit tokens (all or nothing)   denied -> issuance_deferred event + retry topic (not_before = retry-at)
+//	order via acmeissuer                       429 -> shared penalty, refund, defer to Retry-After
+//	                                           5xx/network -> retry with backoff, then defer with cert_failed(retryable)
+//	                                           other ACME problem -> cert_failed (permanent)
+//	seal the key, store certificate + outcome in one transaction
+//	publish cert_obtained
+//	mark the record done; offsets are committed per partition only up to the
+//	lowest unfinished record (offsets.go), so a crash never skips a job.
+//
+// Infrastructure failures (database, Kafka) are retried with capped,
+// jittered exponential backoff (cenkalti/backoff/v4) inside the job; a job
+// that cannot finish before shutdown is not marked done and is redelivered.
+//
+// The package owns no storage: claims and certificates are certstore's, tokens
+// ratelimit's, ACME acmeissuer's, the wire format events'. It depends on them
+// through the small interfaces in deps.go, so its decisions are unit-tested
+// with in-memory twins and its wiring against testenv.
+package pipeline

@@ -1,0 +1,419 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/acmeissuer"
+	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/seal"
+)
+
+// handle takes one record to its end (see the package doc). waitCtx ends at
+// shutdown: a record still waiting for its not_before or for an order slot is
+// handed back then. jobCtx ends only when the shutdown grace is over, so an
+// order in flight can finish. A nil error means the record is finished and
+// may be committed.
+func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error {
+	ev, err := events.Decode(m)
+	if err != nil {
+		return w.deadLetter(jobCtx, m, err.Error())
+	}
+	req, ok := ev.Data.(*events.IssuanceRequest)
+	if !ok {
+		return w.deadLetter(jobCtx, m, fmt.Sprintf("record of type %s on an issuance topic; only %s belongs here", ev.Type(), events.TypeIssuanceRequested))
+	}
+	ca, ok := w.cas[req.CA]
+	if !ok {
+		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs", req.CA))
+	}
+	if d := req.NotBefore.Sub(w.cfg.Now()); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-waitCtx.Done():
+			t.Stop()
+			return waitCtx.Err()
+		}
+	}
+	select {
+	case w.slots <- struct{}{}:
+	case <-waitCtx.Done():
+		return waitCtx.Err()
+	}
+	w.cfg.Metrics.InFlight.Inc()
+	defer func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() }()
+	// The owner is per job, not per worker: one worker handling two copies of
+	// a request at once must not let the second take over the first's claim.
+	j := &job{w: w, ca: ca, req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString()}
+	outcome, err := j.run(jobCtx)
+	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
+	if err != nil {
+		return err
+	}
+	w.cfg.Metrics.Jobs.WithLabelValues(outcome).Inc()
+	return nil
+}
+
+// job is one request being processed.
+type job struct {
+	w        *Worker
+	ca       CA
+	req      *events.IssuanceRequest
+	src      kafka.Message
+	identity string
+	owner    string // claim owner: this worker and job
+	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
+}
+
+func (j *job) log() []any {
+	return []any{"request_id", j.req.RequestID, "identity", j.identity, "attempt", j.req.Attempt}
+}
+
+func (j *job) run(ctx context.Context) (string, error) {
+	w := j.w
+	if j.req.Attempt >= w.cfg.MaxAttempts {
+		return j.failPermanently(ctx, "urn:certfleet:error:tooManyAttempts", fmt.Sprintf("gave up after %d attempts", j.req.Attempt), false)
+	}
+	claim, err := retry(ctx, w, "claiming request", func(ctx context.Context) (certstore.ClaimResult, error) {
+		return w.cfg.Claims.Claim(ctx, j.req.RequestID, j.identity, j.owner, w.cfg.Lease)
+	})
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case claim.Done:
+		return OutcomeRepublished, j.republish(ctx, claim.Outcome)
+	case claim.Busy:
+		// Another worker orders it now. Come back soon to find its outcome
+		// (orders take seconds), at the latest when its lease ends (it died).
+		at := w.cfg.Now().Add(w.cfg.BusyRetry)
+		if claim.LeaseUntil.Before(at) {
+			at = claim.LeaseUntil.Add(time.Second)
+		}
+		return OutcomeDeferred, j.deferUntil(ctx, at, "InFlight", j.req.RequestID, false)
+	}
+
+	kind := ratelimit.NewOrder
+	if j.req.Reason == events.ReasonRenewal {
+		kind = ratelimit.Renewal
+		if j.req.Replaces != "" {
+			kind = ratelimit.ARIRenewal
+		}
+	}
+	txns, err := w.cfg.Limits.OrderTransactions(ratelimit.Order{Directory: j.ca.Directory, Account: j.req.Tenant, SANs: j.req.SANs, Kind: kind})
+	if err != nil {
+		return j.failPermanently(ctx, "urn:certfleet:error:badRequest", err.Error(), true)
+	}
+	res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
+		return w.cfg.Tokens.Spend(ctx, txns)
+	})
+	if err != nil {
+		return "", j.release(ctx, err)
+	}
+	if !res.Allowed {
+		limit, key := "unknown", "unknown"
+		if res.Limiting != nil {
+			limit, key = string(res.Limiting.Name), res.Limiting.Key()
+		}
+		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
+		return OutcomeDeferred, j.deferUntil(ctx, w.cfg.Now().Add(res.RetryIn), limit, key, true)
+	}
+	j.txns = txns
+	return j.order(ctx)
+}
+
+// order runs the ACME order, retrying retryable failures in place.
+func (j *job) order(ctx context.Context) (string, error) {
+	w := j.w
+	areq := acmeissuer.Request{
+		Tenant: j.req.Tenant, SANs: j.req.SANs, Profile: j.req.Profile,
+		KeyType: acmeissuer.KeyType(j.req.KeyType), PenaltyKeys: penaltyKeys(j.txns),
+	}
+	if j.req.Replaces != "" && w.prev != nil {
+		if old, err := w.prev.ByARICertID(ctx, j.req.Replaces); err == nil {
+			if leaf, err := parseLeaf(old.ChainPEM); err == nil {
+				areq.Replaces = leaf
+			}
+		} else {
+			w.cfg.Logger.Info("certificate to replace not found; ordering without replaces", append(j.log(), "replaces", j.req.Replaces)...)
+		}
+	}
+	var last acmeissuer.Classification
+	for try := 0; try <= w.cfg.OrderRetries; try++ {
+		if try > 0 {
+			d := min(time.Duration(1<<try)*100*time.Millisecond, 5*time.Second)
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return "", j.release(ctx, ctx.Err())
+			}
+		}
+		octx, cancel := context.WithTimeout(ctx, w.cfg.OrderTimeout)
+		t0 := time.Now()
+		result, err := j.ca.Issuer.Obtain(octx, areq)
+		cancel()
+		if err == nil {
+			w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
+			return j.succeed(ctx, result)
+		}
+		if ctx.Err() != nil {
+			return "", j.release(ctx, ctx.Err())
+		}
+		last = acmeissuer.Classify(err)
+		w.cfg.Metrics.OrderSeconds.WithLabelValues(last.Class.String()).Observe(time.Since(t0).Seconds())
+		w.cfg.Logger.Info("order failed", append(j.log(), "class", last.Class.String(), "problem", last.ProblemType, "err", sanitize(err.Error(), 300))...)
+		switch last.Class {
+		case acmeissuer.RateLimited:
+			// The CA refused the order before counting it: give the tokens back.
+			// acmeissuer already recorded the shared penalty.
+			j.refund(ctx)
+			return OutcomeDeferred, j.deferUntil(ctx, last.RetryAfter, "CA", j.ca.Directory, true)
+		case acmeissuer.Permanent:
+			problem := last.ProblemType
+			if problem == "" {
+				problem = "urn:certfleet:error:orderFailed"
+			}
+			return j.failPermanently(ctx, problem, sanitize(firstNonEmpty(last.Detail, err.Error()), 1000), true)
+		}
+	}
+	// Retryable failures persisted: defer with growing delay and say so.
+	delay := min(w.cfg.RetryDelay<<min(j.req.Attempt, 20), w.cfg.MaxRetryDelay)
+	next := w.cfg.Now().Add(delay)
+	if last.RetryAfter.After(next) {
+		next = last.RetryAfter
+	}
+	problem := last.ProblemType
+	if problem == "" {
+		problem = "urn:certfleet:error:caUnavailable"
+	}
+	failed := &events.CertFailed{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
+		ProblemType: problem, Detail: sanitize(last.Detail, 1000), Retryable: true, NextAttemptAt: next, Attempt: j.req.Attempt + 1}
+	msg, err := j.encode(failed, w.cfg.Topics.Events)
+	if err != nil {
+		return "", err
+	}
+	if _, err := retry(ctx, w, "publishing cert_failed", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
+	}); err != nil {
+		return "", j.release(ctx, err)
+	}
+	return OutcomeDeferred, j.requeue(ctx, next)
+}
+
+// succeed seals the key, stores certificate and outcome together, then
+// publishes the outcome.
+func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error) {
+	w := j.w
+	sealed, err := seal.SealPrivateKey(ctx, w.cfg.Sealer, r.PrivateKey, seal.AAD(seal.PurposeCertKey, j.identity, j.req.RequestID))
+	if err != nil {
+		return "", j.release(ctx, fmt.Errorf("sealing the certificate key: %w", err))
+	}
+	ob := &events.CertObtained{
+		RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
+		Serial: r.Serial, NotBefore: r.NotBefore.UTC(), NotAfter: r.NotAfter.UTC(), ChainPEM: string(r.ChainPEM),
+		ARICertID: r.ARICertID, Issuer: r.Leaf.Issuer.String(), Replaces: j.req.Replaces, Attempts: j.req.Attempt + 1,
+	}
+	msg, err := j.encode(ob, w.cfg.Topics.Events)
+	if err != nil {
+		// The CA's chain did not pass our own event checks: record the failure
+		// rather than loop; the certificate is not stored.
+		return j.failPermanently(ctx, "urn:certfleet:error:badCertificate", err.Error(), true)
+	}
+	stored, err := encodeStored(msg)
+	if err != nil {
+		return "", err
+	}
+	issued := certstore.Issued{Identity: j.identity, RequestID: j.req.RequestID, Serial: r.Serial, ARICertID: r.ARICertID,
+		NotBefore: r.NotBefore, NotAfter: r.NotAfter, ChainPEM: string(r.ChainPEM), SealedKey: sealed, Issuer: ob.Issuer}
+	if _, err := retry(ctx, w, "storing certificate", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Claims.Complete(ctx, j.owner, issued, stored)
+	}); err != nil {
+		if errors.Is(err, certstore.ErrNotOwner) {
+			// Our lease ran out and another worker took the request over; it
+			// will publish its own outcome. This record is finished.
+			w.cfg.Logger.Warn("lost the request to another worker before storing", j.log()...)
+			return OutcomeRepublished, nil
+		}
+		return "", err
+	}
+	if _, err := retry(ctx, w, "publishing cert_obtained", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
+	}); err != nil {
+		return "", err // stored: a redelivery re-publishes it
+	}
+	w.cfg.Logger.Info("certificate obtained", append(j.log(), "serial", r.Serial)...)
+	return OutcomeObtained, nil
+}
+
+// failPermanently records and publishes a cert_failed that ends the request.
+func (j *job) failPermanently(ctx context.Context, problem, detail string, claimed bool) (string, error) {
+	w := j.w
+	w.cfg.Logger.Warn("request failed permanently", append(j.log(), "problem", problem, "detail", sanitize(detail, 300))...)
+	f := &events.CertFailed{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
+		ProblemType: problem, Detail: sanitize(detail, 1000), Attempt: j.req.Attempt + 1}
+	msg, err := j.encode(f, w.cfg.Topics.Events)
+	if err != nil {
+		return "", err
+	}
+	if claimed {
+		stored, err := encodeStored(msg)
+		if err != nil {
+			return "", err
+		}
+		if _, err := retry(ctx, w, "recording failure", func(ctx context.Context) (struct{}, error) {
+			return struct{}{}, w.cfg.Claims.Fail(ctx, j.req.RequestID, j.owner, stored)
+		}); err != nil && !errors.Is(err, certstore.ErrNotOwner) {
+			return "", err
+		}
+	}
+	if _, err := retry(ctx, w, "publishing cert_failed", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
+	}); err != nil {
+		return "", err
+	}
+	return OutcomeFailed, nil
+}
+
+// deferUntil publishes issuance_deferred and re-queues the request for at.
+func (j *job) deferUntil(ctx context.Context, at time.Time, limit, key string, claimed bool) error {
+	w := j.w
+	w.cfg.Logger.Info("request deferred", append(j.log(), "limit", limit, "key", key, "retry_at", at)...)
+	d := &events.IssuanceDeferred{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
+		Limit: limit, LimitKey: sanitize(key, 500), RetryAt: at.UTC(), Attempt: j.req.Attempt + 1}
+	msg, err := j.encode(d, w.cfg.Topics.Events)
+	if err != nil {
+		return err
+	}
+	if _, err := retry(ctx, w, "publishing issuance_deferred", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
+	}); err != nil {
+		if claimed {
+			return j.release(ctx, err)
+		}
+		return err
+	}
+	if !claimed {
+		return j.requeueOnly(ctx, at)
+	}
+	return j.requeue(ctx, at)
+}
+
+// requeue hands the claim back and puts the request on the retry topic.
+func (j *job) requeue(ctx context.Context, at time.Time) error {
+	if err := j.requeueOnly(ctx, at); err != nil {
+		return j.release(ctx, err)
+	}
+	return j.release(ctx, nil)
+}
+
+func (j *job) requeueOnly(ctx context.Context, at time.Time) error {
+	w := j.w
+	next := *j.req
+	next.NotBefore = at.UTC()
+	next.Attempt = j.req.Attempt + 1
+	msg, err := j.encode(&next, w.cfg.Topics.Retry)
+	if err != nil {
+		return err
+	}
+	_, err = retry(ctx, w, "re-queueing the request", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
+	})
+	return err
+}
+
+// release hands the claim back so the next delivery can take it at once,
+// and returns cause (nil when the job ended cleanly).
+func (j *job) release(ctx context.Context, cause error) error {
+	w := j.w
+	rctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+	}
+	if err := w.cfg.Claims.Release(rctx, j.req.RequestID, j.owner); err != nil && !errors.Is(err, certstore.ErrNotOwner) {
+		// The lease expires on its own; only a delay results.
+		w.cfg.Logger.Warn("releasing claim failed", append(j.log(), "err", err)...)
+	}
+	return cause
+}
+
+func (j *job) refund(ctx context.Context) {
+	if len(j.txns) == 0 {
+		return
+	}
+	if err := j.w.cfg.Tokens.Refund(ctx, j.txns); err != nil {
+		j.w.cfg.Logger.Warn("refunding tokens failed; the budget stays spent until it refills", append(j.log(), "err", err)...)
+	}
+	j.txns = nil
+}
+
+func (j *job) republish(ctx context.Context, stored []byte) error {
+	msg, err := decodeStored(stored, j.w.cfg.Topics.Events)
+	if err != nil {
+		return err
+	}
+	_, err = retry(ctx, j.w, "re-publishing the stored outcome", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, j.w.cfg.Writer.WriteMessages(ctx, msg)
+	})
+	return err
+}
+
+func (j *job) encode(p events.Payload, topic string) (kafka.Message, error) {
+	ev, err := events.New(j.w.cfg.Source, j.w.cfg.Now(), p)
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("building %s event: %w", p.EventType(), err)
+	}
+	m, err := events.Encode(ev)
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("encoding %s event: %w", p.EventType(), err)
+	}
+	m.Topic = topic
+	return m, nil
+}
+
+// deadLetter moves a record that can never succeed to the DLQ, unchanged,
+// with why and where from in its headers.
+func (w *Worker) deadLetter(ctx context.Context, m kafka.Message, reason string) error {
+	rec := events.DeadLetterRecord(w.cfg.Topics.DLQ, m, events.DeadLetter{
+		Reason: reason, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Group: w.cfg.Owner, Time: w.cfg.Now(),
+	})
+	if _, err := retry(ctx, w, "writing to the dead-letter topic", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, rec)
+	}); err != nil {
+		return err
+	}
+	w.cfg.Logger.Warn("record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", sanitize(reason, 300))
+	w.cfg.Metrics.Jobs.WithLabelValues(OutcomeDeadLettered).Inc()
+	return nil
+}
+
+// penaltyKeys are the buckets a 429 blocks: every bucket of the order but the
+// fleet-wide budget, because the CA's problem does not reliably say which of
+// its limits tripped, and hammering the wrong one is worse than waiting.
+func penaltyKeys(txns []ratelimit.Transaction) []string {
+	var keys []string
+	for _, t := range txns {
+		if t.Name != ratelimit.FleetOrdersPerSecond {
+			keys = append(keys, t.Key())
+		}
+	}
+	return keys
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

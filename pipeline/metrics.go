@@ -1,0 +1,47 @@
+package pipeline
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the worker's Prometheus metrics (certfleet_ prefix).
+type Metrics struct {
+	Jobs         *prometheus.CounterVec   // certfleet_worker_jobs_total{outcome}
+	OrderSeconds *prometheus.HistogramVec // certfleet_worker_order_duration_seconds{result}
+	Denied       *prometheus.CounterVec   // certfleet_worker_tokens_denied_total{limit}
+	InFlight     prometheus.Gauge         // certfleet_worker_jobs_in_flight
+	Pending      prometheus.Gauge         // certfleet_worker_records_pending
+}
+
+// Job outcomes, the label values of certfleet_worker_jobs_total.
+const (
+	OutcomeObtained     = "obtained"      // certificate issued and published
+	OutcomeRepublished  = "republished"   // request already done: stored event sent again
+	OutcomeFailed       = "failed"        // permanent failure published as cert_failed
+	OutcomeDeferred     = "deferred"      // re-queued on the retry topic
+	OutcomeDeadLettered = "dead_lettered" // bad record moved to the DLQ
+)
+
+// NewMetrics creates the metrics and registers them with reg unless it is nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_worker_jobs_total", Help: "Issuance jobs finished, by outcome.",
+		}, []string{"outcome"}),
+		OrderSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "certfleet_worker_order_duration_seconds", Help: "Time of one ACME order, by result.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}, []string{"result"}),
+		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_worker_tokens_denied_total", Help: "Jobs deferred by a rate limit, by the limit that denied them.",
+		}, []string{"limit"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "certfleet_worker_jobs_in_flight", Help: "Jobs holding an order slot.",
+		}),
+		Pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "certfleet_worker_records_pending", Help: "Fetched records not yet finished (includes those waiting for not_before).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.InFlight, m.Pending)
+	}
+	return m
+}

@@ -1,0 +1,236 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/certstore"
+)
+
+// Worker processes issuance records. Safe for concurrent use: Run calls
+// Handle from many goroutines.
+type Worker struct {
+	cfg   Config
+	cas   map[string]CA // by name and by directory
+	slots chan struct{} // order slots (Concurrency)
+	prev  Previous
+}
+
+// Previous finds the certificate an ARI renewal replaces, so the order can
+// name it. *certstore.Store implements it.
+type Previous interface {
+	ByARICertID(ctx context.Context, ariCertID string) (certstore.Certificate, error)
+}
+
+// New validates cfg (errors name the field) and returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	w := &Worker{cfg: cfg, cas: map[string]CA{}, slots: make(chan struct{}, cfg.Concurrency)}
+	for _, ca := range cfg.CAs {
+		w.cas[ca.Name], w.cas[ca.Directory] = ca, ca
+	}
+	if p, ok := cfg.Claims.(Previous); ok {
+		w.prev = p
+	}
+	return w, nil
+}
+
+// Fetcher is the consumer side of Kafka: *kafka.Reader (with a GroupID)
+// implements it. FetchMessage blocks until a record or ctx's end;
+// CommitMessages commits each record's offset+1 for its partition.
+type Fetcher interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// Run fetches records until ctx ends, handling up to MaxPending at once
+// (Concurrency of them ordering), and commits each partition's offsets up to
+// its lowest unfinished record. When ctx ends it stops fetching, hands back
+// records still waiting (they are not committed, so they are redelivered),
+// gives orders in flight up to grace to finish, commits what finished and
+// returns. It returns nil after a clean shutdown.
+func (w *Worker) Run(ctx context.Context, r Fetcher, grace time.Duration) error {
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	tracker := newOffsetTracker()
+	com := &committer{r: r, last: map[partitionKey]int64{}}
+	pending := make(chan struct{}, w.cfg.MaxPending)
+	var wg sync.WaitGroup
+	fetchBackoff := backoff.NewExponentialBackOff(backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+fetch:
+	for {
+		select {
+		case pending <- struct{}{}:
+		case <-ctx.Done():
+			break fetch
+		}
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			<-pending
+			if ctx.Err() != nil {
+				break fetch
+			}
+			d := fetchBackoff.NextBackOff()
+			w.cfg.Logger.Warn("fetching from Kafka failed; retrying", "err", err, "in", d)
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				break fetch
+			}
+			continue
+		}
+		fetchBackoff.Reset()
+		tracker.fetched(m.Topic, m.Partition, m.Offset)
+		w.cfg.Metrics.Pending.Inc()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-pending; w.cfg.Metrics.Pending.Dec() }()
+			if err := w.handle(ctx, jobCtx, m); err != nil {
+				// Not finished: never committed, so redelivered after a restart or rebalance.
+				w.cfg.Logger.Info("record handed back", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "err", err)
+				return
+			}
+			if off := tracker.done(m.Topic, m.Partition, m.Offset); off >= 0 {
+				com.commit(jobCtx, w.cfg.Logger, m.Topic, m.Partition, off)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		w.cfg.Logger.Warn("shutdown grace over; abandoning orders in flight (their records are redelivered)", "grace", grace)
+		cancelJobs()
+		<-done
+	}
+	return nil
+}
+
+// committer serialises commits so a partition's committed offset only grows.
+type committer struct {
+	mu   sync.Mutex
+	r    Fetcher
+	last map[partitionKey]int64
+}
+
+func (c *committer) commit(ctx context.Context, log interface{ Warn(string, ...any) }, topic string, partition int, offset int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := partitionKey{topic, partition}
+	if last, ok := c.last[k]; ok && offset <= last {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.r.CommitMessages(ctx, kafka.Message{Topic: topic, Partition: partition, Offset: offset}); err != nil {
+		// The records stay uncommitted and come back after a rebalance or
+		// restart; handling them again is idempotent.
+		log.Warn("committing offset failed", "topic", topic, "partition", partition, "offset", offset, "err", err)
+		return
+	}
+	c.last[k] = offset
+}
+
+// storedRecord is how an outcome event is kept in the database: the exact
+// record, so a redelivered request re-publishes identical bytes and ce_id.
+type storedRecord struct {
+	Key     []byte         `json:"key"`
+	Value   []byte         `json:"value"`
+	Headers []kafka.Header `json:"headers"`
+}
+
+func encodeStored(m kafka.Message) ([]byte, error) {
+	return json.Marshal(storedRecord{Key: m.Key, Value: m.Value, Headers: m.Headers})
+}
+
+func decodeStored(b []byte, topic string) (kafka.Message, error) {
+	var s storedRecord
+	if err := json.Unmarshal(b, &s); err != nil {
+		return kafka.Message{}, fmt.Errorf("decoding stored outcome: %w", err)
+	}
+	return kafka.Message{Topic: topic, Key: s.Key, Value: s.Value, Headers: s.Headers}, nil
+}
+
+// retry runs f until it succeeds, returns a permanent error, or ctx ends,
+// with capped jittered exponential backoff: for database and Kafka calls whose
+// failure says nothing about the job itself.
+func retry[T any](ctx context.Context, w *Worker, what string, f func(context.Context) (T, error)) (T, error) {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond),
+		backoff.WithMaxInterval(w.cfg.InfraBackoffMax),
+		backoff.WithMaxElapsedTime(0),
+	)
+	attempt := 0
+	return backoff.RetryWithData(func() (T, error) {
+		attempt++
+		v, err := f(ctx)
+		if err == nil {
+			return v, nil
+		}
+		if errors.Is(err, certstore.ErrNotOwner) || ctx.Err() != nil {
+			return v, backoff.Permanent(err)
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			w.cfg.Logger.Warn(what+" failed; retrying", "attempt", attempt, "err", err)
+		}
+		return v, err
+	}, backoff.WithContext(b, ctx))
+}
+
+// parseLeaf returns the first certificate of a PEM chain.
+func parseLeaf(chain string) (*x509.Certificate, error) {
+	certs, err := parsePEMCerts(chain)
+	if err != nil {
+		return nil, err
+	}
+	return certs[0], nil
+}
+
+func parsePEMCerts(chain string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := []byte(chain)
+	for {
+		var block []byte
+		block, rest = nextPEMCert(rest)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no certificate in chain")
+	}
+	return out, nil
+}
+
+// sanitize keeps error text safe for events and logs: one line, bounded.
+func sanitize(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > max {
+		s = s[:max]
+	}
+	return s
+}
