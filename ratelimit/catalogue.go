@@ -139,6 +139,17 @@ func NewCatalogue(cas ...CA) (*Catalogue, error) {
 	return c, nil
 }
 
+// With returns a new catalogue holding c's CAs plus extra, validated as
+// NewCatalogue does (ids and directories stay unique).
+func (c *Catalogue) With(extra ...CA) (*Catalogue, error) {
+	all := make([]CA, 0, len(c.byDirectory)+len(extra))
+	for _, ca := range c.byDirectory {
+		all = append(all, *ca)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+	return NewCatalogue(append(all, extra...)...)
+}
+
 func maps(m map[Name]LimitConfig) map[Name]LimitConfig {
 	out := make(map[Name]LimitConfig, len(m))
 	for k, v := range m {

@@ -181,3 +181,24 @@ func FuzzDecodeCatalogue(f *testing.F) {
 		}
 	})
 }
+
+func TestCatalogueWith(t *testing.T) {
+	base := DefaultCatalogue()
+	extra := CA{ID: "pebble", Directory: "https://127.0.0.1:14000/dir", Limits: LetsEncryptLimits()}
+	c, err := base.With(extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.CA(extra.Directory); !ok {
+		t.Fatal("added CA missing")
+	}
+	if _, ok := c.CA(LetsEncryptDirectory); !ok {
+		t.Fatal("base CA lost")
+	}
+	if _, ok := base.CA(extra.Directory); ok {
+		t.Fatal("With modified the original catalogue")
+	}
+	if _, err := c.With(extra); err == nil {
+		t.Fatal("duplicate CA accepted")
+	}
+}

@@ -38,6 +38,7 @@ commands:
   override  set, get, list, disable, delete rate-limit overrides
   bucket    inspect one rate-limit bucket
   penalty   list and clear CA penalties (429s with Retry-After)
+  keys      generate a key-encryption key for sealing private keys
 
 Run 'certfleet <command> -h' for a command's flags.
 `
@@ -66,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = bucket(ctx, args[1:], stdout, stderr)
 	case "penalty":
 		err = penalty(ctx, args[1:], stdout, stderr)
+	case "keys":
+		err = keys(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
