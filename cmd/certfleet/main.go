@@ -4,6 +4,9 @@
 //	certfleet override  set, get, list, disable and delete rate-limit overrides
 //	certfleet bucket    inspect one rate-limit bucket
 //	certfleet penalty   list and clear CA penalties
+//	certfleet manage    keep a SAN set's certificate valid (idempotent)
+//	certfleet unmanage  stop managing a SAN set
+//	certfleet import    manage many SAN sets from a file, in batches
 //
 // Configuration comes from flags, falling back to environment variables
 // (CERTFLEET_DATABASE_URL).
@@ -39,6 +42,9 @@ commands:
   bucket    inspect one rate-limit bucket
   penalty   list and clear CA penalties (429s with Retry-After)
   keys      generate a key-encryption key for sealing private keys
+  manage    keep a certificate (a SAN set) valid from now on
+  unmanage  stop managing a certificate
+  import    manage many certificates from a file (one SAN set per line)
 
 Run 'certfleet <command> -h' for a command's flags.
 `
@@ -69,6 +75,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = penalty(ctx, args[1:], stdout, stderr)
 	case "keys":
 		err = keys(args[1:], stdout, stderr)
+	case "manage":
+		err = manage(ctx, args[1:], stdout, stderr)
+	case "unmanage":
+		err = unmanage(ctx, args[1:], stdout, stderr)
+	case "import":
+		err = importCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -1,0 +1,20 @@
+// Package scheduler keeps every managed certificate valid without anyone
+// polling: it owns the inventory of certificates operators asked for
+// (inventory.go), the pure renewal and retry decisions (plan.go), the leader
+// lease with its fencing token (lease.go), the tick that emits due renewal
+// jobs to Kafka (tick.go), the consumer of certificate events that records
+// outcomes and plans the next renewal (outcomes.go), the ARI client
+// (ari.go) and its Prometheus metrics (metrics.go).
+//
+// It owns the scheduler columns of managed_certificates and the
+// "scheduler" row of leases (schema/migrations/0001 and 0005). It reads
+// issued_certificates (written by certstore) and never writes it; it does not
+// order certificates or spend rate-limit tokens (the issuer-workers do).
+//
+// Start with NewInventory to manage certificates and New to run a scheduler
+// (Run: lease, ticks, outcome consumer); see cmd/scheduler.
+package scheduler
+
+import "github.com/jackc/pgx/v5"
+
+var errNoRows = pgx.ErrNoRows
