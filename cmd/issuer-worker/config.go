@@ -1,0 +1,194 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/certfleet/certfleet/events"
+)
+
+// config is the worker's configuration: every flag falls back to an
+// environment variable (named in its help), and validate checks it once at
+// start with errors that name the flag.
+type config struct {
+	Brokers         []string
+	Group           string
+	Topics          events.Topics
+	ProvisionTopics bool
+	Partitions      int
+	DatabaseURL     string
+	SealKeysFile    string
+	SealKeysEnv     string
+	CAs             []caFlag
+	ACMETLSCA       string
+	LimitsFile      string
+	Profile         string
+	Concurrency     int
+	MaxPending      int
+	Lease           time.Duration
+	ShutdownTimeout time.Duration
+	Listen          string
+	HTTP01Listen    string
+	DNS01ChallTest  string
+	Owner           string
+	Relay           bool
+	LogLevel        string
+}
+
+type caFlag struct{ Name, Directory string }
+
+// parseConfig reads flags from args with environment fallbacks from getenv.
+func parseConfig(args []string, getenv func(string) string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("issuer-worker", flag.ContinueOnError)
+	env := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	envInt := func(name string, def int) int {
+		if v := getenv(name); v != "" {
+			if n, err := strconv.Atoi(v); err == nil {
+				return n
+			}
+			return -1 // reported by validate as out of range
+		}
+		return def
+	}
+	envDur := func(name string, def time.Duration) time.Duration {
+		if v := getenv(name); v != "" {
+			if d, err := time.ParseDuration(v); err == nil {
+				return d
+			}
+			return -1
+		}
+		return def
+	}
+	brokers := fs.String("brokers", env("CERTFLEET_KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (env CERTFLEET_KAFKA_BROKERS)")
+	fs.StringVar(&c.Group, "group", env("CERTFLEET_WORKER_GROUP", "certfleet-issuer-workers"), "Kafka consumer group shared by all workers (env CERTFLEET_WORKER_GROUP)")
+	def := events.DefaultTopics()
+	fs.StringVar(&c.Topics.Requests, "topic-requests", env("CERTFLEET_TOPIC_REQUESTS", def.Requests), "issuance requests topic (env CERTFLEET_TOPIC_REQUESTS)")
+	fs.StringVar(&c.Topics.Retry, "topic-retry", env("CERTFLEET_TOPIC_RETRY", def.Retry), "deferred requests topic (env CERTFLEET_TOPIC_RETRY)")
+	fs.StringVar(&c.Topics.DLQ, "topic-dlq", env("CERTFLEET_TOPIC_DLQ", def.DLQ), "dead-letter topic (env CERTFLEET_TOPIC_DLQ)")
+	fs.StringVar(&c.Topics.Events, "topic-events", env("CERTFLEET_TOPIC_EVENTS", def.Events), "certificate events topic (env CERTFLEET_TOPIC_EVENTS)")
+	fs.StringVar(&c.Topics.RateLimitChanges, "topic-ratelimit-changes", env("CERTFLEET_TOPIC_RATELIMIT_CHANGES", def.RateLimitChanges), "override change notifications topic (env CERTFLEET_TOPIC_RATELIMIT_CHANGES)")
+	fs.BoolVar(&c.ProvisionTopics, "provision-topics", env("CERTFLEET_PROVISION_TOPICS", "") == "true", "create the topics at start if missing (env CERTFLEET_PROVISION_TOPICS=true)")
+	fs.IntVar(&c.Partitions, "partitions", envInt("CERTFLEET_PARTITIONS", 12), "partitions per topic for -provision-topics (env CERTFLEET_PARTITIONS)")
+	fs.StringVar(&c.DatabaseURL, "database-url", env("CERTFLEET_DATABASE_URL", ""), "database URL (env CERTFLEET_DATABASE_URL)")
+	fs.StringVar(&c.SealKeysFile, "seal-keys-file", env("CERTFLEET_SEAL_KEYS_FILE", ""), "key-encryption keyring file (env CERTFLEET_SEAL_KEYS_FILE); else the keyring in env CERTFLEET_SEAL_KEYS")
+	cas := fs.String("ca", env("CERTFLEET_CAS", ""), "CAs to order from, name=directoryURL, comma separated (env CERTFLEET_CAS)")
+	fs.StringVar(&c.ACMETLSCA, "acme-tls-ca", env("CERTFLEET_ACME_TLS_CA", ""), "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's (env CERTFLEET_ACME_TLS_CA)")
+	fs.StringVar(&c.LimitsFile, "limits", env("CERTFLEET_LIMITS_FILE", ""), "rate-limit catalogue JSON; CAs it does not list get Let's Encrypt's limits (env CERTFLEET_LIMITS_FILE)")
+	fs.StringVar(&c.Profile, "profile", env("CERTFLEET_PROFILE", ""), "ACME profile for requests that name none (env CERTFLEET_PROFILE)")
+	fs.IntVar(&c.Concurrency, "concurrency", envInt("CERTFLEET_CONCURRENCY", 8), "orders in flight per worker (env CERTFLEET_CONCURRENCY)")
+	fs.IntVar(&c.MaxPending, "max-pending", envInt("CERTFLEET_MAX_PENDING", 1024), "fetched records held at once, including those waiting for not_before (env CERTFLEET_MAX_PENDING)")
+	fs.DurationVar(&c.Lease, "lease", envDur("CERTFLEET_LEASE", 5*time.Minute), "how long a claim protects a request being ordered (env CERTFLEET_LEASE)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("CERTFLEET_SHUTDOWN_TIMEOUT", 30*time.Second), "grace for orders in flight at SIGTERM (env CERTFLEET_SHUTDOWN_TIMEOUT)")
+	fs.StringVar(&c.Listen, "listen", env("CERTFLEET_LISTEN", "127.0.0.1:9090"), "address of /healthz, /readyz and /metrics (env CERTFLEET_LISTEN)")
+	fs.StringVar(&c.HTTP01Listen, "http01-listen", env("CERTFLEET_HTTP01_LISTEN", ""), "address serving /.well-known/acme-challenge/ from the database; empty: none (env CERTFLEET_HTTP01_LISTEN)")
+	fs.StringVar(&c.DNS01ChallTest, "dns01-challtestsrv", env("CERTFLEET_DNS01_CHALLTESTSRV", ""), "solve dns-01 through pebble-challtestsrv at this management URL (tests only) (env CERTFLEET_DNS01_CHALLTESTSRV)")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.Owner, "owner", env("CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid())), "this worker's name in claims and logs (env CERTFLEET_WORKER_ID)")
+	fs.BoolVar(&c.Relay, "relay", env("CERTFLEET_RELAY", "true") == "true", "relay the rate-limit override outbox to Kafka (env CERTFLEET_RELAY)")
+	fs.StringVar(&c.LogLevel, "log-level", env("CERTFLEET_LOG_LEVEL", "info"), "debug, info, warn or error (env CERTFLEET_LOG_LEVEL)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, b := range strings.Split(*brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			c.Brokers = append(c.Brokers, b)
+		}
+	}
+	for _, item := range strings.Split(*cas, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		name, dir, ok := strings.Cut(item, "=")
+		if !ok {
+			return c, fmt.Errorf("-ca %q: want name=directoryURL", item)
+		}
+		c.CAs = append(c.CAs, caFlag{Name: strings.TrimSpace(name), Directory: strings.TrimSpace(dir)})
+	}
+	c.SealKeysEnv = getenv("CERTFLEET_SEAL_KEYS")
+	return c, c.validate()
+}
+
+// validate checks everything that can be checked without connecting.
+func (c config) validate() error {
+	var errs []error
+	bad := func(flag, format string, a ...any) { errs = append(errs, fmt.Errorf("-"+flag+": "+format, a...)) }
+	if len(c.Brokers) == 0 {
+		bad("brokers", "required (or CERTFLEET_KAFKA_BROKERS)")
+	}
+	for _, b := range c.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			bad("brokers", "%q is not host:port", b)
+		}
+	}
+	if c.DatabaseURL == "" {
+		bad("database-url", "required (or CERTFLEET_DATABASE_URL)")
+	}
+	if c.SealKeysFile == "" && c.SealKeysEnv == "" {
+		bad("seal-keys-file", "required, or a keyring in CERTFLEET_SEAL_KEYS (generate one with 'certfleet keys generate')")
+	}
+	if len(c.CAs) == 0 {
+		bad("ca", "at least one name=directoryURL required (or CERTFLEET_CAS)")
+	}
+	seen := map[string]bool{}
+	for _, ca := range c.CAs {
+		u, err := url.Parse(ca.Directory)
+		if ca.Name == "" || err != nil || u.Scheme != "https" || u.Host == "" {
+			bad("ca", "%s=%s: want a name and an https directory URL", ca.Name, ca.Directory)
+		}
+		if seen[ca.Name] {
+			bad("ca", "%q configured twice", ca.Name)
+		}
+		seen[ca.Name] = true
+	}
+	if c.Group == "" {
+		bad("group", "must not be empty")
+	}
+	if c.Concurrency < 1 || c.Concurrency > 1000 {
+		bad("concurrency", "%d is not between 1 and 1000", c.Concurrency)
+	}
+	if c.MaxPending < c.Concurrency || c.MaxPending > 1_000_000 {
+		bad("max-pending", "%d must be at least -concurrency and at most 1000000", c.MaxPending)
+	}
+	if c.Partitions < 1 || c.Partitions > 10_000 {
+		bad("partitions", "%d is not between 1 and 10000", c.Partitions)
+	}
+	if c.Lease < 10*time.Second {
+		bad("lease", "%v is below 10s (it must outlast the longest order)", c.Lease)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown-timeout", "%v must be positive", c.ShutdownTimeout)
+	}
+	for flag, addr := range map[string]string{"listen": c.Listen, "http01-listen": c.HTTP01Listen} {
+		if addr == "" && flag == "http01-listen" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(flag, "%q is not host:port", addr)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "%q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.Owner == "" {
+		bad("owner", "must not be empty")
+	}
+	return errors.Join(errs...)
+}

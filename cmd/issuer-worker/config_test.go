@@ -1,0 +1,57 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseConfig(t *testing.T) {
+	good := map[string]string{
+		"CERTFLEET_KAFKA_BROKERS": "127.0.0.1:19092", "CERTFLEET_DATABASE_URL": "postgres://x@127.0.0.1/db",
+		"CERTFLEET_SEAL_KEYS": "k1=AAAA", "CERTFLEET_CAS": "pebble=https://127.0.0.1:14000/dir",
+	}
+	env := func(over map[string]string) func(string) string {
+		return func(k string) string {
+			if v, ok := over[k]; ok {
+				return v
+			}
+			return good[k]
+		}
+	}
+	c, err := parseConfig(nil, env(nil))
+	if err != nil {
+		t.Fatalf("good config rejected: %v", err)
+	}
+	if c.Concurrency != 8 || c.Group != "certfleet-issuer-workers" || len(c.CAs) != 1 || c.CAs[0].Name != "pebble" {
+		t.Fatalf("defaults: %+v", c)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"no brokers", nil, map[string]string{"CERTFLEET_KAFKA_BROKERS": ""}, "-brokers: required"},
+		{"bad broker", []string{"-brokers", "localhost"}, nil, `-brokers: "localhost" is not host:port`},
+		{"no database", nil, map[string]string{"CERTFLEET_DATABASE_URL": ""}, "-database-url: required"},
+		{"no keys", nil, map[string]string{"CERTFLEET_SEAL_KEYS": ""}, "-seal-keys-file: required"},
+		{"http CA", []string{"-ca", "le=http://acme.test/dir"}, nil, "want a name and an https directory URL"},
+		{"CA without name", []string{"-ca", "https://acme.test/dir"}, nil, "want name=directoryURL"},
+		{"CA twice", []string{"-ca", "a=https://x.test/d,a=https://y.test/d"}, nil, `"a" configured twice`},
+		{"zero concurrency", []string{"-concurrency", "0"}, nil, "-concurrency: 0 is not between 1 and 1000"},
+		{"env not a number", nil, map[string]string{"CERTFLEET_CONCURRENCY": "many"}, "-concurrency: -1"},
+		{"pending below concurrency", []string{"-concurrency", "10", "-max-pending", "5"}, nil, "-max-pending: 5"},
+		{"short lease", []string{"-lease", "1s"}, nil, "-lease: 1s is below 10s"},
+		{"bad listen", []string{"-listen", "9090"}, nil, `-listen: "9090" is not host:port`},
+		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
+		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
+		{"unknown flag", []string{"-bogus"}, nil, "flag provided but not defined"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseConfig(tc.args, env(tc.env))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,266 @@
+// Command issuer-worker turns issuance requests from Kafka into certificates.
+// Run many, in one consumer group; each acquires rate-limit tokens from the
+// database before every ACME order. See package pipeline for the job, and
+// -h for the configuration (flags, each with an environment fallback).
+//
+// Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a runtime
+// failure, 2 on bad configuration.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mholt/acmez/v3"
+	"github.com/mholt/acmez/v3/acme"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/acmeissuer"
+	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/pipeline"
+	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/ratelimit/changefeed"
+	"github.com/certfleet/certfleet/seal"
+)
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "issuer-worker: configuration:", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("issuer-worker stopped", "err", err)
+		os.Exit(1)
+	}
+	log.Info("issuer-worker stopped cleanly")
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// run wires the parts and runs them until ctx ends.
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+
+	d, err := db.Open(startCtx, db.Config{URL: cfg.DatabaseURL, MaxConns: int32(cfg.Concurrency*2 + 8)})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	keyring, err := loadKeyring(cfg)
+	if err != nil {
+		return err
+	}
+	if cfg.ProvisionTopics {
+		client := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...)}
+		if err := events.Provision(startCtx, client, cfg.Topics.Specs(cfg.Partitions, 1)...); err != nil {
+			return fmt.Errorf("provisioning topics: %w", err)
+		}
+	}
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.Brokers, Topics: cfg.Topics})
+	if err != nil {
+		return err
+	}
+	defer producer.Close()
+
+	// Rate limits: catalogue, database buckets, overrides cached and
+	// invalidated through the changes topic.
+	cat, err := catalogue(cfg)
+	if err != nil {
+		return err
+	}
+	buckets := ratelimit.NewDBStore(d)
+	overrides := ratelimit.NewOverrideCache(ratelimit.NewOverrideStore(d, nil), 30*time.Second, nil)
+	limiter := ratelimit.NewLimiter(buckets, cat, ratelimit.WithOverrides(overrides))
+	changes, err := changefeed.NewConsumer(changefeed.ConsumerConfig{Brokers: cfg.Brokers, Topic: cfg.Topics.RateLimitChanges}, overrides)
+	if err != nil {
+		return err
+	}
+
+	// ACME: one issuer per CA, HTTP-01 from the database (any worker serves
+	// any worker's challenges), DNS-01 through challtestsrv when configured.
+	challenges := acmeissuer.NewChallengeStore(d, 15*time.Minute)
+	hc, err := acmeHTTPClient(cfg.ACMETLSCA)
+	if err != nil {
+		return err
+	}
+	solvers := map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: challenges}}
+	if cfg.DNS01ChallTest != "" {
+		solvers[acme.ChallengeTypeDNS01] = &acmeissuer.DNS01Solver{Provider: &acmeissuer.ChallTestSrvDNS{URL: cfg.DNS01ChallTest}}
+	}
+	var cas []pipeline.CA
+	for _, ca := range cfg.CAs {
+		iss, err := acmeissuer.New(acmeissuer.Config{
+			Directory: ca.Directory, DB: d, Sealer: keyring, Solvers: solvers, HTTPClient: hc,
+			Penalties: buckets, Profile: cfg.Profile, Logger: log.With("ca", ca.Name),
+		})
+		if err != nil {
+			return fmt.Errorf("CA %s: %w", ca.Name, err)
+		}
+		cas = append(cas, pipeline.CA{Name: ca.Name, Directory: ca.Directory, Issuer: iss})
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	worker, err := pipeline.New(pipeline.Config{
+		Owner: cfg.Owner, Topics: cfg.Topics, Claims: certstore.New(d), Tokens: limiter, Limits: cat,
+		Writer: producer, Sealer: keyring, CAs: cas, Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
+		Lease: cfg.Lease, Logger: log, Metrics: pipeline.NewMetrics(reg),
+	})
+	if err != nil {
+		return err
+	}
+	reader := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: cfg.Brokers, GroupID: cfg.Group, GroupTopics: []string{cfg.Topics.Requests, cfg.Topics.Retry},
+		StartOffset: kafka.FirstOffset, MaxWait: 250 * time.Millisecond,
+	})
+
+	// Background parts end with bg; the HTTP servers last until the end.
+	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBg()
+	go func() {
+		if err := changes.Run(bg); err != nil && bg.Err() == nil {
+			log.Error("override change consumer stopped", "err", err)
+		}
+	}()
+	if cfg.Relay {
+		relay := ratelimit.NewRelay(d, changefeed.NewPublisher(producer, cfg.Topics.RateLimitChanges))
+		go relay.Run(bg, 200*time.Millisecond, func(err error) { log.Warn("override outbox relay", "err", err) })
+	}
+	go func() {
+		for bg.Err() == nil {
+			if _, err := challenges.DeleteExpired(bg); err != nil && bg.Err() == nil {
+				log.Warn("deleting expired challenges", "err", err)
+			}
+			select {
+			case <-bg.Done():
+			case <-time.After(time.Minute):
+			}
+		}
+	}()
+
+	ops := http.NewServeMux()
+	ops.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	ops.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	ops.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(r.Context(), d, cfg.Brokers); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	servers := []*http.Server{{Addr: cfg.Listen, Handler: ops, ReadHeaderTimeout: 5 * time.Second}}
+	if cfg.HTTP01Listen != "" {
+		servers = append(servers, &http.Server{Addr: cfg.HTTP01Listen, ReadHeaderTimeout: 5 * time.Second,
+			Handler: acmeissuer.HTTP01Handler(challenges, http.NotFoundHandler())})
+	}
+	for _, srv := range servers {
+		l, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", srv.Addr, err)
+		}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
+	log.Info("issuer-worker running", "owner", cfg.Owner, "group", cfg.Group, "cas", len(cas), "concurrency", cfg.Concurrency, "listen", cfg.Listen)
+
+	runErr := worker.Run(ctx, reader, cfg.ShutdownTimeout)
+	// Orders are done or handed back: stop the rest, leave the group.
+	stopBg()
+	if err := reader.Close(); err != nil {
+		log.Warn("closing the Kafka reader", "err", err)
+	}
+	return runErr
+}
+
+func loadKeyring(cfg config) (*seal.Keyring, error) {
+	if cfg.SealKeysFile != "" {
+		return seal.LoadKeyringFile(cfg.SealKeysFile)
+	}
+	return seal.LoadKeyringEnv(seal.EnvKeyring)
+}
+
+// catalogue is the limits file's catalogue, plus Let's Encrypt's limits for
+// every configured CA the file does not list (keyed by the CA's name).
+func catalogue(cfg config) (*ratelimit.Catalogue, error) {
+	base := ratelimit.DefaultCatalogue()
+	if cfg.LimitsFile != "" {
+		c, err := ratelimit.LoadCatalogue(cfg.LimitsFile)
+		if err != nil {
+			return nil, err
+		}
+		base = c
+	}
+	var extra []ratelimit.CA
+	for _, ca := range cfg.CAs {
+		if _, ok := base.CA(ca.Directory); !ok {
+			extra = append(extra, ratelimit.CA{ID: ca.Name, Directory: ca.Directory, Limits: ratelimit.LetsEncryptLimits()})
+		}
+	}
+	if len(extra) == 0 {
+		return base, nil
+	}
+	return base.With(extra...)
+}
+
+func acmeHTTPClient(extraRoot string) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 32
+	if extraRoot != "" {
+		pem, err := os.ReadFile(extraRoot)
+		if err != nil {
+			return nil, fmt.Errorf("-acme-tls-ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-acme-tls-ca: no PEM certificate in %s", extraRoot)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: tr}, nil
+}
+
+// ready: the database answers and a Kafka broker accepts connections.
+func ready(ctx context.Context, d *db.DB, brokers []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := d.Pool().Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return fmt.Errorf("kafka: %w", err)
+	}
+	return c.Close()
+}

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/schema"
+	"github.com/certfleet/certfleet/seal"
+	"github.com/certfleet/certfleet/testenv"
+)
+
+func freeAddr(t *testing.T, host string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// The issue's end-to-end check with real processes: requests through two
+// issuer-worker processes in one group, HTTP-01 validated by Pebble against
+// the database-backed responder that only one of them serves; every request
+// ends as cert_obtained; keys sealed; no key material on any topic; SIGTERM
+// stops both cleanly (exit 0) within the shutdown deadline.
+func TestTwoWorkerProcesses(t *testing.T) {
+	s := testenv.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	bin := filepath.Join(t.TempDir(), "issuer-worker")
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("building: %v\n%s", err, out)
+	}
+	dbURL := testenv.FreshDatabase(t)
+	d, err := db.Open(ctx, db.Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	suffix := hex.EncodeToString(b)
+	topics := events.Topics{Requests: "p.req." + suffix, Retry: "p.retry." + suffix, DLQ: "p.dlq." + suffix,
+		Events: "p.events." + suffix, RateLimitChanges: "p.rl." + suffix}
+	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, topics.Specs(4, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	keyLine, err := seal.GenerateKeyText("k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	http01 := fmt.Sprintf("127.0.0.2:%d", s.HTTP01Port)
+	type proc struct {
+		cmd    *exec.Cmd
+		listen string
+		log    *strings.Builder
+		done   chan error
+	}
+	start := func(name string, serveHTTP01 bool) *proc {
+		p := &proc{listen: freeAddr(t, "127.0.0.1"), log: &strings.Builder{}, done: make(chan error, 1)}
+		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", "4", "-shutdown-timeout", "20s",
+			"-topic-requests", topics.Requests, "-topic-retry", topics.Retry, "-topic-dlq", topics.DLQ,
+			"-topic-events", topics.Events, "-topic-ratelimit-changes", topics.RateLimitChanges,
+			"-group", "g-" + suffix, "-profile", testenv.PebbleShortProfile}
+		if serveHTTP01 {
+			args = append(args, "-http01-listen", http01)
+		}
+		p.cmd = exec.Command(bin, args...)
+		p.cmd.Env = append(os.Environ(),
+			"CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+dbURL,
+			"CERTFLEET_SEAL_KEYS="+keyLine, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
+		p.cmd.Stdout, p.cmd.Stderr = io.Discard, &syncWriter{b: p.log}
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { p.done <- p.cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = p.cmd.Process.Kill()
+			if t.Failed() {
+				t.Logf("%s log:\n%s", name, tail(p.log.String(), 30))
+			}
+		})
+		return p
+	}
+	a, bproc := start("worker-a", true), start("worker-b", false)
+	for _, p := range []*proc{a, bproc} {
+		waitReady(t, ctx, p.listen)
+	}
+
+	const n = 200
+	chall := testenv.ChallTestSrv{URL: s.ChallTestSrvURL}
+	var evs []events.Event
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("www.p%d-%s.test", i, suffix)
+		if err := chall.AddA(ctx, name, "127.0.0.2"); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := events.New("//test", time.Now(), &events.IssuanceRequest{RequestID: fmt.Sprintf("p-%d-%s", i, suffix),
+			SANs: []string{name}, Tenant: "tenant-" + suffix, KeyType: events.KeyECDSAP256, CA: "pebble", Reason: events.ReasonNew})
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: topics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	t0 := time.Now()
+	if err := prod.Publish(ctx, evs...); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	_, err = testenv.WaitTopic(ctx, s.KafkaBrokers, topics.Events, func(all []kafka.Message) bool {
+		clear(got)
+		for _, m := range all {
+			if ev, err := events.Decode(m); err == nil {
+				if ob, ok := ev.Data.(*events.CertObtained); ok {
+					got[ob.RequestID] = true
+				}
+			}
+		}
+		return len(got) == n
+	})
+	if err != nil {
+		t.Fatalf("%d of %d certificates: %v", len(got), n, err)
+	}
+	t.Logf("%d certificates through 2 worker processes in %v (%.1f/s)", n, time.Since(t0).Round(time.Millisecond), n/time.Since(t0).Seconds())
+
+	var stored int
+	if err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM issued_certificates WHERE position('PRIVATE KEY' in encode(sealed_key, 'escape')) = 0`).Scan(&stored); err != nil || stored != n {
+		t.Fatalf("%d sealed certificates stored (%v), want %d", stored, err, n)
+	}
+	for _, topic := range []string{topics.Requests, topics.Retry, topics.DLQ, topics.Events} {
+		msgs, err := testenv.ReadTopic(ctx, s.KafkaBrokers, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if strings.Contains(string(m.Value), "PRIVATE KEY") {
+				t.Fatalf("key material on %s", topic)
+			}
+		}
+	}
+	metrics := httpGet(t, ctx, "http://"+a.listen+"/metrics")
+	if !strings.Contains(metrics, `certfleet_worker_jobs_total{outcome="obtained"}`) {
+		t.Errorf("metrics lack the jobs counter:\n%s", tail(metrics, 20))
+	}
+	for name, p := range map[string]*proc{"worker-a": a, "worker-b": bproc} {
+		t1 := time.Now()
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-p.done:
+			if err != nil {
+				t.Errorf("%s exited with %v after SIGTERM", name, err)
+			}
+			t.Logf("%s stopped %v after SIGTERM", name, time.Since(t1).Round(time.Millisecond))
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s did not stop within 30s of SIGTERM", name)
+		}
+		if strings.Contains(p.log.String(), "PRIVATE KEY") {
+			t.Errorf("%s logged key material", name)
+		}
+	}
+}
+
+func waitReady(t *testing.T, ctx context.Context, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("worker at %s not ready within 60s", addr)
+}
+
+func httpGet(t *testing.T, ctx context.Context, url string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
