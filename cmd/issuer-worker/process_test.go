@@ -134,7 +134,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[string]bool{}
-	_, err = testenv.WaitTopic(ctx, s.KafkaBrokers, topics.Events, func(all []kafka.Message) bool {
+	err = waitTopic(ctx, s.KafkaBrokers, topics.Events, func(all []kafka.Message) bool {
 		clear(got)
 		for _, m := range all {
 			if ev, err := events.Decode(m); err == nil {
@@ -155,7 +155,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		t.Fatalf("%d sealed certificates stored (%v), want %d", stored, err, n)
 	}
 	for _, topic := range []string{topics.Requests, topics.Retry, topics.DLQ, topics.Events} {
-		msgs, err := testenv.ReadTopic(ctx, s.KafkaBrokers, topic)
+		msgs, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, topic, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,6 +183,21 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		}
 		if strings.Contains(p.log.String(), "PRIVATE KEY") {
 			t.Errorf("%s logged key material", name)
+		}
+	}
+}
+
+// waitTopic polls topic until done accepts its records or ctx ends.
+func waitTopic(ctx context.Context, brokers []string, topic string, done func([]kafka.Message) bool) error {
+	for {
+		all, err := events.ReadTopic(ctx, nil, brokers, topic, 0)
+		if err == nil && done(all) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for records on %s: %v (last read error: %v)", topic, ctx.Err(), err)
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
