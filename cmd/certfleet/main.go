@@ -42,6 +42,9 @@ commands:
   bucket    inspect one rate-limit bucket
   penalty   list and clear CA penalties (429s with Retry-After)
   keys      generate a key-encryption key for sealing private keys
+  request   publish an issuance request (and wait for its outcome)
+  dlq       list and replay dead-lettered records
+  export    write a stored certificate and its unsealed key to files
   manage    keep a certificate (a SAN set) valid from now on
   unmanage  stop managing a certificate
   import    manage many certificates from a file (one SAN set per line)
@@ -75,6 +78,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = penalty(ctx, args[1:], stdout, stderr)
 	case "keys":
 		err = keys(args[1:], stdout, stderr)
+	case "request":
+		err = request(ctx, args[1:], stdout, stderr)
+	case "dlq":
+		err = dlq(ctx, args[1:], stdout, stderr)
+	case "export":
+		err = export(ctx, args[1:], stdout, stderr)
 	case "manage":
 		err = manage(ctx, args[1:], stdout, stderr)
 	case "unmanage":

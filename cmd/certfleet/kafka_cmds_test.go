@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/seal"
+	"github.com/certfleet/certfleet/testenv"
+)
+
+func kafkaTopics(t *testing.T) (testenv.Settings, events.Topics) {
+	t.Helper()
+	s := testenv.Require(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	sfx := hex.EncodeToString(b)
+	tp := events.Topics{Requests: "c.req." + sfx, Retry: "c.retry." + sfx, DLQ: "c.dlq." + sfx, Events: "c.events." + sfx, RateLimitChanges: "c.rl." + sfx}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, tp.Specs(2, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	return s, tp
+}
+
+func topicArgs(s testenv.Settings, tp events.Topics) []string {
+	return []string{"--brokers", strings.Join(s.KafkaBrokers, ","), "--topic-requests", tp.Requests, "--topic-events", tp.Events, "--topic-dlq", tp.DLQ}
+}
+
+// request publishes a valid request, and with --wait reports the outcome a
+// worker publishes for it (here the test plays the worker: a permanent
+// failure, exit status 1).
+func TestRequestCommand(t *testing.T) {
+	s, tp := kafkaTopics(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	args := append([]string{"request", "--san", "WWW.Example.ORG", "--tenant", "t1", "--ca", "pebble", "--request-id", "req-cli-1"}, topicArgs(s, tp)...)
+	if code := run(ctx, args, &out, &errb); code != exitOK {
+		t.Fatalf("code %d: %s", code, errb.String())
+	}
+	msgs, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("requests topic: %d records, %v", len(msgs), err)
+	}
+	ev, err := events.Decode(msgs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := ev.Data.(*events.IssuanceRequest)
+	if req.RequestID != "req-cli-1" || req.SANs[0] != "www.example.org" || req.CA != "pebble" {
+		t.Fatalf("published %+v", req)
+	}
+
+	// --wait: answer the second request with a permanent failure.
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	go func() {
+		for ctx.Err() == nil {
+			msgs, _ := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
+			if len(msgs) >= 2 {
+				f, _ := events.New("//test", time.Now(), &events.CertFailed{RequestID: "req-cli-2", SANs: []string{"www.example.org"},
+					Tenant: "t1", CA: "pebble", ProblemType: "urn:ietf:params:acme:error:rejectedIdentifier", Detail: "no", Attempt: 1})
+				_ = prod.Publish(ctx, f)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	out.Reset()
+	errb.Reset()
+	args = append([]string{"request", "--san", "www.example.org", "--tenant", "t1", "--ca", "pebble", "--request-id", "req-cli-2", "--wait", "30s"}, topicArgs(s, tp)...)
+	if code := run(ctx, args, &out, &errb); code != exitError || !strings.Contains(out.String(), "rejectedIdentifier") {
+		t.Fatalf("--wait on a failed request: code %d, out %q, err %q", code, out.String(), errb.String())
+	}
+	for _, bad := range [][]string{{"request"}, {"request", "--san", "exa mple.com", "--brokers", "x:1"}, {"request", "--san", "a.example", "--brokers", ""}} {
+		if code := run(ctx, bad, &out, &errb); code != exitUsage {
+			t.Errorf("%v: code %d, want %d", bad, code, exitUsage)
+		}
+	}
+}
+
+// dlq list shows dead-lettered records with their origin and reason; replay
+// sends one back to its source topic without the DLQ headers.
+func TestDLQCommands(t *testing.T) {
+	s, tp := kafkaTopics(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	orig := kafka.Message{Key: []byte("k"), Value: []byte("{broken"), Headers: []kafka.Header{{Key: "ce_type", Value: []byte("x")}}}
+	rec := events.DeadLetterRecord(tp.DLQ, orig, events.DeadLetter{Reason: "malformed JSON", Topic: tp.Requests, Partition: 1, Offset: 42, Time: time.Now()})
+	if err := prod.WriteMessages(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(ctx, append([]string{"dlq", "list", "--json"}, topicArgs(s, tp)...), &out, &errb); code != exitOK {
+		t.Fatalf("list: %d %s", code, errb.String())
+	}
+	var rows []dlqRow
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil || len(rows) != 1 {
+		t.Fatalf("list --json: %v %q", err, out.String())
+	}
+	if rows[0].Reason != "malformed JSON" || rows[0].Source != tp.Requests+"/1/42" {
+		t.Fatalf("row %+v", rows[0])
+	}
+	out.Reset()
+	if code := run(ctx, append([]string{"dlq", "list"}, topicArgs(s, tp)...), &out, &errb); code != exitOK || !strings.Contains(out.String(), "malformed JSON") {
+		t.Fatalf("list table: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := run(ctx, append([]string{"dlq", "replay", "--record", rows[0].Record}, topicArgs(s, tp)...), &out, &errb); code != exitOK {
+		t.Fatalf("replay: %d %s", code, errb.String())
+	}
+	back, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
+	if err != nil || len(back) != 1 || string(back[0].Value) != "{broken" {
+		t.Fatalf("replayed: %v %v", back, err)
+	}
+	for _, h := range back[0].Headers {
+		if strings.HasPrefix(h.Key, "certfleet_dlq_") {
+			t.Fatalf("replayed record keeps DLQ header %s", h.Key)
+		}
+	}
+	for _, bad := range [][]string{{"dlq"}, append([]string{"dlq", "replay"}, topicArgs(s, tp)...), append([]string{"dlq", "replay", "--record", "x"}, topicArgs(s, tp)...)} {
+		if code := run(ctx, bad, &out, &errb); code != exitUsage {
+			t.Errorf("%v: code %d, want %d", bad[:2], code, exitUsage)
+		}
+	}
+}
+
+// export writes the stored chain and the unsealed key, which belong together.
+func TestExportCommand(t *testing.T) {
+	url := testenv.FreshDatabase(t)
+	ctx := context.Background()
+	var out, errb bytes.Buffer
+	if code := run(ctx, []string{"migrate", "--database-url", url}, &out, &errb); code != exitOK {
+		t.Fatal(errb.String())
+	}
+	d, err := db.Open(ctx, db.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	keyLine, _ := seal.GenerateKeyText("k1")
+	kr, err := seal.ParseKeyring(keyLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "x.example.org"}, DNSNames: []string{"x.example.org"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	chain := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	identity := events.Identity([]string{"x.example.org"})
+	sealed, err := seal.SealPrivateKey(ctx, kr, key, seal.AAD(seal.PurposeCertKey, identity, "r1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := certstore.New(d)
+	if _, err := st.Claim(ctx, "r1", identity, "o", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Complete(ctx, "o", certstore.Issued{Identity: identity, RequestID: "r1", Serial: "7", ARICertID: "a.b",
+		NotBefore: tmpl.NotBefore, NotAfter: tmpl.NotAfter, ChainPEM: chain, SealedKey: sealed}, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Setenv("CERTFLEET_SEAL_KEYS", keyLine)
+	if code := run(ctx, []string{"export", "--database-url", url, "--san", "X.example.org", "--out", dir}, &out, &errb); code != exitOK {
+		t.Fatalf("export: %d %s", code, errb.String())
+	}
+	if _, err := tls.LoadX509KeyPair(filepath.Join(dir, identity[:16]+".chain.pem"), filepath.Join(dir, identity[:16]+".key.pem")); err != nil {
+		t.Fatalf("exported chain and key do not match: %v", err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, identity[:16]+".key.pem")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", fi.Mode().Perm())
+	}
+	if strings.Contains(out.String(), "PRIVATE KEY") {
+		t.Fatal("key printed to stdout")
+	}
+	other, _ := seal.GenerateKeyText("k2")
+	t.Setenv("CERTFLEET_SEAL_KEYS", other)
+	if code := run(ctx, []string{"export", "--database-url", url, "--san", "x.example.org", "--out", dir}, &out, &errb); code != exitError {
+		t.Fatalf("export with the wrong keyring: code %d", code)
+	}
+}
