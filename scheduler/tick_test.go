@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
@@ -76,21 +77,24 @@ func (w *memWriter) reset() {
 	w.mu.Unlock()
 }
 
+var quiet = slog.New(slog.DiscardHandler)
+
 type rig struct {
-	t     *testing.T
-	d     *db.DB
-	clk   *clock
-	w     *memWriter
-	inv   *scheduler.Inventory
-	sched *scheduler.Scheduler
-	lease scheduler.LeaseState
+	t      *testing.T
+	d      *db.DB
+	clk    *clock
+	w      *memWriter
+	inv    *scheduler.Inventory
+	sched  *scheduler.Scheduler
+	lease  scheduler.LeaseState
+	holder string
 }
 
 func newRig(t *testing.T, mutate func(*scheduler.Config)) *rig {
 	d, _ := freshDB(t)
 	r := &rig{t: t, d: d, clk: newClock(), w: &memWriter{}}
 	r.inv = scheduler.NewInventory(d, r.clk.Now)
-	cfg := scheduler.Config{DB: d, Writer: r.w, Holder: "leader-" + uuid.NewString()[:8], Now: r.clk.Now,
+	cfg := scheduler.Config{DB: d, Writer: r.w, Holder: "leader-" + uuid.NewString()[:8], Now: r.clk.Now, Logger: quiet,
 		Budget: ratelimit.Limit{Count: 1000, Period: time.Second, Burst: 1000}}
 	if mutate != nil {
 		mutate(&cfg)
@@ -104,7 +108,7 @@ func newRig(t *testing.T, mutate func(*scheduler.Config)) *rig {
 		t.Fatalf("lease: %+v %v", ls, err)
 	}
 	ls.ValidUntil = time.Now().Add(100 * 365 * 24 * time.Hour) // the fake clock moves far
-	r.lease = ls
+	r.lease, r.holder = ls, cfg.Holder
 	return r
 }
 
@@ -325,7 +329,7 @@ func TestTickStaleTokenRefused(t *testing.T) {
 func newSchedulerOn(t *testing.T, r *rig, holder string) *rig {
 	r2 := &rig{t: t, d: r.d, clk: r.clk, w: &memWriter{}, inv: r.inv}
 	var err error
-	r2.sched, err = scheduler.New(scheduler.Config{DB: r.d, Writer: r2.w, Holder: holder, Now: r.clk.Now,
+	r2.sched, err = scheduler.New(scheduler.Config{DB: r.d, Writer: r2.w, Holder: holder, Now: r.clk.Now, Logger: quiet,
 		Budget: ratelimit.Limit{Count: 1000, Period: time.Second, Burst: 1000}})
 	if err != nil {
 		t.Fatal(err)
