@@ -1,0 +1,71 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certfleet/certfleet/ratelimit"
+)
+
+func TestParseConfig(t *testing.T) {
+	env := map[string]string{"CERTFLEET_KAFKA_BROKERS": "127.0.0.1:9092", "CERTFLEET_DATABASE_URL": "postgres://x@127.0.0.1/db"}
+	getenv := func(k string) string { return env[k] }
+	c, err := parseConfig(nil, getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Budget != (ratelimit.Limit{Count: 10, Period: time.Second, Burst: 10}) || c.TickInterval != 5*time.Second || !c.ARI {
+		t.Errorf("defaults: %+v", c)
+	}
+	c, err = parseConfig([]string{"-budget", "300/1m/50", "-ca", "pebble=https://127.0.0.1:14000/dir"}, getenv, io.Discard)
+	if err != nil || c.Budget != (ratelimit.Limit{Count: 300, Period: time.Minute, Burst: 50}) || c.CAs["pebble"] == "" {
+		t.Fatalf("%+v %v", c, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{nil, map[string]string{}, []string{"-brokers: required", "-database-url: required"}},
+		{[]string{"-brokers", "nohost"}, nil, []string{`-brokers: "nohost" is not host:port`}},
+		{[]string{"-budget", "ten"}, nil, []string{"-budget:"}},
+		{[]string{"-budget", "0/1s"}, nil, []string{"-budget:"}},
+		{[]string{"-tick-interval", "1ms"}, nil, []string{"-tick-interval:"}},
+		{[]string{"-tick-interval", "1m", "-lease-ttl", "10s"}, nil, []string{"-tick-interval: 1m0s is longer than -lease-ttl"}},
+		{[]string{"-batch-size", "0"}, nil, []string{"-batch-size:"}},
+		{[]string{"-ca", "x=http://a/dir"}, nil, []string{"-ca:"}},
+		{[]string{"-ca", "nodir"}, nil, []string{"-ca"}},
+		{[]string{"-log-level", "loud"}, nil, []string{"-log-level:"}},
+		{[]string{"-listen", "9091"}, nil, []string{"-listen:"}},
+		{[]string{"-budget-ca", "https://unknown.example/dir"}, nil, []string{"-budget-ca:"}},
+		{[]string{"-limits", "/nonexistent.json"}, nil, []string{"-limits:"}},
+		{nil, map[string]string{"CERTFLEET_TICK_INTERVAL": "soon"}, []string{"CERTFLEET_TICK_INTERVAL"}},
+		{[]string{"extra"}, nil, []string{"unexpected argument"}},
+	} {
+		e := env
+		if tc.env != nil {
+			e = map[string]string{}
+			for k, v := range env {
+				e[k] = v
+			}
+			if len(tc.env) == 0 {
+				e = tc.env
+			}
+			for k, v := range tc.env {
+				e[k] = v
+			}
+		}
+		_, err := parseConfig(tc.args, func(k string) string { return e[k] }, io.Discard)
+		if err == nil {
+			t.Errorf("%v: accepted", tc.args)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q does not mention %q", tc.args, err, w)
+			}
+		}
+	}
+}

@@ -1,0 +1,192 @@
+// Command scheduler keeps managed certificates valid: while it holds the
+// leader lease it emits due renewal jobs to Kafka, and every instance
+// (leader or standby) records certificate outcomes from the events topic and
+// plans the next renewal. Run two or more for availability; see package
+// scheduler, and -h for the configuration (flags, each with an environment
+// fallback).
+//
+// Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a runtime
+// failure, 2 on bad configuration.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/scheduler"
+)
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "scheduler: configuration:", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, cfg, log, nil); err != nil {
+		log.Error("scheduler stopped", "err", err)
+		os.Exit(1)
+	}
+	log.Info("scheduler stopped cleanly")
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// run builds the parts and runs them until ctx ends, then shuts down in
+// order: stop ticking and release the lease (a standby takes over at once),
+// finish the event in hand and commit offsets, stop serving, close writers.
+// listening, when not nil, receives the HTTP address once it is bound.
+func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- string) error {
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	d, err := db.Open(octx, db.Config{URL: cfg.DatabaseURL, MaxConns: 8})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer d.Close()
+	topics := cfg.Topics.WithDefaults()
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.Brokers, Topics: topics, BatchSize: cfg.BatchSize})
+	if err != nil {
+		return fmt.Errorf("kafka producer: %w", err)
+	}
+	defer producer.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := scheduler.NewMetrics(reg)
+	var ari *scheduler.ARIClient
+	if cfg.ARI {
+		hc, err := httpClient(cfg.ACMETLSCA)
+		if err != nil {
+			return err
+		}
+		ari = &scheduler.ARIClient{HTTP: hc, Directories: cfg.CAs}
+	}
+	sched, err := scheduler.New(scheduler.Config{
+		DB: d, Writer: producer, Holder: cfg.Holder, Topics: topics, Budget: cfg.Budget, Horizon: cfg.Horizon,
+		TickInterval: cfg.TickInterval, BatchSize: cfg.BatchSize, Watchdog: cfg.Watchdog, LeaseTTL: cfg.LeaseTTL,
+		ARI: ari, Logger: log, Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	sub, err := events.NewSubscriber(events.SubscriberConfig{
+		Brokers: cfg.Brokers, GroupID: cfg.Group, Topics: []string{topics.Events},
+		DeadLetter: producer, DeadLetterTopic: topics.DLQ, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("kafka subscriber: %w", err)
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !sched.Ready() {
+			http.Error(w, "not ready: the database has not answered the lease yet", http.StatusServiceUnavailable)
+			return
+		}
+		role := "standby"
+		if sched.Lease().Held {
+			role = "leader"
+		}
+		fmt.Fprintln(w, "ready:", role)
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	if listening != nil {
+		listening <- ln.Addr().String()
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+		}
+	}()
+	log.Info("scheduler started", "holder", cfg.Holder, "budget", cfg.Budget.String(), "listen", ln.Addr().String())
+
+	// The subscriber runs on its own context: at shutdown it is stopped with
+	// Shutdown (finish the event in hand, commit, leave the group) rather
+	// than by cancellation, which would leave the record in hand uncommitted.
+	subErr := make(chan error, 1)
+	go func() { subErr <- sub.Run(context.Background(), sched.Handle) }()
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	schedErr := make(chan error, 1)
+	go func() { schedErr <- sched.Run(runCtx) }()
+
+	var runErr error
+	subDone := false
+	select {
+	case <-ctx.Done():
+	case runErr = <-subErr:
+		subDone = true
+		runErr = fmt.Errorf("event subscriber: %w", runErr)
+	}
+	log.Info("shutting down")
+	sctx, cancelS := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelS()
+	stopRun() // stop ticking and release the lease: a standby takes over now
+	if err := <-schedErr; err != nil {
+		log.Warn("scheduler run", "err", err)
+	}
+	if err := sub.Shutdown(sctx); err != nil {
+		log.Warn("subscriber shutdown", "err", err)
+	}
+	if !subDone {
+		if err := <-subErr; err != nil {
+			log.Warn("subscriber run", "err", err)
+		}
+	}
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	return runErr
+}
+
+func httpClient(caFile string) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if caFile != "" {
+		pemBytes, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("-acme-tls-ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("-acme-tls-ca: %s holds no PEM certificate", caFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Timeout: 15 * time.Second, Transport: tr}, nil
+}
