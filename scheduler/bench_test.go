@@ -1,0 +1,142 @@
+package scheduler_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/scheduler"
+	"github.com/certfleet/certfleet/testenv"
+)
+
+// seed fills managed_certificates server-side with n rows over 10 tenants,
+// every tenth one due an hour ago and the rest in 30 days, and analyses the
+// table so the planner sees its real size.
+func seed(b *testing.B, d *db.DB, n int) {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	_, err := d.Pool().Exec(ctx, `
+INSERT INTO managed_certificates (identity, sans, tenant, ca_directory, next_renewal_at, planned_at)
+SELECT encode(sha256(convert_to('c' || i || '.bench.example.com', 'UTF8')), 'hex'),
+       ARRAY['c' || i || '.bench.example.com'], 't' || (i % 10), 'https://ca.example.net/dir', due, due
+FROM (SELECT i, CASE WHEN i % 10 = 0 THEN now() - INTERVAL '1 hour' ELSE now() + INTERVAL '30 days' END AS due
+      FROM generate_series(1, $1::INT) AS i) AS s`, n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.Pool().Exec(ctx, `ANALYZE managed_certificates`); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("seeded %d rows in %v", n, time.Since(start).Round(time.Millisecond))
+}
+
+func benchScheduler(b *testing.B, d *db.DB, w events.MessageWriter, topics events.Topics) (*scheduler.Scheduler, func() scheduler.LeaseState) {
+	s, err := scheduler.New(scheduler.Config{DB: d, Writer: w, Holder: "bench", Topics: topics, Logger: quiet,
+		Budget: ratelimit.Limit{Count: 1_000_000, Period: time.Second, Burst: 1_000_000}, BatchSize: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ls, err := scheduler.NewLease(d, scheduler.LeaseName, "bench", time.Hour).TryAcquire(context.Background())
+	if err != nil || !ls.Held {
+		b.Fatalf("lease %+v %v", ls, err)
+	}
+	return s, func() scheduler.LeaseState { return ls }
+}
+
+// BenchmarkTick measures the issue's targets: emitting the 100,000 due jobs
+// of a 1,000,000-certificate fleet to Kafka (target at most 30 s and 256 MiB
+// peak RSS of the scheduler process), and the cost of a tick with nothing due
+// at 10,000 (baseline) and 1,000,000 certificates (target: flat).
+func BenchmarkTick(b *testing.B) {
+	s := testenv.Require(b)
+	ctx := context.Background()
+	open := func() *db.DB {
+		d, _ := freshDB(b)
+		return d
+	}
+	topics := events.Topics{Requests: fmt.Sprintf("bench.sched.req.%d", time.Now().UnixNano())}
+	if err := testenv.CreateTopic(ctx, s.KafkaBrokers, topics.Requests, 4); err != nil {
+		b.Fatal(err)
+	}
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: topics, BatchSize: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer producer.Close()
+
+	small := open()
+	seed(b, small, 10_000)
+	// Nothing due in the small fleet: emit its 1,000 due rows first.
+	sm, sml := benchScheduler(b, small, &memWriter{}, topics)
+	if _, err := sm.Tick(ctx, sml); err != nil {
+		b.Fatal(err)
+	}
+	idle := func(sc *scheduler.Scheduler, l func() scheduler.LeaseState) func(*testing.B) {
+		return func(b *testing.B) {
+			for b.Loop() {
+				res, err := sc.Tick(ctx, l)
+				if err != nil || !res.Idle {
+					b.Fatalf("%+v %v", res, err)
+				}
+			}
+		}
+	}
+	b.Run("idle_tick/baseline", idle(sm, sml))
+
+	big := open()
+	seed(b, big, 1_000_000)
+	bs, bl := benchScheduler(b, big, producer, topics)
+	b.Run("emit_100k_due_of_1M", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if i > 0 {
+				b.StopTimer()
+				if _, err := big.Pool().Exec(ctx, `UPDATE managed_certificates SET next_renewal_at = planned_at, request_id = NULL
+					WHERE request_id IS NOT NULL`); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			start := time.Now()
+			res, err := bs.Tick(ctx, bl)
+			if err != nil || res.Emitted != 100_000 || res.Remaining {
+				b.Fatalf("%+v %v", res, err)
+			}
+			b.ReportMetric(float64(res.Emitted)/time.Since(start).Seconds(), "jobs/s")
+		}
+		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-RSS-MiB")
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		b.ReportMetric(float64(m.HeapSys)/(1<<20), "heap-sys-MiB")
+	})
+	// Right after the emission the due index still holds the 100,000 old
+	// entries of the rows just marked (PostgreSQL MVCC) until vacuum runs.
+	b.Run("idle_tick/fleet_1M_before_vacuum", idle(bs, bl))
+	if _, err := big.Pool().Exec(ctx, `VACUUM ANALYZE managed_certificates`); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("idle_tick/fleet_1M", idle(bs, bl))
+}
+
+// peakRSS is the process's peak resident set (VmHWM), in bytes.
+func peakRSS() int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
