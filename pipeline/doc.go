@@ -8,6 +8,7 @@
 //	wait for not_before (per record, holding no order slot, so a partition never stalls)
 //	claim the request   done before          -> re-publish the stored event (same ce_id), order nothing
 //	                    another worker has it -> defer until its lease ends
+//	                    Attempt >= MaxAttempts -> cert_failed(tooManyAttempts), recorded on the claim
 //	spend rate-limit tokens (all or nothing)   denied -> issuance_deferred event + retry topic (not_before = retry-at)
 //	order via acmeissuer                       429 -> shared penalty, refund, defer to Retry-After
 //	                                           5xx/network -> retry with backoff, then defer with cert_failed(retryable)

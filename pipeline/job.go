@@ -69,7 +69,7 @@ type job struct {
 	req      *events.IssuanceRequest
 	src      kafka.Message
 	identity string
-	owner    string // claim owner: this worker and job
+	owner    string                  // claim owner: this worker and job
 	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
 }
 
@@ -79,9 +79,6 @@ func (j *job) log() []any {
 
 func (j *job) run(ctx context.Context) (string, error) {
 	w := j.w
-	if j.req.Attempt >= w.cfg.MaxAttempts {
-		return j.failPermanently(ctx, "urn:certfleet:error:tooManyAttempts", fmt.Sprintf("gave up after %d attempts", j.req.Attempt), false)
-	}
 	claim, err := retry(ctx, w, "claiming request", func(ctx context.Context) (certstore.ClaimResult, error) {
 		return w.cfg.Claims.Claim(ctx, j.req.RequestID, j.identity, j.owner, w.cfg.Lease)
 	})
@@ -99,6 +96,12 @@ func (j *job) run(ctx context.Context) (string, error) {
 			at = claim.LeaseUntil.Add(time.Second)
 		}
 		return OutcomeDeferred, j.deferUntil(ctx, at, "InFlight", j.req.RequestID, false)
+	}
+	// Give up only once the claim is ours: a request that succeeded meanwhile
+	// (through a duplicate) is re-published above, not contradicted, and the
+	// failure is recorded so later duplicates re-publish it too.
+	if j.req.Attempt >= w.cfg.MaxAttempts {
+		return j.failPermanently(ctx, "urn:certfleet:error:tooManyAttempts", fmt.Sprintf("gave up after %d attempts", j.req.Attempt), true)
 	}
 
 	kind := ratelimit.NewOrder
@@ -175,7 +178,11 @@ func (j *job) order(ctx context.Context) (string, error) {
 			// The CA refused the order before counting it: give the tokens back.
 			// acmeissuer already recorded the shared penalty.
 			j.refund(ctx)
-			return OutcomeDeferred, j.deferUntil(ctx, last.RetryAfter, "CA", j.ca.Directory, true)
+			at := last.RetryAfter
+			if at.IsZero() { // a rateLimited problem without Retry-After
+				at = w.cfg.Now().Add(w.cfg.RetryDelay)
+			}
+			return OutcomeDeferred, j.deferUntil(ctx, at, "CA", j.ca.Directory, true)
 		case acmeissuer.Permanent:
 			problem := last.ProblemType
 			if problem == "" {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
@@ -221,16 +223,22 @@ func parsePEMCerts(chain string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-// sanitize keeps error text safe for events and logs: one line, bounded.
+// sanitize keeps error text safe for events and logs, as events' text
+// fields require: valid UTF-8, no control or bidi characters, at most max
+// bytes, cut at a rune boundary.
 func sanitize(s string, max int) string {
 	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
 			return ' '
 		}
 		return r
-	}, s)
+	}, strings.ToValidUTF8(s, "\uFFFD"))
 	if len(s) > max {
-		s = s[:max]
+		cut := max
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
 	}
 	return s
 }
