@@ -14,11 +14,11 @@ STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-run: testenv-up migrate ## end-to-end: bring the stack up, migrate, run the smoke checks against it (leaves the stack running)
-	$(GO) test -count=1 -v -run 'TestKafkaConsumerGroupTwoMembers|TestPebbleObtainCertificateHTTP01' ./testenv
+run: testenv-up migrate ## end-to-end demo: 2 issuer-workers issue a 300-certificate fleet on the local stack (leaves the stack running)
+	$(GO) run ./cmd/demo $(DEMOFLAGS)
 
 test: testenv-up ## unit + integration tests against testenv, with -race (starts the stack; leaves it running)
-	$(GO) test -race -count=1 $(TESTFLAGS) ./...
+	$(GO) test -race -count=1 -p 2 $(TESTFLAGS) ./...
 
 test-unit: ## pure unit tests only, no stack (CERTFLEET_TESTENV=off skips integration tests)
 	CERTFLEET_TESTENV=off $(GO) test -race -count=1 $(TESTFLAGS) ./...

@@ -209,7 +209,7 @@ func TestObtainThroughput(t *testing.T) {
 	if _, err := iss.Account(ctx, "bench"); err != nil {
 		t.Fatal(err)
 	}
-	const total, concurrency = 64, testenv.MaxConcurrentOrders
+	const total, concurrency = 64, testenv.MaxConcurrentOrdersPerPackage
 	var next atomic.Int64
 	var failures atomic.Int64
 	var wg sync.WaitGroup

@@ -29,11 +29,21 @@ func (c ChallTestSrv) DelHTTP01(ctx context.Context, token string) error {
 }
 
 // AddA makes challtestsrv's DNS answer A queries for host (no trailing dot
-// needed) with addrs instead of its default 127.0.0.1: tests point a name at
-// 127.0.0.2 to have Pebble validate HTTP-01 against their own responder there.
+// needed) with addrs instead of its default 127.0.0.1: a test points its
+// names at its own loopback address to have Pebble validate HTTP-01 against
+// its own responder on HTTP01Port there. Each user takes its own address so
+// packages testing in parallel never share a listener: see HTTP01Addrs.
 func (c ChallTestSrv) AddA(ctx context.Context, host string, addrs ...string) error {
 	return c.post(ctx, "/add-a", map[string]any{"host": host, "addresses": addrs})
 }
+
+// Loopback addresses reserved for HTTP-01 responders that Pebble validates
+// against (port Settings.HTTP01Port; 127.0.0.1 is challtestsrv's own).
+const (
+	HTTP01AddrPipelineTests = "127.0.0.2" // pipeline package tests
+	HTTP01AddrWorkerTests   = "127.0.0.3" // cmd/issuer-worker process tests
+	HTTP01AddrDemo          = "127.0.0.4" // make run
+)
 
 // SetTXT adds a TXT record value for a fully qualified name (with trailing dot).
 func (c ChallTestSrv) SetTXT(ctx context.Context, fqdn, value string) error {

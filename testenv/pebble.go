@@ -1,11 +1,17 @@
 package testenv
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"time"
+
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"github.com/mholt/acmez/v3/acme"
 	"io"
 	"net/http"
 	"os"
@@ -18,10 +24,13 @@ import (
 //
 // Safe concurrency: Pebble 2.10.1 deadlocks in its in-memory store at 16 or
 // more concurrent orders. Keep at most MaxConcurrentOrders orders in flight
-// against it and put deadlines on every ACME call.
+// against it and put deadlines on every ACME call. `make test` runs two test
+// packages at once (go test -p 2), so a package's tests keep at most
+// MaxConcurrentOrdersPerPackage in flight: two packages stay below 16.
 const (
-	PebbleVersion       = "v2.10.1"
-	MaxConcurrentOrders = 8
+	PebbleVersion                 = "v2.10.1"
+	MaxConcurrentOrders           = 8
+	MaxConcurrentOrdersPerPackage = 6
 
 	// EnvPebbleAlwaysValid=1 starts Pebble with PEBBLE_VA_ALWAYS_VALID=1:
 	// every challenge passes without a validation request, for throughput runs.
@@ -133,6 +142,31 @@ func pebbleCmd(bin, config string) *exec.Cmd {
 		cmd.Env = append(cmd.Env, "PEBBLE_VA_ALWAYS_VALID=1")
 	}
 	return cmd
+}
+
+// pebbleReady checks that Pebble serves its directory and can register an
+// account. The second step matters: Pebble 2.10.1 can deadlock in its
+// in-memory store (16+ concurrent orders) while still answering GETs, and a
+// deadlocked Pebble must count as not ready so `testenv up` restarts it.
+func pebbleReady(ctx context.Context, caPath string) error {
+	c, err := tlsClient(caPath)
+	if err != nil {
+		return err
+	}
+	if _, err := httpGet(ctx, c, "https://"+pebbleAddr+"/dir"); err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	client := &acme.Client{Directory: "https://" + pebbleAddr + "/dir", HTTPClient: c}
+	if _, err := client.NewAccount(actx, acme.Account{TermsOfServiceAgreed: true, PrivateKey: key}); err != nil {
+		return fmt.Errorf("registering a probe account (Pebble may be deadlocked): %w", err)
+	}
+	return nil
 }
 
 // tlsClient trusts only the testenv serving CA.

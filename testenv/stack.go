@@ -126,14 +126,7 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 			}
 			return pp.start(pebbleCmd(pebbleBin, conf))
 		},
-		ready: func(ctx context.Context) error {
-			c, err := tlsClient(pebbleCA)
-			if err != nil {
-				return err
-			}
-			_, err = httpGet(ctx, c, "https://"+pebbleAddr+"/dir")
-			return err
-		},
+		ready: func(ctx context.Context) error { return pebbleReady(ctx, pebbleCA) },
 	})
 	return svcs, pebbleCA
 }
@@ -202,7 +195,7 @@ func (s *service) up(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	if s.proc.pid() != 0 {
-		if err := s.proc.waitFor(withTimeout(ctx, 60*time.Second), "readiness", s.ready); err == nil {
+		if err := s.proc.waitFor(withTimeout(ctx, 15*time.Second), "readiness", s.ready); err == nil {
 			fmt.Fprintf(out, "%-13s already running (pid %d), ready\n", s.proc.name, s.proc.pid())
 			return nil
 		}

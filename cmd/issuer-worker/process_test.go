@@ -71,7 +71,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	http01 := fmt.Sprintf("127.0.0.2:%d", s.HTTP01Port)
+	http01 := fmt.Sprintf("%s:%d", testenv.HTTP01AddrWorkerTests, s.HTTP01Port)
 	type proc struct {
 		cmd    *exec.Cmd
 		listen string
@@ -80,7 +80,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	}
 	start := func(name string, serveHTTP01 bool) *proc {
 		p := &proc{listen: freeAddr(t, "127.0.0.1"), log: &strings.Builder{}, done: make(chan error, 1)}
-		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", "4", "-shutdown-timeout", "20s",
+		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", fmt.Sprint(testenv.MaxConcurrentOrdersPerPackage/2), "-shutdown-timeout", "20s",
 			"-topic-requests", topics.Requests, "-topic-retry", topics.Retry, "-topic-dlq", topics.DLQ,
 			"-topic-events", topics.Events, "-topic-ratelimit-changes", topics.RateLimitChanges,
 			"-group", "g-" + suffix, "-profile", testenv.PebbleShortProfile}
@@ -114,7 +114,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	var evs []events.Event
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("www.p%d-%s.test", i, suffix)
-		if err := chall.AddA(ctx, name, "127.0.0.2"); err != nil {
+		if err := chall.AddA(ctx, name, testenv.HTTP01AddrWorkerTests); err != nil {
 			t.Fatal(err)
 		}
 		ev, err := events.New("//test", time.Now(), &events.IssuanceRequest{RequestID: fmt.Sprintf("p-%d-%s", i, suffix),
