@@ -36,6 +36,10 @@ type Config struct {
 	// Lease is how long a claim protects a request from other workers; it
 	// must exceed the longest order. Default 5 minutes.
 	Lease time.Duration
+	// MaxInlineWait: a limit denial whose retry-in is at most this long is
+	// waited out in place (holding the order slot) rather than deferred
+	// through the retry topic. Default 5 s.
+	MaxInlineWait time.Duration
 	// BusyRetry is how long a record waits when another worker is ordering
 	// the same request, before looking again for its outcome. Default 5 s.
 	BusyRetry time.Duration
@@ -44,8 +48,9 @@ type Config struct {
 	// OrderRetries is how often a retryable ACME failure (5xx, network) is
 	// retried inside the job before deferring. Default 3.
 	OrderRetries int
-	// MaxAttempts ends a request as permanently failed after this many
-	// deferrals and retries. Default 20.
+	// MaxAttempts ends a request as permanently failed once it was
+	// re-published this often (deferrals by limits, by other workers' claims
+	// and after retryable failures all count). Default 200.
 	MaxAttempts int
 	// RetryDelay is the first deferral after retryable ACME failures; it
 	// doubles per attempt up to MaxRetryDelay. Defaults 30 s and 1 h.
@@ -110,7 +115,7 @@ func (c *Config) defaults() {
 	def(&c.Concurrency, 8)
 	def(&c.MaxPending, 1024)
 	def(&c.OrderRetries, 3)
-	def(&c.MaxAttempts, 20)
+	def(&c.MaxAttempts, 200)
 	dur := func(p *time.Duration, v time.Duration) {
 		if *p <= 0 {
 			*p = v
@@ -119,6 +124,7 @@ func (c *Config) defaults() {
 	dur(&c.Lease, 5*time.Minute)
 	dur(&c.OrderTimeout, 2*time.Minute)
 	dur(&c.BusyRetry, 5*time.Second)
+	dur(&c.MaxInlineWait, 5*time.Second)
 	dur(&c.RetryDelay, 30*time.Second)
 	dur(&c.MaxRetryDelay, time.Hour)
 	dur(&c.InfraBackoffMax, 5*time.Second)

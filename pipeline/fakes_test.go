@@ -151,6 +151,7 @@ func (f *fakeClaims) counts() (claims, completes, fails, releases int) {
 type fakeTokens struct {
 	mu              sync.Mutex
 	deny            *ratelimit.Result
+	denials         int // when > 0, deny only this many spends, then allow
 	spends, refunds int
 }
 
@@ -158,7 +159,7 @@ func (f *fakeTokens) Spend(context.Context, []ratelimit.Transaction) (ratelimit.
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.spends++
-	if f.deny != nil {
+	if f.deny != nil && (f.denials == 0 || f.spends <= f.denials) {
 		return *f.deny, nil
 	}
 	return ratelimit.Result{Decision: ratelimit.Decision{Allowed: true}}, nil

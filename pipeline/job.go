@@ -115,19 +115,32 @@ func (j *job) run(ctx context.Context) (string, error) {
 	if err != nil {
 		return j.failPermanently(ctx, "urn:certfleet:error:badRequest", err.Error(), true)
 	}
-	res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
-		return w.cfg.Tokens.Spend(ctx, txns)
-	})
-	if err != nil {
-		return "", j.release(ctx, err)
-	}
-	if !res.Allowed {
+	for {
+		res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
+			return w.cfg.Tokens.Spend(ctx, txns)
+		})
+		if err != nil {
+			return "", j.release(ctx, err)
+		}
+		if res.Allowed {
+			break
+		}
 		limit, key := "unknown", "unknown"
 		if res.Limiting != nil {
 			limit, key = string(res.Limiting.Name), res.Limiting.Key()
 		}
 		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
-		return OutcomeDeferred, j.deferUntil(ctx, w.cfg.Now().Add(res.RetryIn), limit, key, true)
+		if res.RetryIn > w.cfg.MaxInlineWait {
+			return OutcomeDeferred, j.deferUntil(ctx, w.cfg.Now().Add(res.RetryIn), limit, key, true)
+		}
+		// A short wait (the fleet's orders-per-second budget): wait here,
+		// holding the order slot, so the budget gates how fast this worker
+		// pulls work instead of churning records through the retry topic.
+		select {
+		case <-time.After(res.RetryIn):
+		case <-ctx.Done():
+			return "", j.release(ctx, ctx.Err())
+		}
 	}
 	j.txns = txns
 	return j.order(ctx)

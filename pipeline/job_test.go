@@ -120,6 +120,20 @@ func TestJobDecisions(t *testing.T) {
 			},
 		},
 		{
+			name: "tokens denied briefly (fleet budget): waited out in place, then obtained; nothing re-queued",
+			setup: func(h *harness) {
+				h.tokens.deny = &ratelimit.Result{Decision: ratelimit.Decision{RetryIn: 20 * time.Millisecond},
+					Limiting: &ratelimit.Transaction{Name: ratelimit.FleetOrdersPerSecond, Value: "*"}}
+				h.tokens.denials = 2
+			},
+			want: want{events: []events.Type{events.TypeCertObtained}, orders: 1, completes: 1},
+			check: func(t *testing.T, h *harness, r run) {
+				if spends, _ := h.tokens.counts(); spends != 3 {
+					t.Errorf("%d spends, want 3 (two denied, waited out, then allowed)", spends)
+				}
+			},
+		},
+		{
 			name: "CA answers 429: tokens refunded, deferred to Retry-After",
 			setup: func(h *harness) {
 				h.issuer.obtain = func(context.Context, acmeissuer.Request, int64) (*acmeissuer.Result, error) {
