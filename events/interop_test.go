@@ -22,7 +22,7 @@ func requireKcat(t *testing.T) string {
 	t.Helper()
 	path, err := exec.LookPath("kcat")
 	if err != nil {
-		t.Skip("kcat is not installed (apt-get install kcat); interoperability with librdkafka not checked")
+		t.Fatal("kcat is not installed: `make testenv-up` installs it (apt-get install kcat)")
 	}
 	return path
 }

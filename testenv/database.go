@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
@@ -64,11 +65,17 @@ func installPostgres(ctx context.Context) error {
 	if _, err := os.Stat(filepath.Join(pgBinDir, "postgres")); err == nil {
 		return nil
 	}
-	args := []string{"apt-get", "install", "-y", "--no-install-recommends", "postgresql-15"}
+	return aptInstall(ctx, "postgresql-15")
+}
+
+// aptInstall installs Debian packages with apt-get (through sudo when not
+// root), for the parts of the stack the Makefile promises to install itself.
+func aptInstall(ctx context.Context, pkgs ...string) error {
+	args := append([]string{"apt-get", "install", "-y", "--no-install-recommends"}, pkgs...)
 	update := []string{"apt-get", "update"}
 	if os.Geteuid() != 0 {
 		if _, err := exec.LookPath("sudo"); err != nil {
-			return fmt.Errorf("testenv: PostgreSQL 15 is missing (%s) and installing it needs root: run `apt-get install postgresql-15` as root", pgBinDir)
+			return fmt.Errorf("testenv: %v missing and installing needs root: run `apt-get install %s` as root", pkgs, strings.Join(pkgs, " "))
 		}
 		args, update = append([]string{"sudo"}, args...), append([]string{"sudo"}, update...)
 	}

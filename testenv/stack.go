@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -69,7 +70,17 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 	kafkaData := filepath.Join(l.data, "kafka")
 	svcs = append(svcs, &service{
 		proc: kp, ports: []string{kafkaAddr, kafkaControllerAddr}, data: kafkaData,
-		install: func(ctx context.Context) (err error) { kafkaLibs, err = installKafka(ctx, l.cache); return err },
+		install: func(ctx context.Context) (err error) {
+			// kcat (librdkafka) is what the events interop tests produce and
+			// consume with: a Kafka client nobody here wrote.
+			if _, err := exec.LookPath("kcat"); err != nil {
+				if err := aptInstall(ctx, "kcat"); err != nil {
+					return err
+				}
+			}
+			kafkaLibs, err = installKafka(ctx, l.cache)
+			return err
+		},
 		start:   func(ctx context.Context) error { return startKafka(ctx, kp, kafkaLibs, kafkaData) },
 		ready:   kafkaReady,
 	})
