@@ -81,8 +81,8 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 			kafkaLibs, err = installKafka(ctx, l.cache)
 			return err
 		},
-		start:   func(ctx context.Context) error { return startKafka(ctx, kp, kafkaLibs, kafkaData) },
-		ready:   kafkaReady,
+		start: func(ctx context.Context) error { return startKafka(ctx, kp, kafkaLibs, kafkaData) },
+		ready: kafkaReady,
 	})
 
 	dp := dbProc(l.state, l.kind)
