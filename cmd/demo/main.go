@@ -23,7 +23,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -85,7 +84,10 @@ func run(ctx context.Context, n int, timeout time.Duration) error {
 
 	step("building and starting 2 issuer-worker processes")
 	bin := filepath.Join(state, "bin", "issuer-worker")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
 	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/issuer-worker").CombinedOutput(); err != nil {
 		return fmt.Errorf("building issuer-worker: %v\n%s", err, out)
 	}
