@@ -9,6 +9,7 @@ type Metrics struct {
 	Denied       *prometheus.CounterVec   // certfleet_worker_tokens_denied_total{limit}
 	InFlight     prometheus.Gauge         // certfleet_worker_jobs_in_flight
 	Pending      prometheus.Gauge         // certfleet_worker_records_pending
+	ConsumerLag  prometheus.Gauge         // certfleet_worker_consumer_lag, set by the process from its Kafka reader
 }
 
 // Job outcomes, the label values of certfleet_worker_jobs_total.
@@ -39,9 +40,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_worker_records_pending", Help: "Fetched records not yet finished (includes those waiting for not_before).",
 		}),
+		ConsumerLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "certfleet_worker_consumer_lag", Help: "Records behind the end of the partitions this worker reads (kafka-go reader lag).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.InFlight, m.Pending)
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.InFlight, m.Pending, m.ConsumerLag)
 	}
 	return m
 }

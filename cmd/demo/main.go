@@ -307,9 +307,9 @@ func newFollower(ctx context.Context, brokers []string, topics events.Topics) (*
 
 type summary struct {
 	total, obtained, failed, deferredLong, deferrals, dlq int
-	latencies                                          []time.Duration
-	byLimit                                            map[string]int
-	issuedBy                                           map[string]int
+	latencies                                             []time.Duration
+	byLimit                                               map[string]int
+	issuedBy                                              map[string]int
 }
 
 // until follows outcomes until every sent request has one (deferred past
@@ -419,4 +419,3 @@ func limitsText(m map[string]int) string {
 	slices.Sort(parts)
 	return strings.Join(parts, ", ")
 }
-

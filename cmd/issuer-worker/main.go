@@ -129,10 +129,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := pipeline.NewMetrics(reg)
 	worker, err := pipeline.New(pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: certstore.New(d), Tokens: limiter, Limits: cat,
 		Writer: producer, Sealer: keyring, CAs: cas, Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
-		Lease: cfg.Lease, Logger: log, Metrics: pipeline.NewMetrics(reg),
+		Lease: cfg.Lease, Logger: log, Metrics: metrics,
 	})
 	if err != nil {
 		return err
@@ -154,6 +155,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		relay := ratelimit.NewRelay(d, changefeed.NewPublisher(producer, cfg.Topics.RateLimitChanges))
 		go relay.Run(bg, 200*time.Millisecond, func(err error) { log.Warn("override outbox relay", "err", err) })
 	}
+	go func() {
+		for bg.Err() == nil {
+			metrics.ConsumerLag.Set(float64(reader.Stats().Lag))
+			select {
+			case <-bg.Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}()
 	go func() {
 		for bg.Err() == nil {
 			if _, err := challenges.DeleteExpired(bg); err != nil && bg.Err() == nil {

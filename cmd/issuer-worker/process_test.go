@@ -82,7 +82,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	}
 	start := func(name string, serveHTTP01 bool) *proc {
 		p := &proc{listen: freeAddr(t, "127.0.0.1"), log: &strings.Builder{}, done: make(chan error, 1)}
-		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", fmt.Sprint(testenv.MaxConcurrentOrdersPerPackage/2), "-shutdown-timeout", "20s",
+		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", fmt.Sprint(testenv.MaxConcurrentOrdersPerPackage / 2), "-shutdown-timeout", "20s",
 			"-topic-requests", topics.Requests, "-topic-retry", topics.Retry, "-topic-dlq", topics.DLQ,
 			"-topic-events", topics.Events, "-topic-ratelimit-changes", topics.RateLimitChanges,
 			"-group", "g-" + suffix, "-profile", testenv.PebbleShortProfile}
@@ -168,7 +168,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		}
 	}
 	metrics := httpGet(t, ctx, "http://"+a.listen+"/metrics")
-	if !strings.Contains(metrics, `certfleet_worker_jobs_total{outcome="obtained"}`) {
+	if !strings.Contains(metrics, `certfleet_worker_jobs_total{outcome="obtained"}`) || !strings.Contains(metrics, "certfleet_worker_consumer_lag") {
 		t.Errorf("metrics lack the jobs counter:\n%s", tail(metrics, 20))
 	}
 	for name, p := range map[string]*proc{"worker-a": a, "worker-b": bproc} {
