@@ -90,6 +90,8 @@ func (e *StatusError) Unwrap() error { return e.Err }
 //   - *RateLimitedError, a problem of type rateLimited or status 429: RateLimited.
 //   - ErrInvalidRequest: Permanent.
 //   - badNonce, serverInternal, any 5xx (problem or *StatusError): Retry.
+//   - connection and dns validation problems (the CA could not reach or
+//     resolve the name): Retry, bounded by the caller's attempts.
 //   - any other ACME problem (malformed, unauthorized, caa, rejectedIdentifier,
 //     failed validations, ...): Permanent, with its type and detail.
 //   - context deadlines, network and I/O errors, and anything unrecognised:
@@ -126,6 +128,12 @@ func Classify(err error) Classification {
 	case hasStatus && se.Status == http.StatusTooManyRequests:
 		out.Class = RateLimited
 	case hasProblem && (p.Type == acme.ProblemTypeBadNonce || p.Type == acme.ProblemTypeServerInternal || p.Status >= 500):
+		out.Class = Retry
+	case hasProblem && (p.Type == acme.ProblemTypeConnection || p.Type == acme.ProblemTypeDNS):
+		// The CA could not reach or resolve the name while validating: often
+		// transient (a DNS or network blip). Retrying costs a failed
+		// authorization each time, which FailedAuthorizationsPerDomainPerAccount
+		// bounds; a name that never resolves ends when the attempts run out.
 		out.Class = Retry
 	case hasStatus && se.Status >= 500:
 		out.Class = Retry

@@ -47,7 +47,9 @@ func TestClassify(t *testing.T) {
 		{"unauthorized (validation)", fmt.Errorf("solving challenge: a.test: %w", problem("unauthorized", 403)), Permanent, "unauthorized", time.Time{}, false},
 		{"caa", wrap(problem("caa", 403)), Permanent, "caa", time.Time{}, false},
 		{"rejectedIdentifier", wrap(problem("rejectedIdentifier", 400)), Permanent, "rejectedIdentifier", time.Time{}, false},
-		{"dns", wrap(problem("dns", 400)), Permanent, "dns", time.Time{}, false},
+		{"dns (validation could not resolve: transient)", wrap(problem("dns", 400)), Retry, "dns", time.Time{}, false},
+		{"connection (validation could not connect: transient)", fmt.Errorf("solving challenge: a.test: %w", problem("connection", 400)), Retry, "connection", time.Time{}, false},
+		{"tls (validation: misconfigured)", wrap(problem("tls", 400)), Permanent, "tls", time.Time{}, false},
 		{"badCSR", wrap(problem("badCSR", 400)), Permanent, "badCSR", time.Time{}, false},
 		{"accountDoesNotExist", wrap(problem("accountDoesNotExist", 400)), Permanent, "accountDoesNotExist", time.Time{}, false},
 	}

@@ -28,10 +28,11 @@ type Tokens interface {
 	Refund(ctx context.Context, txns []ratelimit.Transaction) error
 }
 
-// Limits derives the rate-limit transactions of an order.
-// *ratelimit.Catalogue implements it.
+// Limits derives the rate-limit transactions of an order, and the bucket a
+// failed authorization spends. *ratelimit.Catalogue implements it.
 type Limits interface {
 	OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction, error)
+	FailedAuthorizationTransaction(directory, account, domain string) (ratelimit.Transaction, error)
 }
 
 // Issuer obtains one certificate from one CA. *acmeissuer.Issuer implements

@@ -188,6 +188,10 @@ func (fakeLimits) OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction,
 	}, nil
 }
 
+func (fakeLimits) FailedAuthorizationTransaction(directory, account, domain string) (ratelimit.Transaction, error) {
+	return ratelimit.Transaction{Directory: directory, Name: ratelimit.FailedAuthorizationsPerDomainPerAccount, Value: account + ":" + domain, Cost: 1}, nil
+}
+
 // fakeIssuer issues from testCA unless obtain says otherwise; obtain gets
 // the 1-based number of the call.
 type fakeIssuer struct {

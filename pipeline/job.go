@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/mholt/acmez/v3/acme"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/acmeissuer"
@@ -185,6 +186,9 @@ func (j *job) order(ctx context.Context) (string, error) {
 		}
 		last = acmeissuer.Classify(err)
 		w.cfg.Metrics.OrderSeconds.WithLabelValues(last.Class.String()).Observe(time.Since(t0).Seconds())
+		if failedAuthorization(last.ProblemType) {
+			j.spendFailedAuthorization(ctx)
+		}
 		w.cfg.Logger.Info("order failed", append(j.log(), "class", last.Class.String(), "problem", last.ProblemType, "err", sanitize(err.Error(), 300))...)
 		switch last.Class {
 		case acmeissuer.RateLimited:
@@ -427,6 +431,40 @@ func penaltyKeys(txns []ratelimit.Transaction) []string {
 		}
 	}
 	return keys
+}
+
+// failedAuthorization reports whether an ACME problem means a validation
+// failed, which the CA counts against FailedAuthorizationsPerDomainPerAccount.
+func failedAuthorization(problem string) bool {
+	switch problem {
+	case acme.ProblemTypeUnauthorized, acme.ProblemTypeIncorrectResponse, acme.ProblemTypeConnection,
+		acme.ProblemTypeDNS, acme.ProblemTypeTLS, acme.ProblemTypeCAA:
+		return true
+	}
+	return false
+}
+
+// spendFailedAuthorization mirrors the CA's count of failed authorizations,
+// once per name of the order (the problem does not reliably say which name
+// failed; over-counting only delays retries). The order's check of the same
+// bucket then defers further attempts before the CA would refuse them. A
+// denial here needs no action: the bucket is already full.
+func (j *job) spendFailedAuthorization(ctx context.Context) {
+	w := j.w
+	var txns []ratelimit.Transaction
+	for _, name := range j.req.SANs {
+		t, err := w.cfg.Limits.FailedAuthorizationTransaction(j.ca.Directory, j.req.Tenant, name)
+		if err != nil {
+			continue // the catalogue has no such limit for this CA
+		}
+		txns = append(txns, t)
+	}
+	if len(txns) == 0 {
+		return
+	}
+	if _, err := w.cfg.Tokens.Spend(ctx, txns); err != nil {
+		w.cfg.Logger.Warn("recording failed authorizations", append(j.log(), "err", err)...)
+	}
 }
 
 func firstNonEmpty(s ...string) string {

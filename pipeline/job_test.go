@@ -208,6 +208,20 @@ func TestJobDecisions(t *testing.T) {
 			},
 		},
 		{
+			name: "validation failed (unauthorized): permanent, and a failed authorization spent for each name",
+			setup: func(h *harness) {
+				h.issuer.obtain = func(context.Context, acmeissuer.Request, int64) (*acmeissuer.Result, error) {
+					return nil, fmt.Errorf("solving challenge: %w", acme.Problem{Type: acme.ProblemTypeUnauthorized, Status: 403, Detail: "wrong key authorization"})
+				}
+			},
+			want: want{events: []events.Type{events.TypeCertFailed}, orders: 1, fails: 1},
+			check: func(t *testing.T, h *harness, r run) {
+				if spends, _ := h.tokens.counts(); spends != 2 {
+					t.Errorf("%d spends, want 2: the order's tokens, then the failed authorizations", spends)
+				}
+			},
+		},
+		{
 			// A CA's detail is foreign text: control and bidi characters, and
 			// multi-byte runes cut by the length bound, must not make the
 			// cert_failed event invalid (the record would be stuck).

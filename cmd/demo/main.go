@@ -5,11 +5,13 @@
 //
 // What it does: generates (once) a key-encryption keyring under .testenv/,
 // builds and starts two issuer-worker processes in one consumer group (one
-// also serves HTTP-01 from the database), sets a tenant-specific override
-// (tenant "gamma" may order only 40 certificates per 3 hours), publishes
-// -n requests across three tenants plus a few hostile records, and follows
-// the events and dead-letter topics until every request is obtained, failed,
-// or deferred past the demo's horizon.
+// also serves HTTP-01 from the database) and one scheduler, sets a
+// tenant-specific override (tenant "gamma" may order only 40 certificates per
+// 3 hours), manages -n SAN sets across three tenants (the scheduler emits
+// their first issuance at the fleet budget), publishes a few hostile records
+// as a broken upstream producer would, and follows the events and
+// dead-letter topics until every certificate is obtained, failed, or
+// deferred past the demo's horizon.
 package main
 
 import (
@@ -28,12 +30,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/scheduler"
 	"github.com/certfleet/certfleet/seal"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -82,45 +84,62 @@ func run(ctx context.Context, n int, timeout time.Duration) error {
 		return err
 	}
 
-	step("building and starting 2 issuer-worker processes")
-	bin := filepath.Join(state, "bin", "issuer-worker")
+	step("building and starting 2 issuer-worker processes and a scheduler")
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = "/usr/local/go/bin/go"
 	}
-	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/issuer-worker").CombinedOutput(); err != nil {
-		return fmt.Errorf("building issuer-worker: %v\n%s", err, out)
+	for _, b := range []string{"issuer-worker", "scheduler"} {
+		if out, err := exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(state, "bin", b), "./cmd/"+b).CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %v\n%s", b, err, out)
+		}
 	}
-	var workers []worker
+	env := append(os.Environ(), "CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+s.DatabaseURL,
+		"CERTFLEET_SEAL_KEYS="+keys, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
+	var procs []worker
 	for i, http01 := range []string{fmt.Sprintf("%s:%d", testenv.HTTP01AddrDemo, s.HTTP01Port), ""} {
-		w, err := startWorker(bin, state, fmt.Sprintf("worker-%d", i+1), http01, s, keys)
+		args := []string{"-owner", fmt.Sprintf("worker-%d", i+1), "-concurrency", "4", "-profile", testenv.PebbleShortProfile}
+		if http01 != "" {
+			args = append(args, "-http01-listen", http01)
+		}
+		w, err := startProc(filepath.Join(state, "bin", "issuer-worker"), state, fmt.Sprintf("worker-%d", i+1), args, env)
 		if err != nil {
 			return err
 		}
-		workers = append(workers, w)
+		procs = append(procs, w)
 		defer stopWorker(w)
 	}
+	sched, err := startProc(filepath.Join(state, "bin", "scheduler"), state, "scheduler",
+		[]string{"-holder", "scheduler-1", "-tick-interval", "1s", "-budget", "10/1s"}, env)
+	if err != nil {
+		return err
+	}
+	procs = append(procs, sched)
+	defer stopWorker(sched)
 
-	step(fmt.Sprintf("publishing %d issuance requests for tenants %s, plus 5 hostile records", n, strings.Join(tenants, ", ")))
+	step(fmt.Sprintf("managing %d SAN sets for tenants %s; publishing 5 hostile records", n, strings.Join(tenants, ", ")))
 	follow, err := newFollower(ctx, s.KafkaBrokers, topics)
 	if err != nil {
 		return err
 	}
-	sent, err := publish(ctx, s, topics, n, runID)
+	sent, err := manage(ctx, d, s, n, runID)
 	if err != nil {
+		return err
+	}
+	if err := publishHostile(ctx, s, topics); err != nil {
 		return err
 	}
 	step("following " + topics.Events + " and " + topics.DLQ)
 	sum := follow.until(ctx, sent)
 	fmt.Println()
 	sum.print(os.Stdout, time.Since(t0))
-	for _, w := range workers {
+	for _, w := range procs {
 		stopWorker(w)
 	}
 	if sum.obtained+sum.deferredLong+sum.failed < len(sent) {
-		return fmt.Errorf("only %d of %d requests reached an outcome before the timeout", sum.obtained+sum.deferredLong+sum.failed, len(sent))
+		return fmt.Errorf("only %d of %d certificates reached an outcome before the timeout", sum.obtained+sum.deferredLong+sum.failed, len(sent))
 	}
-	fmt.Println("The stack is still running (make testenv-down stops it). Worker logs: .testenv/worker-*.log")
+	fmt.Println("The stack is still running (make testenv-down stops it). Logs: .testenv/worker-*.log, .testenv/scheduler.log")
 	return nil
 }
 
@@ -161,24 +180,21 @@ func setOverride(ctx context.Context, d *db.DB) error {
 	return nil
 }
 
-func startWorker(bin, state, name, http01 string, s testenv.Settings, keys string) (worker, error) {
+// startProc starts a certfleet binary with its logs in the state directory
+// and waits until its /readyz answers.
+func startProc(bin, state, name string, args, env []string) (worker, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return worker{}, err
 	}
 	listen := l.Addr().String()
 	l.Close()
-	args := []string{"-owner", name, "-listen", listen, "-concurrency", "4", "-profile", testenv.PebbleShortProfile}
-	if http01 != "" {
-		args = append(args, "-http01-listen", http01)
-	}
 	logf, err := os.Create(filepath.Join(state, name+".log"))
 	if err != nil {
 		return worker{}, err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), "CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+s.DatabaseURL,
-		"CERTFLEET_SEAL_KEYS="+keys, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
+	cmd := exec.Command(bin, append(args, "-listen", listen)...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return worker{}, err
@@ -224,17 +240,14 @@ func stopWorker(w worker) {
 	}
 }
 
-// publish sends the demo requests (names pointed at the HTTP-01 responder on
-// 127.0.0.4) and a few hostile records; it returns request id -> send time.
-func publish(ctx context.Context, s testenv.Settings, topics events.Topics, n int, runID string) (map[string]time.Time, error) {
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: topics})
-	if err != nil {
-		return nil, err
-	}
-	defer prod.Close()
+// manage puts the demo fleet under management (names pointed at the demo's
+// HTTP-01 responder); the scheduler emits their first issuance. It returns
+// certificate identity -> time managed.
+func manage(ctx context.Context, d *db.DB, s testenv.Settings, n int, runID string) (map[string]time.Time, error) {
 	chall := testenv.ChallTestSrv{URL: s.ChallTestSrvURL}
+	inv := scheduler.NewInventory(d, nil)
 	sent := map[string]time.Time{}
-	var evs []events.Event
+	var ms []scheduler.Managed
 	for i := 0; i < n; i++ {
 		tenant := tenants[i%len(tenants)]
 		host := fmt.Sprintf("%s-%d-%s.test", tenant, i, runID) // its own registered domain, like a SaaS custom domain
@@ -244,18 +257,26 @@ func publish(ctx context.Context, s testenv.Settings, topics events.Topics, n in
 				return nil, err
 			}
 		}
-		id := uuid.NewString()
-		ev, err := events.New("//certfleet/demo", time.Now(), &events.IssuanceRequest{RequestID: id, SANs: sans, Tenant: tenant,
-			KeyType: events.KeyECDSAP256, CA: "pebble", Reason: events.ReasonNew})
+		m, err := scheduler.Normalize(scheduler.Spec{SANs: sans, Tenant: tenant, CA: "pebble", Profile: testenv.PebbleShortProfile})
 		if err != nil {
 			return nil, err
 		}
-		evs = append(evs, ev)
-		sent[id] = time.Now()
+		ms = append(ms, m)
+		sent[m.Identity] = time.Now()
 	}
-	if err := prod.Publish(ctx, evs...); err != nil {
-		return nil, err
+	if _, err := inv.Manage(ctx, ms...); err != nil {
+		return nil, fmt.Errorf("managing the demo fleet: %w", err)
 	}
+	return sent, nil
+}
+
+// publishHostile writes records a broken upstream producer might send.
+func publishHostile(ctx context.Context, s testenv.Settings, topics events.Topics) error {
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: topics})
+	if err != nil {
+		return err
+	}
+	defer prod.Close()
 	hostile := []kafka.Message{
 		{Topic: topics.Requests, Value: []byte("{not json")},
 		{Topic: topics.Requests, Value: make([]byte, 70<<10)},
@@ -263,7 +284,7 @@ func publish(ctx context.Context, s testenv.Settings, topics events.Topics, n in
 		{Topic: topics.Requests, Value: []byte(`{"request_id":"<script>","sans":["exa mple..com"]}`)},
 		{Topic: topics.Requests, Value: []byte("\xff\xfe junk")},
 	}
-	return sent, prod.WriteMessages(ctx, hostile...)
+	return prod.WriteMessages(ctx, hostile...)
 }
 
 // follower reads the events and DLQ topics from their ends at creation.
@@ -312,7 +333,7 @@ type summary struct {
 	issuedBy                                              map[string]int
 }
 
-// until follows outcomes until every sent request has one (deferred past
+// until follows outcomes until every managed certificate has one (deferred past
 // the next minute counts: it will be retried after the demo), or ctx ends.
 func (f *follower) until(ctx context.Context, sent map[string]time.Time) summary {
 	defer func() {
@@ -339,24 +360,27 @@ func (f *follower) until(ctx context.Context, sent map[string]time.Time) summary
 			}
 			switch d := e.Data.(type) {
 			case *events.CertObtained:
-				if at, ok := sent[d.RequestID]; ok && !done[d.RequestID] {
-					done[d.RequestID] = true
-					delete(longDeferred, d.RequestID)
+				id := events.Identity(d.SANs)
+				if at, ok := sent[id]; ok && !done[id] {
+					done[id] = true
+					delete(longDeferred, id)
 					sum.obtained++
 					sum.issuedBy[d.Tenant]++
 					sum.latencies = append(sum.latencies, time.Since(at))
 				}
 			case *events.CertFailed:
-				if _, ok := sent[d.RequestID]; ok && !d.Retryable && !done[d.RequestID] {
-					done[d.RequestID] = true
+				id := events.Identity(d.SANs)
+				if _, ok := sent[id]; ok && !d.Retryable && !done[id] {
+					done[id] = true
 					sum.failed++
 				}
 			case *events.IssuanceDeferred:
-				if _, ok := sent[d.RequestID]; ok {
+				id := events.Identity(d.SANs)
+				if _, ok := sent[id]; ok {
 					sum.deferrals++
 					sum.byLimit[d.Limit]++
-					if time.Until(d.RetryAt) > time.Minute && !done[d.RequestID] {
-						longDeferred[d.RequestID] = true
+					if time.Until(d.RetryAt) > time.Minute && !done[id] {
+						longDeferred[id] = true
 					}
 				}
 			}
@@ -392,7 +416,7 @@ func (s summary) print(w io.Writer, elapsed time.Duration) {
 	}
 	fmt.Fprintln(w, "\nsummary")
 	rows := [][2]string{
-		{"requests", fmt.Sprint(s.total)},
+		{"certificates managed", fmt.Sprint(s.total)},
 		{"certificates issued", fmt.Sprint(s.obtained)},
 		{"  by tenant", fmt.Sprintf("alpha %d, beta %d, gamma %d", s.issuedBy["alpha"], s.issuedBy["beta"], s.issuedBy["gamma"])},
 		{"deferred by a limit (retried later)", fmt.Sprint(s.deferredLong)},
