@@ -9,8 +9,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -107,7 +105,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// ACME: one issuer per CA, HTTP-01 from the database (any worker serves
 	// any worker's challenges), DNS-01 through challtestsrv when configured.
 	challenges := acmeissuer.NewChallengeStore(d, 15*time.Minute)
-	hc, err := acmeHTTPClient(cfg.ACMETLSCA)
+	hc, err := acmeissuer.NewHTTPClient(cfg.ACMETLSCA, 30*time.Second)
 	if err != nil {
 		return err
 	}
@@ -238,26 +236,6 @@ func catalogue(cfg config) (*ratelimit.Catalogue, error) {
 		return base, nil
 	}
 	return base.With(extra...)
-}
-
-func acmeHTTPClient(extraRoot string) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 32
-	if extraRoot != "" {
-		pem, err := os.ReadFile(extraRoot)
-		if err != nil {
-			return nil, fmt.Errorf("-acme-tls-ca: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("-acme-tls-ca: no PEM certificate in %s", extraRoot)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: tr}, nil
 }
 
 // ready: the database answers and a Kafka broker accepts connections.
