@@ -49,7 +49,12 @@ commands:
   unmanage  stop managing a certificate
   import    manage many certificates from a file (one SAN set per line)
 
-Run 'certfleet <command> -h' for a command's flags.
+Run 'certfleet <command> -h' for a command's flags. Read commands take --json.
+Configuration: flags, else CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...
+(with the local stack: set -a; . ./.testenv/env; set +a).
+
+Exit status: 0 done; 1 the command ran and failed (conflict, unreachable
+service, failed request); 2 bad arguments or configuration.
 `
 
 func main() {
