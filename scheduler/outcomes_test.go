@@ -1,14 +1,12 @@
 package scheduler_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -149,7 +147,9 @@ func TestARIFromPebble(t *testing.T) {
 		t.Fatalf("early re-check: %d %v", n, err)
 	}
 	// The CA moves the window to the past: renew now.
-	setRenewalWindow(t, ctx, s, hc, chain, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour+time.Second))
+	if err := s.SetRenewalInfo(ctx, chain, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour+time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	r.clk.Add(6*time.Hour + time.Second)
 	if n, err := sched.RecheckARI(ctx, 10); err != nil || n != 1 {
 		t.Fatalf("re-check: %d %v", n, err)
@@ -212,22 +212,4 @@ func (s solver) Present(ctx context.Context, ch acme.Challenge) error {
 }
 func (s solver) CleanUp(ctx context.Context, ch acme.Challenge) error {
 	return s.srv.DelHTTP01(ctx, ch.Token)
-}
-
-// setRenewalWindow uses Pebble's management API to answer ARI for the
-// chain's leaf with the given window.
-func setRenewalWindow(t *testing.T, ctx context.Context, s testenv.Settings, hc *http.Client, chain string, start, end time.Time) {
-	t.Helper()
-	ari, _ := json.Marshal(map[string]any{"suggestedWindow": map[string]string{
-		"start": start.UTC().Format(time.RFC3339), "end": end.UTC().Format(time.RFC3339)}})
-	body, _ := json.Marshal(map[string]string{"certificate": chain, "ariResponse": string(ari)})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.PebbleManagementURL+"/set-renewal-info/", bytes.NewReader(body))
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("set-renewal-info: HTTP %d", resp.StatusCode)
-	}
 }

@@ -40,9 +40,10 @@ func (c ChallTestSrv) AddA(ctx context.Context, host string, addrs ...string) er
 // Loopback addresses reserved for HTTP-01 responders that Pebble validates
 // against (port Settings.HTTP01Port; 127.0.0.1 is challtestsrv's own).
 const (
-	HTTP01AddrPipelineTests = "127.0.0.2" // pipeline package tests
-	HTTP01AddrWorkerTests   = "127.0.0.3" // cmd/issuer-worker process tests
-	HTTP01AddrDemo          = "127.0.0.4" // make run
+	HTTP01AddrPipelineTests  = "127.0.0.2" // pipeline package tests
+	HTTP01AddrWorkerTests    = "127.0.0.3" // cmd/issuer-worker process tests
+	HTTP01AddrDemo           = "127.0.0.4" // make run
+	HTTP01AddrSchedulerTests = "127.0.0.5" // cmd/scheduler process tests
 )
 
 // SetTXT adds a TXT record value for a fully qualified name (with trailing dot).

@@ -36,6 +36,8 @@ type config struct {
 	Watchdog        time.Duration
 	BatchSize       int
 	ARI             bool
+	ARIRecheckMin   time.Duration
+	ARIRecheckMax   time.Duration
 	ACMETLSCA       string
 	CAs             map[string]string // CA name -> directory, for ARI of rows that name a CA
 	ShutdownTimeout time.Duration
@@ -106,6 +108,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	fs.DurationVar(&c.Watchdog, "watchdog", envDur("CERTFLEET_WATCHDOG", 6*time.Hour), "re-emit a job (same request id) after this long without news (env CERTFLEET_WATCHDOG)")
 	fs.IntVar(&c.BatchSize, "batch-size", envInt("CERTFLEET_BATCH_SIZE", 500), "jobs per Kafka write and per database mark (env CERTFLEET_BATCH_SIZE)")
 	fs.BoolVar(&c.ARI, "ari", envBool("CERTFLEET_ARI", true), "fetch ACME Renewal Information windows from the CAs (env CERTFLEET_ARI)")
+	fs.DurationVar(&c.ARIRecheckMin, "ari-recheck-min", envDur("CERTFLEET_ARI_RECHECK_MIN", time.Minute), "fetch an ARI window again no sooner than this, whatever the CA's Retry-After (env CERTFLEET_ARI_RECHECK_MIN)")
+	fs.DurationVar(&c.ARIRecheckMax, "ari-recheck-max", envDur("CERTFLEET_ARI_RECHECK_MAX", 24*time.Hour), "fetch an ARI window again no later than this, whatever the CA's Retry-After; tests shorten it (env CERTFLEET_ARI_RECHECK_MAX)")
 	fs.StringVar(&c.ACMETLSCA, "acme-tls-ca", env("CERTFLEET_ACME_TLS_CA", ""), "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's (env CERTFLEET_ACME_TLS_CA)")
 	cas := fs.String("ca", env("CERTFLEET_CAS", ""), "CA names used by managed certificates, name=directoryURL, comma separated, for ARI (env CERTFLEET_CAS)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("CERTFLEET_SHUTDOWN_TIMEOUT", 20*time.Second), "grace at SIGTERM for the event in hand and the lease release (env CERTFLEET_SHUTDOWN_TIMEOUT)")
@@ -188,7 +192,8 @@ func (c *config) validate() error {
 		v    time.Duration
 		min  time.Duration
 	}{{"tick-interval", c.TickInterval, 10 * time.Millisecond}, {"lease-ttl", c.LeaseTTL, time.Second},
-		{"watchdog", c.Watchdog, time.Minute}, {"shutdown-timeout", c.ShutdownTimeout, time.Millisecond}}
+		{"watchdog", c.Watchdog, time.Minute}, {"shutdown-timeout", c.ShutdownTimeout, time.Millisecond},
+		{"ari-recheck-min", c.ARIRecheckMin, time.Second}, {"ari-recheck-max", c.ARIRecheckMax, time.Second}}
 	for _, d := range durs {
 		if d.v < d.min {
 			bad(d.flag, "%v is below %v", d.v, d.min)
@@ -199,6 +204,9 @@ func (c *config) validate() error {
 	}
 	if c.LeaseTTL > 0 && c.TickInterval > c.LeaseTTL {
 		bad("tick-interval", "%v is longer than -lease-ttl %v", c.TickInterval, c.LeaseTTL)
+	}
+	if c.ARIRecheckMin > 0 && c.ARIRecheckMax < c.ARIRecheckMin {
+		bad("ari-recheck-max", "%v is below -ari-recheck-min %v", c.ARIRecheckMax, c.ARIRecheckMin)
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10_000 {
 		bad("batch-size", "%d is not between 1 and 10000", c.BatchSize)

@@ -16,11 +16,17 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Budget != (ratelimit.Limit{Count: 10, Period: time.Second, Burst: 10}) || c.TickInterval != 5*time.Second || !c.ARI {
+	if c.Budget != (ratelimit.Limit{Count: 10, Period: time.Second, Burst: 10}) || c.TickInterval != 5*time.Second || !c.ARI ||
+		c.ARIRecheckMin != time.Minute || c.ARIRecheckMax != 24*time.Hour {
 		t.Errorf("defaults: %+v", c)
 	}
 	c, err = parseConfig([]string{"-budget", "300/1m/50", "-ca", "pebble=https://127.0.0.1:14000/dir"}, getenv, io.Discard)
 	if err != nil || c.Budget != (ratelimit.Limit{Count: 300, Period: time.Minute, Burst: 50}) || c.CAs["pebble"] == "" {
+		t.Fatalf("%+v %v", c, err)
+	}
+	// Tests shorten the ARI re-check below Pebble's fixed 6 h Retry-After.
+	c, err = parseConfig([]string{"-ari-recheck-min", "1s", "-ari-recheck-max", "2s"}, getenv, io.Discard)
+	if err != nil || c.ARIRecheckMin != time.Second || c.ARIRecheckMax != 2*time.Second {
 		t.Fatalf("%+v %v", c, err)
 	}
 	for _, tc := range []struct {
@@ -35,6 +41,8 @@ func TestParseConfig(t *testing.T) {
 		{[]string{"-tick-interval", "1ms"}, nil, []string{"-tick-interval:"}},
 		{[]string{"-tick-interval", "1m", "-lease-ttl", "10s"}, nil, []string{"-tick-interval: 1m0s is longer than -lease-ttl"}},
 		{[]string{"-batch-size", "0"}, nil, []string{"-batch-size:"}},
+		{[]string{"-ari-recheck-max", "30s"}, nil, []string{"-ari-recheck-max: 30s is below -ari-recheck-min 1m0s"}},
+		{[]string{"-ari-recheck-min", "10ms"}, nil, []string{"-ari-recheck-min: 10ms is below 1s"}},
 		{[]string{"-ca", "x=http://a/dir"}, nil, []string{"-ca:"}},
 		{[]string{"-ca", "nodir"}, nil, []string{"-ca"}},
 		{[]string{"-log-level", "loud"}, nil, []string{"-log-level:"}},

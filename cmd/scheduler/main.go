@@ -91,7 +91,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 	sched, err := scheduler.New(scheduler.Config{
 		DB: d, Writer: producer, Holder: cfg.Holder, Topics: topics, Budget: cfg.Budget, Horizon: cfg.Horizon,
 		TickInterval: cfg.TickInterval, BatchSize: cfg.BatchSize, Watchdog: cfg.Watchdog, LeaseTTL: cfg.LeaseTTL,
-		ARI: ari, Logger: log, Metrics: metrics,
+		Policy: scheduler.Policy{ARIRecheckMin: cfg.ARIRecheckMin, ARIRecheckMax: cfg.ARIRecheckMax},
+		ARI:    ari, Logger: log, Metrics: metrics,
 	})
 	if err != nil {
 		return err
