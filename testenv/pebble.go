@@ -138,6 +138,15 @@ func pebbleCmd(bin, config string) *exec.Cmd {
 	// PEBBLE_VA_NOSLEEP: no random 0-15 s pause before each validation.
 	// Other PEBBLE_* variables in the caller's environment pass through.
 	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1")
+	// No authorization reuse, unless asked for: the reuse lookup scans every
+	// authorization under the store's read lock and then locks each one, the
+	// reverse of the order the validation path locks them in. With thousands
+	// of authorizations and concurrent orders that is where Pebble 2.10.1
+	// hangs (we saw it at 6 orders in flight during renewals). Reuse is not
+	// what certfleet's tests are about.
+	if os.Getenv("PEBBLE_AUTHZREUSE") == "" {
+		cmd.Env = append(cmd.Env, "PEBBLE_AUTHZREUSE=0")
+	}
 	if os.Getenv(EnvPebbleAlwaysValid) == "1" {
 		cmd.Env = append(cmd.Env, "PEBBLE_VA_ALWAYS_VALID=1")
 	}
