@@ -11,8 +11,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/scheduler"
@@ -82,7 +81,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 	metrics := scheduler.NewMetrics(reg)
 	var ari *scheduler.ARIClient
 	if cfg.ARI {
-		hc, err := httpClient(cfg.ACMETLSCA)
+		hc, err := acmeissuer.NewHTTPClient(cfg.ACMETLSCA, 15*time.Second)
 		if err != nil {
 			return err
 		}
@@ -171,23 +170,4 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 		log.Warn("http shutdown", "err", err)
 	}
 	return runErr
-}
-
-func httpClient(caFile string) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if caFile != "" {
-		pemBytes, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("-acme-tls-ca: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("-acme-tls-ca: %s holds no PEM certificate", caFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	return &http.Client{Timeout: 15 * time.Second, Transport: tr}, nil
 }
