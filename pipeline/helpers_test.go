@@ -218,46 +218,13 @@ func (st *stack) publish(t testing.TB, ctx context.Context, reqs ...*events.Issu
 	}
 }
 
-// readAll returns every record of topic, reading each partition up to its
-// end offset at the time of the call.
+// readAll returns every record of topic up to each partition's end offset
+// at the time of the call (events.ReadTopic), failing the test on error.
 func readAll(t testing.TB, ctx context.Context, brokers []string, topic string) []kafka.Message {
 	t.Helper()
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	all, err := events.ReadTopic(ctx, nil, brokers, topic, 0)
 	if err != nil {
 		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var all []kafka.Message
-	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last, err := pc.ReadLastOffset()
-		pc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if last == 0 {
-			continue
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 50 * time.Millisecond})
-		for {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				r.Close()
-				t.Fatalf("reading %s/%d: %v", topic, p.ID, err)
-			}
-			all = append(all, m)
-			if m.Offset >= last-1 {
-				break
-			}
-		}
-		r.Close()
 	}
 	return all
 }
