@@ -113,18 +113,22 @@ func asPostgresUser(cmd *exec.Cmd, data string) error {
 	return nil
 }
 
-// startPostgres initialises a fresh cluster in data (fsync off: test data
-// only) and starts the server on loopback TCP only.
+// startPostgres initialises a cluster in data (fsync off: test data only)
+// unless one is already there, which is a restart, and starts the server on
+// loopback TCP only.
 func startPostgres(ctx context.Context, p proc, data string) error {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
-	initdb := exec.CommandContext(ctx, filepath.Join(pgBinDir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-	if err := asPostgresUser(initdb, data); err != nil {
-		return err
-	}
-	if out, err := initdb.CombinedOutput(); err != nil {
-		return fmt.Errorf("testenv: initdb: %w\n%s", err, out)
+	// A cluster that is already initialised is a restart (Restart): keep it.
+	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
+		initdb := exec.CommandContext(ctx, filepath.Join(pgBinDir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+		if err := asPostgresUser(initdb, data); err != nil {
+			return err
+		}
+		if out, err := initdb.CombinedOutput(); err != nil {
+			return fmt.Errorf("testenv: initdb: %w\n%s", err, out)
+		}
 	}
 	cmd := exec.Command(filepath.Join(pgBinDir, "postgres"), "-D", data,
 		"-c", "port="+pgPort, "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",

@@ -66,7 +66,8 @@ func kafkaProc(dir string) proc {
 	return proc{name: "kafka", dir: dir, marker: filepath.Join(dir, "kafka", "server.properties")}
 }
 
-// startKafka formats fresh storage under data and launches the broker.
+// startKafka formats storage under data unless it already holds a formatted
+// log (a restart), and launches the broker.
 func startKafka(ctx context.Context, p proc, libs, data string) error {
 	confDir := filepath.Join(p.dir, "kafka")
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
@@ -102,9 +103,12 @@ log.flush.interval.messages=9223372036854775807
 		return errors.New("testenv: java is not on PATH; install a JDK 17 (apt-get install openjdk-17-jre-headless)")
 	}
 	cp := filepath.Join(libs, "*")
-	format := exec.CommandContext(ctx, java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", clusterID(), "-c", conf)
-	if out, err := format.CombinedOutput(); err != nil {
-		return fmt.Errorf("testenv: formatting Kafka storage: %w\n%s", err, out)
+	// Storage that is already formatted is a restart (Restart): keep it.
+	if _, err := os.Stat(filepath.Join(data, "meta.properties")); err != nil {
+		format := exec.CommandContext(ctx, java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", clusterID(), "-c", conf)
+		if out, err := format.CombinedOutput(); err != nil {
+			return fmt.Errorf("testenv: formatting Kafka storage: %w\n%s", err, out)
+		}
 	}
 	cmd := exec.Command(java, "-Xmx"+kafkaHeap, "-Xms128m", "-XX:+UseSerialGC",
 		"-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", cp, "kafka.Kafka", conf)

@@ -37,6 +37,7 @@ type config struct {
 	Listen          string
 	HTTP01Listen    string
 	DNS01ChallTest  string
+	ChallengeTypes  []string
 	Owner           string
 	Relay           bool
 	LogLevel        string
@@ -95,6 +96,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.Listen, "listen", env("CERTFLEET_LISTEN", "127.0.0.1:9090"), "address of /healthz, /readyz and /metrics (env CERTFLEET_LISTEN)")
 	fs.StringVar(&c.HTTP01Listen, "http01-listen", env("CERTFLEET_HTTP01_LISTEN", ""), "address serving /.well-known/acme-challenge/ from the database; empty: none (env CERTFLEET_HTTP01_LISTEN)")
 	fs.StringVar(&c.DNS01ChallTest, "dns01-challtestsrv", env("CERTFLEET_DNS01_CHALLTESTSRV", ""), "solve dns-01 through pebble-challtestsrv at this management URL (tests only) (env CERTFLEET_DNS01_CHALLTESTSRV)")
+	challengeTypes := fs.String("challenge-types", env("CERTFLEET_CHALLENGE_TYPES", "http-01,dns-01"), "challenge types the worker may solve, comma separated; dns-01 needs a DNS provider (env CERTFLEET_CHALLENGE_TYPES)")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.Owner, "owner", env("CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid())), "this worker's name in claims and logs (env CERTFLEET_WORKER_ID)")
 	fs.BoolVar(&c.Relay, "relay", env("CERTFLEET_RELAY", "true") == "true", "relay the rate-limit override outbox to Kafka (env CERTFLEET_RELAY)")
@@ -119,6 +121,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 			return c, fmt.Errorf("-ca %q: want name=directoryURL", item)
 		}
 		c.CAs = append(c.CAs, caFlag{Name: strings.TrimSpace(name), Directory: strings.TrimSpace(dir)})
+	}
+	for _, ct := range strings.Split(*challengeTypes, ",") {
+		if ct = strings.TrimSpace(ct); ct != "" {
+			c.ChallengeTypes = append(c.ChallengeTypes, ct)
+		}
 	}
 	c.SealKeysEnv = getenv("CERTFLEET_SEAL_KEYS")
 	return c, c.validate()
@@ -155,6 +162,22 @@ func (c config) validate() error {
 			bad("ca", "%q configured twice", ca.Name)
 		}
 		seen[ca.Name] = true
+	}
+	solvable := 0
+	for _, ct := range c.ChallengeTypes {
+		switch ct {
+		case "http-01":
+			solvable++
+		case "dns-01":
+			if c.DNS01ChallTest != "" {
+				solvable++
+			}
+		default:
+			bad("challenge-types", "%q: want http-01 or dns-01", ct)
+		}
+	}
+	if solvable == 0 {
+		bad("challenge-types", "no challenge type can be solved (dns-01 needs -dns01-challtestsrv)")
 	}
 	if c.Group == "" {
 		bad("group", "must not be empty")

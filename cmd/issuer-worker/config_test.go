@@ -44,6 +44,8 @@ func TestParseConfig(t *testing.T) {
 		{"short lease", []string{"-lease", "1s"}, nil, "-lease: 1s is below 10s"},
 		{"bad listen", []string{"-listen", "9090"}, nil, `-listen: "9090" is not host:port`},
 		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
+		{"unknown challenge type", []string{"-challenge-types", "tls-alpn-01"}, nil, `-challenge-types: "tls-alpn-01"`},
+		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
 		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
 		{"unknown flag", []string{"-bogus"}, nil, "flag provided but not defined"},
 	} {

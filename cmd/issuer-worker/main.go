@@ -109,9 +109,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	solvers := map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: challenges}}
-	if cfg.DNS01ChallTest != "" {
-		solvers[acme.ChallengeTypeDNS01] = &acmeissuer.DNS01Solver{Provider: &acmeissuer.ChallTestSrvDNS{URL: cfg.DNS01ChallTest}}
+	solvers := map[string]acmez.Solver{}
+	for _, ct := range cfg.ChallengeTypes {
+		switch {
+		case ct == acme.ChallengeTypeHTTP01:
+			solvers[ct] = acmeissuer.HTTP01Solver{Store: challenges}
+		case ct == acme.ChallengeTypeDNS01 && cfg.DNS01ChallTest != "":
+			solvers[ct] = &acmeissuer.DNS01Solver{Provider: &acmeissuer.ChallTestSrvDNS{URL: cfg.DNS01ChallTest}}
+		}
 	}
 	var cas []pipeline.CA
 	for _, ca := range cfg.CAs {
