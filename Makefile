@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-unit testenv-up testenv-down testenv-status migrate lint bench
+.PHONY: help run test test-unit chaos friendliness testenv-up testenv-down testenv-status migrate lint bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,8 +17,20 @@ help: ## list the targets
 run: testenv-up migrate ## end-to-end demo: 2 issuer-workers issue a 300-certificate fleet on the local stack (leaves the stack running)
 	$(GO) run ./cmd/demo $(DEMOFLAGS)
 
-test: testenv-up ## unit + integration tests against testenv, with -race (starts the stack; leaves it running)
-	$(GO) test -race -count=1 -p 2 $(TESTFLAGS) ./...
+# The chaos scenarios restart Kafka and the database of the shared stack, so
+# they run alone, after every other package.
+PKGS_NO_CHAOS = $$($(GO) list ./... | grep -v '/chaos$$')
+
+test: testenv-up ## unit + integration tests against testenv with -race, then the CI-sized chaos scenarios (starts the stack; leaves it running)
+	$(GO) test -race -count=1 -p 2 $(TESTFLAGS) $(PKGS_NO_CHAOS)
+	CERTFLEET_CHAOS=ci $(GO) test -count=1 -timeout 30m -v $(TESTFLAGS) ./chaos
+
+chaos: testenv-up ## full chaos scenarios: worker kills, Kafka and database restarts, CA 429/5xx, 10,000 hostile records (about 15 minutes)
+	mkdir -p bench-results && rm -f bench-results/chaos.jsonl
+	CERTFLEET_CHAOS=full CERTFLEET_CHAOS_RESULTS=$(CURDIR)/bench-results/chaos.jsonl $(GO) test -count=1 -timeout 120m -v $(TESTFLAGS) ./chaos
+
+friendliness: testenv-up ## CA-friendliness run: 2,000 jobs against Let's Encrypt-shaped limits scaled to minutes; prints 429s and utilisation (about 18 minutes)
+	CERTFLEET_FRIENDLINESS=1 $(GO) test -count=1 -timeout 60m -v -run TestCAFriendliness $(TESTFLAGS) ./chaos
 
 test-unit: ## pure unit tests only, no stack (CERTFLEET_TESTENV=off skips integration tests)
 	CERTFLEET_TESTENV=off $(GO) test -race -count=1 $(TESTFLAGS) ./...
