@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/certfleet/certfleet/ratelimit"
 )
 
 // ErrInvalidRequest means a Request (or the configuration it needs) is
@@ -51,6 +53,12 @@ type Classification struct {
 	// was one (Detail is the CA's text; it never holds key material).
 	ProblemType string
 	Detail      string
+	// Limit and LimitSubject say, for RateLimited, which of the CA's limits
+	// the detail names and, for a per-domain limit, the name it counted (see
+	// ParseRateLimitDetail). Both are empty when the CA did not say in words
+	// this package knows.
+	Limit        ratelimit.Name
+	LimitSubject string
 }
 
 // RateLimitedError is returned (wrapped) by Obtain and Account when the CA
@@ -87,7 +95,8 @@ func (e *StatusError) Unwrap() error { return e.Err }
 // Classify maps an error from acmez (or from this package) to what the caller
 // should do:
 //
-//   - *RateLimitedError, a problem of type rateLimited or status 429: RateLimited.
+//   - *RateLimitedError, a problem of type rateLimited or status 429:
+//     RateLimited, with the limit the problem's detail names, if any.
 //   - ErrInvalidRequest: Permanent.
 //   - badNonce, serverInternal, any 5xx (problem or *StatusError): Retry.
 //   - connection and dns validation problems (the CA could not reach or
@@ -111,6 +120,7 @@ func Classify(err error) Classification {
 		if rl.Problem.Type != "" {
 			out.ProblemType, out.Detail = rl.Problem.Type, rl.Problem.Detail
 		}
+		out.Limit, out.LimitSubject = ParseRateLimitDetail(out.Detail)
 		return out
 	}
 	if errors.Is(err, ErrInvalidRequest) {
@@ -125,6 +135,7 @@ func Classify(err error) Classification {
 	switch {
 	case hasProblem && (p.Type == acme.ProblemTypeRateLimited || p.Status == http.StatusTooManyRequests):
 		out.Class = RateLimited
+		out.Limit, out.LimitSubject = ParseRateLimitDetail(p.Detail)
 	case hasStatus && se.Status == http.StatusTooManyRequests:
 		out.Class = RateLimited
 	case hasProblem && (p.Type == acme.ProblemTypeBadNonce || p.Type == acme.ProblemTypeServerInternal || p.Status >= 500):

@@ -66,8 +66,8 @@ type Config struct {
 	// OnRetryAfter, optional, is called by the transport for every 429/503
 	// with the server's Retry-After (see RetryAfterTransport).
 	OnRetryAfter func(req *http.Request, status int, until time.Time)
-	// Penalties, optional, receives Request.PenaltyKeys when the CA answers an
-	// order with 429.
+	// Penalties, optional, receives the keys of Request.PenaltyKeys that a 429
+	// from the CA is about (PenaltyTargets).
 	Penalties PenaltyRecorder
 	// DefaultPenalty is how long a 429 without Retry-After blocks. Default 5 minutes.
 	DefaultPenalty time.Duration
@@ -177,9 +177,11 @@ type Request struct {
 	// Config.Solvers); empty means every configured one. Wildcard names need
 	// dns-01.
 	Challenges []string
-	// PenaltyKeys are the rate-limit bucket keys Config.Penalties blocks until
-	// the CA's Retry-After when this order gets a 429.
-	PenaltyKeys []string
+	// PenaltyKeys are the rate-limit buckets of this order. When the CA
+	// answers 429, Config.Penalties blocks those of the limit its problem
+	// names (PenaltyTargets; every one when it names none this package
+	// knows) until the CA's Retry-After.
+	PenaltyKeys []PenaltyKey
 }
 
 // Result is an obtained certificate. PrivateKey is unsealed: the caller seals
@@ -213,8 +215,9 @@ func (r *Result) LogValue() slog.Value {
 // blocks until the certificate is issued, the order fails, or ctx ends
 // (cancellation abandons the order at the CA; the caller retries). Errors wrap
 // *RateLimitedError, *StatusError, acme.Problem or ErrInvalidRequest; use
-// Classify. On a 429 it first records Request.PenaltyKeys with
-// Config.Penalties (a failure to record is joined to the returned error).
+// Classify. On a 429 it first records the penalty on the Request.PenaltyKeys
+// the CA's problem is about with Config.Penalties (a failure to record is
+// joined to the returned error).
 func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	solvers, err := i.check(req)
 	if err != nil {
@@ -328,14 +331,16 @@ func sortedKeys(m map[string]string) []string {
 	return ks
 }
 
-// penalize records a 429 through Config.Penalties for req's keys.
+// penalize records a 429 through Config.Penalties on the keys of req the
+// CA's problem is about: the named limit's, or all of them.
 func (i *Issuer) penalize(ctx context.Context, req Request, err error) error {
 	var rl *RateLimitedError
 	if i.cfg.Penalties == nil || !errors.As(err, &rl) {
 		return err
 	}
+	limit, subject := ParseRateLimitDetail(rl.Problem.Detail)
 	var errs []error
-	for _, k := range req.PenaltyKeys {
+	for _, k := range PenaltyTargets(req.PenaltyKeys, limit, subject) {
 		if perr := i.cfg.Penalties.Penalize(ctx, k, rl.RetryAfter); perr != nil {
 			errs = append(errs, fmt.Errorf("acmeissuer: recording the CA's penalty on %q: %w", k, perr))
 		}

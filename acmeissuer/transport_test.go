@@ -14,6 +14,7 @@ import (
 
 	"github.com/mholt/acmez/v3/acme"
 
+	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -183,8 +184,9 @@ func (p *penaltyLog) Penalize(_ context.Context, key string, until time.Time) er
 
 // A 429 from the CA on newOrder (injected in front of the real Pebble, which
 // has no rate limits) reaches the caller as *RateLimitedError with the CA's
-// Retry-After, and the penalty is recorded for the request's keys. Without a
-// Retry-After the default penalty applies; a plain-text 502 is retryable.
+// Retry-After, and the penalty is recorded on the request's keys of the limit
+// the problem names (all keys when it names none). Without a Retry-After the
+// default penalty applies; a plain-text 502 is retryable.
 func TestObtainCARateLimitAndServerErrors(t *testing.T) {
 	s := testenv.Require(t)
 	d := freshDB(t)
@@ -197,9 +199,13 @@ func TestObtainCARateLimitAndServerErrors(t *testing.T) {
 		c.Penalties = pen
 		c.DefaultPenalty = 7 * time.Minute
 	})
-	req := Request{SANs: []string{"limited-" + randomSuffix() + ".certfleet.test"}, PenaltyKeys: []string{"pebble:NewOrdersPerAccount:1", "pebble:budget:"}}
+	const accountKey, setKey = "pebble:NewOrdersPerAccount:1", "pebble:CertificatesPerFQDNSet:abc"
+	req := Request{SANs: []string{"limited-" + randomSuffix() + ".certfleet.test"}, PenaltyKeys: []PenaltyKey{
+		{Limit: ratelimit.NewOrdersPerAccount, Key: accountKey},
+		{Limit: ratelimit.CertificatesPerFQDNSet, Key: setKey},
+	}}
 
-	problem := `{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently","status":429}`
+	problem := `{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders (300) from this account in the last 3h0m0s, retry after 2026-01-01 03:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-orders-per-account","status":429}`
 	inj.build = cannedResponse(429, map[string]string{"Retry-After": "3600", "Content-Type": "application/problem+json"}, problem)
 	start := time.Now()
 	_, err := iss.Obtain(ctx, req)
@@ -214,16 +220,20 @@ func TestObtainCARateLimitAndServerErrors(t *testing.T) {
 		t.Errorf("problem = %+v", rl.Problem)
 	}
 	cl := Classify(err)
-	if cl.Class != RateLimited || !cl.RetryAfter.Equal(rl.RetryAfter) || cl.ProblemType != acme.ProblemTypeRateLimited {
+	if cl.Class != RateLimited || !cl.RetryAfter.Equal(rl.RetryAfter) || cl.ProblemType != acme.ProblemTypeRateLimited || cl.Limit != ratelimit.NewOrdersPerAccount {
 		t.Errorf("Classify = %+v", cl)
 	}
 	pen.mu.Lock()
-	if len(pen.until) != 2 || !pen.until["pebble:NewOrdersPerAccount:1"].Equal(rl.RetryAfter) {
-		t.Errorf("penalties = %v; want both keys until %v", pen.until, rl.RetryAfter)
+	if len(pen.until) != 1 || !pen.until[accountKey].Equal(rl.RetryAfter) {
+		t.Errorf("penalties = %v; want only %s until %v", pen.until, accountKey, rl.RetryAfter)
 	}
+	pen.until = nil
 	pen.mu.Unlock()
 
-	inj.build = cannedResponse(429, map[string]string{"Content-Type": "application/problem+json"}, problem)
+	// A 429 without Retry-After, in words no one knows: every key, for the
+	// default penalty.
+	inj.build = cannedResponse(429, map[string]string{"Content-Type": "application/problem+json"},
+		`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down","status":429}`)
 	_, err = iss.Obtain(ctx, req)
 	if !errors.As(err, &rl) || !rl.Guessed {
 		t.Fatalf("bare 429: err = %v", err)
@@ -231,6 +241,11 @@ func TestObtainCARateLimitAndServerErrors(t *testing.T) {
 	if d := rl.RetryAfter.Sub(time.Now().Add(7 * time.Minute)); d < -5*time.Second || d > 5*time.Second {
 		t.Errorf("bare 429 RetryAfter = %v; want ~now+DefaultPenalty", rl.RetryAfter)
 	}
+	pen.mu.Lock()
+	if len(pen.until) != 2 || !pen.until[accountKey].Equal(rl.RetryAfter) || !pen.until[setKey].Equal(rl.RetryAfter) {
+		t.Errorf("penalties = %v; want both keys until %v", pen.until, rl.RetryAfter)
+	}
+	pen.mu.Unlock()
 
 	inj.build = cannedResponse(502, map[string]string{"Content-Type": "text/html"}, "<html>bad gateway</html>")
 	hits := inj.hits.Load()

@@ -189,11 +189,12 @@ func (j *job) order(ctx context.Context) (string, error) {
 		if failedAuthorization(last.ProblemType) {
 			j.spendFailedAuthorization(ctx)
 		}
-		w.cfg.Logger.Info("order failed", append(j.log(), "class", last.Class.String(), "problem", last.ProblemType, "err", sanitize(err.Error(), 300))...)
+		w.cfg.Logger.Info("order failed", append(j.log(), "class", last.Class.String(), "problem", last.ProblemType, "limit", last.Limit, "err", sanitize(err.Error(), 300))...)
 		switch last.Class {
 		case acmeissuer.RateLimited:
 			// The CA refused the order before counting it: give the tokens back.
-			// acmeissuer already recorded the shared penalty.
+			// acmeissuer already recorded the shared penalty on the buckets of
+			// the limit the CA named.
 			j.refund(ctx)
 			at := last.RetryAfter
 			if at.IsZero() { // a rateLimited problem without Retry-After
@@ -420,14 +421,15 @@ func (w *Worker) deadLetter(ctx context.Context, m kafka.Message, reason string)
 	return nil
 }
 
-// penaltyKeys are the buckets a 429 blocks: every bucket of the order but the
-// fleet-wide budget, because the CA's problem does not reliably say which of
-// its limits tripped, and hammering the wrong one is worse than waiting.
-func penaltyKeys(txns []ratelimit.Transaction) []string {
-	var keys []string
+// penaltyKeys are the buckets a 429 may block: every bucket of the order but
+// the fleet-wide budget (the CA knows nothing of it), each with its limit and
+// the domain it counts, so that acmeissuer blocks only those of the limit the
+// CA's problem names (all of them when it names none it knows).
+func penaltyKeys(txns []ratelimit.Transaction) []acmeissuer.PenaltyKey {
+	var keys []acmeissuer.PenaltyKey
 	for _, t := range txns {
 		if t.Name != ratelimit.FleetOrdersPerSecond {
-			keys = append(keys, t.Key())
+			keys = append(keys, acmeissuer.PenaltyKey{Limit: t.Name, Subject: t.Domain, Key: t.Key()})
 		}
 	}
 	return keys
