@@ -60,9 +60,12 @@ BENCHTIME ?= 1s
 # The pipeline benchmark counts certificates: a fixed number gives a run long
 # enough that the consumer group's join does not dominate it.
 PIPELINE_BENCHTIME ?= 200x
-bench: testenv-up ## run every benchmark; prints one table with ratios against baselines of the same run, JSON in bench-results/
+BENCH_SETTINGS = go test -bench . -benchmem -count=1 -benchtime=$(BENCHTIME), ./pipeline with -benchtime=$(PIPELINE_BENCHTIME) (certificates per side); \
+  packages one at a time; both sides of a comparison at equal concurrency (pipeline and acmez loop 6 orders in flight, limiter and naive 16 callers, events 2 publishers); \
+  testenv on loopback ($$(. ./.testenv/env; echo $$CERTFLEET_DB), Kafka, Pebble)
+bench: testenv-up ## run every benchmark against its baseline of the same run; one table with the machine and settings, raw output and JSON in bench-results/
 	mkdir -p bench-results
-	set -o pipefail; { $(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/pipeline$$') && \
+	set -o pipefail; { $(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/pipeline$$'); \
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime=$(PIPELINE_BENCHTIME) -count=1 -timeout 30m ./pipeline; } \
 	  | tee bench-results/raw.txt \
-	  | $(GO) run ./cmd/benchtable -json bench-results/bench.json -settings "benchtime=$(BENCHTIME) (pipeline $(PIPELINE_BENCHTIME)), testenv on loopback ($$(. ./.testenv/env; echo $$CERTFLEET_DB)), 2 shared cores"
+	  | $(GO) run ./cmd/benchtable -json bench-results/bench.json -settings "$(BENCH_SETTINGS)"
