@@ -716,7 +716,7 @@ func (p *Proxy) writeProblem(w http.ResponseWriter, r *http.Request, status int,
 	}
 	host := r.Host
 	if host == "" {
-		host = p.upstreamHostFallback()
+		host = p.selfHost()
 	}
 	h.Add("Link", fmt.Sprintf("<https://%s%s>;rel=\"index\"", host, p.dirPath))
 	if retryAfter > 0 {
@@ -735,8 +735,8 @@ func (p *Proxy) writeProblem(w http.ResponseWriter, r *http.Request, status int,
 	_, _ = w.Write(doc)
 }
 
-// upstreamHostFallback is the proxy's own host:port, for requests without Host.
-func (p *Proxy) upstreamHostFallback() string {
+// selfHost is the proxy's own host:port, for requests without Host.
+func (p *Proxy) selfHost() string {
 	u, err := url.Parse(p.dirURL)
 	if err != nil {
 		return "localhost"
