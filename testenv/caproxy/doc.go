@@ -62,7 +62,10 @@
 // stream reset on HTTP/2), or a delay before forwarding. Injected refusals
 // never reach Pebble. Note that acmez itself retries a POST answered 5xx (three
 // tries, each with a fresh nonce) and resends the same JWS after a transport
-// error, so one client call can be several requests here.
+// error, so one client call can be several requests here. Pebble also refuses
+// 5% of nonces by default (PEBBLE_WFE_NONCEREJECT) and clients resend those:
+// per-request counts (faults, Slowed, PenaltyViolations) include such resends,
+// Orders does not.
 //
 // With Faults.AllPOSTs, faults hit finalize, polling, challenge and account
 // POSTs too; a client retrying those may then create orders again, so counts
