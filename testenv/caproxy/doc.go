@@ -71,7 +71,8 @@
 // POSTs too; a client retrying those may then create orders again, so counts
 // of orders per certificate are no longer one. An injected 429 on such a POST
 // names the identifier set when the proxy learnt it from the order's creation
-// (order, finalize and authorization URLs), else the account.
+// (order, finalize and authorization URLs), else the account (for newAccount,
+// which has neither, Boulder's new-registrations-per-IP wording).
 //
 // # Pebble, Host and URLs
 //
