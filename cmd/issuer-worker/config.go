@@ -34,6 +34,7 @@ type config struct {
 	MaxPending      int
 	Lease           time.Duration
 	ShutdownTimeout time.Duration
+	SessionTimeout  time.Duration
 	Listen          string
 	HTTP01Listen    string
 	DNS01ChallTest  string
@@ -93,6 +94,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.IntVar(&c.MaxPending, "max-pending", envInt("CERTFLEET_MAX_PENDING", 1024), "fetched records held at once, including those waiting for not_before (env CERTFLEET_MAX_PENDING)")
 	fs.DurationVar(&c.Lease, "lease", envDur("CERTFLEET_LEASE", 5*time.Minute), "how long a claim protects a request being ordered (env CERTFLEET_LEASE)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("CERTFLEET_SHUTDOWN_TIMEOUT", 30*time.Second), "grace for orders in flight at SIGTERM (env CERTFLEET_SHUTDOWN_TIMEOUT)")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", envDur("CERTFLEET_KAFKA_SESSION_TIMEOUT", 10*time.Second), "Kafka consumer-group session: a worker that dies without leaving (kill -9, lost host) keeps its partitions this long (env CERTFLEET_KAFKA_SESSION_TIMEOUT)")
 	fs.StringVar(&c.Listen, "listen", env("CERTFLEET_LISTEN", "127.0.0.1:9090"), "address of /healthz, /readyz and /metrics (env CERTFLEET_LISTEN)")
 	fs.StringVar(&c.HTTP01Listen, "http01-listen", env("CERTFLEET_HTTP01_LISTEN", ""), "address serving /.well-known/acme-challenge/ from the database; empty: none (env CERTFLEET_HTTP01_LISTEN)")
 	fs.StringVar(&c.DNS01ChallTest, "dns01-challtestsrv", env("CERTFLEET_DNS01_CHALLTESTSRV", ""), "solve dns-01 through pebble-challtestsrv at this management URL (tests only) (env CERTFLEET_DNS01_CHALLTESTSRV)")
@@ -193,6 +195,9 @@ func (c config) validate() error {
 	}
 	if c.Lease < 10*time.Second {
 		bad("lease", "%v is below 10s (it must outlast the longest order)", c.Lease)
+	}
+	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 5*time.Minute {
+		bad("session-timeout", "%v is not between 6s and 5m (Kafka's default group.min/max.session.timeout.ms)", c.SessionTimeout)
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown-timeout", "%v must be positive", c.ShutdownTimeout)

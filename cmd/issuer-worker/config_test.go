@@ -42,6 +42,7 @@ func TestParseConfig(t *testing.T) {
 		{"env not a number", nil, map[string]string{"CERTFLEET_CONCURRENCY": "many"}, "-concurrency: -1"},
 		{"pending below concurrency", []string{"-concurrency", "10", "-max-pending", "5"}, nil, "-max-pending: 5"},
 		{"short lease", []string{"-lease", "1s"}, nil, "-lease: 1s is below 10s"},
+		{"session too short", []string{"-session-timeout", "1s"}, nil, "-session-timeout: 1s is not between 6s and 5m"},
 		{"bad listen", []string{"-listen", "9090"}, nil, `-listen: "9090" is not host:port`},
 		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
 		{"unknown challenge type", []string{"-challenge-types", "tls-alpn-01"}, nil, `-challenge-types: "tls-alpn-01"`},

@@ -144,6 +144,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reader := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: cfg.Brokers, GroupID: cfg.Group, GroupTopics: []string{cfg.Topics.Requests, cfg.Topics.Retry},
 		StartOffset: kafka.FirstOffset, MaxWait: 250 * time.Millisecond,
+		// A dead worker's partitions wait for its session to expire, and a
+		// rebalance for every member to rejoin: both bounded by the session.
+		SessionTimeout: cfg.SessionTimeout, RebalanceTimeout: cfg.SessionTimeout, HeartbeatInterval: cfg.SessionTimeout / 10,
 	})
 
 	// Background parts end with bg; the HTTP servers last until the end.

@@ -1,0 +1,37 @@
+// Package chaos holds certfleet's proof under load and failure: scenarios
+// that break things on purpose while real issuer-worker processes issue
+// certificates from Pebble through the CA-side limiter and fault injector
+// (testenv/caproxy), and assert against the CA's own view.
+//
+// The scenarios, each run by its own test:
+//
+//   - TestWorkerKills: kill -9 one of three workers several times during the
+//     run (and start a replacement each time);
+//   - TestKafkaRestart and TestDatabaseRestart: restart the broker or the
+//     database in the middle of the run;
+//   - TestCAFaults: the CA answers 30% of orders with 429 rateLimited and a
+//     Retry-After, and 10% with 500;
+//   - TestHostileInput: ten hostile records (malformed, oversized, invalid or
+//     hostile names, bad headers, unknown fields, duplicates) per valid one.
+//
+// Every scenario asserts the same invariants (see verify): every valid job
+// ends with a cert_obtained event, duplicates only with the same event id;
+// nothing is lost (valid jobs obtained, hostile records dead-lettered once);
+// CA orders at most jobs plus kills; no order reaches the CA for a key while
+// a Retry-After the CA sent for it is in force; the limiter never over-spends
+// (the CA enforces the workers' own per-account limit plus 10% and answers no
+// 429 of its own); no key material on any topic or in any log; no worker
+// crashes, and every worker still running stops cleanly on SIGTERM.
+//
+// TestCAFriendliness is the CA-friendliness run: Let's Encrypt-shaped limits
+// scaled in time (300 orders per 3 minutes per account, 50 per 7 minutes per
+// registered domain) enforced by the CA, 2,000 jobs, the workers configured
+// at 98% of them; it reports the 429s received and the fraction of the
+// allowed rate actually used.
+//
+// The scenarios restart services of the shared test stack, so they never run
+// beside other packages: CERTFLEET_CHAOS selects the size ("ci": the small
+// versions `make test` runs after the other packages; "full": `make chaos`)
+// and without it the tests skip. CERTFLEET_FRIENDLINESS=1 runs
+// TestCAFriendliness (`make friendliness`, about 18 minutes).
+package chaos

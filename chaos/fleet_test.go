@@ -1,0 +1,608 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/schema"
+	"github.com/certfleet/certfleet/seal"
+	"github.com/certfleet/certfleet/testenv"
+	"github.com/certfleet/certfleet/testenv/caproxy"
+)
+
+const (
+	envChaos        = "CERTFLEET_CHAOS"
+	envFriendliness = "CERTFLEET_FRIENDLINESS"
+	caName          = "pebble"
+	tenant          = "chaos"
+)
+
+// workerBin is the issuer-worker binary built once by TestMain.
+var workerBin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envChaos) == "" && os.Getenv(envFriendliness) == "" {
+		os.Exit(m.Run()) // every test skips and says how to run it
+	}
+	dir, err := os.MkdirTemp("", "certfleet-chaos-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	workerBin = filepath.Join(dir, "issuer-worker")
+	if out, err := exec.Command(goBin, "build", "-o", workerBin, "github.com/certfleet/certfleet/cmd/issuer-worker").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "chaos: building issuer-worker: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// size is how big a scenario is: "ci" for make test, "full" for make chaos.
+type size struct {
+	name       string
+	jobs       int           // valid jobs per scenario
+	kills      int           // kill -9 in TestWorkerKills
+	restarts   int           // service restarts in TestKafkaRestart / TestDatabaseRestart
+	hostileX   int           // hostile records per valid job in TestHostileInput
+	orders     caproxy.Limit // the workers' NewOrdersPerAccount; the CA enforces 10% more
+	timeout    time.Duration // per scenario
+	concurrent int           // orders in flight per worker
+}
+
+func sizeFor(t *testing.T) size {
+	t.Helper()
+	switch v := os.Getenv(envChaos); v {
+	case "ci":
+		return size{name: "ci", jobs: 60, kills: 2, restarts: 1, hostileX: 10,
+			orders: caproxy.Limit{Count: 20, Period: 10 * time.Second}, timeout: 4 * time.Minute, concurrent: 2}
+	case "full":
+		return size{name: "full", jobs: 1000, kills: 5, restarts: 2, hostileX: 10,
+			orders: caproxy.Limit{Count: 100, Period: 10 * time.Second}, timeout: 20 * time.Minute, concurrent: 2}
+	case "":
+		t.Skipf("chaos scenarios restart services of the shared test stack, so they run alone: "+
+			"`make chaos` (%s=full) or the CI-sized run at the end of `make test` (%s=ci)", envChaos, envChaos)
+	default:
+		t.Fatalf("%s=%q: want ci or full", envChaos, v)
+	}
+	return size{}
+}
+
+// fleetConfig describes one scenario's fleet and CA.
+type fleetConfig struct {
+	workers     int
+	concurrency int
+	// limits is the workers' catalogue for the CA (name → count, period).
+	limits map[string]limitJSON
+	// ca is what the CA proxy enforces and injects.
+	ca     caproxy.Limits
+	faults caproxy.Faults
+	// lease is the workers' claim lease: a killed worker's jobs wait for it.
+	lease time.Duration
+}
+
+type limitJSON struct {
+	Count  int    `json:"count"`
+	Period string `json:"period"`
+}
+
+// limitsFor returns the workers' limits for a scenario whose binding limit is
+// NewOrdersPerAccount = orders, with the CA enforcing caFactor of it.
+func limitsFor(orders caproxy.Limit, caFactor float64) (map[string]limitJSON, caproxy.Limits) {
+	w := map[string]limitJSON{
+		"NewOrdersPerAccount":                     {orders.Count, orders.Period.String()},
+		"CertificatesPerDomain":                   {10_000, "1h"},
+		"CertificatesPerFQDNSet":                  {5, "1h"},
+		"FailedAuthorizationsPerDomainPerAccount": {5, "1h"},
+		"FleetOrdersPerSecond":                    {50, "1s"},
+	}
+	ca := caproxy.Limits{
+		OrdersPerAccount: caproxy.Limit{Count: int(float64(orders.Count) * caFactor), Period: orders.Period},
+		OrdersPerDomain:  caproxy.Limit{Count: 11_000, Period: time.Hour},
+		OrdersPerFQDNSet: caproxy.Limit{Count: 5, Period: time.Hour},
+	}
+	return w, ca
+}
+
+// fleet is one scenario's world: a fresh database and topics, the CA proxy
+// in front of the shared Pebble, and issuer-worker processes.
+type fleet struct {
+	t      *testing.T
+	ctx    context.Context
+	cfg    fleetConfig
+	s      testenv.Settings
+	d      *db.DB
+	dbURL  string
+	suffix string
+	topics events.Topics
+	proxy  *caproxy.Proxy
+	limits string // limits file
+	keys   string // keyring line
+	t0     time.Time
+
+	mu      sync.Mutex
+	live    []*worker
+	all     []*worker
+	kills   int
+	started int
+}
+
+type worker struct {
+	name   string
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	done   chan struct{}
+	err    error // exit status, valid after done
+	killed bool
+	listen string
+}
+
+func newFleet(t *testing.T, ctx context.Context, cfg fleetConfig) *fleet {
+	t.Helper()
+	s := testenv.Require(t)
+	f := &fleet{t: t, ctx: ctx, cfg: cfg, s: s, t0: time.Now()}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	f.suffix = hex.EncodeToString(b)
+	f.dbURL = testenv.FreshDatabase(t)
+	d, err := db.Open(ctx, db.Config{URL: f.dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	f.d = d
+	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	f.topics = events.Topics{Requests: "chaos.req." + f.suffix, Retry: "chaos.retry." + f.suffix, DLQ: "chaos.dlq." + f.suffix,
+		Events: "chaos.events." + f.suffix, RateLimitChanges: "chaos.rl." + f.suffix}
+	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, f.topics.Specs(6, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	p, err := caproxy.Start(ctx, caproxy.Config{Upstream: s.ACMEDirectory, UpstreamCA: s.ACMETLSCA,
+		Limits: cfg.ca, Faults: cfg.faults, Seed: uint64(time.Now().UnixNano())})
+	if err != nil {
+		t.Fatalf("starting the CA proxy: %v", err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	f.proxy = p
+	cat, _ := json.Marshal(map[string]any{"cas": []any{map[string]any{"id": caName, "directory": p.DirectoryURL(), "limits": cfg.limits}}})
+	f.limits = filepath.Join(t.TempDir(), "limits.json")
+	if err := os.WriteFile(f.limits, cat, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if f.keys, err = seal.GenerateKeyText("chaos1"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < cfg.workers; i++ {
+		f.startWorker()
+	}
+	for _, w := range f.live {
+		waitReady(t, ctx, w)
+	}
+	f.waitGroupStable(cfg.workers)
+	t.Cleanup(func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		logDir := os.Getenv("CERTFLEET_CHAOS_LOGS")
+		for _, w := range f.all {
+			_ = w.cmd.Process.Kill()
+			if logDir != "" {
+				_ = os.WriteFile(filepath.Join(logDir, t.Name()+"-"+w.name+".log"), []byte(w.log.String()), 0o644)
+			}
+			if t.Failed() {
+				t.Logf("--- %s log (last 40 lines) ---\n%s", w.name, tail(w.log.String(), 40))
+			}
+		}
+	})
+	return f
+}
+
+// waitGroupStable waits until the workers' consumer group is Stable with
+// members members, so the scenario's numbers measure what it breaks, not the
+// rebalances of the fleet starting up.
+func (f *fleet) waitGroupStable(members int) {
+	f.t.Helper()
+	client := &kafka.Client{Addr: kafka.TCP(f.s.KafkaBrokers...), Timeout: 5 * time.Second}
+	var last string
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		resp, err := client.DescribeGroups(f.ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{"chaos-" + f.suffix}})
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		if len(resp.Groups) == 1 {
+			g := resp.Groups[0]
+			last = fmt.Sprintf("state %s with %d members", g.GroupState, len(g.Members))
+			if g.GroupState == "Stable" && len(g.Members) == members {
+				return
+			}
+		}
+	}
+	f.t.Fatalf("consumer group not stable with %d members within 60s: %s", members, last)
+}
+
+// startWorker starts one more issuer-worker process.
+func (f *fleet) startWorker() *worker {
+	f.mu.Lock()
+	f.started++
+	name := fmt.Sprintf("w%d", f.started)
+	f.mu.Unlock()
+	w := &worker{name: name, log: &syncBuffer{}, done: make(chan struct{}), listen: freeAddr(f.t)}
+	lease := f.cfg.lease
+	if lease == 0 {
+		lease = 15 * time.Second
+	}
+	w.cmd = exec.Command(workerBin,
+		"-owner", name, "-listen", w.listen, "-concurrency", fmt.Sprint(f.cfg.concurrency), "-shutdown-timeout", "20s",
+		"-topic-requests", f.topics.Requests, "-topic-retry", f.topics.Retry, "-topic-dlq", f.topics.DLQ,
+		"-topic-events", f.topics.Events, "-topic-ratelimit-changes", f.topics.RateLimitChanges,
+		"-group", "chaos-"+f.suffix, "-profile", testenv.PebbleShortProfile, "-lease", lease.String(),
+		"-challenge-types", "dns-01", "-dns01-challtestsrv", f.s.ChallTestSrvURL, "-limits", f.limits)
+	w.cmd.Env = append(os.Environ(),
+		"CERTFLEET_KAFKA_BROKERS="+strings.Join(f.s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+f.dbURL,
+		"CERTFLEET_SEAL_KEYS="+f.keys, "CERTFLEET_CAS="+caName+"="+f.proxy.DirectoryURL(),
+		"CERTFLEET_ACME_TLS_CA="+f.proxy.CAFile())
+	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
+	if err := w.cmd.Start(); err != nil {
+		f.t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() {
+		w.err = w.cmd.Wait()
+		close(w.done)
+	}()
+	f.mu.Lock()
+	f.live = append(f.live, w)
+	f.all = append(f.all, w)
+	f.mu.Unlock()
+	return w
+}
+
+// killOne sends SIGKILL to the oldest live worker, waits for it to die and
+// starts a replacement.
+func (f *fleet) killOne() {
+	f.mu.Lock()
+	w := f.live[0]
+	f.live = f.live[1:]
+	w.killed = true
+	f.kills++
+	f.mu.Unlock()
+	_ = w.cmd.Process.Signal(syscall.SIGKILL)
+	<-w.done
+	f.t.Logf("%v: killed %s with SIGKILL", time.Since(f.t0).Round(time.Millisecond), w.name)
+	waitReady(f.t, f.ctx, f.startWorker())
+}
+
+// request is one valid job of a scenario.
+func (f *fleet) requests(n, domains int) []events.Event {
+	f.t.Helper()
+	evs := make([]events.Event, 0, n)
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("j%d.d%d-%s.test", i, i%domains, f.suffix)
+		ev, err := events.New("//chaos", time.Now(), &events.IssuanceRequest{RequestID: fmt.Sprintf("r%d-%s", i, f.suffix),
+			SANs: []string{name}, Tenant: tenant, KeyType: events.KeyECDSAP256, CA: caName, Reason: events.ReasonNew})
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}
+
+// publish writes records to the requests topic.
+func (f *fleet) publish(msgs []kafka.Message) {
+	f.t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(f.s.KafkaBrokers...), Topic: f.topics.Requests, Balancer: &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond, BatchSize: 500}
+	defer w.Close()
+	for len(msgs) > 0 {
+		n := min(len(msgs), 500)
+		if err := w.WriteMessages(f.ctx, msgs[:n]...); err != nil {
+			f.t.Fatalf("publishing %d records: %v", n, err)
+		}
+		msgs = msgs[n:]
+	}
+}
+
+func encodeAll(t *testing.T, evs []events.Event) []kafka.Message {
+	t.Helper()
+	msgs := make([]kafka.Message, len(evs))
+	for i, ev := range evs {
+		m, err := events.Encode(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs[i] = m
+	}
+	return msgs
+}
+
+// outcome is what the topics say after a scenario.
+type outcome struct {
+	obtained map[string]map[string]int // request id → event id → records
+	failed   int                       // cert_failed records (retryable ones are normal under faults)
+	dlq      []kafka.Message
+}
+
+// read collects the events and dead-letter topics.
+func (f *fleet) read() (outcome, error) {
+	o := outcome{obtained: map[string]map[string]int{}}
+	msgs, err := events.ReadTopic(f.ctx, nil, f.s.KafkaBrokers, f.topics.Events, 0)
+	if err != nil {
+		return o, err
+	}
+	for _, m := range msgs {
+		ev, err := events.Decode(m)
+		if err != nil {
+			return o, fmt.Errorf("undecodable record on %s at %d/%d: %w", m.Topic, m.Partition, m.Offset, err)
+		}
+		switch d := ev.Data.(type) {
+		case *events.CertObtained:
+			if o.obtained[d.RequestID] == nil {
+				o.obtained[d.RequestID] = map[string]int{}
+			}
+			o.obtained[d.RequestID][ev.ID]++
+		case *events.CertFailed:
+			o.failed++
+		}
+	}
+	o.dlq, err = events.ReadTopic(f.ctx, nil, f.s.KafkaBrokers, f.topics.DLQ, 0)
+	return o, err
+}
+
+// waitDone polls the topics until every valid request is obtained and want
+// records are dead-lettered, calling progress with the count obtained so far
+// (scenarios break things from there). Read errors while a service is down
+// are expected and retried.
+func (f *fleet) waitDone(valid []events.Event, wantDLQ int, progress func(obtained int)) outcome {
+	f.t.Helper()
+	var o outcome
+	var lastErr error
+	for {
+		var err error
+		if o, err = f.read(); err == nil {
+			n := 0
+			for _, ev := range valid {
+				if len(o.obtained[ev.Data.(*events.IssuanceRequest).RequestID]) > 0 {
+					n++
+				}
+			}
+			if progress != nil {
+				progress(n)
+			}
+			if n == len(valid) && len(o.dlq) >= wantDLQ {
+				return o
+			}
+		} else {
+			lastErr = err
+		}
+		select {
+		case <-f.ctx.Done():
+			got := 0
+			for _, ev := range valid {
+				if len(o.obtained[ev.Data.(*events.IssuanceRequest).RequestID]) > 0 {
+					got++
+				}
+			}
+			f.t.Fatalf("scenario timed out: %d of %d valid jobs obtained, %d of %d records dead-lettered (last read error: %v)",
+				got, len(valid), len(o.dlq), wantDLQ, lastErr)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// result is one scenario's row of the closing table.
+type result struct {
+	Scenario        string  `json:"scenario"`
+	Size            string  `json:"size"`
+	Jobs            int     `json:"jobs"`
+	Hostile         int     `json:"hostile"`
+	Kills           int     `json:"kills"`
+	Lost            int     `json:"lost"`
+	CAOrders        int     `json:"ca_orders"`
+	DuplicateOrders int     `json:"duplicate_orders"`
+	CA429           int     `json:"ca_429"`
+	Injected429     int     `json:"injected_429"`
+	Injected5xx     int     `json:"injected_5xx"`
+	Violations      int     `json:"penalty_violations"`
+	DLQ             int     `json:"dead_lettered"`
+	DupEvents       int     `json:"duplicate_event_records"`
+	Seconds         float64 `json:"seconds"`
+}
+
+// verify checks every invariant of the package doc and reports the row.
+// hostile is the number of records that must be dead-lettered exactly once.
+func (f *fleet) verify(scenario string, sz size, valid []events.Event, hostile int, o outcome) result {
+	t := f.t
+	t.Helper()
+	st := f.proxy.Stats()
+	r := result{Scenario: scenario, Size: sz.name, Jobs: len(valid), Hostile: hostile, Kills: f.kills,
+		CAOrders: st.Orders, CA429: st.RateLimited, Injected429: st.InjectedRateLimited,
+		Injected5xx: st.InjectedServerErrors, Violations: len(st.PenaltyViolations), Seconds: time.Since(f.t0).Seconds()}
+
+	// Every valid job ends with cert_obtained; duplicates only with the same id.
+	validIDs := map[string]bool{}
+	for _, ev := range valid {
+		id := ev.Data.(*events.IssuanceRequest).RequestID
+		validIDs[id] = true
+		switch ids := o.obtained[id]; {
+		case len(ids) == 0:
+			r.Lost++
+			t.Errorf("lost: request %s has no cert_obtained", id)
+		case len(ids) > 1:
+			t.Errorf("request %s has cert_obtained under %d different event ids: %v", id, len(ids), ids)
+		default:
+			for _, n := range ids {
+				r.DupEvents += n - 1
+			}
+		}
+	}
+	for id := range o.obtained {
+		if !validIDs[id] {
+			t.Errorf("cert_obtained for %q, which no valid job requested", id)
+		}
+	}
+	// Hostile records are dead-lettered, each exactly once, and no valid job is.
+	origins := map[string]int{}
+	for _, m := range o.dlq {
+		dl, ok := events.ReadDeadLetter(m)
+		if !ok {
+			t.Errorf("DLQ record at %d/%d has no dead-letter headers", m.Partition, m.Offset)
+			continue
+		}
+		origins[fmt.Sprintf("%s/%d/%d", dl.Topic, dl.Partition, dl.Offset)]++
+		if ev, err := events.Decode(m); err == nil {
+			if req, ok := ev.Data.(*events.IssuanceRequest); ok && validIDs[req.RequestID] {
+				t.Errorf("valid request %s was dead-lettered: %s", req.RequestID, dl.Reason)
+			}
+		}
+	}
+	r.DLQ = len(origins)
+	if len(origins) != hostile {
+		t.Errorf("%d distinct records dead-lettered, want %d (every hostile record, once)", len(origins), hostile)
+	}
+	// The CA's view: orders at most jobs plus kills, no 429 of its own, no
+	// order for a key under a Retry-After.
+	for _, n := range st.OrdersBySANSet {
+		r.DuplicateOrders += n - 1
+	}
+	if st.Orders > len(valid)+f.kills {
+		t.Errorf("the CA saw %d orders for %d jobs and %d kills", st.Orders, len(valid), f.kills)
+	}
+	if st.RateLimited != 0 {
+		t.Errorf("the CA answered %d orders with its own 429 (%v): the limiter over-spent", st.RateLimited, st.RateLimitedByLimit)
+	}
+	for _, v := range st.PenaltyViolations {
+		t.Errorf("an order for %s reached the CA at %v, while its Retry-After ran until %v", v.Key, v.At.Format(time.StampMilli), v.Until.Format(time.StampMilli))
+	}
+	// No key material on any topic or in any log.
+	for _, topic := range []string{f.topics.Requests, f.topics.Retry, f.topics.DLQ, f.topics.Events, f.topics.RateLimitChanges} {
+		msgs, err := events.ReadTopic(f.ctx, nil, f.s.KafkaBrokers, topic, 0)
+		if err != nil {
+			t.Errorf("reading %s: %v", topic, err)
+		}
+		for _, m := range msgs {
+			if bytes.Contains(m.Value, []byte("PRIVATE KEY")) {
+				t.Errorf("key material on %s at %d/%d", topic, m.Partition, m.Offset)
+			}
+		}
+	}
+	// No worker crashed; every live one stops cleanly.
+	f.mu.Lock()
+	all, live := f.all, f.live
+	f.mu.Unlock()
+	for _, w := range live {
+		select {
+		case <-w.done:
+			t.Errorf("%s exited by itself: %v", w.name, w.err)
+			continue
+		default:
+		}
+		_ = w.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-w.done:
+			if w.err != nil {
+				t.Errorf("%s exited with %v after SIGTERM", w.name, w.err)
+			}
+		case <-time.After(40 * time.Second):
+			t.Errorf("%s did not stop within 40s of SIGTERM", w.name)
+		}
+	}
+	for _, w := range all {
+		logText := w.log.String()
+		if strings.Contains(logText, "PRIVATE KEY") {
+			t.Errorf("%s logged key material", w.name)
+		}
+		if strings.Contains(logText, "panic:") || strings.Contains(logText, "fatal error:") {
+			t.Errorf("%s crashed:\n%s", w.name, tail(logText, 40))
+		}
+	}
+	line, _ := json.Marshal(r)
+	t.Logf("RESULT %s", line)
+	if path := os.Getenv("CERTFLEET_CHAOS_RESULTS"); path != "" {
+		if fh, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			fmt.Fprintf(fh, "%s\n", line)
+			fh.Close()
+		}
+	}
+	return r
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitReady(t *testing.T, ctx context.Context, w *worker) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.listen+"/readyz", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-w.done:
+			t.Fatalf("%s exited before it was ready: %v\n%s", w.name, w.err, tail(w.log.String(), 30))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s not ready within 90s\n%s", w.name, tail(w.log.String(), 30))
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
