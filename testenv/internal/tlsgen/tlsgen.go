@@ -1,0 +1,76 @@
+// Package tlsgen makes throwaway certificate authorities and loopback
+// serving certificates for the test stack (Pebble's HTTPS, the CA proxy).
+package tlsgen
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"net"
+	"time"
+)
+
+// Serving is a throwaway CA and a leaf it signed for 127.0.0.1, ::1 and the
+// given DNS names.
+type Serving struct {
+	CADER, LeafDER []byte
+	LeafKey        *ecdsa.PrivateKey
+}
+
+// New creates a CA named caName and a serving leaf valid from an hour before
+// now for validity.
+func New(caName string, dnsNames []string, now time.Time, validity time.Duration) (Serving, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Serving{}, fmt.Errorf("tlsgen: generating the CA key: %w", err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: caName},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(validity),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return Serving{}, fmt.Errorf("tlsgen: signing the CA certificate: %w", err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return Serving{}, fmt.Errorf("tlsgen: parsing the CA certificate: %w", err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Serving{}, fmt.Errorf("tlsgen: generating the serving key: %w", err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     dnsNames,
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
+	if err != nil {
+		return Serving{}, fmt.Errorf("tlsgen: signing the serving certificate: %w", err)
+	}
+	return Serving{CADER: caDER, LeafDER: leafDER, LeafKey: leafKey}, nil
+}
+
+func serial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err) // crypto/rand does not fail
+	}
+	return n
+}
