@@ -28,7 +28,9 @@ type Config struct {
 	Sealer seal.Sealer // required
 	CAs    []CA        // required, at least one
 
-	// Concurrency caps orders in flight. Default 8 (Pebble's safe maximum).
+	// Concurrency caps orders in flight: a job holds an order slot from its
+	// claim until the CA has issued (storing and publishing run outside it).
+	// Default 8 (Pebble's safe maximum).
 	Concurrency int
 	// MaxPending caps fetched records not yet finished, including those
 	// waiting for their not_before. Default 1024.

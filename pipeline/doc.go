@@ -13,6 +13,7 @@
 //	order via acmeissuer                       429 -> shared penalty, refund, defer to Retry-After
 //	                                           5xx/network -> retry with backoff, then defer with cert_failed(retryable)
 //	                                           other ACME problem -> cert_failed (permanent)
+//	(the order slot, held from the claim on, is given back here: the CA's part is done)
 //	seal the key, store certificate + outcome in one transaction
 //	publish cert_obtained
 //	mark the record done; offsets are committed per partition only up to the

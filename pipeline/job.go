@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -50,10 +51,12 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 		return waitCtx.Err()
 	}
 	w.cfg.Metrics.InFlight.Inc()
-	defer func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() }()
+	releaseSlot := sync.OnceFunc(func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() })
+	defer releaseSlot()
 	// The owner is per job, not per worker: one worker handling two copies of
 	// a request at once must not let the second take over the first's claim.
-	j := &job{w: w, ca: ca, req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString()}
+	j := &job{w: w, ca: ca, req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
+		releaseSlot: releaseSlot}
 	outcome, err := j.run(jobCtx)
 	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
 	if err != nil {
@@ -72,6 +75,9 @@ type job struct {
 	identity string
 	owner    string                  // claim owner: this worker and job
 	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
+	// releaseSlot gives the order slot back once the CA's part is done, so
+	// sealing, storing and publishing overlap the next order (nil: no slot).
+	releaseSlot func()
 }
 
 func (j *job) log() []any {
@@ -179,6 +185,9 @@ func (j *job) order(ctx context.Context) (string, error) {
 		cancel()
 		if err == nil {
 			w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
+			if j.releaseSlot != nil {
+				j.releaseSlot()
+			}
 			return j.succeed(ctx, result)
 		}
 		if ctx.Err() != nil {
