@@ -11,15 +11,13 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/benchmem"
 
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
@@ -124,7 +122,7 @@ func BenchmarkIssuance(b *testing.B) {
 	group := fmt.Sprintf("in_flight_%d/", benchConcurrency)
 	b.Run(group+"pipeline", func(b *testing.B) {
 		reqs := prepare(b, b.N)
-		mem := startMemPeak()
+		mem := benchmem.Start()
 		b.ResetTimer()
 		elapsed, ttc := issue(b, reqs)
 		b.StopTimer()
@@ -140,7 +138,7 @@ func BenchmarkIssuance(b *testing.B) {
 		errs := make(chan error, benchConcurrency)
 		var mu sync.Mutex
 		var ttc []time.Duration
-		mem := startMemPeak()
+		mem := benchmem.Start()
 		b.ResetTimer()
 		start := time.Now()
 		for g := 0; g < benchConcurrency; g++ {
@@ -188,12 +186,12 @@ func BenchmarkIssuance(b *testing.B) {
 
 // reportIssuance reports one side's throughput, time-to-certificate
 // percentiles and memory.
-func reportIssuance(b *testing.B, elapsed time.Duration, ttc []time.Duration, mem *memPeak) {
+func reportIssuance(b *testing.B, elapsed time.Duration, ttc []time.Duration, mem *benchmem.Peak) {
 	slices.Sort(ttc)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
 	b.ReportMetric(ms(percentile(ttc, 0.50)), "ttc-p50-ms")
 	b.ReportMetric(ms(percentile(ttc, 0.99)), "ttc-p99-ms")
-	mem.report(b)
+	mem.Report(b, true)
 }
 
 // outcome is a cert_obtained (or cert_failed) seen on the events topic.
@@ -297,70 +295,6 @@ func (s challtestsrvSolver) Present(ctx context.Context, ch acme.Challenge) erro
 
 func (s challtestsrvSolver) CleanUp(ctx context.Context, ch acme.Challenge) error {
 	return s.srv.DelHTTP01(ctx, ch.Token)
-}
-
-// memPeak follows one side's memory while its batch runs: the heap in use
-// after a GC at the start, its peak (sampled every 20 ms), and the process's
-// peak resident set (the kernel's VmHWM, reset at the start after freed
-// memory is returned to the OS, so the other side's peak does not count).
-type memPeak struct {
-	done, finished chan struct{}
-	idle, heap     uint64
-	rssReset       bool
-}
-
-func startMemPeak() *memPeak {
-	debug.FreeOSMemory() // also a full GC
-	m := &memPeak{done: make(chan struct{}), finished: make(chan struct{})}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	m.idle = ms.HeapInuse
-	m.rssReset = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
-	go func() {
-		defer close(m.finished)
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			m.heap = max(m.heap, ms.HeapInuse)
-			select {
-			case <-m.done:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return m
-}
-
-// report stops sampling and reports heap-idle-MiB, peak-heap-MiB and
-// peak-RSS-MiB (the latter only when the kernel let the peak be reset).
-func (m *memPeak) report(b *testing.B) {
-	close(m.done)
-	<-m.finished
-	b.ReportMetric(float64(m.idle)/(1<<20), "heap-idle-MiB")
-	b.ReportMetric(float64(m.heap)/(1<<20), "peak-heap-MiB")
-	if m.rssReset {
-		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-RSS-MiB")
-	} else {
-		b.Log("peak RSS not reported: /proc/self/clear_refs is not writable")
-	}
-}
-
-// peakRSS is the process's peak resident set (VmHWM), in bytes.
-func peakRSS() int64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // percentile of sorted durations (nearest rank).

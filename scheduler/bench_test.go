@@ -3,13 +3,11 @@ package scheduler_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"runtime"
-	"runtime/debug"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/benchmem"
 
 	"github.com/segmentio/kafka-go"
 
@@ -105,7 +103,7 @@ func BenchmarkTick(b *testing.B) {
 	// checking for issued certificates and marking (fenced) costs on top of
 	// the Kafka writes that cannot be avoided.
 	b.Run("emit_100k_due_of_1M/scheduler", func(b *testing.B) {
-		mem := startMemPeak()
+		mem := benchmem.Start()
 		for i := 0; i < b.N; i++ {
 			if i > 0 {
 				b.StopTimer()
@@ -123,10 +121,10 @@ func BenchmarkTick(b *testing.B) {
 			b.ReportMetric(float64(res.Emitted)/time.Since(start).Seconds(), "jobs/s")
 		}
 		b.StopTimer()
-		mem.report(b)
+		mem.Report(b, false)
 	})
 	b.Run("emit_100k_due_of_1M/baseline_kafka_only", func(b *testing.B) {
-		mem := startMemPeak()
+		mem := benchmem.Start()
 		for i := 0; i < b.N; i++ {
 			start := time.Now()
 			if err := publishOnly(ctx, producer, topics.Requests, 100_000, 1000); err != nil {
@@ -135,7 +133,7 @@ func BenchmarkTick(b *testing.B) {
 			b.ReportMetric(100_000/time.Since(start).Seconds(), "jobs/s")
 		}
 		b.StopTimer()
-		mem.report(b)
+		mem.Report(b, false)
 	})
 	// Right after the emission the due index still holds the 100,000 old
 	// entries of the rows just marked (PostgreSQL MVCC) until vacuum runs.
@@ -177,64 +175,4 @@ func publishOnly(ctx context.Context, w events.MessageWriter, topic string, n, b
 		}
 	}
 	return nil
-}
-
-// memPeak follows one sub-benchmark's memory: the peak heap in use (sampled
-// every 20 ms) and the process's peak resident set (the kernel's VmHWM,
-// reset at the start after freed memory is returned to the OS, so an earlier
-// sub-benchmark's peak does not count).
-type memPeak struct {
-	done, finished chan struct{}
-	heap           uint64
-	rssReset       bool
-}
-
-func startMemPeak() *memPeak {
-	debug.FreeOSMemory()
-	m := &memPeak{done: make(chan struct{}), finished: make(chan struct{})}
-	m.rssReset = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
-	go func() {
-		defer close(m.finished)
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			m.heap = max(m.heap, ms.HeapInuse)
-			select {
-			case <-m.done:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return m
-}
-
-// report stops sampling and reports peak-heap-MiB and peak-RSS-MiB (the
-// latter only when the kernel let the peak be reset).
-func (m *memPeak) report(b *testing.B) {
-	close(m.done)
-	<-m.finished
-	b.ReportMetric(float64(m.heap)/(1<<20), "peak-heap-MiB")
-	if m.rssReset {
-		b.ReportMetric(float64(peakRSS())/(1<<20), "peak-RSS-MiB")
-	} else {
-		b.Log("peak RSS not reported: /proc/self/clear_refs is not writable")
-	}
-}
-
-// peakRSS is the process's peak resident set (VmHWM), in bytes.
-func peakRSS() int64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
