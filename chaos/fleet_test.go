@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -154,7 +153,7 @@ type fleet struct {
 type worker struct {
 	name   string
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *testenv.LogBuffer
 	done   chan struct{}
 	err    error // exit status, valid after done
 	killed bool
@@ -215,7 +214,7 @@ func newFleet(t *testing.T, ctx context.Context, cfg fleetConfig) *fleet {
 				_ = os.WriteFile(filepath.Join(logDir, t.Name()+"-"+w.name+".log"), []byte(w.log.String()), 0o644)
 			}
 			if t.Failed() {
-				t.Logf("--- %s log (last 40 lines) ---\n%s", w.name, tail(w.log.String(), 40))
+				t.Logf("--- %s log (last 40 lines) ---\n%s", w.name, testenv.Tail(w.log.String(), 40))
 			}
 		}
 	})
@@ -252,7 +251,7 @@ func (f *fleet) startWorker() *worker {
 	f.started++
 	name := fmt.Sprintf("w%d", f.started)
 	f.mu.Unlock()
-	w := &worker{name: name, log: &syncBuffer{}, done: make(chan struct{}), listen: freeAddr(f.t)}
+	w := &worker{name: name, log: &testenv.LogBuffer{}, done: make(chan struct{}), listen: testenv.FreeAddr(f.t, "127.0.0.1")}
 	lease := f.cfg.lease
 	if lease == 0 {
 		lease = 15 * time.Second
@@ -542,7 +541,7 @@ func (f *fleet) verify(scenario string, sz size, valid []events.Event, hostile i
 			t.Errorf("%s logged key material", w.name)
 		}
 		if strings.Contains(logText, "panic:") || strings.Contains(logText, "fatal error:") {
-			t.Errorf("%s crashed:\n%s", w.name, tail(logText, 40))
+			t.Errorf("%s crashed:\n%s", w.name, testenv.Tail(logText, 40))
 		}
 	}
 	line, _ := json.Marshal(r)
@@ -575,16 +574,6 @@ func scrapeGauge(ctx context.Context, listen, name string) string {
 	return "?"
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func waitReady(t *testing.T, ctx context.Context, w *worker) {
 	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
@@ -598,35 +587,9 @@ func waitReady(t *testing.T, ctx context.Context, w *worker) {
 		}
 		select {
 		case <-w.done:
-			t.Fatalf("%s exited before it was ready: %v\n%s", w.name, w.err, tail(w.log.String(), 30))
+			t.Fatalf("%s exited before it was ready: %v\n%s", w.name, w.err, testenv.Tail(w.log.String(), 30))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	t.Fatalf("%s not ready within 90s\n%s", w.name, tail(w.log.String(), 30))
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writing and a test reading.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	t.Fatalf("%s not ready within 90s\n%s", w.name, testenv.Tail(w.log.String(), 30))
 }

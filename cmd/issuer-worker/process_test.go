@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,16 +23,6 @@ import (
 	"github.com/certfleet/certfleet/seal"
 	"github.com/certfleet/certfleet/testenv"
 )
-
-func freeAddr(t *testing.T, host string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // The issue's end-to-end check with real processes: requests through two
 // issuer-worker processes in one group, HTTP-01 validated by Pebble against
@@ -77,11 +66,11 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	type proc struct {
 		cmd    *exec.Cmd
 		listen string
-		log    *strings.Builder
+		log    *testenv.LogBuffer
 		done   chan error
 	}
 	start := func(name string, serveHTTP01 bool) *proc {
-		p := &proc{listen: freeAddr(t, "127.0.0.1"), log: &strings.Builder{}, done: make(chan error, 1)}
+		p := &proc{listen: testenv.FreeAddr(t, "127.0.0.1"), log: &testenv.LogBuffer{}, done: make(chan error, 1)}
 		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", fmt.Sprint(testenv.MaxConcurrentOrdersPerPackage / 2), "-shutdown-timeout", "20s",
 			"-topic-requests", topics.Requests, "-topic-retry", topics.Retry, "-topic-dlq", topics.DLQ,
 			"-topic-events", topics.Events, "-topic-ratelimit-changes", topics.RateLimitChanges,
@@ -93,7 +82,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		p.cmd.Env = append(os.Environ(),
 			"CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+dbURL,
 			"CERTFLEET_SEAL_KEYS="+keyLine, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
-		p.cmd.Stdout, p.cmd.Stderr = io.Discard, &syncWriter{b: p.log}
+		p.cmd.Stdout, p.cmd.Stderr = io.Discard, p.log
 		if err := p.cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +90,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		t.Cleanup(func() {
 			_ = p.cmd.Process.Kill()
 			if t.Failed() {
-				t.Logf("%s log:\n%s", name, tail(p.log.String(), 30))
+				t.Logf("%s log:\n%s", name, testenv.Tail(p.log.String(), 30))
 			}
 		})
 		return p
@@ -169,7 +158,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	}
 	metrics := httpGet(t, ctx, "http://"+a.listen+"/metrics")
 	if !strings.Contains(metrics, `certfleet_worker_jobs_total{outcome="obtained"}`) || !strings.Contains(metrics, "certfleet_worker_consumer_lag") {
-		t.Errorf("metrics lack the jobs counter:\n%s", tail(metrics, 20))
+		t.Errorf("metrics lack the jobs counter:\n%s", testenv.Tail(metrics, 20))
 	}
 	for name, p := range map[string]*proc{"worker-a": a, "worker-b": bproc} {
 		t1 := time.Now()
@@ -230,12 +219,4 @@ func httpGet(t *testing.T, ctx context.Context, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -376,7 +375,7 @@ func pebbleCannotReplace(t *testing.T, serialHex string) bool {
 type process struct {
 	name, listen string
 	cmd          *exec.Cmd
-	log          lockedBuffer
+	log          testenv.LogBuffer
 	done         chan error
 }
 
@@ -397,26 +396,9 @@ func (p *process) start(t *testing.T, bin string, args, env []string) {
 		case <-time.After(10 * time.Second):
 		}
 		if t.Failed() {
-			t.Logf("%s log (last lines):\n%s", p.name, lastLines(p.log.String(), 25))
+			t.Logf("%s log (last lines):\n%s", p.name, testenv.Tail(p.log.String(), 25))
 		}
 	})
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *lockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 // poll waits until ok, failing the test when ctx ends first. The failure
@@ -472,12 +454,4 @@ func header(m kafka.Message, key string) string {
 		}
 	}
 	return ""
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
