@@ -47,13 +47,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	workerBin = filepath.Join(dir, "issuer-worker")
-	if out, err := exec.Command(goBin, "build", "-o", workerBin, "github.com/certfleet/certfleet/cmd/issuer-worker").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "chaos: building issuer-worker: %v\n%s", err, out)
+	if workerBin, err = testenv.BuildCommand(context.Background(), dir, "issuer-worker", "github.com/certfleet/certfleet/cmd/issuer-worker"); err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -85,13 +85,9 @@ func run(ctx context.Context, n int, timeout time.Duration) error {
 	}
 
 	step("building and starting 2 issuer-worker processes and a scheduler")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
 	for _, b := range []string{"issuer-worker", "scheduler"} {
-		if out, err := exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(state, "bin", b), "./cmd/"+b).CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", b, err, out)
+		if _, err := testenv.BuildCommand(ctx, filepath.Join(state, "bin"), b, "./cmd/"+b); err != nil {
+			return err
 		}
 	}
 	env := append(os.Environ(), "CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+s.DatabaseURL,

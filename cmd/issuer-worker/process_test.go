@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,13 +32,9 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	s := testenv.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "issuer-worker")
-	goBin, err := exec.LookPath("go")
+	bin, err := testenv.BuildCommand(ctx, t.TempDir(), "issuer-worker", ".")
 	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("building: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	dbURL := testenv.FreshDatabase(t)
 	d, err := db.Open(ctx, db.Config{URL: dbURL})

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,16 +46,14 @@ func TestRenewalEndToEnd(t *testing.T) {
 	const leaseTTL = 3 * time.Second
 
 	dir := t.TempDir()
-	schedBin, workerBin := filepath.Join(dir, "scheduler"), filepath.Join(dir, "issuer-worker")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
 	built := time.Now()
-	for bin, pkg := range map[string]string{schedBin: ".", workerBin: "../issuer-worker"} {
-		if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", pkg, err, out)
-		}
+	schedBin, err := testenv.BuildCommand(ctx, dir, "scheduler", ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerBin, err := testenv.BuildCommand(ctx, dir, "issuer-worker", "../issuer-worker")
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("built scheduler and issuer-worker in %v", time.Since(built).Round(time.Millisecond))
 

@@ -1,11 +1,17 @@
 package testenv
 
 import (
+	"context"
+	"fmt"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 )
+
+// Helpers for tests (and the demo) that run real processes.
 
 // LogBuffer collects a child process's output for a test: the process's
 // output copier writes while the test reads, so every access is locked.
@@ -49,4 +55,20 @@ func FreeAddr(t testing.TB, host string) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// BuildCommand compiles the main package pkg (an import path, or a path
+// relative to the caller's directory) to dir/name and returns that path,
+// for tests and the demo, which run real processes. It uses the go on PATH, else
+// /usr/local/go/bin/go.
+func BuildCommand(ctx context.Context, dir, name, pkg string) (string, error) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	bin := filepath.Join(dir, name)
+	if out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("testenv: building %s: %w\n%s", pkg, err, out)
+	}
+	return bin, nil
 }
