@@ -11,12 +11,13 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"github.com/mholt/acmez/v3/acme"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/mholt/acmez/v3/acme"
 )
 
 // Pebble, the ACME test CA from Let's Encrypt, and pebble-challtestsrv, its

@@ -9,9 +9,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
+
+// exits records how each process this program started ended, by pid, so an
+// error about a service that died during start-up can say how it died
+// (exit status or signal) even when it left nothing in its log.
+var exits sync.Map // int -> string
 
 // proc is one long-running process started by testenv and tracked by a pid
 // file. The pid file holds the pid and a marker string that must appear in
@@ -76,8 +82,18 @@ func (p proc) start(cmd *exec.Cmd) error {
 	}
 	pid := cmd.Process.Pid
 	// Reap the child if it dies while `testenv up` still runs, so pid()
-	// does not see a zombie; after we exit, init adopts it.
-	go func() { _ = cmd.Wait() }()
+	// does not see a zombie, and remember how it ended; after we exit,
+	// init adopts it.
+	go func() {
+		err := cmd.Wait()
+		how := "exited"
+		if cmd.ProcessState != nil {
+			how = cmd.ProcessState.String() // "exit status 1", "signal: killed"
+		} else if err != nil {
+			how = err.Error()
+		}
+		exits.Store(pid, how)
+	}()
 	if err := os.WriteFile(p.pidFile(), []byte(fmt.Sprintf("%d\n%s\n", pid, p.marker)), 0o644); err != nil {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		return fmt.Errorf("testenv: %s: writing pid file: %w", p.name, err)
@@ -126,7 +142,37 @@ func (p proc) logTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// waitFor polls check until it succeeds, the process dies, or ctx ends.
+// exitedError says a process died while testenv waited for it to be ready.
+type exitedError struct {
+	name, what, how, log, tail string
+	last                       error
+}
+
+func (e *exitedError) Error() string {
+	return fmt.Sprintf("testenv: %s exited (%s) while waiting for %s: %v\n--- last lines of %s ---\n%s", e.name, e.how, e.what, e.last, e.log, e.tail)
+}
+
+// howExited describes how the process named in the pid file ended: the
+// status its parent saw when that parent is this program, else "not running".
+func (p proc) howExited() string {
+	data, _ := os.ReadFile(p.pidFile())
+	pidStr, _, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil {
+		return "no pid file"
+	}
+	// The reaper goroutine may still be about to record it.
+	for i := 0; i < 20; i++ {
+		if how, ok := exits.Load(pid); ok {
+			return fmt.Sprintf("pid %d, %s", pid, how)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Sprintf("pid %d, not running", pid)
+}
+
+// waitFor polls check until it succeeds, the process dies, or ctx ends. A
+// dead process gives an *exitedError.
 func (p proc) waitFor(ctx context.Context, what string, check func(context.Context) error) error {
 	var last error
 	for {
@@ -137,7 +183,7 @@ func (p proc) waitFor(ctx context.Context, what string, check func(context.Conte
 			return nil
 		}
 		if p.pid() == 0 {
-			return fmt.Errorf("testenv: %s exited while waiting for %s: %v\n--- last lines of %s ---\n%s", p.name, what, last, p.logFile(), p.logTail(20))
+			return &exitedError{name: p.name, what: what, how: p.howExited(), last: last, log: p.logFile(), tail: p.logTail(20)}
 		}
 		select {
 		case <-ctx.Done():

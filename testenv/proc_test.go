@@ -1,10 +1,13 @@
 package testenv
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -64,5 +67,80 @@ func TestProcIgnoresReusedPid(t *testing.T) {
 func TestPortFree(t *testing.T) {
 	if err := portFree("127.0.0.1:1"); err != nil {
 		t.Fatalf("closed port reported busy: %v", err)
+	}
+}
+
+// A process that dies while testenv waits for it gives an *exitedError that
+// says how it ended, even when its log is empty.
+func TestWaitForSaysHowTheProcessExited(t *testing.T) {
+	dir := t.TempDir()
+	marker := "certfleet-exit-test-" + filepath.Base(dir)
+	p := proc{name: "quitter", dir: dir, marker: marker}
+	if err := p.start(exec.Command("sh", "-c", "exit 3", marker)); err != nil {
+		t.Fatal(err)
+	}
+	never := func(context.Context) error { return errors.New("connection refused") }
+	err := p.waitFor(withTimeout(context.Background(), 10*time.Second), "readiness", never)
+	var exited *exitedError
+	if !errors.As(err, &exited) {
+		t.Fatalf("waitFor = %v, want an *exitedError", err)
+	}
+	if !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("error does not say how it ended and what the check saw: %v", err)
+	}
+}
+
+// A service whose process exits during start-up is started again, up to
+// three attempts; one that is merely slow is not retried.
+func TestServiceUpRetriesAProcessThatExitsDuringStartUp(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		failures   int // attempts whose process exits at once
+		wantErr    bool
+		wantStarts int
+	}{
+		{"exits once then runs", 1, false, 2},
+		{"exits twice then runs", 2, false, 3},
+		{"exits every time", 5, true, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			marker := "certfleet-retry-test-" + filepath.Base(dir)
+			p := proc{name: "flaky", dir: dir, marker: marker}
+			starts := 0
+			s := &service{
+				proc:    p,
+				install: func(context.Context) error { return nil },
+				start: func(context.Context) error {
+					starts++
+					script := "sleep 60"
+					if starts <= tc.failures {
+						script = "exit 1"
+					}
+					return p.start(exec.Command("sh", "-c", script, marker))
+				},
+				ready: func(context.Context) error {
+					if p.pid() == 0 {
+						return errors.New("not listening")
+					}
+					if starts <= tc.failures {
+						return errors.New("not yet")
+					}
+					return nil
+				},
+			}
+			t.Cleanup(func() { _ = p.stop(5 * time.Second) })
+			var out strings.Builder
+			err := s.up(context.Background(), &out)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("up = %v, want error %v\n%s", err, tc.wantErr, out.String())
+			}
+			if starts != tc.wantStarts {
+				t.Fatalf("started %d times, want %d\n%s", starts, tc.wantStarts, out.String())
+			}
+			if tc.failures > 0 && !strings.Contains(out.String(), "exited during start-up (pid ") {
+				t.Fatalf("progress does not report the retry:\n%s", out.String())
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -215,7 +216,29 @@ func (s *service) up(ctx context.Context, out io.Writer) error {
 			return err
 		}
 	}
-	// Not ours or dead: clear leftovers of a crashed run before a fresh start.
+	// A process that dies during start-up without a word is retried: CI saw
+	// Pebble exit once before writing its first log line, and nothing in
+	// the next run reproduced it. The error of the last attempt says how the
+	// process ended.
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		err := s.startFresh(ctx)
+		if err == nil {
+			break
+		}
+		var exited *exitedError
+		if !errors.As(err, &exited) || attempt == attempts {
+			return err
+		}
+		fmt.Fprintf(out, "%-13s exited during start-up (%s); starting again (attempt %d of %d)\n", s.proc.name, exited.how, attempt+1, attempts)
+	}
+	fmt.Fprintf(out, "%-13s started (pid %d), ready in %.1fs\n", s.proc.name, s.proc.pid(), time.Since(t0).Seconds())
+	return nil
+}
+
+// startFresh clears the leftovers of a crashed run (pid file, data), checks
+// the ports are free, starts the service and waits until it is ready.
+func (s *service) startFresh(ctx context.Context) error {
 	_ = os.Remove(s.proc.pidFile())
 	if s.data != "" {
 		if err := os.RemoveAll(s.data); err != nil {
@@ -230,11 +253,7 @@ func (s *service) up(ctx context.Context, out io.Writer) error {
 	if err := s.start(ctx); err != nil {
 		return err
 	}
-	if err := s.proc.waitFor(withTimeout(ctx, 120*time.Second), "readiness", s.ready); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "%-13s started (pid %d), ready in %.1fs\n", s.proc.name, s.proc.pid(), time.Since(t0).Seconds())
-	return nil
+	return s.proc.waitFor(withTimeout(ctx, 120*time.Second), "readiness", s.ready)
 }
 
 func withTimeout(ctx context.Context, d time.Duration) context.Context {
