@@ -182,6 +182,21 @@ type Request struct {
 	// names (PenaltyTargets; every one when it names none this package
 	// knows) until the CA's Retry-After.
 	PenaltyKeys []PenaltyKey
+	// Resume, when set, is the order an earlier attempt at this request
+	// placed (what OnOrder received then). Obtain continues it instead of
+	// ordering again: it downloads the certificate of a valid order,
+	// finalises a ready one with Resume.Key, waits for a processing one and
+	// solves the authorizations of a pending one first. An order that cannot
+	// be continued (ErrNotResumable: gone, invalid, other names) is left and a
+	// new one placed.
+	Resume *PendingOrder
+	// OnOrder, when set, is called once the CA has created an order (its
+	// 201 to newOrder), before any challenge is answered, with the order's URL
+	// and the certificate key it will be finalised with. The caller keeps
+	// both (the key sealed) so a successor can Resume if this worker dies.
+	// It runs synchronously inside the order, so it should be quick; its
+	// failures are the caller's to log (the order goes on regardless).
+	OnOrder func(ctx context.Context, o PendingOrder)
 }
 
 // Result is an obtained certificate. PrivateKey is unsealed: the caller seals
@@ -196,6 +211,9 @@ type Result struct {
 	CertURL             string
 	AccountURL          string
 	PrivateKey          crypto.Signer
+	// Resumed: the certificate came from Request.Resume's order; no order
+	// was placed.
+	Resumed bool
 }
 
 func (r *Result) String() string {
@@ -227,12 +245,26 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	if profile == "" {
 		profile = i.cfg.Profile
 	}
-	if err := i.checkProfile(ctx, profile); err != nil {
+	dir, err := i.checkProfile(ctx, profile)
+	if err != nil {
 		return nil, err
 	}
 	acct, err := i.Account(ctx, req.Tenant)
 	if err != nil {
 		return nil, i.penalize(ctx, req, err)
+	}
+	if req.Resume != nil {
+		res, err := i.resume(ctx, acct, req, solvers, *req.Resume)
+		if err == nil {
+			res.AccountURL, res.Resumed = acct.Location, true
+			return res, nil
+		}
+		if !errors.Is(err, ErrNotResumable) {
+			return nil, fmt.Errorf("acmeissuer: obtaining a certificate for %v: %w", req.SANs, err)
+		}
+		if i.cfg.Logger != nil {
+			i.cfg.Logger.Info("order not resumable; placing a new one", "order", req.Resume.URL, "error", err)
+		}
 	}
 	key, err := req.KeyType.GenerateKey()
 	if err != nil {
@@ -250,6 +282,10 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	params.Replaces = req.Replaces
 
 	cctx, c := withCapture(ctx)
+	if req.OnOrder != nil {
+		c.newOrderURL = dir.NewOrder
+		c.onOrder = func(url string) { req.OnOrder(ctx, PendingOrder{URL: url, Key: key}) }
+	}
 	client := acmez.Client{Client: i.client, ChallengeSolvers: solvers}
 	certs, err := client.ObtainCertificate(cctx, params)
 	if err != nil {
@@ -300,12 +336,12 @@ func (i *Issuer) check(req Request) (map[string]acmez.Solver, error) {
 }
 
 // checkProfile insists on an explicit profile when the CA offers profiles (a
-// CA may otherwise pick one at random; Pebble does).
-func (i *Issuer) checkProfile(ctx context.Context, profile string) error {
+// CA may otherwise pick one at random; Pebble does). It returns the directory.
+func (i *Issuer) checkProfile(ctx context.Context, profile string) (acme.Directory, error) {
 	cctx, c := withCapture(ctx)
 	dir, err := i.client.GetDirectory(cctx)
 	if err != nil {
-		return fmt.Errorf("acmeissuer: reading the directory %s: %w", i.cfg.Directory, annotate(err, c, i.now(), i.cfg.DefaultPenalty))
+		return dir, fmt.Errorf("acmeissuer: reading the directory %s: %w", i.cfg.Directory, annotate(err, c, i.now(), i.cfg.DefaultPenalty))
 	}
 	var offered map[string]string
 	if dir.Meta != nil {
@@ -313,13 +349,13 @@ func (i *Issuer) checkProfile(ctx context.Context, profile string) error {
 	}
 	switch _, ok := offered[profile]; {
 	case len(offered) == 0 && profile != "":
-		return fmt.Errorf("%w: profile %q named but the CA offers no profiles", ErrInvalidRequest, profile)
+		return dir, fmt.Errorf("%w: profile %q named but the CA offers no profiles", ErrInvalidRequest, profile)
 	case len(offered) > 0 && profile == "":
-		return fmt.Errorf("%w: the CA offers profiles %v; name one", ErrInvalidRequest, sortedKeys(offered))
+		return dir, fmt.Errorf("%w: the CA offers profiles %v; name one", ErrInvalidRequest, sortedKeys(offered))
 	case len(offered) > 0 && !ok:
-		return fmt.Errorf("%w: profile %q is not offered by the CA (offers %v)", ErrInvalidRequest, profile, sortedKeys(offered))
+		return dir, fmt.Errorf("%w: profile %q is not offered by the CA (offers %v)", ErrInvalidRequest, profile, sortedKeys(offered))
 	}
-	return nil
+	return dir, nil
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -46,6 +46,9 @@ func (t *RetryAfterTransport) RoundTrip(req *http.Request) (*http.Response, erro
 	c, _ := req.Context().Value(captureKey{}).(*capture)
 	if c != nil {
 		c.status(resp.StatusCode)
+		if resp.StatusCode == http.StatusCreated && req.Method == http.MethodPost {
+			c.created(req.URL.String(), resp.Header.Get("Location"))
+		}
 	}
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		now := time.Now
@@ -112,6 +115,22 @@ type capture struct {
 	limited     bool      // a 429 was seen
 	limitedTill time.Time // its Retry-After (zero: none given)
 	unavailTill time.Time // a 503's Retry-After
+
+	newOrderURL string            // the directory's newOrder endpoint
+	onOrder     func(url string) // called when newOrderURL answers 201 with a Location
+}
+
+// created reports a 201 to a POST: when it answered newOrder, the order
+// exists at the CA and onOrder learns its URL (synchronously, before acmez
+// goes on with the order).
+func (c *capture) created(reqURL, location string) {
+	c.mu.Lock()
+	hook := c.onOrder
+	match := c.newOrderURL != "" && reqURL == c.newOrderURL
+	c.mu.Unlock()
+	if hook != nil && match && location != "" {
+		hook(location)
+	}
 }
 
 func (c *capture) status(s int) {
