@@ -116,7 +116,7 @@ type capture struct {
 	limitedTill time.Time // its Retry-After (zero: none given)
 	unavailTill time.Time // a 503's Retry-After
 
-	newOrderURL string            // the directory's newOrder endpoint
+	newOrderURL string           // the directory's newOrder endpoint
 	onOrder     func(url string) // called when newOrderURL answers 201 with a Location
 }
 
