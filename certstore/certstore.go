@@ -54,6 +54,17 @@ type ClaimResult struct {
 	// rather than order a second certificate.
 	Busy       bool
 	LeaseUntil time.Time
+	// Order is the order an earlier attempt placed and did not finish (it
+	// died or released the request), when Acquired and one was recorded
+	// (RecordOrder): continue it rather than order again.
+	Order *Order
+}
+
+// Order is an order in flight at the CA: its URL and the certificate key it is
+// to be finalised with, sealed by package seal (never stored in the clear).
+type Order struct {
+	URL       string
+	SealedKey []byte
 }
 
 // Store is the request and certificate store over the database. Safe for
@@ -73,6 +84,8 @@ var ErrNotOwner = errors.New("certstore: request is not owned by this worker")
 // reports why a claim was refused.
 func (s *Store) Claim(ctx context.Context, requestID, identity, owner string, lease time.Duration) (ClaimResult, error) {
 	var r ClaimResult
+	var orderURL *string
+	var orderKey []byte
 	err := s.db.Pool().QueryRow(ctx, `
 INSERT INTO issuance_requests (request_id, identity, state, owner, owner_until, attempts)
 VALUES ($1, $2, 'ordering', $3, now() + $4::INT * INTERVAL '1 millisecond', 1)
@@ -81,9 +94,12 @@ ON CONFLICT (request_id) DO UPDATE
        attempts = issuance_requests.attempts + 1, updated_at = now()
  WHERE issuance_requests.state = 'released'
     OR (issuance_requests.state = 'ordering' AND issuance_requests.owner_until < now())
-RETURNING attempts, owner_until`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil)
+RETURNING attempts, owner_until, order_url, order_key`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil, &orderURL, &orderKey)
 	if err == nil {
 		r.Acquired, r.State = true, StateOrdering
+		if orderURL != nil && *orderURL != "" && len(orderKey) > 0 {
+			r.Order = &Order{URL: *orderURL, SealedKey: orderKey}
+		}
 		return r, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
@@ -153,6 +169,22 @@ func (s *Store) Fail(ctx context.Context, requestID, owner string, outcome []byt
 	return nil
 }
 
+// RecordOrder remembers the order owner has just placed for the request, so
+// the next owner can continue it if this one dies. It returns ErrNotOwner,
+// recording nothing, when owner no longer owns the request.
+func (s *Store) RecordOrder(ctx context.Context, requestID, owner string, o Order) error {
+	tag, err := s.db.Pool().Exec(ctx, `
+UPDATE issuance_requests SET order_url = $3, order_key = $4, updated_at = now()
+ WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, o.URL, o.SealedKey)
+	if err != nil {
+		return fmt.Errorf("certstore: recording the order of request %q: %w", requestID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("certstore: recording the order of request %q: %w", requestID, ErrNotOwner)
+	}
+	return nil
+}
+
 // Release hands the request back (retryable failure, deferral or shutdown) so
 // the next delivery can claim it at once.
 func (s *Store) Release(ctx context.Context, requestID, owner string) error {
@@ -170,7 +202,8 @@ UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL,
 
 func finish(ctx context.Context, tx pgx.Tx, requestID, owner string, state State, outcome []byte) error {
 	tag, err := tx.Exec(ctx, `
-UPDATE issuance_requests SET state = $3, outcome = $4, owner = '', owner_until = NULL, updated_at = now()
+UPDATE issuance_requests SET state = $3, outcome = $4, owner = '', owner_until = NULL,
+       order_url = NULL, order_key = NULL, updated_at = now()
  WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, string(state), outcome)
 	if err != nil {
 		return err

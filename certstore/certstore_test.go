@@ -150,3 +150,41 @@ func TestConcurrentClaimsOneWinner(t *testing.T) {
 		}
 	}
 }
+
+// The order a dead (or releasing) owner recorded reaches the next owner's
+// claim; only the current owner can record one; an ended request forgets it.
+func TestRecordedOrderGoesToTheNextOwner(t *testing.T) {
+	s, d := newStore(t)
+	ctx := context.Background()
+	first, err := s.Claim(ctx, "r5", "id-r5", "dead", -time.Second) // its lease has already run out
+	if err != nil || !first.Acquired || first.Order != nil {
+		t.Fatalf("first claim: %+v, %v", first, err)
+	}
+	o := certstore.Order{URL: "https://ca.test/order/1", SealedKey: []byte("sealed")}
+	if err := s.RecordOrder(ctx, "r5", "dead", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordOrder(ctx, "r5", "stranger", certstore.Order{URL: "https://ca.test/order/2", SealedKey: []byte("x")}); !errors.Is(err, certstore.ErrNotOwner) {
+		t.Fatalf("RecordOrder by a non-owner: %v; want ErrNotOwner", err)
+	}
+
+	next, err := s.Claim(ctx, "r5", "id-r5", "alive", time.Minute)
+	if err != nil || !next.Acquired || next.Order == nil || next.Order.URL != o.URL || string(next.Order.SealedKey) != "sealed" {
+		t.Fatalf("takeover claim: %+v, %v; want the recorded order", next, err)
+	}
+	if err := s.Release(ctx, "r5", "alive"); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.Claim(ctx, "r5", "id-r5", "third", time.Minute)
+	if err != nil || again.Order == nil || again.Order.URL != o.URL {
+		t.Fatalf("claim after a release: %+v, %v; want the recorded order", again, err)
+	}
+	if err := s.Complete(ctx, "third", issued("r5"), []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	var url *string
+	var key []byte
+	if err := d.Pool().QueryRow(ctx, `SELECT order_url, order_key FROM issuance_requests WHERE request_id = 'r5'`).Scan(&url, &key); err != nil || url != nil || key != nil {
+		t.Fatalf("ended request keeps its order (%v, %d key bytes, %v)", url, len(key), err)
+	}
+}

@@ -27,6 +27,10 @@ type Config struct {
 	Writer Writer      // required
 	Sealer seal.Sealer // required
 	CAs    []CA        // required, at least one
+	// Orders, optional, records each order as the CA creates it, so a worker
+	// that claims the request after this one died continues that order
+	// rather than placing another. Nil: a crash mid-order costs a second order.
+	Orders OrderRecorder
 
 	// Concurrency caps orders in flight: a job holds an order slot from its
 	// claim until the CA has issued (storing and publishing run outside it).

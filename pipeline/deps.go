@@ -20,6 +20,18 @@ type Claims interface {
 	Release(ctx context.Context, requestID, owner string) error
 }
 
+// OrderRecorder remembers the order in flight for a claimed request, so the
+// next owner continues it (ClaimResult.Order) when this one dies instead of
+// ordering again. *certstore.Store implements it.
+//
+// Contract: RecordOrder stores o for requestID only while owner owns the
+// request (else an error wrapping certstore.ErrNotOwner); the claim that
+// follows a crash or a release returns it; the request's end forgets it. Safe
+// for concurrent use; honours ctx.
+type OrderRecorder interface {
+	RecordOrder(ctx context.Context, requestID, owner string, o certstore.Order) error
+}
+
 // Tokens spends and refunds rate-limit tokens, all or nothing across the
 // transactions. *ratelimit.Limiter implements it. An error means the outcome
 // is unknown (the job retries; a double spend only delays, never over-issues).

@@ -70,6 +70,7 @@ type claimRow struct {
 	attempts int
 	state    certstore.State
 	outcome  []byte
+	order    *certstore.Order // recorded by RecordOrder, handed to the next owner
 }
 
 func newFakeClaims(now func() time.Time) *fakeClaims {
@@ -100,7 +101,20 @@ func (f *fakeClaims) Claim(_ context.Context, id, _, owner string, lease time.Du
 	}
 	row.attempts++
 	row.owner, row.until, row.state = owner, f.now().Add(lease), certstore.StateOrdering
-	return certstore.ClaimResult{Acquired: true, Attempt: row.attempts, State: row.state, LeaseUntil: row.until}, nil
+	return certstore.ClaimResult{Acquired: true, Attempt: row.attempts, State: row.state, LeaseUntil: row.until, Order: row.order}, nil
+}
+
+// RecordOrder is certstore.Store's: only the owner records; the next claim
+// returns it; the request's end forgets it.
+func (f *fakeClaims) RecordOrder(_ context.Context, id, owner string, o certstore.Order) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	row := f.rows[id]
+	if row == nil || row.owner != owner || row.state != certstore.StateOrdering {
+		return certstore.ErrNotOwner
+	}
+	row.order = &o
+	return nil
 }
 
 func (f *fakeClaims) finish(id, owner string, s certstore.State, outcome []byte) error {
@@ -108,7 +122,7 @@ func (f *fakeClaims) finish(id, owner string, s certstore.State, outcome []byte)
 	if row == nil || row.owner != owner {
 		return certstore.ErrNotOwner
 	}
-	row.owner, row.state, row.outcome = "", s, outcome
+	row.owner, row.state, row.outcome, row.order = "", s, outcome, nil
 	return nil
 }
 

@@ -75,6 +75,9 @@ type job struct {
 	identity string
 	owner    string                  // claim owner: this worker and job
 	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
+	// pending is the order in flight for this request: the one a previous
+	// owner left (from the claim), then each one the CA creates for us.
+	pending *acmeissuer.PendingOrder
 	// releaseSlot gives the order slot back once the CA's part is done, so
 	// sealing, storing and publishing overlap the next order (nil: no slot).
 	releaseSlot func()
@@ -103,6 +106,9 @@ func (j *job) run(ctx context.Context) (string, error) {
 			at = claim.LeaseUntil.Add(time.Second)
 		}
 		return OutcomeDeferred, j.deferUntil(ctx, at, "InFlight", j.req.RequestID, false)
+	}
+	if claim.Order != nil && w.cfg.Orders != nil {
+		j.pending = j.openOrder(ctx, claim.Order)
 	}
 	// Give up only once the claim is ours: a request that succeeded meanwhile
 	// (through a duplicate) is re-published above, not contradicted, and the
@@ -181,10 +187,18 @@ func (j *job) order(ctx context.Context) (string, error) {
 		}
 		octx, cancel := context.WithTimeout(ctx, w.cfg.OrderTimeout)
 		t0 := time.Now()
+		areq.Resume, areq.OnOrder = j.pending, nil
+		if w.cfg.Orders != nil {
+			areq.OnOrder = j.recordOrder
+		}
 		result, err := j.ca.Issuer.Obtain(octx, areq)
 		cancel()
 		if err == nil {
 			w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
+			if result.Resumed {
+				w.cfg.Metrics.OrdersResumed.Inc()
+				w.cfg.Logger.Info("continued the order a previous attempt left", append(j.log(), "order", j.pending.URL)...)
+			}
 			if j.releaseSlot != nil {
 				j.releaseSlot()
 			}
@@ -242,11 +256,41 @@ func (j *job) order(ctx context.Context) (string, error) {
 	return OutcomeDeferred, j.requeue(ctx, next)
 }
 
+// keyAAD binds the sealed certificate key to its request, in the pending
+// order as in the stored certificate.
+func (j *job) keyAAD() []byte { return seal.AAD(seal.PurposeCertKey, j.identity, j.req.RequestID) }
+
+// openOrder unseals the order a previous owner recorded. One that does not
+// open (a keyring without its key) is logged and not resumed.
+func (j *job) openOrder(ctx context.Context, o *certstore.Order) *acmeissuer.PendingOrder {
+	key, err := seal.OpenPrivateKey(ctx, j.w.cfg.Sealer, o.SealedKey, j.keyAAD())
+	if err != nil {
+		j.w.cfg.Logger.Warn("the order a previous attempt left does not open; ordering again", append(j.log(), "order", o.URL, "err", err)...)
+		return nil
+	}
+	return &acmeissuer.PendingOrder{URL: o.URL, Key: key}
+}
+
+// recordOrder is acmeissuer's OnOrder: it keeps the order the CA just
+// created, key sealed, on the claimed request. A failure is logged: the order
+// goes on, only a crash before it ends would cost a second order.
+func (j *job) recordOrder(ctx context.Context, o acmeissuer.PendingOrder) {
+	w := j.w
+	j.pending = &o
+	sealed, err := seal.SealPrivateKey(ctx, w.cfg.Sealer, o.Key, j.keyAAD())
+	if err == nil {
+		err = w.cfg.Orders.RecordOrder(ctx, j.req.RequestID, j.owner, certstore.Order{URL: o.URL, SealedKey: sealed})
+	}
+	if err != nil {
+		w.cfg.Logger.Warn("could not record the order; a crash now would cost a second order", append(j.log(), "order", o.URL, "err", err)...)
+	}
+}
+
 // succeed seals the key, stores certificate and outcome together, then
 // publishes the outcome.
 func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error) {
 	w := j.w
-	sealed, err := seal.SealPrivateKey(ctx, w.cfg.Sealer, r.PrivateKey, seal.AAD(seal.PurposeCertKey, j.identity, j.req.RequestID))
+	sealed, err := seal.SealPrivateKey(ctx, w.cfg.Sealer, r.PrivateKey, j.keyAAD())
 	if err != nil {
 		return "", j.release(ctx, fmt.Errorf("sealing the certificate key: %w", err))
 	}

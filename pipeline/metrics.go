@@ -7,9 +7,12 @@ type Metrics struct {
 	Jobs         *prometheus.CounterVec   // certfleet_worker_jobs_total{outcome}
 	OrderSeconds *prometheus.HistogramVec // certfleet_worker_order_duration_seconds{result}
 	Denied       *prometheus.CounterVec   // certfleet_worker_tokens_denied_total{limit}
-	InFlight     prometheus.Gauge         // certfleet_worker_jobs_in_flight
-	Pending      prometheus.Gauge         // certfleet_worker_records_pending
-	ConsumerLag  prometheus.Gauge         // certfleet_worker_consumer_lag, set by the process from its Kafka reader
+	// OrdersResumed counts certificates obtained by continuing the order a
+	// previous attempt (a dead worker) left: orders the CA did not see twice.
+	OrdersResumed prometheus.Counter // certfleet_worker_orders_resumed_total
+	InFlight      prometheus.Gauge   // certfleet_worker_jobs_in_flight
+	Pending       prometheus.Gauge   // certfleet_worker_records_pending
+	ConsumerLag   prometheus.Gauge   // certfleet_worker_consumer_lag, set by the process from its Kafka reader
 }
 
 // Job outcomes, the label values of certfleet_worker_jobs_total.
@@ -34,6 +37,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "certfleet_worker_tokens_denied_total", Help: "Jobs deferred by a rate limit, by the limit that denied them.",
 		}, []string{"limit"}),
+		OrdersResumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certfleet_worker_orders_resumed_total", Help: "Certificates obtained by continuing an order a previous attempt left, instead of ordering again.",
+		}),
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_worker_jobs_in_flight", Help: "Jobs holding an order slot.",
 		}),
@@ -45,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.InFlight, m.Pending, m.ConsumerLag)
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.ConsumerLag)
 	}
 	return m
 }
