@@ -17,8 +17,10 @@
 // Every scenario asserts the same invariants (see verify): every valid job
 // ends with a cert_obtained event, duplicates only with the same event id;
 // nothing is lost (valid jobs obtained, hostile records dead-lettered once);
-// CA orders at most jobs plus the orders a kill can orphan (kills times order
-// slots per worker); no order reaches the CA for a key while
+// CA orders at most jobs plus kills (the orders a killed worker had in flight
+// are continued by the next owner of their requests, so only one killed
+// between the CA's 201 and its record could be placed twice); no order
+// reaches the CA for a key while
 // a Retry-After the CA sent for it is in force; the limiter never over-spends
 // (the CA enforces the workers' own per-account limit plus 10% and answers no
 // 429 of its own); no key material on any topic or in any log; no worker
