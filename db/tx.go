@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -94,6 +95,19 @@ func Retryable(err error) bool {
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) {
 		return pg.Code == "40001" || pg.Code == "40P01"
+	}
+	return false
+}
+
+// DataError reports whether the database refused err's statement because of
+// the data it carried (SQLSTATE class 22, data exception, or 23, integrity
+// constraint violation). Retrying the same statement with the same data
+// fails the same way; every other error (connection, serialization,
+// resources, a missing table) may pass on a later try.
+func DataError(err error) bool {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return strings.HasPrefix(pg.Code, "22") || strings.HasPrefix(pg.Code, "23")
 	}
 	return false
 }

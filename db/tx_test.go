@@ -189,3 +189,43 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatalf("error leaks the password: %v", err)
 	}
 }
+
+// DataError tells the errors a retry cannot cure from those it can, on the
+// errors the real database returns.
+func TestDataError(t *testing.T) {
+	d := open(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := d.Pool().Exec(ctx, `CREATE TABLE t (id INT PRIMARY KEY, v TEXT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Pool().Exec(ctx, `INSERT INTO t VALUES (1, 'a')`); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(sql string, args ...any) error {
+		_, err := d.Pool().Exec(ctx, sql, args...)
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"NUL byte in text (22021)", exec(`INSERT INTO t VALUES (2, $1)`, "a\x00b"), true},
+		{"unique violation (23505)", exec(`INSERT INTO t VALUES (1, 'b')`), true},
+		{"not-null violation (23502)", exec(`INSERT INTO t VALUES (3, NULL)`), true},
+		{"missing table (42P01): a deploy problem, retried", exec(`INSERT INTO nope VALUES (1)`), false},
+		{"serialization failure (40001)", &pgconn.PgError{Code: "40001"}, false},
+		{"connection refused", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), false},
+		{"nil", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.err == nil && tc.name != "nil" {
+				t.Fatal("the statement did not fail")
+			}
+			if got := db.DataError(tc.err); got != tc.want {
+				t.Errorf("DataError(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 
@@ -55,11 +57,13 @@ func (c *fakeClock) Now() time.Time {
 // fakeClaims is certstore's claim contract in memory: one owner per request
 // until its lease ends; a finished request answers Done with its outcome.
 type fakeClaims struct {
-	mu     sync.Mutex
-	now    func() time.Time
-	errs   int                              // Claim fails this many times before working
-	script map[string]certstore.ClaimResult // fixed answers by request id
-	rows   map[string]*claimRow
+	mu      sync.Mutex
+	now     func() time.Time
+	errs    int                              // Claim fails this many times before working
+	errCode string                           // ... with this SQLSTATE (else a connection error)
+	err     error                            // Claim always fails with this
+	script  map[string]certstore.ClaimResult // fixed answers by request id
+	rows    map[string]*claimRow
 
 	claims, completes, fails, releases int
 }
@@ -81,8 +85,14 @@ func (f *fakeClaims) Claim(_ context.Context, id, _, owner string, lease time.Du
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.claims++
+	if f.err != nil {
+		return certstore.ClaimResult{}, fmt.Errorf("certstore: claiming request %q: %w", id, f.err)
+	}
 	if f.errs > 0 {
 		f.errs--
+		if f.errCode != "" {
+			return certstore.ClaimResult{}, &pgconn.PgError{Code: f.errCode}
+		}
 		return certstore.ClaimResult{}, errors.New("fake database: connection refused")
 	}
 	if r, ok := f.script[id]; ok {

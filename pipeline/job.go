@@ -59,6 +59,11 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 		releaseSlot: releaseSlot}
 	outcome, err := j.run(jobCtx)
 	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
+	if errors.Is(err, errDataRefused) {
+		releaseSlot()
+		_ = j.release(jobCtx, nil)
+		return w.deadLetter(jobCtx, m, sanitize(err.Error(), 1000)+" (retrying would fail the same way)")
+	}
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/mholt/acmez/v3/acme"
 	"github.com/segmentio/kafka-go"
 
@@ -277,6 +278,27 @@ func TestJobDecisions(t *testing.T) {
 					t.Errorf("%d Claim calls, want 3", claims)
 				}
 			},
+		},
+		{
+			name: "database refuses the request's data: dead-lettered at once, not retried for ever",
+			setup: func(h *harness) {
+				h.claims.err = &pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding \"UTF8\": 0x00"}
+			},
+			want: want{dlq: 1, releases: 1},
+			check: func(t *testing.T, h *harness, r run) {
+				if claims, _, _, _ := h.claims.counts(); claims != 1 {
+					t.Errorf("%d Claim calls, want 1", claims)
+				}
+				d, _ := events.ReadDeadLetter(h.writer.on(h.topics.DLQ)[0])
+				if !strings.Contains(d.Reason, "22021") || !strings.Contains(d.Reason, "refused") {
+					t.Errorf("dead-letter reason %q does not say the database refused the data", d.Reason)
+				}
+			},
+		},
+		{
+			name:  "database busy (serialization failure): retried, then obtained",
+			setup: func(h *harness) { h.claims.errs, h.claims.errCode = 2, "40001" },
+			want:  want{events: []events.Type{events.TypeCertObtained}, orders: 1, completes: 1},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/db"
 )
 
 // Worker processes issuance records. Safe for concurrent use: Run calls
@@ -170,6 +171,10 @@ func decodeStored(b []byte, topic string) (kafka.Message, error) {
 // retry runs f until it succeeds, returns a permanent error, or ctx ends,
 // with capped jittered exponential backoff: for database and Kafka calls whose
 // failure says nothing about the job itself.
+// errDataRefused marks a database error caused by the record's own data
+// (db.DataError): retrying cannot help, so the record is dead-lettered.
+var errDataRefused = errors.New("the database refused the request's data")
+
 func retry[T any](ctx context.Context, w *Worker, what string, f func(context.Context) (T, error)) (T, error) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(50*time.Millisecond),
@@ -185,6 +190,12 @@ func retry[T any](ctx context.Context, w *Worker, what string, f func(context.Co
 		}
 		if errors.Is(err, certstore.ErrNotOwner) || ctx.Err() != nil {
 			return v, backoff.Permanent(err)
+		}
+		if db.DataError(err) {
+			// The same statement with the same data fails the same way:
+			// retrying would hold the record (and its partition's commits)
+			// for ever. The record is dead-lettered instead (handle).
+			return v, backoff.Permanent(fmt.Errorf("%s: %w: %w", what, errDataRefused, err))
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			w.cfg.Logger.Warn(what+" failed; retrying", "attempt", attempt, "err", err)
