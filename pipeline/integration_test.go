@@ -136,13 +136,25 @@ func TestPipelineEndToEnd(t *testing.T) {
 	before := st.orders.Load()
 	st.publish(t, ctx, reqs[:10]...)
 	collect(t, ctx, st.s.KafkaBrokers, st.topics.Events, func(all []kafka.Message) bool {
-		count := 0
+		// Each of the ten was published twice before (two cert_obtained
+		// records) and once now: wait for the third record of every one.
+		// (Counting all records against the first collect's total was wrong:
+		// deferral events in that total made the wait unsatisfiable.)
+		per := map[string]int{}
 		for _, m := range all {
-			if header(m, "ce_type") == string(events.TypeCertObtained) {
-				count++
+			if header(m, "ce_type") != string(events.TypeCertObtained) {
+				continue
+			}
+			if ev, err := events.Decode(m); err == nil {
+				per[ev.Data.(*events.CertObtained).RequestID]++
 			}
 		}
-		return count >= len(msgs)+10 // the ten re-published outcomes arrived
+		for _, r := range reqs[:10] {
+			if per[r.RequestID] < 3 {
+				return false
+			}
+		}
+		return true
 	})
 	if got := st.orders.Load(); got != n || got != before {
 		t.Fatalf("CA saw %d new orders (%d before the redelivery); want exactly %d, one per request", got, before, n)
