@@ -47,8 +47,24 @@ func (p proc) pid() int {
 	if err != nil || pid <= 0 {
 		return 0
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), marker) {
+	// A process in the middle of execve shows an empty command line for a
+	// moment: the kernel lets a vfork parent (Go's exec) go on before it has
+	// set up the new program's arguments. Reading it then once cost a CI run
+	// ("pebble exited while waiting for readiness", empty log, Pebble alive),
+	// so an empty command line is read again for up to 100 ms. (Kernel
+	// threads have an empty one for good; they are never ours.)
+	var cmdline []byte
+	for try := 0; ; try++ {
+		cmdline, err = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			return 0
+		}
+		if len(cmdline) > 0 || try == 50 {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if !strings.Contains(string(cmdline), marker) {
 		return 0
 	}
 	// A zombie (exited, not yet reaped) still has a cmdline; check its state.

@@ -144,3 +144,52 @@ func TestServiceUpRetriesAProcessThatExitsDuringStartUp(t *testing.T) {
 		})
 	}
 }
+
+// TestMain lets the test binary stand in for a service: with
+// CERTFLEET_PROC_TEST_SLEEP=1 it only sleeps (a large Go binary, like Pebble,
+// so its execve takes as long).
+func TestMain(m *testing.M) {
+	if os.Getenv("CERTFLEET_PROC_TEST_SLEEP") == "1" {
+		time.Sleep(time.Minute)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// A process found right after it was started is ours, even while the kernel
+// is still in its execve and shows an empty command line (seen in CI: testenv
+// took a starting Pebble for one that had exited).
+func TestProcFoundWhileItExecs(t *testing.T) {
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const starts = 200
+	lost := 0
+	for batch := 0; batch < starts/20; batch++ {
+		var started []proc
+		for i := 0; i < 20; i++ {
+			marker := fmt.Sprintf("certfleet-exec-test-%d-%d", batch, i)
+			p := proc{name: marker, dir: dir, marker: marker}
+			cmd := exec.Command(self, "-test.run=^$", marker)
+			cmd.Env = append(os.Environ(), "CERTFLEET_PROC_TEST_SLEEP=1")
+			if err := p.start(cmd); err != nil {
+				t.Fatal(err)
+			}
+			if p.pid() == 0 {
+				lost++
+			}
+			started = append(started, p)
+		}
+		for _, p := range started {
+			p.signal = syscall.SIGKILL
+			if err := p.stop(5 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of %d processes were taken for dead right after they started", lost, starts)
+	}
+}

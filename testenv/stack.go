@@ -216,10 +216,8 @@ func (s *service) up(ctx context.Context, out io.Writer) error {
 			return err
 		}
 	}
-	// A process that dies during start-up without a word is retried: CI saw
-	// Pebble exit once before writing its first log line, and nothing in
-	// the next run reproduced it. The error of the last attempt says how the
-	// process ended.
+	// A process that dies during start-up is started again, up to three
+	// attempts; the error of the last one says how the process ended.
 	const attempts = 3
 	for attempt := 1; ; attempt++ {
 		err := s.startFresh(ctx)
