@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -41,6 +42,11 @@ func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, sol
 	if p.URL == "" || p.Key == nil {
 		return nil, fmt.Errorf("%w: no order URL or key", ErrNotResumable)
 	}
+	// The URL comes from the database: never sign a request for another
+	// server than the CA's.
+	if !sameOrigin(p.URL, i.cfg.Directory) {
+		return nil, fmt.Errorf("%w: order URL %q is not on the CA's server %q", ErrNotResumable, p.URL, i.cfg.Directory)
+	}
 	order, err := i.client.GetOrder(ctx, acct, acme.Order{Location: p.URL})
 	if err != nil {
 		return nil, notResumable(ctx, "reading the order", err)
@@ -50,8 +56,8 @@ func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, sol
 		return nil, fmt.Errorf("%w: the order is for %v, the request for %v", ErrNotResumable, identifierValues(order.Identifiers), req.SANs)
 	}
 	if order.Status == acme.StatusPending {
-		for _, url := range order.Authorizations {
-			if err := i.solveAuthorization(ctx, acct, solvers, url); err != nil {
+		for _, authzURL := range order.Authorizations {
+			if err := i.solveAuthorization(ctx, acct, solvers, authzURL); err != nil {
 				return nil, err
 			}
 		}
@@ -96,8 +102,8 @@ func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, sol
 
 // solveAuthorization brings one authorization of a resumed order to valid
 // with the first offered challenge type there is a solver for.
-func (i *Issuer) solveAuthorization(ctx context.Context, acct acme.Account, solvers map[string]acmez.Solver, url string) error {
-	authz, err := i.client.GetAuthorization(ctx, acct, url)
+func (i *Issuer) solveAuthorization(ctx context.Context, acct acme.Account, solvers map[string]acmez.Solver, authzURL string) error {
+	authz, err := i.client.GetAuthorization(ctx, acct, authzURL)
 	if err != nil {
 		return notResumable(ctx, "reading an authorization", err)
 	}
@@ -177,6 +183,12 @@ func notResumable(ctx context.Context, doing string, err error) error {
 		return fmt.Errorf("acmeissuer: resuming an order: %s: %w", doing, ctx.Err())
 	}
 	return fmt.Errorf("%w: %s: %w", ErrNotResumable, doing, err)
+}
+
+func sameOrigin(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && ua.Scheme == "https" && ua.Scheme == ub.Scheme && strings.EqualFold(ua.Host, ub.Host)
 }
 
 func sameNames(ids []acme.Identifier, sans []string) bool {

@@ -152,6 +152,8 @@ func TestObtainPlacesANewOrderWhenTheOldOneCannotBeResumed(t *testing.T) {
 		{"unknown to the CA", gone},
 		{"for other names", otherOrder},
 		{"no key", PendingOrder{URL: otherOrder.URL}},
+		{"on another server", PendingOrder{URL: "https://evil.test/my-order/1", Key: otherOrder.Key}},
+		{"plain http", PendingOrder{URL: strings.Replace(otherOrder.URL, "https://", "http://", 1), Key: otherOrder.Key}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := ct.newOrders.Load()
