@@ -261,6 +261,9 @@ func (j *job) order(ctx context.Context) (string, error) {
 	return OutcomeDeferred, j.requeue(ctx, next)
 }
 
+// recordOrderTimeout bounds recording an order on its claim.
+const recordOrderTimeout = 5 * time.Second
+
 // keyAAD binds the sealed certificate key to its request, in the pending
 // order as in the stored certificate.
 func (j *job) keyAAD() []byte { return seal.AAD(seal.PurposeCertKey, j.identity, j.req.RequestID) }
@@ -278,10 +281,14 @@ func (j *job) openOrder(ctx context.Context, o *certstore.Order) *acmeissuer.Pen
 
 // recordOrder is acmeissuer's OnOrder: it keeps the order the CA just
 // created, key sealed, on the claimed request. A failure is logged: the order
-// goes on, only a crash before it ends would cost a second order.
+// goes on, only a crash before it ends would cost a second order. It runs
+// inside the order, so an unreachable database may hold it for
+// recordOrderTimeout at most.
 func (j *job) recordOrder(ctx context.Context, o acmeissuer.PendingOrder) {
 	w := j.w
 	j.pending = &o
+	ctx, cancel := context.WithTimeout(ctx, recordOrderTimeout)
+	defer cancel()
 	sealed, err := seal.SealPrivateKey(ctx, w.cfg.Sealer, o.Key, j.keyAAD())
 	if err == nil {
 		err = w.cfg.Orders.RecordOrder(ctx, j.req.RequestID, j.owner, certstore.Order{URL: o.URL, SealedKey: sealed})

@@ -151,3 +151,45 @@ func (r *recordingClaims) Complete(ctx context.Context, owner string, c certstor
 	r.onComplete(c)
 	return r.fakeClaims.Complete(ctx, owner, c, outcome)
 }
+
+// deadlineOrders reports the deadline RecordOrder was given.
+type deadlineOrders struct {
+	mu       sync.Mutex
+	deadline time.Time
+	bounded  bool
+}
+
+func (d *deadlineOrders) RecordOrder(ctx context.Context, _, _ string, _ certstore.Order) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.deadline, d.bounded = ctx.Deadline()
+	return errors.New("database unreachable")
+}
+
+// Recording runs inside the order: an unreachable database may hold it for
+// recordOrderTimeout, not for the order's whole timeout; and a failure to
+// record does not fail the order.
+func TestRecordingAnOrderIsBounded(t *testing.T) {
+	h := newHarness(t)
+	orders := &deadlineOrders{}
+	req := newRequest("req-11", "db.example.com")
+	var called time.Time
+	h.issuer.obtain = func(ctx context.Context, r acmeissuer.Request, _ int64) (*acmeissuer.Result, error) {
+		called = time.Now()
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		r.OnOrder(ctx, acmeissuer.PendingOrder{URL: "https://ca.test/order/11", Key: key})
+		return issueTest(r.SANs)
+	}
+	w := h.worker(func(c *Config) { c.Orders, c.OrderTimeout = orders, 2*time.Minute })
+	rr := h.run(w, 5*time.Second, record(t, h.topics.Requests, 0, 1, req))
+	rr.waitIdle()
+	rr.stop()
+	orders.mu.Lock()
+	defer orders.mu.Unlock()
+	if !orders.bounded || orders.deadline.Sub(called) > recordOrderTimeout+time.Second {
+		t.Fatalf("RecordOrder's deadline %v (set: %v) is not within %v of the order", orders.deadline, orders.bounded, recordOrderTimeout)
+	}
+	if got := h.writer.on(h.topics.Events); len(got) != 1 {
+		t.Fatalf("%d events; the order should succeed although recording failed", len(got))
+	}
+}
