@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -208,7 +209,7 @@ func identifierValues(ids []acme.Identifier) []string {
 func dnsNames(sans []string) []string {
 	var out []string
 	for _, s := range sans {
-		if !strings.ContainsAny(s, ":") && strings.Trim(s, "0123456789.") != "" {
+		if net.ParseIP(s) == nil {
 			out = append(out, strings.ToLower(s))
 		}
 	}
