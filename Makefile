@@ -63,7 +63,10 @@ PIPELINE_BENCHTIME ?= 200x
 BENCH_SETTINGS = go test -bench . -benchmem -count=1 -benchtime=$(BENCHTIME), ./pipeline with -benchtime=$(PIPELINE_BENCHTIME) (certificates per side); \
   packages one at a time; both sides of a comparison at equal concurrency (pipeline and acmez loop 6 orders in flight, limiter and naive 16 callers, events 2 publishers); \
   testenv on loopback ($$(. ./.testenv/env; echo $$CERTFLEET_DB), Kafka, Pebble)
-bench: testenv-up ## run every benchmark against its baseline of the same run; one table with the machine and settings, raw output and JSON in bench-results/
+# Benchmarks start from a fresh Pebble: a long-lived one is slower for both
+# sides of a comparison and can deadlock mid-run (docs/architecture.md).
+bench: testenv-up ## run every benchmark against its baseline of the same run (on a fresh Pebble); one table with the machine and settings, raw output and JSON in bench-results/
+	$(GO) run ./cmd/testenv restart pebble
 	mkdir -p bench-results
 	set -o pipefail; { $(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/pipeline$$'); \
 	  $(GO) test -run '^$$' -bench . -benchmem -benchtime=$(PIPELINE_BENCHTIME) -count=1 -timeout 30m ./pipeline; } \

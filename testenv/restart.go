@@ -11,6 +11,12 @@ import (
 const (
 	ServiceKafka    = "kafka"
 	ServiceDatabase = "database"
+	// ServicePebble restarts Pebble from scratch (it keeps its state in
+	// memory): a new issuing root, saved to Settings.PebbleRoot, and a new
+	// HTTPS certificate under the same CA file. A long-lived Pebble gets slower
+	// and more prone to its lock-order deadlock with every order it has seen
+	// (docs/architecture.md); benchmarks start from a fresh one.
+	ServicePebble = "pebble"
 )
 
 // RestartOptions shape a Restart.
@@ -22,9 +28,9 @@ type RestartOptions struct {
 	Down time.Duration
 }
 
-// Restart stops one running service of the stack (ServiceKafka or
-// ServiceDatabase) and starts it again on the same data and ports, then waits
-// until it is ready. It is for chaos tests: everything connected to the
+// Restart stops one running service of the stack (ServiceKafka,
+// ServiceDatabase or ServicePebble) and starts it again on the same data and
+// ports, then waits until it is ready. It is for chaos tests: everything connected to the
 // service sees it vanish and come back. Other test packages sharing the stack
 // see the outage too, so callers run alone (the Makefile's chaos runs are
 // never in parallel with other packages).
@@ -33,17 +39,18 @@ func Restart(ctx context.Context, name string, opt RestartOptions) error {
 	if err != nil {
 		return err
 	}
-	svcs, _ := l.services()
+	svcs, pebbleCA := l.services()
 	var s *service
 	for _, svc := range svcs {
 		switch {
 		case name == ServiceKafka && svc.proc.name == "kafka",
-			name == ServiceDatabase && (svc.proc.name == "postgres" || svc.proc.name == "cockroach"):
+			name == ServiceDatabase && (svc.proc.name == "postgres" || svc.proc.name == "cockroach"),
+			name == ServicePebble && svc.proc.name == "pebble":
 			s = svc
 		}
 	}
 	if s == nil {
-		return fmt.Errorf("testenv: restart %q: want %q or %q", name, ServiceKafka, ServiceDatabase)
+		return fmt.Errorf("testenv: restart %q: want %q, %q or %q", name, ServiceKafka, ServiceDatabase, ServicePebble)
 	}
 	if s.proc.pid() == 0 {
 		return fmt.Errorf("testenv: restart %s: it is not running (run testenv up)", s.proc.name)
@@ -77,6 +84,11 @@ func Restart(ctx context.Context, name string, opt RestartOptions) error {
 	}
 	if err := s.proc.waitFor(withTimeout(ctx, 120*time.Second), "readiness after restart", s.ready); err != nil {
 		return err
+	}
+	if name == ServicePebble {
+		if _, err := savePebbleRoot(ctx, l.state, pebbleCA); err != nil {
+			return fmt.Errorf("testenv: restart %s: %w", p.name, err)
+		}
 	}
 	return nil
 }

@@ -5,6 +5,8 @@
 //	testenv down    stop what testenv started and remove its data
 //	testenv status  show each service; exit 1 if any is down
 //	testenv env     print the env file (source it: set -a; . ./.testenv/env; set +a)
+//	testenv restart pebble|kafka|database
+//	                restart one running service (Pebble from scratch)
 package main
 
 import (
@@ -18,13 +20,16 @@ import (
 	"github.com/certfleet/certfleet/testenv"
 )
 
-const usage = `usage: testenv up|down|status|env
+const usage = `usage: testenv up|down|status|env|restart SERVICE
 
   up      start Kafka, the database and Pebble unless already running; wait until ready;
           write the settings to .testenv/env (idempotent)
   down    stop the processes testenv started (pid files) and remove their data
   status  show each service; exit status 1 when any is down or not ready
   env     print the settings of the running stack as KEY=value lines
+  restart pebble|kafka|database
+          restart one running service; Pebble starts from scratch (new root, saved), the
+          others on their data. Nothing else may be using the stack meanwhile.
 
 environment:
   CERTFLEET_DB=postgres|cockroach   database to run (default: cockroach if on PATH, else postgres)
@@ -34,20 +39,27 @@ environment:
 `
 
 func main() {
-	if len(os.Args) != 2 {
+	if len(os.Args) < 2 || (os.Args[1] == "restart") != (len(os.Args) == 3) || len(os.Args) > 3 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1]); err != nil {
+	if err := run(ctx, os.Args[1], os.Args[2:]...); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cmd string) error {
+func run(ctx context.Context, cmd string, args ...string) error {
 	switch cmd {
+	case "restart":
+		t0 := time.Now()
+		if err := testenv.Restart(ctx, args[0], testenv.RestartOptions{}); err != nil {
+			return err
+		}
+		fmt.Printf("%s restarted in %.1fs\n", args[0], time.Since(t0).Seconds())
+		return nil
 	case "up":
 		t0 := time.Now()
 		s, err := testenv.Up(ctx, os.Stdout)
