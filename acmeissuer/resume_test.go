@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -60,6 +61,14 @@ func (c *crashTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// crashingIssuer is an Issuer against Pebble whose HTTP goes through a
+// crashTransport.
+func crashingIssuer(t *testing.T, s testenv.Settings, d *db.DB) (*Issuer, *crashTransport) {
+	t.Helper()
+	ct := &crashTransport{next: pebbleHTTPClient(t, s, nil).Transport}
+	return newTestIssuer(t, s, d, func(c *Config) { c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: ct} }), ct
+}
+
 // An order left behind by a worker that died at any stage (challenges not
 // yet answered, ready but not finalised, finalised but not downloaded, fully
 // issued) is continued by the next Obtain with Resume: the certificate comes
@@ -79,8 +88,7 @@ func TestObtainResumesAnOrderLeftByADeadWorker(t *testing.T) {
 		{"valid: died after the whole order", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ct := &crashTransport{next: pebbleHTTPClient(t, s, nil).Transport}
-			iss := newTestIssuer(t, s, d, func(c *Config) { c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: ct} })
+			iss, ct := crashingIssuer(t, s, d)
 			names := []string{"r-" + randomSuffix() + ".certfleet.test", "www.r-" + randomSuffix() + ".certfleet.test"}
 
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -132,8 +140,7 @@ func TestObtainResumesAnOrderLeftByADeadWorker(t *testing.T) {
 func TestObtainPlacesANewOrderWhenTheOldOneCannotBeResumed(t *testing.T) {
 	s := testenv.Require(t)
 	d := freshDB(t)
-	ct := &crashTransport{next: pebbleHTTPClient(t, s, nil).Transport}
-	iss := newTestIssuer(t, s, d, func(c *Config) { c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: ct} })
+	iss, ct := crashingIssuer(t, s, d)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -178,8 +185,7 @@ func TestObtainPlacesANewOrderWhenTheOldOneCannotBeResumed(t *testing.T) {
 func TestResumeHonoursContext(t *testing.T) {
 	s := testenv.Require(t)
 	d := freshDB(t)
-	ct := &crashTransport{next: pebbleHTTPClient(t, s, nil).Transport}
-	iss := newTestIssuer(t, s, d, func(c *Config) { c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: ct} })
+	iss, ct := crashingIssuer(t, s, d)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	names := []string{"c-" + randomSuffix() + ".certfleet.test"}
