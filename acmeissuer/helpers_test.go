@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -57,15 +56,11 @@ func freshDB(t testing.TB) *db.DB {
 // pebbleHTTPClient trusts the CA that signs Pebble's HTTPS certificate.
 func pebbleHTTPClient(t testing.TB, s testenv.Settings, base http.RoundTripper) *http.Client {
 	t.Helper()
-	caPEM, err := os.ReadFile(s.ACMETLSCA)
+	tr, err := s.ACMETransport()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatalf("no certificate in %s", s.ACMETLSCA)
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 16}
+	tr.MaxIdleConnsPerHost = 16
 	t.Cleanup(tr.CloseIdleConnections)
 	if base == nil {
 		base = tr

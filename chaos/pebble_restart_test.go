@@ -3,8 +3,6 @@ package chaos
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net/http"
 	"os"
@@ -36,13 +34,11 @@ func TestPebbleRestart(t *testing.T) {
 	if bytes.Equal(before, after) {
 		t.Fatal("Pebble's root file did not change: Pebble was not restarted from scratch")
 	}
-	caPEM, err := os.ReadFile(s.ACMETLSCA)
+	tr, err := s.ACMETransport()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.PebbleManagementURL+"/roots/0", nil)
 	resp, err := c.Do(req)
 	if err != nil {

@@ -5,12 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"math"
 	"net/http"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -263,14 +260,12 @@ func (st *stack) watchOutcomes(b *testing.B, ctx context.Context) <-chan outcome
 // same connection reuse and poll interval as the workers' issuer.
 func plainACMEClient(b *testing.B, ctx context.Context, s testenv.Settings) (acmez.Client, acme.Account) {
 	b.Helper()
-	caPEM, err := os.ReadFile(s.ACMETLSCA)
+	tr, err := s.ACMETransport()
 	if err != nil {
 		b.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 16}}
+	tr.MaxIdleConnsPerHost = 16
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: tr}
 	client := acmez.Client{
 		Client:           &acme.Client{Directory: s.ACMEDirectory, HTTPClient: hc, PollInterval: 10 * time.Millisecond},
 		ChallengeSolvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: challtestsrvSolver{testenv.ChallTestSrv{URL: s.ChallTestSrvURL}}},

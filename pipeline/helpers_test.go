@@ -3,7 +3,6 @@ package pipeline_test
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -11,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -121,14 +119,12 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // mods change the worker's configuration (after the defaults above).
 func (st *stack) worker(t testing.TB, name string, mods ...func(*pipeline.Config)) *pipeline.Worker {
 	t.Helper()
-	caPEM, err := os.ReadFile(st.s.ACMETLSCA)
+	tr, err := st.s.ACMETransport()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: countingTransport{
-		next: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 16}, n: &st.orders}}
+	tr.MaxIdleConnsPerHost = 16
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: countingTransport{next: tr, n: &st.orders}}
 	iss, err := acmeissuer.New(acmeissuer.Config{
 		Directory: st.s.ACMEDirectory, DB: st.db, Sealer: st.keyring, HTTPClient: hc,
 		Solvers:   map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: st.chall}},

@@ -5,12 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
@@ -171,13 +169,11 @@ func TestARIFromPebble(t *testing.T) {
 }
 
 func pebbleHTTP(t *testing.T, s testenv.Settings) *http.Client {
-	caPEM, err := os.ReadFile(s.ACMETLSCA)
+	tr, err := s.ACMETransport()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	return &http.Client{Timeout: 20 * time.Second, Transport: tr}
 }
 
 func obtainFromPebble(t *testing.T, ctx context.Context, s testenv.Settings, hc *http.Client, name string) (string, *x509.Certificate) {

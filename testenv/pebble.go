@@ -179,17 +179,31 @@ func pebbleReady(ctx context.Context, caPath string) error {
 	return nil
 }
 
-// tlsClient trusts only the testenv serving CA.
-func tlsClient(caPath string) (*http.Client, error) {
+// ACMETransport is an HTTP transport that trusts only testenv's serving CA
+// (Settings.ACMETLSCA), which signs the HTTPS certificates of Pebble's ACME
+// and management endpoints and of testenv/caproxy. Callers set their own
+// timeouts and connection limits on it.
+func (s Settings) ACMETransport() (*http.Transport, error) { return caTransport(s.ACMETLSCA) }
+
+func caTransport(caPath string) (*http.Transport, error) {
 	pem, err := os.ReadFile(caPath)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("testenv: reading the serving CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("testenv: no certificate in %s", caPath)
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}, nil
+	return &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, nil
+}
+
+// tlsClient trusts only the testenv serving CA.
+func tlsClient(caPath string) (*http.Client, error) {
+	tr, err := caTransport(caPath)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: tr}, nil
 }
 
 func httpGet(ctx context.Context, c *http.Client, url string) ([]byte, error) {

@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -116,13 +115,11 @@ func (s challtestsrvSolver) CleanUp(ctx context.Context, ch acme.Challenge) erro
 // solves HTTP-01 with solver.
 func newACMEClient(ctx context.Context, t *testing.T, s testenv.Settings, solver acmez.Solver) (acmez.Client, acme.Account) {
 	t.Helper()
-	caPEM, err := os.ReadFile(s.ACMETLSCA)
+	tr, err := s.ACMETransport()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: tr}
 	client := acmez.Client{
 		Client:           &acme.Client{Directory: s.ACMEDirectory, HTTPClient: hc, PollInterval: 10 * time.Millisecond},
 		ChallengeSolvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: solver},
