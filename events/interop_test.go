@@ -13,13 +13,20 @@ import (
 	"github.com/cloudevents/sdk-go/protocol/kafka_sarama/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/testenv"
 )
 
 // Interoperability with clients nobody here wrote: kcat (librdkafka) and the
 // CloudEvents Go SDK's Kafka binding.
 
+// requireKcat returns kcat's path. The stack switch comes first: with
+// CERTFLEET_TESTENV=off the test skips like every integration test (so
+// `make test-unit` passes on a machine without kcat); with the stack on, a
+// missing kcat is a failure, never a skip (`testenv up` installs it).
 func requireKcat(t *testing.T) string {
 	t.Helper()
+	testenv.Require(t)
 	path, err := exec.LookPath("kcat")
 	if err != nil {
 		t.Fatal("kcat is not installed: `make testenv-up` installs it (apt-get install kcat)")
