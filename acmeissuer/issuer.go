@@ -8,9 +8,13 @@
 // It owns the acme_accounts rows of its CA directory (schema 0001) and the
 // acme_http01_challenges table (schema 0003), and touches no other table. It
 // does not spend rate-limit tokens, store certificates, seal certificate keys
-// or talk to Kafka: those belong to the pipeline, which calls Obtain, seals
-// Result.PrivateKey (seal.SealPrivateKey) and records the 429 penalty through
-// the PenaltyRecorder it passes in. It never logs or returns key material.
+// or talk to Kafka: those belong to the pipeline, which calls Obtain with the
+// order's buckets in Request.PenaltyKeys and seals Result.PrivateKey
+// (seal.SealPrivateKey). A 429 is recorded here, before Obtain returns: the
+// issuer blocks the buckets the CA's problem names (PenaltyTargets) through
+// Config.Penalties, which cmd/issuer-worker sets to the rate limiter's
+// database bucket store (ratelimit.DBStore), so every worker backs off. It
+// never logs or returns key material.
 //
 // Start with New(Config{...}) per CA directory, then call Obtain per order;
 // serve HTTP01Handler on every worker's port 80 when HTTP-01 is used.

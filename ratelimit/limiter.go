@@ -109,7 +109,10 @@ func (l *Limiter) Refund(ctx context.Context, txns []Transaction) error {
 }
 
 // Penalize records that the CA refused t's bucket until until (a 429 with
-// Retry-After): every limiter sharing the store denies it until then.
+// Retry-After): every limiter sharing the store denies it until then. It is
+// Store.Penalize by Transaction, used by tests and tools; the issuer-worker
+// does not call it: acmeissuer records a 429 on the Store directly
+// (acmeissuer.Config.Penalties, wired in cmd/issuer-worker).
 func (l *Limiter) Penalize(ctx context.Context, t Transaction, until time.Time) error {
 	return l.store.Penalize(ctx, t.Key(), until)
 }

@@ -7,10 +7,16 @@
 //
 // It owns the ratelimit_* tables created by schema/migrations/0002_ratelimit.sql
 // and touches no other table. It does not talk to Kafka or to the CA itself:
-// the relay publishes through a one-method Publisher, and callers record a
-// CA's 429 through Limiter.Penalize. Package ratelimit/changefeed carries
-// the changes over Kafka: a Publisher over the events producer, and a
-// consumer that feeds every worker's OverrideCache from the topic.
+// the relay publishes through a one-method Publisher, and a CA's 429 is
+// recorded by whoever holds the Store. In the issuer-worker that is
+// acmeissuer: cmd/issuer-worker hands the same DBStore the Limiter spends
+// from to acmeissuer.Config.Penalties, and the issuer calls Store.Penalize
+// on the buckets the CA's problem names (acmeissuer.PenaltyTargets over the
+// keys the pipeline derives from the order's transactions). Limiter.Penalize
+// is the same call by Transaction, for tests and tools. Package
+// ratelimit/changefeed carries override changes over Kafka: a Publisher over
+// the events producer, and a consumer that feeds every worker's
+// OverrideCache from the topic.
 //
 // Start with NewLimiter over a Store (NewMemStore for one process, NewDBStore
 // for the fleet) and a Catalogue (DefaultCatalogue or LoadCatalogue), then
