@@ -168,13 +168,13 @@ func decodeStored(b []byte, topic string) (kafka.Message, error) {
 	return kafka.Message{Topic: topic, Key: s.Key, Value: s.Value, Headers: s.Headers}, nil
 }
 
-// retry runs f until it succeeds, returns a permanent error, or ctx ends,
-// with capped jittered exponential backoff: for database and Kafka calls whose
-// failure says nothing about the job itself.
 // errDataRefused marks a database error caused by the record's own data
 // (db.DataError): retrying cannot help, so the record is dead-lettered.
 var errDataRefused = errors.New("the database refused the request's data")
 
+// retry runs f until it succeeds, returns a permanent error, or ctx ends,
+// with capped jittered exponential backoff: for database and Kafka calls whose
+// failure says nothing about the job itself.
 func retry[T any](ctx context.Context, w *Worker, what string, f func(context.Context) (T, error)) (T, error) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(50*time.Millisecond),

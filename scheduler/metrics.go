@@ -11,7 +11,7 @@ type Metrics struct {
 	LeaseToken   prometheus.Gauge       // certfleet_scheduler_lease_token
 	Refused      prometheus.Counter     // certfleet_scheduler_fenced_writes_refused_total
 	TickSeconds  prometheus.Histogram   // certfleet_scheduler_tick_duration_seconds
-	Outcomes     *prometheus.CounterVec // certfleet_scheduler_outcomes_total{type}
+	Outcomes     *prometheus.CounterVec // certfleet_scheduler_outcomes_total{type, effect}; effect: planned, retry_scheduled, watchdog_moved, ignored
 	ARIFetches   *prometheus.CounterVec // certfleet_scheduler_ari_fetches_total{result}
 	BudgetTokens prometheus.Gauge       // certfleet_scheduler_budget_tokens
 }
