@@ -10,9 +10,9 @@
 //
 // # Topics
 //
-// Five topics, names configurable through Topics (defaults in DESIGN section
-// 3), created by Provision with explicit partition counts, never by
-// auto-creation:
+// Five topics, names configurable through Topics (defaults in
+// docs/contracts.md, "Kafka topics and records"), created by Provision with
+// explicit partition counts, never by auto-creation:
 //
 //	certfleet.issuance.requests    IssuanceRequest (dev.certfleet.issuance.requested)
 //	certfleet.issuance.retry       IssuanceRequest re-queued after a deferral, later not_before, attempt+1

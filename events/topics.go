@@ -10,7 +10,7 @@ import (
 )
 
 // Topics names certfleet's Kafka topics. The zero value of a field means its
-// default (DESIGN section 3).
+// default (docs/contracts.md, "Kafka topics and records").
 type Topics struct {
 	Requests         string // issuance requests; default "certfleet.issuance.requests"
 	Retry            string // deferred requests; default "certfleet.issuance.retry"

@@ -29,7 +29,7 @@ var (
 	serialPattern = regexp.MustCompile(`^(0|[1-9a-f][0-9a-f]{0,63})$`)
 	// ACME problem types and certfleet's own.
 	problemPattern = regexp.MustCompile(`^(urn:ietf:params:acme:error:|urn:certfleet:error:)[A-Za-z0-9]{1,64}$`)
-	// Limit names, as in DESIGN section 5 ("CertificatesPerDomain").
+	// Limit names, as in docs/contracts.md, "Rate limiting" ("CertificatesPerDomain").
 	limitPattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]{0,63}$`)
 )
 

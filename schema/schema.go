@@ -5,10 +5,10 @@
 // each recorded in schema_migrations with a checksum so an edited, already
 // applied file is reported instead of silently diverging. Every statement must
 // be idempotent (CREATE ... IF NOT EXISTS, ADD COLUMN IF NOT EXISTS) and run
-// unchanged on PostgreSQL and CockroachDB (see DESIGN section 4).
+// unchanged on PostgreSQL and CockroachDB (docs/contracts.md, "Database rules").
 //
 // Why a small runner and not golang-migrate: golang-migrate's pgx/v5 driver
-// locks with pg_advisory_lock, which the design rules out, and its
+// locks with pg_advisory_lock, which the database rules forbid, and its
 // CockroachDB driver is built on lib/pq. The runner here is ~150 lines, uses
 // the project's one transaction helper, and locks with a lease row that works
 // on both servers.

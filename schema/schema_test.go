@@ -65,7 +65,7 @@ func TestEmbeddedMigrationsAreIdempotentStatements(t *testing.T) {
 			}
 			for _, banned := range []*regexp.Regexp{serialType, regexp.MustCompile(`CREATE TRIGGER|\bLISTEN\b|\bNOTIFY\b|PG_ADVISORY`)} {
 				if banned.MatchString(s) {
-					t.Errorf("%s: %q uses %s, which CockroachDB lacks (DESIGN section 4)", m.Name, firstLine(s), banned)
+					t.Errorf("%s: %q uses %s, which the database rules forbid (docs/contracts.md, \"Database rules\")", m.Name, firstLine(s), banned)
 				}
 			}
 		}
