@@ -9,10 +9,13 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/bin/staticcheck-$(STATICCHECK_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-unit chaos friendliness testenv-up testenv-down testenv-status migrate lint bench
+.PHONY: help build run test test-unit chaos friendliness testenv-up testenv-down testenv-status migrate lint bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build the commands into ./bin: certfleet (operator tool), issuer-worker, scheduler
+	$(GO) build -o bin/ ./cmd/certfleet ./cmd/issuer-worker ./cmd/scheduler
 
 run: testenv-up migrate ## end-to-end demo: 2 issuer-workers issue a 300-certificate fleet on the local stack (leaves the stack running)
 	$(GO) run ./cmd/demo $(DEMOFLAGS)
