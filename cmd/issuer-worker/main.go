@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -46,7 +47,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "issuer-worker: configuration:", err)
 		os.Exit(2)
 	}
-	log := newLogger(cfg.LogLevel)
+	log := newLogger(os.Stderr, cfg.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
@@ -56,10 +57,17 @@ func main() {
 	log.Info("issuer-worker stopped cleanly")
 }
 
-func newLogger(level string) *slog.Logger {
+func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// caLogger is the logger of one CA's issuer. Its lines carry the CA's name
+// as "ca_name": acmez adds its own "ca" (the directory URL) to some lines,
+// and a second "ca" key would repeat the key in one JSON object.
+func caLogger(log *slog.Logger, name string) *slog.Logger {
+	return log.With("ca_name", name)
 }
 
 // run wires the parts and runs them until ctx ends.
@@ -122,7 +130,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	for _, ca := range cfg.CAs {
 		iss, err := acmeissuer.New(acmeissuer.Config{
 			Directory: ca.Directory, DB: d, Sealer: keyring, Solvers: solvers, HTTPClient: hc,
-			Penalties: buckets, Profile: cfg.Profile, Logger: log.With("ca", ca.Name),
+			Penalties: buckets, Profile: cfg.Profile, Logger: caLogger(log, ca.Name),
 		})
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)
