@@ -67,7 +67,7 @@ BENCH_SETTINGS = go test -bench . -benchmem -count=1 -benchtime=$(BENCHTIME), ./
   packages one at a time; both sides of a comparison at equal concurrency (pipeline and acmez loop 6 orders in flight, limiter and naive 16 callers, events 2 publishers); \
   testenv on loopback ($$(. ./.testenv/env; echo $$CERTFLEET_DB), Kafka, Pebble)
 # Benchmarks start from a fresh Pebble: a long-lived one is slower for both
-# sides of a comparison and can deadlock mid-run (docs/architecture.md).
+# sides of a comparison (its reuse lookup scans every authorization it made).
 bench: testenv-up ## run every benchmark against its baseline of the same run (on a fresh Pebble); one table with the machine and settings, raw output and JSON in bench-results/
 	$(GO) run ./cmd/testenv restart pebble
 	mkdir -p bench-results

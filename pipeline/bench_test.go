@@ -27,8 +27,8 @@ import (
 )
 
 // benchConcurrency is the orders in flight on each side, one side at a time.
-// Pebble deadlocks at 16 or more concurrent orders, and other packages' tests
-// may share it: stay within one package's share.
+// Other packages' tests may share Pebble and the 2 cores: stay within one
+// package's share.
 const benchConcurrency = testenv.MaxConcurrentOrdersPerPackage
 
 // BenchmarkIssuance compares certificates per second through the pipeline

@@ -23,13 +23,15 @@ import (
 // Pebble, the ACME test CA from Let's Encrypt, and pebble-challtestsrv, its
 // DNS and HTTP-01 challenge server.
 //
-// Safe concurrency: Pebble 2.10.1 deadlocks in its in-memory store at 16 or
-// more concurrent orders. Keep at most MaxConcurrentOrders orders in flight
-// against it and put deadlines on every ACME call. `make test` runs two test
-// packages at once (go test -p 2), so a package's tests keep at most
-// MaxConcurrentOrdersPerPackage in flight: two packages stay below 16.
+// testenv builds Pebble from its module source with a patch that removes the
+// lock-order deadlock of its in-memory store (pebblebuild.go and
+// pebblepatch/memorystore-lock-order.patch); stock Pebble hangs at 16 or more
+// orders in flight. The concurrency limits below are about load, not the
+// deadlock: `make test` runs two test packages at once (go test -p 2) on a
+// 2-core machine, so a package's tests keep at most
+// MaxConcurrentOrdersPerPackage orders in flight.
 const (
-	PebbleVersion                 = "v2.10.1"
+	PebbleVersion                 = "v2.10.3"
 	MaxConcurrentOrders           = 8
 	MaxConcurrentOrdersPerPackage = 6
 
@@ -50,27 +52,6 @@ var (
 	challMgmtAddr  = addr(8055)
 	tlsALPNPort    = port(5001) // Pebble's TLS-ALPN-01 port; nothing serves it
 )
-
-// installPebble puts pebble and pebble-challtestsrv into the cache with
-// `go install`, once per version.
-func installPebble(ctx context.Context, cache string) (string, error) {
-	bin := filepath.Join(cache, "pebble-"+PebbleVersion)
-	if _, err := os.Stat(filepath.Join(bin, "pebble-challtestsrv")); err == nil {
-		return bin, nil
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	cmd := exec.CommandContext(ctx, goBin, "install",
-		"github.com/letsencrypt/pebble/v2/cmd/pebble@"+PebbleVersion,
-		"github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@"+PebbleVersion)
-	cmd.Env = append(os.Environ(), "GOBIN="+bin, "GOFLAGS=")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("testenv: go install pebble %s: %w\n%s", PebbleVersion, err, out)
-	}
-	return bin, nil
-}
 
 type pebbleConfig struct {
 	Pebble struct {
@@ -119,9 +100,12 @@ func writePebbleConfig(dir, cert, key string) (string, error) {
 	return path, os.WriteFile(path, data, 0o644)
 }
 
-func pebbleProcs(dir string) (pebble, chall proc) {
-	return proc{name: "pebble", dir: dir, marker: filepath.Join(dir, "pebble", "pebble-config.json")},
-		proc{name: "challtestsrv", dir: dir, marker: "pebble-challtestsrv"}
+// pebbleProcs names the two processes; their markers are the binaries' paths,
+// which hold the build (version and patch), so a Pebble left running from
+// another build is found stale and restarted by `testenv up`.
+func pebbleProcs(dir, bin string) (pebble, chall proc) {
+	return proc{name: "pebble", dir: dir, marker: filepath.Join(bin, "pebble")},
+		proc{name: "challtestsrv", dir: dir, marker: filepath.Join(bin, "pebble-challtestsrv")}
 }
 
 func challCmd(bin string) *exec.Cmd {
@@ -139,12 +123,11 @@ func pebbleCmd(bin, config string) *exec.Cmd {
 	// PEBBLE_VA_NOSLEEP: no random 0-15 s pause before each validation.
 	// Other PEBBLE_* variables in the caller's environment pass through.
 	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1")
-	// No authorization reuse, unless asked for: the reuse lookup scans every
-	// authorization under the store's read lock and then locks each one, the
-	// reverse of the order the validation path locks them in. With thousands
-	// of authorizations and concurrent orders that is where Pebble 2.10.1
-	// hangs (we saw it at 6 orders in flight during renewals). Reuse is not
-	// what certfleet's tests are about.
+	// No authorization reuse, unless asked for: every order gets fresh
+	// authorizations, so every name of every order is validated (the tests
+	// and the demo count on it). Pebble still looks for a reusable
+	// authorization on each new order; that lookup was where stock Pebble
+	// deadlocked, which the patch fixes.
 	if os.Getenv("PEBBLE_AUTHZREUSE") == "" {
 		cmd.Env = append(cmd.Env, "PEBBLE_AUTHZREUSE=0")
 	}
@@ -155,9 +138,7 @@ func pebbleCmd(bin, config string) *exec.Cmd {
 }
 
 // pebbleReady checks that Pebble serves its directory and can register an
-// account. The second step matters: Pebble 2.10.1 can deadlock in its
-// in-memory store (16+ concurrent orders) while still answering GETs, and a
-// deadlocked Pebble must count as not ready so `testenv up` restarts it.
+// account: a Pebble that answers GETs but not POSTs is not ready.
 func pebbleReady(ctx context.Context, caPath string) error {
 	c, err := tlsClient(caPath)
 	if err != nil {

@@ -76,6 +76,18 @@ func (p proc) pid() int {
 	return pid
 }
 
+// stale reports whether the running process was started as something other
+// than p describes now (its pid file holds another marker: for Pebble, a
+// binary of another version or patch).
+func (p proc) stale() bool {
+	data, err := os.ReadFile(p.pidFile())
+	if err != nil {
+		return false
+	}
+	_, marker, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	return marker != p.marker
+}
+
 // start launches cmd in its own session (so it outlives `testenv up` and can
 // be stopped as a group), appends its output to the log file and writes the
 // pid file.

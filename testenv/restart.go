@@ -14,8 +14,8 @@ const (
 	// ServicePebble restarts Pebble from scratch (it keeps its state in
 	// memory): a new issuing root, saved to Settings.PebbleRoot, and a new
 	// HTTPS certificate under the same CA file. A long-lived Pebble gets slower
-	// and more prone to its lock-order deadlock with every order it has seen
-	// (docs/architecture.md); benchmarks start from a fresh one.
+	// with every authorization it has made (its reuse lookup scans them all);
+	// benchmarks start from a fresh one.
 	ServicePebble = "pebble"
 )
 

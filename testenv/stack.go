@@ -100,7 +100,7 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 	}
 	svcs = append(svcs, ds)
 
-	pp, cp := pebbleProcs(l.state)
+	pp, cp := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
 	var once sync.Once
 	var installErr error
 	installPebbleOnce := func(ctx context.Context) error {
@@ -206,6 +206,12 @@ func (s *service) up(ctx context.Context, out io.Writer) error {
 	if err := s.install(ctx); err != nil {
 		return err
 	}
+	if s.proc.pid() != 0 && s.proc.stale() {
+		fmt.Fprintf(out, "%-13s running from another build; restarting\n", s.proc.name)
+		if err := s.proc.stop(15 * time.Second); err != nil {
+			return err
+		}
+	}
 	if s.proc.pid() != 0 {
 		if err := s.proc.waitFor(withTimeout(ctx, 15*time.Second), "readiness", s.ready); err == nil {
 			fmt.Fprintf(out, "%-13s already running (pid %d), ready\n", s.proc.name, s.proc.pid())
@@ -283,7 +289,7 @@ func Down(out io.Writer) error {
 		return err
 	}
 	procs := []proc{kafkaProc(l.state), dbProc(l.state, "postgres"), dbProc(l.state, "cockroach")}
-	pp, cp := pebbleProcs(l.state)
+	pp, cp := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
 	procs = append(procs, pp, cp)
 	var msgs []string
 	for _, p := range procs {

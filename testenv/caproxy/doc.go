@@ -76,7 +76,7 @@
 //
 // # Pebble, Host and URLs
 //
-// No URL rewriting is needed. Pebble 2.10.1 (wfe/wfe.go) builds every URL it
+// No URL rewriting is needed. Pebble v2.10.3 (wfe/wfe.go) builds every URL it
 // returns — the directory, Location, order/authorization/finalize URLs, Link
 // headers, account URLs — with relativeEndpoint from the incoming request's
 // Host (and https because the request arrived over TLS), and verifyJWS checks
