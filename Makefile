@@ -17,8 +17,10 @@ help: ## list the targets
 build: ## build the commands into ./bin: certfleet (operator tool), issuer-worker, scheduler
 	$(GO) build -o bin/ ./cmd/certfleet ./cmd/issuer-worker ./cmd/scheduler
 
-run: testenv-up migrate ## end-to-end demo: 2 issuer-workers issue a 300-certificate fleet on the local stack (leaves the stack running)
-	$(GO) run ./cmd/demo $(DEMOFLAGS)
+run: testenv-up migrate ## end-to-end demo: 2 issuer-workers issue a 300-certificate fleet on the local stack (leaves the stack running; first run on a fresh machine about 8 minutes)
+	@echo "==> building demo, issuer-worker and scheduler into ./bin (the first build compiles every dependency: a few minutes on 2 cores)"
+	$(GO) build -o bin/ ./cmd/demo ./cmd/issuer-worker ./cmd/scheduler
+	./bin/demo -bin bin $(DEMOFLAGS)
 
 # The chaos scenarios restart Kafka and the database of the shared stack, so
 # they run alone, after every other package.
@@ -39,6 +41,7 @@ test-unit: ## pure unit tests only, no stack (CERTFLEET_TESTENV=off skips integr
 	CERTFLEET_TESTENV=off $(GO) test -race -count=1 $(TESTFLAGS) ./...
 
 testenv-up: ## start Kafka, the database and Pebble (idempotent); settings in .testenv/env
+	@echo "==> starting the local stack: go run ./cmd/testenv up (on a fresh machine it first downloads Go modules, the Kafka jars and Pebble: minutes)"
 	$(GO) run ./cmd/testenv up
 
 testenv-down: ## stop what testenv started and remove its data
@@ -48,6 +51,7 @@ testenv-status: ## show each testenv service
 	$(GO) run ./cmd/testenv status
 
 migrate: testenv-up ## apply database migrations to the testenv database
+	@echo "==> applying database migrations: go run ./cmd/certfleet migrate"
 	set -a; . ./.testenv/env; set +a; $(GO) run ./cmd/certfleet migrate
 
 lint: $(STATICCHECK) ## go vet and staticcheck

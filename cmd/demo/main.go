@@ -4,28 +4,30 @@
 // Makefile does that) and leaves the stack running.
 //
 // What it does: generates (once) a key-encryption keyring under .testenv/,
-// builds and starts two issuer-worker processes in one consumer group (one
-// also serves HTTP-01 from the database) and one scheduler, sets a
-// tenant-specific override (tenant "gamma" may order only 40 certificates per
-// 3 hours), manages -n SAN sets across three tenants (the scheduler emits
-// their first issuance at the fleet budget), publishes a few hostile records
-// as a broken upstream producer would, and follows the events and
-// dead-letter topics until every certificate is obtained, failed, or
-// deferred past the demo's horizon.
+// starts two issuer-worker processes in one consumer group (one also serves
+// HTTP-01 from the database) and one scheduler (built by make run into
+// ./bin, or by the demo itself without -bin), sets a tenant-specific
+// override (tenant "gamma" may order only 40 certificates per 3 hours),
+// manages -n SAN sets across three tenants (the scheduler emits their first
+// issuance at the fleet budget), publishes a few hostile records as a broken
+// upstream producer would, and follows the events and dead-letter topics
+// until every certificate has settled: issued, failed, or waiting (deferred
+// by a limit for more than a minute, ordered after the demo).
+//
+// Progress goes to stdout: one line redrawn in place on a terminal, one line
+// per change otherwise (progress.go).
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -43,10 +45,11 @@ import (
 func main() {
 	n := flag.Int("n", 300, "SAN sets to request, spread over three tenants")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	bin := flag.String("bin", "", "directory holding issuer-worker and scheduler binaries already built (make run builds them into ./bin); empty: build them into .testenv/bin")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *n, *timeout); err != nil {
+	if err := run(ctx, *n, *timeout, *bin); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -54,7 +57,7 @@ func main() {
 
 var tenants = []string{"alpha", "beta", "gamma"}
 
-func run(ctx context.Context, n int, timeout time.Duration) error {
+func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -84,12 +87,16 @@ func run(ctx context.Context, n int, timeout time.Duration) error {
 		return err
 	}
 
-	step("building and starting 2 issuer-worker processes and a scheduler")
-	for _, b := range []string{"issuer-worker", "scheduler"} {
-		if _, err := testenv.BuildCommand(ctx, filepath.Join(state, "bin"), b, "./cmd/"+b); err != nil {
-			return err
+	if bin == "" {
+		bin = filepath.Join(state, "bin")
+		step("building issuer-worker and scheduler into " + bin + " (a first build compiles every dependency: minutes on 2 cores)")
+		for _, b := range []string{"issuer-worker", "scheduler"} {
+			if _, err := testenv.BuildCommand(ctx, bin, b, "./cmd/"+b); err != nil {
+				return err
+			}
 		}
 	}
+	step("starting 2 issuer-worker processes and a scheduler (logs in " + state + ")")
 	env := append(os.Environ(), "CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+s.DatabaseURL,
 		"CERTFLEET_SEAL_KEYS="+keys, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
 	var procs []worker
@@ -98,14 +105,14 @@ func run(ctx context.Context, n int, timeout time.Duration) error {
 		if http01 != "" {
 			args = append(args, "-http01-listen", http01)
 		}
-		w, err := startProc(filepath.Join(state, "bin", "issuer-worker"), state, fmt.Sprintf("worker-%d", i+1), args, env)
+		w, err := startProc(filepath.Join(bin, "issuer-worker"), state, fmt.Sprintf("worker-%d", i+1), args, env)
 		if err != nil {
 			return err
 		}
 		procs = append(procs, w)
 		defer stopWorker(w)
 	}
-	sched, err := startProc(filepath.Join(state, "bin", "scheduler"), state, "scheduler",
+	sched, err := startProc(filepath.Join(bin, "scheduler"), state, "scheduler",
 		[]string{"-holder", "scheduler-1", "-tick-interval", "1s", "-budget", "10/1s"}, env)
 	if err != nil {
 		return err
@@ -125,17 +132,18 @@ func run(ctx context.Context, n int, timeout time.Duration) error {
 	if err := publishHostile(ctx, s, topics); err != nil {
 		return err
 	}
-	step("following " + topics.Events + " and " + topics.DLQ)
-	sum := follow.until(ctx, sent)
-	fmt.Println()
+	step("following " + topics.Events + " and " + topics.DLQ + " until every certificate has settled")
+	fmt.Print(legend())
+	sum := follow.until(ctx, sent, newProgressWriter(os.Stdout, isTerminal(os.Stdout)))
 	sum.print(os.Stdout, time.Since(t0))
 	for _, w := range procs {
 		stopWorker(w)
 	}
-	if sum.obtained+sum.deferredLong+sum.failed < len(sent) {
-		return fmt.Errorf("only %d of %d certificates reached an outcome before the timeout", sum.obtained+sum.deferredLong+sum.failed, len(sent))
+	if sum.settled() < len(sent) {
+		return fmt.Errorf("only %d of %d certificates settled (issued, failed or waiting) before the timeout", sum.settled(), len(sent))
 	}
-	fmt.Println("The stack is still running (make testenv-down stops it). Logs: .testenv/worker-*.log, .testenv/scheduler.log")
+	fmt.Printf("The stack is still running (make testenv-down stops it). Logs: %s, %s\n",
+		filepath.Join(state, "worker-*.log"), filepath.Join(state, "scheduler.log"))
 	return nil
 }
 
@@ -322,24 +330,16 @@ func newFollower(ctx context.Context, brokers []string, topics events.Topics) (*
 	return f, nil
 }
 
-type summary struct {
-	total, obtained, failed, deferredLong, deferrals, dlq int
-	latencies                                             []time.Duration
-	byLimit                                               map[string]int
-	issuedBy                                              map[string]int
-}
-
-// until follows outcomes until every managed certificate has one (deferred past
-// the next minute counts: it will be retried after the demo), or ctx ends.
-func (f *follower) until(ctx context.Context, sent map[string]time.Time) summary {
+// until follows outcomes until every managed certificate has settled
+// (issued, failed, or waiting: deferred past the next minute, to be ordered
+// after the demo), or ctx ends.
+func (f *follower) until(ctx context.Context, sent map[string]time.Time, out *progressWriter) summary {
 	defer func() {
 		for _, r := range f.readers {
 			r.Close()
 		}
 	}()
-	sum := summary{total: len(sent), byLimit: map[string]int{}, issuedBy: map[string]int{}}
-	done := map[string]bool{}
-	longDeferred := map[string]bool{}
+	t := newTracker(sent)
 	start := time.Now()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -347,95 +347,23 @@ func (f *follower) until(ctx context.Context, sent map[string]time.Time) summary
 		select {
 		case m := <-f.msgs:
 			if _, ok := events.ReadDeadLetter(m); ok {
-				sum.dlq++
+				t.deadLetter()
 				continue
 			}
-			e, err := events.Decode(m)
-			if err != nil {
-				continue
-			}
-			switch d := e.Data.(type) {
-			case *events.CertObtained:
-				id := events.Identity(d.SANs)
-				if at, ok := sent[id]; ok && !done[id] {
-					done[id] = true
-					delete(longDeferred, id)
-					sum.obtained++
-					sum.issuedBy[d.Tenant]++
-					sum.latencies = append(sum.latencies, time.Since(at))
-				}
-			case *events.CertFailed:
-				id := events.Identity(d.SANs)
-				if _, ok := sent[id]; ok && !d.Retryable && !done[id] {
-					done[id] = true
-					sum.failed++
-				}
-			case *events.IssuanceDeferred:
-				id := events.Identity(d.SANs)
-				if _, ok := sent[id]; ok {
-					sum.deferrals++
-					sum.byLimit[d.Limit]++
-					if time.Until(d.RetryAt) > time.Minute && !done[id] {
-						longDeferred[id] = true
-					}
-				}
+			if e, err := events.Decode(m); err == nil {
+				t.observe(e, time.Now())
 			}
 		case <-tick.C:
-			sum.deferredLong = len(longDeferred)
-			progress(sum, time.Since(start))
-			if sum.obtained+sum.failed+sum.deferredLong >= sum.total {
+			sum := t.summary()
+			done := sum.settled() >= sum.total
+			out.update(sum, time.Since(start), done)
+			if done {
 				return sum
 			}
 		case <-ctx.Done():
-			sum.deferredLong = len(longDeferred)
+			sum := t.summary()
+			out.update(sum, time.Since(start), true)
 			return sum
 		}
 	}
-}
-
-func progress(s summary, elapsed time.Duration) {
-	const width = 30
-	filled := width * (s.obtained + s.failed + s.deferredLong) / max(s.total, 1)
-	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
-	rate := float64(s.obtained) / max(elapsed.Seconds(), 0.001)
-	fmt.Printf("\r  [%s] issued %d/%d (%.1f/s)  deferred %d (waiting %d)  failed %d  DLQ %d   ",
-		bar, s.obtained, s.total, rate, s.deferrals, s.deferredLong, s.failed, s.dlq)
-}
-
-func (s summary) print(w io.Writer, elapsed time.Duration) {
-	slices.Sort(s.latencies)
-	pct := func(p float64) string {
-		if len(s.latencies) == 0 {
-			return "-"
-		}
-		return s.latencies[min(len(s.latencies)-1, int(p*float64(len(s.latencies))))].Round(time.Millisecond).String()
-	}
-	fmt.Fprintln(w, "\nsummary")
-	rows := [][2]string{
-		{"certificates managed", fmt.Sprint(s.total)},
-		{"certificates issued", fmt.Sprint(s.obtained)},
-		{"  by tenant", fmt.Sprintf("alpha %d, beta %d, gamma %d", s.issuedBy["alpha"], s.issuedBy["beta"], s.issuedBy["gamma"])},
-		{"deferred by a limit (retried later)", fmt.Sprint(s.deferredLong)},
-		{"deferral events", limitsText(s.byLimit)},
-		{"failed", fmt.Sprint(s.failed)},
-		{"dead-lettered records", fmt.Sprint(s.dlq)},
-		{"CA orders (one per issued certificate)", fmt.Sprint(s.obtained)},
-		{"time to certificate p50 / p99", pct(0.50) + " / " + pct(0.99)},
-		{"demo wall time", elapsed.Round(100 * time.Millisecond).String()},
-	}
-	for _, r := range rows {
-		fmt.Fprintf(w, "  %-40s %s\n", r[0], r[1])
-	}
-}
-
-func limitsText(m map[string]int) string {
-	if len(m) == 0 {
-		return "0"
-	}
-	var parts []string
-	for k, v := range m {
-		parts = append(parts, fmt.Sprintf("%s %d", k, v))
-	}
-	slices.Sort(parts)
-	return strings.Join(parts, ", ")
 }
