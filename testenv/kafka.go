@@ -172,5 +172,24 @@ func CreateTopic(ctx context.Context, brokers []string, topic string, partitions
 	if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
 		return fmt.Errorf("testenv: creating topic %s: %w", topic, err)
 	}
-	return nil
+	// The controller answers before the broker knows the partitions' leaders;
+	// a producer right after would get "Unknown Topic Or Partition". Wait
+	// until the broker's metadata shows every partition with a leader.
+	for {
+		parts, err := conn.ReadPartitions(topic)
+		led := 0
+		for _, p := range parts {
+			if p.Leader.ID >= 0 && p.Leader.Host != "" {
+				led++
+			}
+		}
+		if err == nil && led >= partitions {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("testenv: topic %s created but %d of %d partitions have a leader (%v): %w", topic, led, partitions, err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -2,13 +2,9 @@ package testenv
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"sync"
 	"testing"
-	"time"
 )
 
 const startHint = "start it with `make testenv-up` (or `go run ./cmd/testenv up`) from the repository root; " +
@@ -21,48 +17,40 @@ var (
 )
 
 // Require returns the settings of the running stack after checking that each
-// service accepts connections. A stack that is missing or down fails the test
-// with a message saying how to start it; the test is skipped only when
-// CERTFLEET_TESTENV=off. The check runs once per test binary.
+// service answers a real request (Kafka metadata, a database query, a POST to
+// Pebble). A stack that is missing, down or hung fails the test with a message
+// naming the service and its log; the test is skipped only when
+// CERTFLEET_TESTENV=off. The check runs once per test binary; the first test
+// to fail on it gets the full message, later ones a pointer to it.
+//
+// After a good check a watchdog goes on probing every service while the tests
+// run. When one stops answering for 30 s (a hung Pebble, a stopped broker),
+// the watchdog prints one message naming it and its log, kills the processes
+// the tests started and ends the test binary, rather than leaving each test
+// to wait out its own timeout. Restart pauses it.
 func Require(t testing.TB) Settings {
 	t.Helper()
 	if os.Getenv(EnvSwitch) == "off" {
 		t.Skipf("integration test skipped: %s=off", EnvSwitch)
 	}
+	first := false
 	requireOnce.Do(func() {
+		first = true
 		requireSet, requireErr = Load()
 		if requireErr == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*probeTimeout)
 			defer cancel()
-			requireErr = Reachable(ctx, requireSet)
+			requireErr = checkServices(ctx, requireSet)
+		}
+		if requireErr == nil {
+			go dog.run(requireSet.probes(), stopTestBinary)
 		}
 	})
 	if requireErr != nil {
-		t.Fatalf("%v: %s", requireErr, startHint)
+		if !first {
+			t.Fatalf("testenv: the stack failed its check at this package's first integration test (see there): %s", startHint)
+		}
+		t.Fatalf("%v\n%s", requireErr, startHint)
 	}
 	return requireSet
-}
-
-// Reachable checks that every service of the stack accepts TCP connections.
-// It is a liveness check for tests; `testenv up` does the deeper readiness
-// checks (a consumer group can join, the database answers, Pebble serves its
-// directory).
-func Reachable(ctx context.Context, s Settings) error {
-	addrs := map[string]string{"kafka": s.KafkaBrokers[0]}
-	for name, raw := range map[string]string{"database": s.DatabaseURL, "pebble": s.ACMEDirectory, "pebble-challtestsrv": s.ChallTestSrvURL} {
-		u, err := url.Parse(raw)
-		if err != nil {
-			return fmt.Errorf("testenv: %s URL %q: %w", name, raw, err)
-		}
-		addrs[name] = u.Host
-	}
-	var d net.Dialer
-	for name, addr := range addrs {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return fmt.Errorf("testenv: %s at %s is not reachable (%v)", name, addr, err)
-		}
-		c.Close()
-	}
-	return nil
 }

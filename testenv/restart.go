@@ -55,6 +55,8 @@ func Restart(ctx context.Context, name string, opt RestartOptions) error {
 	if s.proc.pid() == 0 {
 		return fmt.Errorf("testenv: restart %s: it is not running (run testenv up)", s.proc.name)
 	}
+	// The watchdog of this test binary must not take the outage for a hang.
+	defer dog.pause()()
 	p := s.proc
 	if opt.Kill {
 		p.signal = syscall.SIGKILL
