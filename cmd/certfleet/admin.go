@@ -26,16 +26,19 @@ import (
 
 // adminFlags are the flags every admin command has.
 type adminFlags struct {
-	fs      *flag.FlagSet
-	url     *string
-	timeout *time.Duration
-	json    *bool // nil for commands without --json
+	fs             *flag.FlagSet
+	stdout, stderr io.Writer
+	url            *string
+	timeout        *time.Duration
+	json           *bool // nil for commands without --json
 }
 
-func newAdminFlags(name string, stderr io.Writer, withJSON bool) *adminFlags {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+// newAdminFlags starts the flags of the command name; synopsis and about
+// make its usage text (see newFlagSet).
+func newAdminFlags(name, synopsis, about string, stdout, stderr io.Writer, withJSON bool) *adminFlags {
+	fs := newFlagSet(name, synopsis, about)
 	fs.SetOutput(stderr)
-	a := &adminFlags{fs: fs,
+	a := &adminFlags{fs: fs, stdout: stdout, stderr: stderr,
 		url:     fs.String("database-url", os.Getenv("CERTFLEET_DATABASE_URL"), "database URL (env CERTFLEET_DATABASE_URL)"),
 		timeout: fs.Duration("timeout", 30*time.Second, "give up after this long"),
 	}
@@ -50,11 +53,8 @@ func newAdminFlags(name string, stderr io.Writer, withJSON bool) *adminFlags {
 func (a *adminFlags) parse(args []string, minPos, maxPos int, synopsis string) ([]string, error) {
 	var pos []string
 	for {
-		if err := a.fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, fmt.Errorf("%w: %s: %v", errUsage, a.fs.Name(), err)
+		if err := parseFlags(a.fs, args, a.stdout, a.stderr); err != nil {
+			return nil, err
 		}
 		args = a.fs.Args()
 		if len(args) == 0 {
@@ -95,6 +95,13 @@ func explain(cmd string, err error) error {
 	var ce *ratelimit.ConflictError
 	var pe *pgconn.PgError
 	switch {
+	case errors.As(err, &fe) && (fe.Field == "created_by" || fe.Field == "actor"):
+		// override set names the actor of an update with --created-by too.
+		fl := "--actor"
+		if cmd == "override set" {
+			fl = "--created-by"
+		}
+		return fmt.Errorf("%w: %s: invalid %s: %v (it names who makes the change; %s): pass %s NAME", errUsage, cmd, fl, fe.Err, actorDefaultHelp, fl)
 	case errors.As(err, &fe):
 		return fmt.Errorf("%w: %s: invalid %s: %v", errUsage, cmd, flagOf(fe.Field), fe.Err)
 	case errors.As(err, &ce):

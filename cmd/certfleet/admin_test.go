@@ -4,6 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +31,7 @@ func newAdmin(t *testing.T) admin {
 		t.Fatalf("migrate: code %d: %s", code, errs)
 	}
 	t.Setenv("USER", "")
+	t.Setenv("LOGNAME", "")
 	return a
 }
 
@@ -125,8 +131,9 @@ func TestOverrideCommands(t *testing.T) {
 	// Update with the current version, then with the now stale one.
 	var upd overrideJSON
 	a.json(&upd, "override", "set", "--id", created.ID, "--expect-version", "1", "--count", "900", "--created-by", "carol")
-	if upd.Version != 2 || upd.Count != 900 || upd.Burst != 600 || upd.Comment != created.Comment || upd.CreatedBy != "alice" || upd.ValidUntil == nil {
-		t.Fatalf("update changed more or less than --count: %+v", upd)
+	// The burst had its default (the count), so it follows the new count.
+	if upd.Version != 2 || upd.Count != 900 || upd.Burst != 900 || upd.Comment != created.Comment || upd.CreatedBy != "alice" || upd.ValidUntil == nil {
+		t.Fatalf("update changed more or less than --count (and the burst with it): %+v", upd)
 	}
 	errs := a.fails(exitError, []string{"conflict", "version 2, not 1", "nothing was changed", "override get " + created.ID, "--expect-version 2"},
 		"override", "set", "--id", created.ID, "--expect-version", "1", "--count", "1", "--created-by", "mallory")
@@ -153,7 +160,15 @@ func TestOverrideCommands(t *testing.T) {
 	} {
 		a.fails(exitUsage, []string{tc.want}, append([]string{"override", "set", "--created-by", "alice"}, tc.args...)...)
 	}
-	a.fails(exitUsage, []string{"invalid --created-by"}, "override", "set", "--limit", "CertificatesPerDomain", "--key", "example.com", "--count", "5", "--period", "1h")
+	// Without --created-by, $USER and $LOGNAME (newAdmin unsets both, as
+	// containers do), the creator is the process's login name.
+	var anon overrideJSON
+	a.json(&anon, "override", "set", "--limit", "CertificatesPerDomain", "--key", "anon.example.com", "--count", "5", "--period", "1h")
+	if anon.CreatedBy == "" || anon.CreatedBy != defaultActor() {
+		t.Errorf("created_by %q without --created-by, want %q", anon.CreatedBy, defaultActor())
+	}
+	a.fails(exitUsage, []string{"invalid --created-by", "pass --created-by NAME"}, "override", "set", "--limit", "CertificatesPerDomain", "--key", "example.com", "--count", "5", "--period", "1h", "--created-by", "two words")
+	a.ok("override", "delete", anon.ID)
 
 	// disable (version-checked; without --expect-version the current one),
 	// then delete.
@@ -166,14 +181,80 @@ func TestOverrideCommands(t *testing.T) {
 		t.Errorf("after disable: %+v", got)
 	}
 	a.ok("override", "delete", created.ID, "--expect-version", "3", "--actor", "dave")
-	a.fails(exitError, []string{"not found", "override list"}, "override", "get", created.ID)
-	a.fails(exitError, []string{"not found"}, "override", "delete", created.ID, "--actor", "dave")
+	// A deleted override's history stays, and get shows it.
+	out = a.ok("override", "get", created.ID)
+	for _, want := range []string{created.ID, "deleted by dave", "history:", "create", "alice", "update", "carol", "disable", "delete"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("get of a deleted override lacks %q:\n%s", want, out)
+		}
+	}
+	var gone deletedJSON
+	a.json(&gone, "override", "get", created.ID)
+	if gone.State != "deleted" || gone.Version != 4 || len(gone.History) != 4 || gone.History[3].Action != "delete" || gone.History[3].Actor != "dave" {
+		t.Errorf("get --json of a deleted override: %+v", gone)
+	}
+	a.fails(exitError, []string{"was deleted", "override get " + created.ID}, "override", "delete", created.ID, "--actor", "dave")
+	a.fails(exitError, []string{"not found", "override list"}, "override", "get", "00000000-0000-4000-8000-000000000000")
 	a.json(&list, "override", "list")
 	if len(list) != 1 || list[0].ID != wild.ID {
 		t.Errorf("after delete: %+v", list)
 	}
 	a.fails(exitUsage, []string{"not an override id"}, "override", "get", "'; DROP TABLE x")
 	a.fails(exitUsage, []string{"unknown command"}, "override", "frobnicate")
+}
+
+// Raising the count of an override: a burst that had its default follows
+// the count; one set apart stays, and the command says so.
+func TestOverrideBurstOnUpdate(t *testing.T) {
+	a := newAdmin(t)
+	var o overrideJSON
+	a.json(&o, "override", "set", "--limit", "NewOrdersPerAccount", "--key", "acct-b", "--count", "600", "--period", "3h", "--created-by", "alice")
+	for _, tc := range []struct {
+		args      []string
+		count     int64
+		burst     int64
+		wantNote  bool
+		wantState string
+	}{
+		{[]string{"--count", "700"}, 700, 700, false, "follows the count"},
+		{[]string{"--count", "700", "--burst", "50"}, 700, 50, false, "explicit burst"},
+		{[]string{"--count", "800"}, 800, 50, true, "burst set apart stays"},
+		{[]string{"--period", "1h"}, 800, 50, false, "count unchanged"},
+		{[]string{"--burst", "800"}, 800, 800, false, "burst back to the count"},
+		{[]string{"--count", "100"}, 100, 100, false, "lowering follows too"},
+	} {
+		args := append([]string{"override", "set", "--id", o.ID, "--expect-version", fmt.Sprint(o.Version), "--created-by", "bob", "--json"}, tc.args...)
+		code, out, errs := a.run(args...)
+		if code != exitOK {
+			t.Fatalf("%s: code %d: %s", tc.wantState, code, errs)
+		}
+		if err := json.Unmarshal([]byte(out), &o); err != nil {
+			t.Fatal(err)
+		}
+		if o.Count != tc.count || o.Burst != tc.burst || strings.Contains(errs, "burst stays") != tc.wantNote {
+			t.Errorf("%s (%v): count %d burst %d, stderr %q; want count %d burst %d, note %v", tc.wantState, tc.args, o.Count, o.Burst, errs, tc.count, tc.burst, tc.wantNote)
+		}
+	}
+}
+
+func TestActorFrom(t *testing.T) {
+	root := func() (*user.User, error) { return &user.User{Username: "root"}, nil }
+	none := func() (*user.User, error) { return nil, errors.New("user: unknown userid 1000") }
+	for _, tc := range []struct {
+		env     map[string]string
+		current func() (*user.User, error)
+		want    string
+	}{
+		{map[string]string{"USER": "alice", "LOGNAME": "bob"}, root, "alice"},
+		{map[string]string{"LOGNAME": "bob"}, root, "bob"},
+		{map[string]string{"USER": " "}, root, "root"},
+		{nil, root, "root"},
+		{nil, none, "uid-1000"},
+	} {
+		if got := actorFrom(func(k string) string { return tc.env[k] }, tc.current, 1000); got != tc.want {
+			t.Errorf("env %v: actor %q, want %q", tc.env, got, tc.want)
+		}
+	}
 }
 
 func TestPenaltyAndBucketCommands(t *testing.T) {
@@ -264,7 +345,49 @@ func TestPenaltyAndBucketCommands(t *testing.T) {
 
 	a.fails(exitUsage, []string{"unknown limit name"}, "bucket", "inspect", "Nope", "x")
 	a.fails(exitUsage, []string{"takes <limit> <value>"}, "bucket", "inspect", "NewOrdersPerAccount")
-	a.fails(exitUsage, []string{"no limits configured", "--directory"}, "bucket", "inspect", "NewOrdersPerAccount", "a", "--directory", "https://ca.invalid/dir")
+
+	// --ca names the CA as the workers do: a CA the catalogue does not list
+	// has Let's Encrypt's limits under its own name.
+	pcat, err := ratelimit.DefaultCatalogue().With(ratelimit.CA{ID: "pebble", Directory: "https://127.0.0.1:14000/dir", Limits: ratelimit.LetsEncryptLimits()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plim := ratelimit.NewLimiter(ratelimit.NewDBStore(d), pcat)
+	pt, err := pcat.Transaction("https://127.0.0.1:14000/dir", ratelimit.NewOrdersPerAccount, "acct-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := plim.Spend(ctx, []ratelimit.Transaction{pt}); err != nil || !res.Allowed {
+		t.Fatalf("spend at pebble: %+v %v", res, err)
+	}
+	for _, ca := range []string{"pebble", "pebble=https://127.0.0.1:14000/dir"} {
+		a.json(&b, "bucket", "inspect", "NewOrdersPerAccount", "acct-7", "--ca", ca)
+		if b.Bucket != "pebble:NewOrdersPerAccount:acct-7" || !b.Stored || b.Source != "override" || b.Remaining != 9 {
+			t.Errorf("--ca %s: %+v", ca, b)
+		}
+	}
+	a.json(&b, "bucket", "inspect", "NewOrdersPerAccount", "acct-8", "--ca", "pebble")
+	if b.Bucket != "pebble:NewOrdersPerAccount:acct-8" || b.Stored || b.Remaining != 300 || b.Source != "default" {
+		t.Errorf("untouched pebble bucket: %+v", b)
+	}
+	t.Setenv("CERTFLEET_CA", "pebble")
+	a.json(&b, "bucket", "inspect", "NewOrdersPerAccount", "acct-8")
+	if b.Bucket != "pebble:NewOrdersPerAccount:acct-8" {
+		t.Errorf("CERTFLEET_CA=pebble: bucket %s", b.Bucket)
+	}
+	// A catalogue file naming the directory decides the bucket's name.
+	catFile := filepath.Join(t.TempDir(), "limits.json")
+	if err := os.WriteFile(catFile, []byte(`{"cas": [{"id": "local", "directory": "https://127.0.0.1:14000/dir",
+		"limits": {"NewOrdersPerAccount": {"count": 20, "period": "1h"}}}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.json(&b, "bucket", "inspect", "NewOrdersPerAccount", "acct-8", "--catalogue", catFile, "--ca", "pebble=https://127.0.0.1:14000/dir")
+	if b.Bucket != "local:NewOrdersPerAccount:acct-8" || b.Count != 20 {
+		t.Errorf("with a catalogue: %+v", b)
+	}
+	a.fails(exitUsage, []string{"--ca NAME=URL"}, "bucket", "inspect", "NewOrdersPerAccount", "a", "--catalogue", catFile, "--ca", "pebble")
+	a.fails(exitUsage, []string{`--ca "Bad_CA"`}, "bucket", "inspect", "NewOrdersPerAccount", "a", "--ca", "Bad_CA")
+	a.fails(exitUsage, []string{"has no limit"}, "bucket", "inspect", "CertificatesPerDomain", "a", "--catalogue", catFile, "--ca", "x=https://127.0.0.1:14000/dir")
 }
 
 func TestAdminNeedsDatabaseAndSchema(t *testing.T) {

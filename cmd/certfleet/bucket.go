@@ -11,15 +11,22 @@ import (
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
-const bucketUsage = `usage: certfleet bucket inspect <limit> <value> [flags]
+const bucketUsage = `usage: certfleet bucket inspect <limit> <value> [--ca NAME] [flags]
 
-Shows one rate-limit bucket: its key, the limit in force (an override or the
+` + bucketAbout + "\n"
+
+const bucketAbout = `Shows one rate-limit bucket: its key, the limit in force (an override or the
 catalogue default), what is left, and any CA penalty. <value> is the bucket's
-subject: an account id (NewOrdersPerAccount), a registered domain
-(CertificatesPerDomain), a SAN set hash (CertificatesPerFQDNSet),
-"account:domain" (FailedAuthorizationsPerDomainPerAccount) or "*"
-(FleetOrdersPerSecond).
-`
+subject: an account id, which is the request's tenant (NewOrdersPerAccount),
+a registered domain (CertificatesPerDomain), a SAN set hash
+(CertificatesPerFQDNSet), "account:domain"
+(FailedAuthorizationsPerDomainPerAccount) or "*" (FleetOrdersPerSecond).
+
+--ca names the CA as requests and the workers' -ca NAME=URL do (bucket keys
+start with it); workers give a CA their limit catalogue does not list Let's
+Encrypt's limits, and so does this command. With --catalogue (the workers'
+-limits file), pass --ca NAME=URL exactly as the workers do: a CA the file
+lists is named by the file's id.`
 
 func bucket(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -29,7 +36,7 @@ func bucket(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	switch args[0] {
 	case "inspect":
 		return bucketInspect(ctx, args[1:], stdout, stderr)
-	case "-h", "--help", "help":
+	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, bucketUsage)
 		return nil
 	}
@@ -59,9 +66,9 @@ type bucketJSON struct {
 
 func bucketInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "bucket inspect"
-	f := newAdminFlags(cmd, stderr, true)
-	dir := f.fs.String("directory", ratelimit.LetsEncryptDirectory, "the CA's ACME directory URL")
-	catPath := f.fs.String("catalogue", "", "limit catalogue file the workers use (default: the built-in Let's Encrypt catalogue)")
+	f := newAdminFlags(cmd, "<limit> <value> [--ca NAME] [flags]", bucketAbout, stdout, stderr, true)
+	caSpec := f.fs.String("ca", envOr("CERTFLEET_CA", "letsencrypt"), "the CA: NAME as in requests and the workers' -ca NAME=URL, or NAME=URL (env CERTFLEET_CA)")
+	catPath := f.fs.String("catalogue", "", "limit catalogue file the workers use (their -limits); default: the built-in one (Let's Encrypt)")
 	account := f.fs.String("account", "", "account id, so account overrides are considered (derived from the value where it holds one)")
 	domain := f.fs.String("domain", "", "domain, so domain overrides are considered (derived from the value where it holds one)")
 	pos, err := f.parse(args, 2, 2, "<limit> <value>")
@@ -72,18 +79,16 @@ func bucketInspect(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	cat := ratelimit.DefaultCatalogue()
-	if *catPath != "" {
-		if cat, err = ratelimit.LoadCatalogue(*catPath); err != nil {
-			return fmt.Errorf("%w: %s: --catalogue: %v", errUsage, cmd, err)
-		}
-	}
-	txn, err := cat.Transaction(*dir, name, pos[1])
+	cat, dir, err := workerCatalogue(*caSpec, *catPath)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v (pass --directory, and --catalogue if the workers use a catalogue file)", errUsage, cmd, err)
+		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
+	}
+	txn, err := cat.Transaction(dir, name, pos[1])
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
 	}
 	deriveSubjects(&txn, *account, *domain)
-	lim, _ := cat.Default(*dir, name)
+	lim, _ := cat.Default(dir, name)
 
 	d, ctx, done, err := f.open(ctx)
 	if err != nil {
@@ -174,4 +179,47 @@ func deriveSubjects(t *ratelimit.Transaction, account, domain string) {
 	if domain != "" {
 		t.Domain = domain
 	}
+}
+
+// workerCatalogue returns the limit catalogue a worker uses for the CA
+// caSpec ("NAME" or "NAME=URL", as the worker's -ca) with the catalogue file
+// catPath ("" for the built-in one), and the CA's directory in it. Like the
+// worker, it gives a CA the catalogue does not list Let's Encrypt's limits
+// under the CA's name. A bare NAME stands for the built-in catalogue's CA of
+// that id, else for a CA of that name the catalogue does not list (its
+// directory does not enter the bucket key).
+func workerCatalogue(caSpec, catPath string) (*ratelimit.Catalogue, string, error) {
+	cat := ratelimit.DefaultCatalogue()
+	if catPath != "" {
+		var err error
+		if cat, err = ratelimit.LoadCatalogue(catPath); err != nil {
+			return nil, "", fmt.Errorf("--catalogue: %v", err)
+		}
+	}
+	name, dir, withDir := strings.Cut(strings.TrimSpace(caSpec), "=")
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return nil, "", fmt.Errorf("--ca %q: want NAME or NAME=URL, as the workers' -ca", caSpec)
+	}
+	if !withDir {
+		if catPath != "" {
+			return nil, "", fmt.Errorf("--ca %q: with --catalogue, pass --ca NAME=URL as the workers do (a CA the file lists is named by the file's id)", caSpec)
+		}
+		switch name {
+		case "letsencrypt":
+			dir = ratelimit.LetsEncryptDirectory
+		case "letsencrypt-staging":
+			dir = ratelimit.LetsEncryptStagingDirectory
+		default:
+			dir = "https://" + name + ".ca.invalid/directory" // a stand-in: not in the catalogue, like the worker's own directory
+		}
+	}
+	if _, ok := cat.CA(dir); !ok {
+		c, err := cat.With(ratelimit.CA{ID: name, Directory: dir, Limits: ratelimit.LetsEncryptLimits()})
+		if err != nil {
+			return nil, "", fmt.Errorf("--ca %q: %v", caSpec, err)
+		}
+		cat = c
+	}
+	return cat, dir, nil
 }

@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -15,33 +15,58 @@ import (
 	"github.com/certfleet/certfleet/events"
 )
 
+const dlqUsage = `usage: certfleet dlq <command> [flags]
+
+commands:
+  list     list dead-lettered records, oldest first  certfleet dlq list [--max N] [--json | --quiet]
+  replay   send records back to their source topic   certfleet dlq replay (--all | --record PARTITION:OFFSET ...)
+
+Kafka topics are append-only: replayed records stay in the DLQ, and a record
+that is still bad is dead-lettered again with a new reason. Run
+'certfleet dlq <command> -h' for its flags.
+`
+
 // dlq list shows dead-lettered records; dlq replay sends them back to the
 // topic they came from (after the cause was fixed, e.g. a CA was configured).
-// Kafka topics are append-only: replayed records stay in the DLQ, and a
-// record that is still bad is dead-lettered again with a new reason.
 func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "list" && args[0] != "replay") {
-		return fmt.Errorf("%w: dlq: usage: certfleet dlq list [--max N] [--json] | certfleet dlq replay (--all | --record PARTITION:OFFSET ...)", errUsage)
+	if len(args) == 0 {
+		fmt.Fprint(stderr, dlqUsage)
+		return fmt.Errorf("%w: dlq: missing command (list, replay)", errUsage)
 	}
 	sub := args[0]
-	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	if isHelp(sub) {
+		fmt.Fprint(stdout, dlqUsage)
+		return nil
+	}
+	if sub != "list" && sub != "replay" {
+		fmt.Fprint(stderr, dlqUsage)
+		return fmt.Errorf("%w: dlq: unknown command %q", errUsage, sub)
+	}
+	var fs *flag.FlagSet
+	if sub == "list" {
+		fs = newFlagSet("dlq list", "[--max N] [--json | --quiet] [flags]",
+			"Lists dead-lettered records, oldest first: RECORD (PARTITION:OFFSET in the DLQ, for\n'certfleet dlq replay --record'), the source topic/partition/offset, the reason.")
+	} else {
+		fs = newFlagSet("dlq replay", "(--all | --record PARTITION:OFFSET ...) [flags]",
+			"Sends dead-lettered records back to the topic they came from, unchanged but for\nthe certfleet_dlq_* headers. Fix the cause first: a record that is still bad\nis dead-lettered again.")
+	}
 	kf := addKafkaFlags(fs)
 	max := fs.Int("max", 1000, "read at most this many records")
-	asJSON := fs.Bool("json", false, "print JSON instead of a table (list)")
-	all := fs.Bool("all", false, "replay every record (replay)")
-	var records listFlag
-	fs.Var(&records, "record", "replay the DLQ record PARTITION:OFFSET; repeat or comma-separate (replay)")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: dlq %s: %v", errUsage, sub, err)
+	var asJSON, quiet, all *bool
+	var records listFlag
+	if sub == "list" {
+		asJSON = fs.Bool("json", false, "print JSON instead of a table")
+		quiet = fs.Bool("quiet", false, "print only the RECORD column (PARTITION:OFFSET), one per line")
+	} else {
+		all = fs.Bool("all", false, "replay every record")
+		fs.Var(&records, "record", "replay the DLQ record PARTITION:OFFSET; repeat or comma-separate")
 	}
-	brokers, err := kf.list("dlq " + sub)
-	if err != nil {
+	if err := parseFlags(fs, args[1:], stdout, stderr); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: dlq %s: unexpected argument %q", errUsage, sub, fs.Arg(0))
 	}
 	want := map[string]bool{}
 	for _, r := range records {
@@ -57,6 +82,13 @@ func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if sub == "replay" && !*all && len(want) == 0 {
 		return fmt.Errorf("%w: dlq replay: say what to replay: --all or --record PARTITION:OFFSET", errUsage)
 	}
+	if sub == "list" && *asJSON && *quiet {
+		return fmt.Errorf("%w: dlq list: --json and --quiet exclude each other", errUsage)
+	}
+	brokers, err := kf.list("dlq " + sub)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	msgs, err := events.ReadTopic(ctx, nil, brokers, kf.topics.DLQ, *max)
@@ -64,7 +96,7 @@ func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("dlq %s: %w", sub, err)
 	}
 	if sub == "list" {
-		return dlqList(stdout, msgs, *asJSON)
+		return dlqList(stdout, msgs, *asJSON, *quiet)
 	}
 	var replay []kafka.Message
 	for _, m := range msgs {
@@ -100,24 +132,34 @@ func withoutDLQHeaders(hs []kafka.Header) []kafka.Header {
 }
 
 type dlqRow struct {
-	Record   string    `json:"record"` // PARTITION:OFFSET in the DLQ
-	Source   string    `json:"source"` // topic/partition/offset it came from
-	Reason   string    `json:"reason"`
-	Attempts int       `json:"attempts"`
-	Group    string    `json:"group"`
-	Time     time.Time `json:"time"`
-	Size     int       `json:"size"`
+	Record   string `json:"record"` // PARTITION:OFFSET in the DLQ
+	Source   string `json:"source"` // topic/partition/offset it came from
+	Reason   string `json:"reason"`
+	Attempts int    `json:"attempts"`
+	// Owner is who gave up, from the certfleet_dlq_group header: the
+	// issuer-worker's -owner, or the consumer group of an events.Subscriber.
+	Owner string    `json:"owner"`
+	Time  time.Time `json:"time"`
+	Size  int       `json:"size"`
 }
 
-func dlqList(w io.Writer, msgs []kafka.Message, asJSON bool) error {
+func dlqList(w io.Writer, msgs []kafka.Message, asJSON, quiet bool) error {
 	rows := []dlqRow{}
 	for _, m := range msgs {
 		d, _ := events.ReadDeadLetter(m)
 		rows = append(rows, dlqRow{Record: fmt.Sprintf("%d:%d", m.Partition, m.Offset), Source: fmt.Sprintf("%s/%d/%d", d.Topic, d.Partition, d.Offset),
-			Reason: d.Reason, Attempts: d.Attempts, Group: d.Group, Time: d.Time, Size: len(m.Value)})
+			Reason: d.Reason, Attempts: d.Attempts, Owner: d.Group, Time: d.Time, Size: len(m.Value)})
 	}
-	if asJSON {
+	// Partitions are read one after the other; oldest first reads better.
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Time.Before(rows[j].Time) })
+	switch {
+	case asJSON:
 		return writeJSON(w, rows)
+	case quiet:
+		for _, r := range rows {
+			fmt.Fprintln(w, r.Record)
+		}
+		return nil
 	}
 	out := [][]string{{"RECORD", "SOURCE", "TIME", "BYTES", "REASON"}}
 	for _, r := range rows {

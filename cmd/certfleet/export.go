@@ -19,7 +19,8 @@ import (
 // unsealed, to files for an operator who holds both database access and the
 // key-encryption keyring. The key goes to a 0600 file, never to stdout.
 func export(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("export", stderr, false)
+	a := newAdminFlags("export", "--san NAME [--san NAME ...] [flags]",
+		"Writes the newest stored certificate of the SAN set and its unsealed private key\n(mode 0600) to --out. Needs the keyring the workers seal with.", stdout, stderr, false)
 	var sans listFlag
 	a.fs.Var(&sans, "san", "a DNS name of the certificate's SAN set; repeat for every name (required)")
 	dir := a.fs.String("out", ".", "directory for <identity>.chain.pem and <identity>.key.pem")

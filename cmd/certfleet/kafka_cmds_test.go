@@ -96,7 +96,37 @@ func TestRequestCommand(t *testing.T) {
 	if code := run(ctx, args, &out, &errb); code != exitError || !strings.Contains(out.String(), "rejectedIdentifier") {
 		t.Fatalf("--wait on a failed request: code %d, out %q, err %q", code, out.String(), errb.String())
 	}
-	for _, bad := range [][]string{{"request"}, {"request", "--san", "exa mple.com", "--brokers", "x:1"}, {"request", "--san", "a.example", "--brokers", ""}} {
+
+	// --wait on a request a worker dead-letters (here the test plays the
+	// worker): reported at once, with the reason and the record to replay.
+	go func() {
+		for ctx.Err() == nil {
+			msgs, _ := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
+			for _, m := range msgs {
+				if ev, err := events.Decode(m); err == nil && requestID(ev) == "req-cli-3" {
+					_ = prod.WriteMessages(ctx, events.DeadLetterRecord(tp.DLQ, m, events.DeadLetter{Reason: `unknown CA "nosuchca": this worker orders only from its configured CAs`,
+						Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Group: "worker-7", Time: time.Now()}))
+					return
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	out.Reset()
+	errb.Reset()
+	t0 := time.Now()
+	args = append([]string{"request", "--san", "www.example.org", "--tenant", "t1", "--ca", "nosuchca", "--request-id", "req-cli-3", "--wait", "2m"}, topicArgs(s, tp)...)
+	code := run(ctx, args, &out, &errb)
+	for _, want := range []string{"dead-lettered", `unknown CA "nosuchca"`, "worker-7", "certfleet dlq replay --record "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dead-lettered request: output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if code != exitError || !strings.Contains(errb.String(), "was dead-lettered") || time.Since(t0) > 30*time.Second {
+		t.Fatalf("dead-lettered request: code %d after %v, err %q", code, time.Since(t0), errb.String())
+	}
+
+	for _, bad := range [][]string{{"request"}, {"request", "--san", "exa mple.com", "--brokers", "x:1"}, {"request", "--san", "a.example", "--tenant", "t1", "--brokers", ""}} {
 		if code := run(ctx, bad, &out, &errb); code != exitUsage {
 			t.Errorf("%v: code %d, want %d", bad, code, exitUsage)
 		}
@@ -115,7 +145,7 @@ func TestDLQCommands(t *testing.T) {
 	}
 	defer prod.Close()
 	orig := kafka.Message{Key: []byte("k"), Value: []byte("{broken"), Headers: []kafka.Header{{Key: "ce_type", Value: []byte("x")}}}
-	rec := events.DeadLetterRecord(tp.DLQ, orig, events.DeadLetter{Reason: "malformed JSON", Topic: tp.Requests, Partition: 1, Offset: 42, Time: time.Now()})
+	rec := events.DeadLetterRecord(tp.DLQ, orig, events.DeadLetter{Reason: "malformed JSON", Topic: tp.Requests, Partition: 1, Offset: 42, Group: "worker-3", Time: time.Now()})
 	if err := prod.WriteMessages(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -127,12 +157,19 @@ func TestDLQCommands(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rows); err != nil || len(rows) != 1 {
 		t.Fatalf("list --json: %v %q", err, out.String())
 	}
-	if rows[0].Reason != "malformed JSON" || rows[0].Source != tp.Requests+"/1/42" {
+	if !strings.Contains(out.String(), `"owner": "worker-3"`) {
+		t.Errorf("list --json does not name the owner: %s", out.String())
+	}
+	if rows[0].Reason != "malformed JSON" || rows[0].Source != tp.Requests+"/1/42" || rows[0].Owner != "worker-3" {
 		t.Fatalf("row %+v", rows[0])
 	}
 	out.Reset()
 	if code := run(ctx, append([]string{"dlq", "list"}, topicArgs(s, tp)...), &out, &errb); code != exitOK || !strings.Contains(out.String(), "malformed JSON") {
 		t.Fatalf("list table: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := run(ctx, append([]string{"dlq", "list", "--quiet"}, topicArgs(s, tp)...), &out, &errb); code != exitOK || out.String() != rows[0].Record+"\n" {
+		t.Fatalf("list --quiet: %d %q", code, out.String())
 	}
 	out.Reset()
 	if code := run(ctx, append([]string{"dlq", "replay", "--record", rows[0].Record}, topicArgs(s, tp)...), &out, &errb); code != exitOK {
@@ -209,4 +246,11 @@ func TestExportCommand(t *testing.T) {
 	if code := run(ctx, []string{"export", "--database-url", url, "--san", "x.example.org", "--out", dir}, &out, &errb); code != exitError {
 		t.Fatalf("export with the wrong keyring: code %d", code)
 	}
+}
+
+func requestID(ev events.Event) string {
+	if r, ok := ev.Data.(*events.IssuanceRequest); ok {
+		return r.RequestID
+	}
+	return ""
 }

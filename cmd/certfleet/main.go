@@ -4,12 +4,17 @@
 //	certfleet override  set, get, list, disable and delete rate-limit overrides
 //	certfleet bucket    inspect one rate-limit bucket
 //	certfleet penalty   list and clear CA penalties
+//	certfleet keys      generate a key-encryption key for sealing private keys
+//	certfleet request   publish an issuance request (and wait for its outcome)
+//	certfleet dlq       list and replay dead-lettered records
+//	certfleet export    write a stored certificate and its unsealed key to files
 //	certfleet manage    keep a SAN set's certificate valid (idempotent)
 //	certfleet unmanage  stop managing a SAN set
 //	certfleet import    manage many SAN sets from a file, in batches
 //
 // Configuration comes from flags, falling back to environment variables
-// (CERTFLEET_DATABASE_URL).
+// (CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...). -h or --help on any
+// command or subcommand prints its usage to stdout and exits 0.
 package main
 
 import (
@@ -49,7 +54,8 @@ commands:
   unmanage  stop managing a certificate
   import    manage many certificates from a file (one SAN set per line)
 
-Run 'certfleet <command> -h' for a command's flags. Read commands take --json.
+Run 'certfleet <command> -h' for a command's flags (-h and --help print the
+usage and exit 0). Read commands take --json.
 Configuration: flags, else CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...
 (with the local stack: set -a; . ./.testenv/env; set +a).
 
@@ -65,6 +71,47 @@ func main() {
 
 // errUsage marks configuration and argument errors (exit status 2).
 var errUsage = errors.New("usage")
+
+// isHelp reports whether arg asks for help instead of naming a subcommand.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
+}
+
+// newFlagSet returns a flag set whose usage reads "usage: certfleet NAME
+// SYNOPSIS", then about (if any), then the flags.
+func newFlagSet(name, synopsis, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: certfleet %s %s\n", name, synopsis)
+		if about != "" {
+			fmt.Fprintf(w, "\n%s\n", about)
+		}
+		fmt.Fprintln(w, "\nflags:")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args into fs. -h or --help prints the usage once, to
+// stdout, and returns flag.ErrHelp (exit status 0); a bad flag prints the
+// usage to stderr and returns a usage error (exit status 2).
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return flag.ErrHelp
+	case err != nil:
+		fs.SetOutput(stderr)
+		fs.Usage()
+		return fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
+	}
+	fs.SetOutput(stderr)
+	return nil
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -95,10 +142,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = unmanage(ctx, args[1:], stdout, stderr)
 	case "import":
 		err = importCmd(ctx, args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return exitOK
 	default:
+		if isHelp(args[0]) {
+			fmt.Fprint(stdout, usage)
+			return exitOK
+		}
 		fmt.Fprintf(stderr, "certfleet: unknown command %q\n%s", args[0], usage)
 		return exitUsage
 	}
@@ -117,15 +165,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("migrate", "[flags]", "Applies the pending database migrations; safe to run from many processes at once.")
 	url := fs.String("database-url", os.Getenv("CERTFLEET_DATABASE_URL"), "database URL (env CERTFLEET_DATABASE_URL)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long, including waiting for another migrator")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: migrate: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	if *url == "" {
 		return fmt.Errorf("%w: migrate: no database: set --database-url or CERTFLEET_DATABASE_URL (with testenv: set -a; . ./.testenv/env; set +a)", errUsage)

@@ -66,7 +66,7 @@ func specError(cmd string, err error) error {
 }
 
 func manage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("manage", stderr, false)
+	a := newAdminFlags("manage", "--san NAME [--san NAME ...] [flags]", "Keeps the SAN set's certificate valid from now on (idempotent); the scheduler\nemits its first issuance on its next tick.", stdout, stderr, false)
 	var sans listFlag
 	a.fs.Var(&sans, "san", "DNS name to put in the certificate (repeat, or comma separated); required")
 	sf := addSpecFlags(a)
@@ -100,7 +100,7 @@ func manage(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 var identityPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 func unmanage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("unmanage", stderr, false)
+	a := newAdminFlags("unmanage", "(--san NAME ... | --identity ID ...) [flags]", "Stops managing a certificate; issued certificates stay stored.", stdout, stderr, false)
 	var sans, ids listFlag
 	a.fs.Var(&sans, "san", "the SAN set to stop managing (repeat, or comma separated)")
 	a.fs.Var(&ids, "identity", "identity (64 hex digits, as printed by manage) to stop managing (repeatable)")
@@ -136,20 +136,12 @@ func unmanage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func importCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	a := newAdminFlags("import", stderr, false)
-	sf := addSpecFlags(a)
-	a.fs.Usage = func() {
-		fmt.Fprint(a.fs.Output(), `usage: certfleet import [flags] FILE
-
-FILE (or - for standard input) holds one SAN set per line, names separated by
+	a := newAdminFlags("import", "[flags] FILE", `FILE (or - for standard input) holds one SAN set per line, names separated by
 spaces or commas; blank lines and lines starting with # are ignored. Every
 line gets the --tenant, --ca, --profile and --key-type given here. All lines
 are validated before anything is written; SAN sets already managed are left
-unchanged, so an import can be re-run.
-
-`)
-		a.fs.PrintDefaults()
-	}
+unchanged, so an import can be re-run.`, stdout, stderr, false)
+	sf := addSpecFlags(a)
 	pos, err := a.parse(args, 1, 1, "one FILE (or - for standard input)")
 	if err != nil {
 		return err

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/certfleet/certfleet/ratelimit"
@@ -15,7 +18,7 @@ const overrideUsage = `usage: certfleet override <command> [flags]
 
 commands:
   set       create an override, or update one (--id with --expect-version)
-  get       show one override and its history          certfleet override get <id>
+  get       show an override's state and history       certfleet override get <id>
   list      list overrides                              certfleet override list [--limit NAME]
   disable   turn an override off (the default applies)  certfleet override disable <id>
   delete    remove an override (its history stays)      certfleet override delete <id>
@@ -38,7 +41,7 @@ func override(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return overrideList(ctx, args[1:], stdout, stderr)
 	case "disable", "delete":
 		return overrideRemove(ctx, args[0], args[1:], stdout, stderr)
-	case "-h", "--help", "help":
+	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, overrideUsage)
 		return nil
 	}
@@ -131,18 +134,23 @@ func overrideDetail(w io.Writer, o *ratelimit.Override, hist []ratelimit.AuditEn
 
 func overrideSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "override set"
-	f := newAdminFlags(cmd, stderr, true)
+	f := newAdminFlags(cmd, "--limit NAME --key KEY --count N --period D [flags]  (create)\n       certfleet override set --id ID --expect-version V [flags]          (update)",
+		`Creates an override, or updates the one named by --id (only the flags given
+change). The burst defaults to the count; on update, a burst that equalled the
+old count follows a new --count, and a burst set apart from the count stays
+(pass --burst to change it).`, stdout, stderr, true)
 	id := f.fs.String("id", "", "update this override instead of creating one (needs --expect-version)")
 	expect := f.fs.Int64("expect-version", 0, "the version you read; the update fails if the override has changed since")
 	name := f.fs.String("limit", "", "limit name: "+fmt.Sprint(ratelimit.Names)+" (required to create)")
 	key := f.fs.String("key", "", "exact key (account id, domain, bucket value) or wildcard *.example.com (required to create)")
 	count := f.fs.Int64("count", 0, "events allowed per period (required to create)")
 	period := f.fs.String("period", "", "period, e.g. 3h or 7d (required to create)")
-	burst := f.fs.Int64("burst", 0, "events allowed at once (default: count)")
+	burst := f.fs.Int64("burst", 0, "events allowed at once (default: the count; on update, follows --count when it equalled the old count)")
 	from := f.fs.String("valid-from", "now", "start: RFC 3339, now, or +/- a duration (+2h)")
 	until := f.fs.String("valid-until", "", "end: RFC 3339 or +duration; empty or 'none' for open ended")
 	comment := f.fs.String("comment", "", "why (shown in listings and kept in the history)")
-	by := f.fs.String("created-by", os.Getenv("USER"), "who makes the change: the creator on create, the actor on update (default $USER)")
+	by := f.fs.String("created-by", defaultActor(), "who makes the change: the creator on create, the actor on update ("+actorDefaultHelp+")")
+	quiet := f.fs.Bool("quiet", false, "print only the override id (for scripts: id=$(certfleet override set ... --quiet))")
 	if _, err := f.parse(args, 0, 0, "only flags"); err != nil {
 		return err
 	}
@@ -168,6 +176,7 @@ func overrideSet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	// Build the new state: flags given override the current (or empty) one.
 	var o ratelimit.Override
+	var prev ratelimit.Limit // the limit before an update
 	d, ctx, done, err := f.open(ctx)
 	if err != nil {
 		return err
@@ -179,7 +188,7 @@ func overrideSet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return explain(cmd, err)
 		}
-		o = *cur
+		o, prev = *cur, cur.Limit
 		if f.set("limit") && ratelimit.Name(*name) != cur.Name || f.set("key") && *key != cur.Key {
 			return fmt.Errorf("%w: %s: the limit name and key of an override cannot change (it is %s %s); create a new override and delete this one", errUsage, cmd, cur.Name, cur.Key)
 		}
@@ -206,6 +215,11 @@ func overrideSet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		o.Limit.Burst = *burst
 	case !updating:
 		o.Limit.Burst = o.Limit.Count
+	case f.set("count") && prev.Burst == prev.Count:
+		// The burst had its default, the count: it follows the new count.
+		o.Limit.Burst = o.Limit.Count
+	case f.set("count") && o.Limit.Count != prev.Count:
+		fmt.Fprintf(stderr, "note: the burst stays %d (it was set apart from the count, %d); pass --burst to change it\n", prev.Burst, prev.Count)
 	}
 	if f.set("valid-from") || !updating {
 		if o.ValidFrom, err = parseTime(*from, now); err != nil {
@@ -233,7 +247,11 @@ func overrideSet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return explain(cmd, err)
 	}
-	if *f.json {
+	switch {
+	case *quiet:
+		fmt.Fprintln(stdout, res.ID)
+		return nil
+	case *f.json:
 		return writeJSON(stdout, toJSON(res, now))
 	}
 	verb := "created"
@@ -246,7 +264,7 @@ func overrideSet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 func overrideGet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "override get"
-	f := newAdminFlags(cmd, stderr, true)
+	f := newAdminFlags(cmd, "<id> [flags]", "Shows one override and its history; for a deleted override, its history.", stdout, stderr, true)
 	pos, err := f.parse(args, 1, 1, "one override id")
 	if err != nil {
 		return err
@@ -261,6 +279,13 @@ func overrideGet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer done()
 	store := ratelimit.NewOverrideStore(d, nil)
 	o, err := store.Get(ctx, pos[0])
+	if errors.Is(err, ratelimit.ErrNotFound) {
+		// Deleted overrides keep their history in the audit table.
+		hist, herr := store.History(ctx, pos[0])
+		if herr == nil && len(hist) > 0 {
+			return deletedDetail(stdout, pos[0], hist, *f.json)
+		}
+	}
 	if err != nil {
 		return explain(cmd, err)
 	}
@@ -281,7 +306,7 @@ func overrideGet(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 func overrideList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "override list"
-	f := newAdminFlags(cmd, stderr, true)
+	f := newAdminFlags(cmd, "[flags]", "Lists the overrides. Deleted ones are not listed; 'certfleet override get ID' shows their history.", stdout, stderr, true)
 	name := f.fs.String("limit", "", "only overrides of this limit name")
 	maxRows := f.fs.Int("max", 1000, "list at most this many")
 	if _, err := f.parse(args, 0, 0, "only flags"); err != nil {
@@ -333,9 +358,13 @@ func overrideList(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // overrideRemove is disable and delete.
 func overrideRemove(ctx context.Context, action string, args []string, stdout, stderr io.Writer) error {
 	cmd := "override " + action
-	f := newAdminFlags(cmd, stderr, false)
+	about := "Turns an override off: the catalogue default applies again. Its history stays."
+	if action == "delete" {
+		about = "Removes an override; 'certfleet override get ID' still shows its history."
+	}
+	f := newAdminFlags(cmd, "<id> [flags]", about, stdout, stderr, false)
 	expect := f.fs.Int64("expect-version", 0, "the version you read; fails if the override changed since (default: its current version)")
-	actor := f.fs.String("actor", os.Getenv("USER"), "who makes the change (default $USER)")
+	actor := f.fs.String("actor", defaultActor(), "who makes the change ("+actorDefaultHelp+")")
 	pos, err := f.parse(args, 1, 1, "one override id")
 	if err != nil {
 		return err
@@ -352,6 +381,13 @@ func overrideRemove(ctx context.Context, action string, args []string, stdout, s
 	version := *expect
 	if !f.set("expect-version") {
 		cur, err := store.Get(ctx, pos[0])
+		if errors.Is(err, ratelimit.ErrNotFound) {
+			if hist, herr := store.History(ctx, pos[0]); herr == nil && len(hist) > 0 {
+				last := hist[len(hist)-1]
+				return fmt.Errorf("%s: override %s was deleted (version %d, by %s at %s); 'certfleet override get %s' shows its history",
+					cmd, pos[0], last.Version, last.Actor, fmtTime(last.At), pos[0])
+			}
+		}
 		if err != nil {
 			return explain(cmd, err)
 		}
@@ -370,4 +406,60 @@ func overrideRemove(ctx context.Context, action string, args []string, stdout, s
 	}
 	fmt.Fprintf(stdout, "deleted override %s (was version %d); its history stays in the audit table\n", pos[0], version)
 	return nil
+}
+
+// deletedJSON is the --json form of a deleted override: its id and history.
+type deletedJSON struct {
+	ID        string      `json:"id"`
+	State     string      `json:"state"` // "deleted"
+	Version   int64       `json:"version"`
+	UpdatedAt time.Time   `json:"updated_at"` // when it was deleted
+	History   []auditJSON `json:"history"`
+}
+
+// deletedDetail shows what is kept of a deleted override: its history.
+func deletedDetail(w io.Writer, id string, hist []ratelimit.AuditEntry, asJSON bool) error {
+	last := hist[len(hist)-1]
+	if asJSON {
+		j := deletedJSON{ID: id, State: "deleted", Version: last.Version, UpdatedAt: last.At.UTC()}
+		for _, h := range hist {
+			j.History = append(j.History, auditJSON{Action: h.Action, Actor: h.Actor, Version: h.Version, At: h.At.UTC()})
+		}
+		return writeJSON(w, j)
+	}
+	state := "deleted"
+	if last.Action == "delete" {
+		state = fmt.Sprintf("deleted by %s at %s", last.Actor, fmtTime(last.At))
+	}
+	if err := table(w, []string{"id", id}, []string{"state", state}, []string{"version", strconv.FormatInt(last.Version, 10)}); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nhistory:")
+	hrows := [][]string{{"  VERSION", "ACTION", "ACTOR", "AT"}}
+	for _, h := range hist {
+		hrows = append(hrows, []string{"  " + strconv.FormatInt(h.Version, 10), h.Action, h.Actor, fmtTime(h.At)})
+	}
+	return table(w, hrows...)
+}
+
+// actorDefaultHelp documents defaultActor in flag help.
+const actorDefaultHelp = "taken from $USER, else $LOGNAME, else the login name of this process's user, else uid-N"
+
+// defaultActor names who runs the command, the default of --created-by and
+// --actor: $USER, else $LOGNAME, else the login name of the process's user
+// (containers often set neither variable), else "uid-N".
+func defaultActor() string {
+	return actorFrom(os.Getenv, user.Current, os.Getuid())
+}
+
+func actorFrom(getenv func(string) string, current func() (*user.User, error), uid int) string {
+	for _, v := range []string{"USER", "LOGNAME"} {
+		if name := strings.TrimSpace(getenv(v)); name != "" {
+			return name
+		}
+	}
+	if u, err := current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	return "uid-" + strconv.Itoa(uid)
 }

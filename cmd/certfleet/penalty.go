@@ -28,7 +28,7 @@ func penalty(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return penaltyList(ctx, args[1:], stdout, stderr)
 	case "clear":
 		return penaltyClear(ctx, args[1:], stdout, stderr)
-	case "-h", "--help", "help":
+	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, penaltyUsage)
 		return nil
 	}
@@ -44,7 +44,7 @@ type penaltyJSON struct {
 
 func penaltyList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "penalty list"
-	f := newAdminFlags(cmd, stderr, true)
+	f := newAdminFlags(cmd, "[flags]", "Lists the active CA penalties, soonest ending first.", stdout, stderr, true)
 	maxRows := f.fs.Int("max", 1000, "list at most this many")
 	if _, err := f.parse(args, 0, 0, "only flags"); err != nil {
 		return err
@@ -88,7 +88,7 @@ func penaltyList(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 func penaltyClear(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "penalty clear"
-	f := newAdminFlags(cmd, stderr, false)
+	f := newAdminFlags(cmd, "<bucket key> [flags]", "Lifts the penalty on one bucket now (the key as 'certfleet penalty list' shows it).", stdout, stderr, false)
 	pos, err := f.parse(args, 1, 1, "one bucket key, as shown by 'certfleet penalty list'")
 	if err != nil {
 		return err
