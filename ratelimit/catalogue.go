@@ -480,9 +480,16 @@ func (c *Catalogue) OrderTransactions(o Order) ([]Transaction, error) {
 		}
 	}
 	add(CertificatesPerFQDNSet, FQDNSetHash(names), o.Account, "", 1, ModeSpend)
+	// One check per authorization host: a wildcard and its base name
+	// (example.com and *.example.com) are both authorized as example.com,
+	// and a batch naming one bucket twice is refused by the store.
+	clear(seen)
 	for _, n := range names {
 		host := strings.TrimPrefix(n, "*.")
-		add(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeCheck)
+		if !seen[host] {
+			seen[host] = true
+			add(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeCheck)
+		}
 	}
 	return txns, nil
 }

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -73,6 +74,33 @@ func TestOrderTransactions(t *testing.T) {
 		if got := summarize(txns); !slices.Equal(got, tt.want) {
 			t.Errorf("kind %d:\n got %v\nwant %v", tt.kind, got, tt.want)
 		}
+	}
+}
+
+// A wildcard and its base name share one authorization host, so the order
+// checks that host's failed-authorization bucket once: a batch naming a
+// bucket twice is refused by the store, which held such a request for ever.
+func TestOrderTransactionsWildcardAndBaseName(t *testing.T) {
+	c := testCatalogue(t)
+	txns, err := c.OrderTransactions(Order{Directory: leDir, Account: "acct-1", SANs: []string{"example.com", "*.example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]int{}
+	for _, tx := range txns {
+		keys[tx.Key()]++
+	}
+	for k, n := range keys {
+		if n != 1 {
+			t.Errorf("bucket %s appears %d times in one order", k, n)
+		}
+	}
+	if keys["le:FailedAuthorizationsPerDomainPerAccount:acct-1:example.com"] != 1 {
+		t.Errorf("no failed-authorization check for example.com: %v", keys)
+	}
+	l := NewLimiter(NewMemStore(), c)
+	if _, err := l.Spend(context.Background(), txns); err != nil {
+		t.Fatalf("spending the order's buckets: %v", err)
 	}
 }
 
