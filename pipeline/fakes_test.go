@@ -175,7 +175,8 @@ func (f *fakeClaims) counts() (claims, completes, fails, releases int) {
 type fakeTokens struct {
 	mu              sync.Mutex
 	deny            *ratelimit.Result
-	denials         int // when > 0, deny only this many spends, then allow
+	denials         int   // when > 0, deny only this many spends, then allow
+	err             error // when set, every spend fails with it
 	spends, refunds int
 }
 
@@ -183,6 +184,9 @@ func (f *fakeTokens) Spend(context.Context, []ratelimit.Transaction) (ratelimit.
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.spends++
+	if f.err != nil {
+		return ratelimit.Result{}, f.err
+	}
 	if f.deny != nil && (f.denials == 0 || f.spends <= f.denials) {
 		return *f.deny, nil
 	}

@@ -78,6 +78,7 @@ type job struct {
 	req      *events.IssuanceRequest
 	src      kafka.Message
 	identity string
+	released bool                    // the claim was handed back (release runs once)
 	owner    string                  // claim owner: this worker and job
 	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
 	// pending is the order in flight for this request: the one a previous
@@ -423,6 +424,10 @@ func (j *job) requeueOnly(ctx context.Context, at time.Time) error {
 // and returns cause (nil when the job ended cleanly).
 func (j *job) release(ctx context.Context, cause error) error {
 	w := j.w
+	if j.released {
+		return cause // released on the way out of run already
+	}
+	j.released = true
 	rctx := ctx
 	if ctx.Err() != nil {
 		var cancel context.CancelFunc

@@ -368,6 +368,24 @@ func TestJobDeadLetters(t *testing.T) {
 	}
 }
 
+// A batch the limiter refuses as invalid (ratelimit.ErrInvalidRequest) fails
+// the same way every time: the record is dead-lettered once, not retried for
+// ever while it holds its partition's commits.
+func TestInvalidSpendIsDeadLettered(t *testing.T) {
+	h := newHarness(t)
+	h.tokens.err = fmt.Errorf("deciding 6 buckets: %w: key appears twice", ratelimit.ErrInvalidRequest)
+	r := runOne(t, h, record(t, h.topics.Requests, 0, 0, newRequest("req-inv", "www.example.com")))
+	checkWant(t, h, r, want{dlq: 1, releases: 1})
+	if spends, _ := h.tokens.counts(); spends != 1 {
+		t.Errorf("%d spends, want 1 (no retry of a refused batch)", spends)
+	}
+	if dl := h.writer.on(h.topics.DLQ); len(dl) == 1 {
+		if d, _ := events.ReadDeadLetter(dl[0]); !strings.Contains(d.Reason, "appears twice") {
+			t.Errorf("reason %q does not say why", d.Reason)
+		}
+	}
+}
+
 // run is what a single-record Run produced.
 type run struct {
 	req    *events.IssuanceRequest

@@ -17,6 +17,7 @@ import (
 
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/ratelimit"
 )
 
 // Worker processes issuance records. Safe for concurrent use: Run calls
@@ -168,8 +169,10 @@ func decodeStored(b []byte, topic string) (kafka.Message, error) {
 	return kafka.Message{Topic: topic, Key: s.Key, Value: s.Value, Headers: s.Headers}, nil
 }
 
-// errDataRefused marks a database error caused by the record's own data
-// (db.DataError): retrying cannot help, so the record is dead-lettered.
+// errDataRefused marks an error caused by the record's own data (a database
+// data error, db.DataError, or a batch the limiter refuses,
+// ratelimit.ErrInvalidRequest): retrying cannot help, so the record is
+// dead-lettered.
 var errDataRefused = errors.New("the database refused the request's data")
 
 // retry runs f until it succeeds, returns a permanent error, or ctx ends,
@@ -191,7 +194,7 @@ func retry[T any](ctx context.Context, w *Worker, what string, f func(context.Co
 		if errors.Is(err, certstore.ErrNotOwner) || ctx.Err() != nil {
 			return v, backoff.Permanent(err)
 		}
-		if db.DataError(err) {
+		if db.DataError(err) || errors.Is(err, ratelimit.ErrInvalidRequest) {
 			// The same statement with the same data fails the same way:
 			// retrying would hold the record (and its partition's commits)
 			// for ever. The record is dead-lettered instead (handle).
