@@ -31,6 +31,10 @@ type Config struct {
 	// that claims the request after this one died continues that order
 	// rather than placing another. Nil: a crash mid-order costs a second order.
 	Orders OrderRecorder
+	// Previous, optional, finds the certificate a renewal replaces, so the
+	// order names it and the CA can apply its ARI exemption. Nil: renewals
+	// are ordered without "replaces".
+	Previous Previous
 
 	// Concurrency caps orders in flight: a job holds an order slot from its
 	// claim until the CA has issued (storing and publishing run outside it).

@@ -32,6 +32,14 @@ type OrderRecorder interface {
 	RecordOrder(ctx context.Context, requestID, owner string, o certstore.Order) error
 }
 
+// Previous finds the certificate an ARI renewal replaces, so the order can
+// name it (RFC 9773 "replaces"). *certstore.Store implements it. Contract:
+// ByARICertID returns the stored certificate whose ARI id is ariCertID, or an
+// error when there is none; safe for concurrent use; honours ctx.
+type Previous interface {
+	ByARICertID(ctx context.Context, ariCertID string) (certstore.Certificate, error)
+}
+
 // Tokens spends and refunds rate-limit tokens, all or nothing across the
 // transactions. *ratelimit.Limiter implements it. An error means the outcome
 // is unknown (the job retries; a double spend only delays, never over-issues).

@@ -134,7 +134,7 @@ func (st *stack) worker(t testing.TB, name string, mods ...func(*pipeline.Config
 		t.Fatal(err)
 	}
 	cfg := pipeline.Config{
-		Owner: name, Topics: st.topics, Claims: st.store, Orders: st.store, Tokens: st.limiter, Limits: st.cat,
+		Owner: name, Topics: st.topics, Claims: st.store, Orders: st.store, Previous: st.store, Tokens: st.limiter, Limits: st.cat,
 		Writer: st.producer, Sealer: st.keyring, Concurrency: testenv.MaxConcurrentOrdersPerPackage / 2,
 		CAs:    []pipeline.CA{{Name: "pebble", Directory: st.s.ACMEDirectory, Issuer: iss}},
 		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),

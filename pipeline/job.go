@@ -172,8 +172,8 @@ func (j *job) order(ctx context.Context) (string, error) {
 		Tenant: j.req.Tenant, SANs: j.req.SANs, Profile: j.req.Profile,
 		KeyType: acmeissuer.KeyType(j.req.KeyType), PenaltyKeys: penaltyKeys(j.txns),
 	}
-	if j.req.Replaces != "" && w.prev != nil {
-		if old, err := w.prev.ByARICertID(ctx, j.req.Replaces); err == nil {
+	if j.req.Replaces != "" && w.cfg.Previous != nil {
+		if old, err := w.cfg.Previous.ByARICertID(ctx, j.req.Replaces); err == nil {
 			if leaf, err := parseLeaf(old.ChainPEM); err == nil {
 				areq.Replaces = leaf
 			}

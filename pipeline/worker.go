@@ -26,13 +26,6 @@ type Worker struct {
 	cfg   Config
 	cas   map[string]CA // by name and by directory
 	slots chan struct{} // order slots (Concurrency)
-	prev  Previous
-}
-
-// Previous finds the certificate an ARI renewal replaces, so the order can
-// name it. *certstore.Store implements it.
-type Previous interface {
-	ByARICertID(ctx context.Context, ariCertID string) (certstore.Certificate, error)
 }
 
 // New validates cfg (errors name the field) and returns a Worker.
@@ -44,9 +37,6 @@ func New(cfg Config) (*Worker, error) {
 	w := &Worker{cfg: cfg, cas: map[string]CA{}, slots: make(chan struct{}, cfg.Concurrency)}
 	for _, ca := range cfg.CAs {
 		w.cas[ca.Name], w.cas[ca.Directory] = ca, ca
-	}
-	if p, ok := cfg.Claims.(Previous); ok {
-		w.prev = p
 	}
 	return w, nil
 }

@@ -143,7 +143,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	metrics := pipeline.NewMetrics(reg)
 	store := certstore.New(d)
 	worker, err := pipeline.New(pipeline.Config{
-		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Tokens: limiter, Limits: cat,
+		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Previous: store, Tokens: limiter, Limits: cat,
 		Writer: producer, Sealer: keyring, CAs: cas, Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, Logger: log, Metrics: metrics,
 	})
