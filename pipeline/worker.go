@@ -2,10 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -14,10 +10,6 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
-
-	"github.com/certfleet/certfleet/certstore"
-	"github.com/certfleet/certfleet/db"
-	"github.com/certfleet/certfleet/ratelimit"
 )
 
 // Worker processes issuance records. Safe for concurrent use: Run calls
@@ -137,94 +129,6 @@ func (c *committer) commit(ctx context.Context, log interface{ Warn(string, ...a
 		return
 	}
 	c.last[k] = offset
-}
-
-// storedRecord is how an outcome event is kept in the database: the exact
-// record, so a redelivered request re-publishes identical bytes and ce_id.
-type storedRecord struct {
-	Key     []byte         `json:"key"`
-	Value   []byte         `json:"value"`
-	Headers []kafka.Header `json:"headers"`
-}
-
-func encodeStored(m kafka.Message) ([]byte, error) {
-	return json.Marshal(storedRecord{Key: m.Key, Value: m.Value, Headers: m.Headers})
-}
-
-func decodeStored(b []byte, topic string) (kafka.Message, error) {
-	var s storedRecord
-	if err := json.Unmarshal(b, &s); err != nil {
-		return kafka.Message{}, fmt.Errorf("decoding stored outcome: %w", err)
-	}
-	return kafka.Message{Topic: topic, Key: s.Key, Value: s.Value, Headers: s.Headers}, nil
-}
-
-// errDataRefused marks an error caused by the record's own data (a database
-// data error, db.DataError, or a batch the limiter refuses,
-// ratelimit.ErrInvalidRequest): retrying cannot help, so the record is
-// dead-lettered.
-var errDataRefused = errors.New("the database refused the request's data")
-
-// retry runs f until it succeeds, returns a permanent error, or ctx ends,
-// with capped jittered exponential backoff: for database and Kafka calls whose
-// failure says nothing about the job itself.
-func retry[T any](ctx context.Context, w *Worker, what string, f func(context.Context) (T, error)) (T, error) {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(50*time.Millisecond),
-		backoff.WithMaxInterval(w.cfg.InfraBackoffMax),
-		backoff.WithMaxElapsedTime(0),
-	)
-	attempt := 0
-	return backoff.RetryWithData(func() (T, error) {
-		attempt++
-		v, err := f(ctx)
-		if err == nil {
-			return v, nil
-		}
-		if errors.Is(err, certstore.ErrNotOwner) || ctx.Err() != nil {
-			return v, backoff.Permanent(err)
-		}
-		if db.DataError(err) || errors.Is(err, ratelimit.ErrInvalidRequest) {
-			// The same statement with the same data fails the same way:
-			// retrying would hold the record (and its partition's commits)
-			// for ever. The record is dead-lettered instead (handle).
-			return v, backoff.Permanent(fmt.Errorf("%s: %w: %w", what, errDataRefused, err))
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			w.cfg.Logger.Warn(what+" failed; retrying", "attempt", attempt, "err", err)
-		}
-		return v, err
-	}, backoff.WithContext(b, ctx))
-}
-
-// parseLeaf returns the first certificate of a PEM chain.
-func parseLeaf(chain string) (*x509.Certificate, error) {
-	certs, err := parsePEMCerts(chain)
-	if err != nil {
-		return nil, err
-	}
-	return certs[0], nil
-}
-
-func parsePEMCerts(chain string) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	rest := []byte(chain)
-	for {
-		var block []byte
-		block, rest = nextPEMCert(rest)
-		if block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no certificate in chain")
-	}
-	return out, nil
 }
 
 // sanitize keeps error text safe for events and logs, as events' text
