@@ -120,7 +120,7 @@ func (j *job) run(ctx context.Context) (string, error) {
 	// (through a duplicate) is re-published above, not contradicted, and the
 	// failure is recorded so later duplicates re-publish it too.
 	if j.req.Attempt >= w.cfg.MaxAttempts {
-		return j.failPermanently(ctx, "urn:certfleet:error:tooManyAttempts", fmt.Sprintf("gave up after %d attempts", j.req.Attempt), true)
+		return j.failPermanently(ctx, problemTooManyAttempts, fmt.Sprintf("gave up after %d attempts", j.req.Attempt))
 	}
 
 	kind := ratelimit.NewOrder
@@ -132,7 +132,7 @@ func (j *job) run(ctx context.Context) (string, error) {
 	}
 	txns, err := w.cfg.Limits.OrderTransactions(ratelimit.Order{Directory: j.ca.Directory, Account: j.req.Tenant, SANs: j.req.SANs, Kind: kind})
 	if err != nil {
-		return j.failPermanently(ctx, "urn:certfleet:error:badRequest", err.Error(), true)
+		return j.failPermanently(ctx, problemBadRequest, err.Error())
 	}
 	for {
 		res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
@@ -233,9 +233,9 @@ func (j *job) order(ctx context.Context) (string, error) {
 		case acmeissuer.Permanent:
 			problem := last.ProblemType
 			if problem == "" {
-				problem = "urn:certfleet:error:orderFailed"
+				problem = problemOrderFailed
 			}
-			return j.failPermanently(ctx, problem, sanitize(firstNonEmpty(last.Detail, err.Error()), 1000), true)
+			return j.failPermanently(ctx, problem, sanitize(firstNonEmpty(last.Detail, err.Error()), 1000))
 		}
 	}
 	// Retryable failures persisted: defer with growing delay and say so.
@@ -246,7 +246,7 @@ func (j *job) order(ctx context.Context) (string, error) {
 	}
 	problem := last.ProblemType
 	if problem == "" {
-		problem = "urn:certfleet:error:caUnavailable"
+		problem = problemCAUnavailable
 	}
 	failed := &events.CertFailed{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
 		ProblemType: problem, Detail: sanitize(last.Detail, 1000), Retryable: true, NextAttemptAt: next, Attempt: j.req.Attempt + 1}
@@ -316,7 +316,7 @@ func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error)
 	if err != nil {
 		// The CA's chain did not pass our own event checks: record the failure
 		// rather than loop; the certificate is not stored.
-		return j.failPermanently(ctx, "urn:certfleet:error:badCertificate", err.Error(), true)
+		return j.failPermanently(ctx, problemBadCertificate, err.Error())
 	}
 	stored, err := encodeStored(msg)
 	if err != nil {
@@ -344,8 +344,10 @@ func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error)
 	return OutcomeObtained, nil
 }
 
-// failPermanently records and publishes a cert_failed that ends the request.
-func (j *job) failPermanently(ctx context.Context, problem, detail string, claimed bool) (string, error) {
+// failPermanently records the cert_failed that ends the request on its claim
+// (so later duplicates re-publish it) and publishes it. The job holds the
+// claim: every caller runs after Claim acquired it.
+func (j *job) failPermanently(ctx context.Context, problem, detail string) (string, error) {
 	w := j.w
 	w.cfg.Logger.Warn("request failed permanently", append(j.log(), "problem", problem, "detail", sanitize(detail, 300))...)
 	f := &events.CertFailed{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
@@ -354,16 +356,14 @@ func (j *job) failPermanently(ctx context.Context, problem, detail string, claim
 	if err != nil {
 		return "", err
 	}
-	if claimed {
-		stored, err := encodeStored(msg)
-		if err != nil {
-			return "", err
-		}
-		if _, err := retry(ctx, w, "recording failure", func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, w.cfg.Claims.Fail(ctx, j.req.RequestID, j.owner, stored)
-		}); err != nil && !errors.Is(err, certstore.ErrNotOwner) {
-			return "", err
-		}
+	stored, err := encodeStored(msg)
+	if err != nil {
+		return "", err
+	}
+	if _, err := retry(ctx, w, "recording failure", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Claims.Fail(ctx, j.req.RequestID, j.owner, stored)
+	}); err != nil && !errors.Is(err, certstore.ErrNotOwner) {
+		return "", err
 	}
 	if _, err := retry(ctx, w, "publishing cert_failed", func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
