@@ -1,13 +1,25 @@
-// Package names validates and canonicalises the DNS names that certfleet
-// puts into certificates (subjectAltName dNSName entries).
+// Package names validates and canonicalises the identifiers that certfleet
+// puts into certificates (subjectAltName dNSName entries). It is the only
+// package that decides what a valid identifier is: events, the scheduler,
+// the CLI, ratelimit and acmeissuer call it instead of parsing names
+// themselves.
 //
 // It owns the rules for what counts as an acceptable certificate name: IDNA
 // (UTS #46 lookup mapping, RFC 5891 label rules, the Bidi rule), the RFC 1035
 // lengths (253 octets per name, 63 per label), letters-digits-hyphen labels,
-// a wildcard only as the whole leftmost label, no IP literals, at least two
-// labels, and no name (or wildcard base) that is itself an ICANN public
-// suffix. The canonical form is the lower-case ASCII (A-label) form without a
-// trailing dot.
+// a wildcard only as the whole leftmost label, at least two labels, and no
+// name (or wildcard base) that is itself an ICANN public suffix. The canonical
+// form is the lower-case ASCII (A-label) form without a trailing dot. It also
+// owns the public suffix list lookup (RegisteredDomain) that rate limits and
+// DNS-01 zones are keyed by.
+//
+// IP address identifiers (RFC 8738) are refused, everywhere, with
+// ErrIPAddress ("IP address identifiers are not supported: ..."): an address
+// or an address prefix, bracketed or not. Let's Encrypt issues IP address
+// certificates only on its short-lived profile, and nothing else in certfleet
+// (the request contract, the certificate identity, the rate-limit buckets,
+// DNS-01 and HTTP-01 solving) handles them; supporting them means changing
+// this package first, and every caller then sees them.
 //
 // It is pure: no I/O, no clock. The events package uses it to validate SANs on
 // the wire; the worker and the scheduler use it on their inputs. It does not
@@ -18,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -41,7 +54,7 @@ var (
 	ErrEmptyLabel   = errors.New("empty label")
 	ErrInvalidLabel = errors.New("invalid label")
 	ErrWildcard     = errors.New("wildcard is allowed only as the whole leftmost label")
-	ErrIPAddress    = errors.New("IP address literal is not a DNS name")
+	ErrIPAddress    = errors.New("IP address identifiers are not supported: certfleet issues certificates for DNS names only")
 	ErrSingleLabel  = errors.New("name needs at least two labels")
 	ErrPublicSuffix = errors.New("name is a public suffix")
 	ErrIDNA         = errors.New("IDNA conversion failed")
@@ -152,7 +165,7 @@ func normalize(name string) (string, error) {
 			return "", fmt.Errorf("%w: %U", ErrControl, r)
 		}
 	}
-	if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+	if isIP(name) {
 		return "", ErrIPAddress
 	}
 	wildcard := false
@@ -259,4 +272,56 @@ func classifyIDNA(base string, err error) error {
 		msg = msg[:120] + "..."
 	}
 	return fmt.Errorf("%w: %s", ErrIDNA, msg)
+}
+
+// isIP reports whether s is an IP address (bracketed or not, with or
+// without a zone) or an address prefix in CIDR notation.
+func isIP(s string) bool {
+	if _, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return true
+	}
+	_, err := netip.ParsePrefix(s)
+	return err == nil
+}
+
+// NormalizeSet returns the canonical forms of list (see Normalize), sorted and
+// without duplicates: the SAN set a certificate is for, whatever order and
+// case its names were given in. It refuses an empty list and one of more than
+// max distinct names; errors are *NameError values carrying the index of the
+// first bad name.
+func NormalizeSet(list []string, max int) ([]string, error) {
+	if len(list) == 0 {
+		return nil, &NameError{Index: -1, Err: ErrEmpty}
+	}
+	out := make([]string, 0, len(list))
+	for i, n := range list {
+		c, err := normalize(n)
+		if err != nil {
+			return nil, &NameError{Name: n, Index: i, Err: err}
+		}
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if len(out) > max {
+		return nil, &NameError{Index: -1, Err: fmt.Errorf("%w: %d, at most %d", ErrTooManyNames, len(out), max)}
+	}
+	return out, nil
+}
+
+// RegisteredDomain returns the registered domain of name: its public suffix
+// (by the whole public suffix list, ICANN and private sections) plus one
+// label, as rate limits count domains ("www.example.co.uk" is in
+// "example.co.uk", "foo.github.io" is its own). A leading "*." and a trailing
+// dot are ignored and ASCII is lower-cased; name is not otherwise validated,
+// so DNS-01 record names ("_acme-challenge.www.example.com") work too. A name
+// that is itself a public suffix ("github.io", "co.uk") has no registered
+// domain: the error wraps ErrPublicSuffix.
+func RegisteredDomain(name string) (string, error) {
+	host := strings.TrimPrefix(strings.TrimSuffix(strings.ToLower(name), "."), "*.")
+	rd, err := publicsuffix.EffectiveTLDPlusOne(host)
+	if err != nil {
+		return "", &NameError{Name: name, Index: -1, Err: ErrPublicSuffix}
+	}
+	return rd, nil
 }

@@ -2,6 +2,7 @@ package names
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -156,4 +157,64 @@ func FuzzNormalize(f *testing.F) {
 			}
 		}
 	})
+}
+
+// IP address identifiers are refused in every form, with a reason that says
+// so rather than a label error.
+func TestIPAddressesAreRefusedWithAReason(t *testing.T) {
+	for _, in := range []string{"192.0.2.1", "[2001:db8::1]", "2001:db8::1", "::ffff:192.0.2.1", "fe80::1%eth0", "192.0.2.0/24", "2001:db8::/64"} {
+		_, err := Normalize(in)
+		if !errors.Is(err, ErrIPAddress) {
+			t.Errorf("Normalize(%q) = %v; want ErrIPAddress", in, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "IP address identifiers are not supported: ") {
+			t.Errorf("Normalize(%q): %q does not say IP identifiers are unsupported", in, err)
+		}
+	}
+}
+
+func TestNormalizeSet(t *testing.T) {
+	got, err := NormalizeSet([]string{"WWW.Example.COM", "example.com", "www.example.com", "bücher.example"}, 3)
+	if want := []string{"example.com", "www.example.com", "xn--bcher-kva.example"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("NormalizeSet = %q, %v; want %q", got, err, want)
+	}
+	tests := []struct {
+		name  string
+		list  []string
+		err   error
+		index int
+	}{
+		{"empty", nil, ErrEmpty, -1},
+		{"too many distinct", []string{"a.example.com", "b.example.com", "c.example.com", "d.example.com"}, ErrTooManyNames, -1},
+		{"IP address", []string{"a.example.com", "192.0.2.1"}, ErrIPAddress, 1},
+		{"absolute name", []string{"example.com."}, ErrEmptyLabel, 0},
+	}
+	for _, tt := range tests {
+		_, err := NormalizeSet(tt.list, 3)
+		var ne *NameError
+		if !errors.Is(err, tt.err) || !errors.As(err, &ne) || ne.Index != tt.index {
+			t.Errorf("%s: got %v, want %v at index %d", tt.name, err, tt.err, tt.index)
+		}
+	}
+}
+
+func TestRegisteredDomain(t *testing.T) {
+	for in, want := range map[string]string{
+		"www.example.com":                  "example.com",
+		"*.www.Example.COM":                "example.com",
+		"a.b.example.co.uk":                "example.co.uk",
+		"foo.github.io":                    "foo.github.io",
+		"_acme-challenge.www.example.com.": "example.com",
+		"x.certfleet.test":                 "certfleet.test",
+	} {
+		if got, err := RegisteredDomain(in); err != nil || got != want {
+			t.Errorf("RegisteredDomain(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"co.uk", "github.io", "com", ""} {
+		if got, err := RegisteredDomain(in); !errors.Is(err, ErrPublicSuffix) {
+			t.Errorf("RegisteredDomain(%q) = %q, %v; want ErrPublicSuffix", in, got, err)
+		}
+	}
 }
