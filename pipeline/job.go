@@ -36,14 +36,8 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 	if !ok {
 		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs", req.CA))
 	}
-	if d := req.NotBefore.Sub(w.cfg.Now()); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-waitCtx.Done():
-			t.Stop()
-			return waitCtx.Err()
-		}
+	if err := sleep(waitCtx, req.NotBefore.Sub(w.cfg.Now())); err != nil {
+		return err
 	}
 	select {
 	case w.slots <- struct{}{}:
@@ -155,18 +149,49 @@ func (j *job) run(ctx context.Context) (string, error) {
 		// A short wait (the fleet's orders-per-second budget): wait here,
 		// holding the order slot, so the budget gates how fast this worker
 		// pulls work instead of churning records through the retry topic.
-		select {
-		case <-time.After(res.RetryIn):
-		case <-ctx.Done():
-			return "", j.release(ctx, ctx.Err())
+		if err := sleep(ctx, res.RetryIn); err != nil {
+			return "", j.release(ctx, err)
 		}
 	}
 	j.txns = txns
 	return j.order(ctx)
 }
 
-// order runs the ACME order, retrying retryable failures in place.
+// order runs the ACME order, retrying retryable failures in place, and ends
+// the job by the outcome: succeed, defer to the CA's Retry-After, fail for
+// good, or (retryable failures persisted) retry later.
 func (j *job) order(ctx context.Context) (string, error) {
+	areq := j.acmeRequest(ctx)
+	var last acmeissuer.Classification
+	for try := 0; try <= j.w.cfg.OrderRetries; try++ {
+		if try > 0 {
+			if err := sleep(ctx, min(time.Duration(1<<try)*100*time.Millisecond, 5*time.Second)); err != nil {
+				return "", j.release(ctx, err)
+			}
+		}
+		result, c, err := j.attempt(ctx, areq)
+		switch {
+		case err == nil:
+			return j.succeed(ctx, result)
+		case ctx.Err() != nil:
+			return "", j.release(ctx, ctx.Err())
+		case c.Class == acmeissuer.RateLimited:
+			return j.deferToCA(ctx, c)
+		case c.Class == acmeissuer.Permanent:
+			problem := c.ProblemType
+			if problem == "" {
+				problem = problemOrderFailed
+			}
+			return j.failPermanently(ctx, problem, sanitize(firstNonEmpty(c.Detail, err.Error()), 1000))
+		}
+		last = c
+	}
+	return j.retryLater(ctx, last)
+}
+
+// acmeRequest is the order to place for the request. A renewal names the
+// certificate it replaces when Previous finds it.
+func (j *job) acmeRequest(ctx context.Context) acmeissuer.Request {
 	w := j.w
 	areq := acmeissuer.Request{
 		Tenant: j.req.Tenant, SANs: j.req.SANs, Profile: j.req.Profile,
@@ -181,64 +206,66 @@ func (j *job) order(ctx context.Context) (string, error) {
 			w.cfg.Logger.Info("certificate to replace not found; ordering without replaces", append(j.log(), "replaces", j.req.Replaces)...)
 		}
 	}
-	var last acmeissuer.Classification
-	for try := 0; try <= w.cfg.OrderRetries; try++ {
-		if try > 0 {
-			d := min(time.Duration(1<<try)*100*time.Millisecond, 5*time.Second)
-			select {
-			case <-time.After(d):
-			case <-ctx.Done():
-				return "", j.release(ctx, ctx.Err())
-			}
-		}
-		octx, cancel := context.WithTimeout(ctx, w.cfg.OrderTimeout)
-		t0 := time.Now()
-		areq.Resume, areq.OnOrder = j.pending, nil
-		if w.cfg.Orders != nil {
-			areq.OnOrder = j.recordOrder
-		}
-		result, err := j.ca.Issuer.Obtain(octx, areq)
-		cancel()
-		if err == nil {
-			w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
-			if result.Resumed {
-				w.cfg.Metrics.OrdersResumed.Inc()
-				w.cfg.Logger.Info("continued the order a previous attempt left", append(j.log(), "order", j.pending.URL)...)
-			}
-			if j.releaseSlot != nil {
-				j.releaseSlot()
-			}
-			return j.succeed(ctx, result)
-		}
-		if ctx.Err() != nil {
-			return "", j.release(ctx, ctx.Err())
-		}
-		last = acmeissuer.Classify(err)
-		w.cfg.Metrics.OrderSeconds.WithLabelValues(last.Class.String()).Observe(time.Since(t0).Seconds())
-		if failedAuthorization(last.ProblemType) {
-			j.spendFailedAuthorization(ctx)
-		}
-		w.cfg.Logger.Info("order failed", append(j.log(), "class", last.Class.String(), "problem", last.ProblemType, "limit", last.Limit, "err", sanitize(err.Error(), 300))...)
-		switch last.Class {
-		case acmeissuer.RateLimited:
-			// The CA refused the order before counting it: give the tokens back.
-			// acmeissuer already recorded the shared penalty on the buckets of
-			// the limit the CA named.
-			j.refund(ctx)
-			at := last.RetryAfter
-			if at.IsZero() { // a rateLimited problem without Retry-After
-				at = w.cfg.Now().Add(w.cfg.RetryDelay)
-			}
-			return OutcomeDeferred, j.deferUntil(ctx, at, "CA", j.ca.Directory, true)
-		case acmeissuer.Permanent:
-			problem := last.ProblemType
-			if problem == "" {
-				problem = problemOrderFailed
-			}
-			return j.failPermanently(ctx, problem, sanitize(firstNonEmpty(last.Detail, err.Error()), 1000))
-		}
+	return areq
+}
+
+// attempt places the order once (or continues the one in flight), bounded by
+// OrderTimeout. On success the order slot is given back: the CA's part is
+// done. A failure is classified, counted and logged, and a failed
+// validation spends the failed-authorization buckets; when ctx ended the
+// error is returned unclassified.
+func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer.Result, acmeissuer.Classification, error) {
+	w := j.w
+	octx, cancel := context.WithTimeout(ctx, w.cfg.OrderTimeout)
+	t0 := time.Now()
+	areq.Resume, areq.OnOrder = j.pending, nil
+	if w.cfg.Orders != nil {
+		areq.OnOrder = j.recordOrder
 	}
-	// Retryable failures persisted: defer with growing delay and say so.
+	result, err := j.ca.Issuer.Obtain(octx, areq)
+	cancel()
+	if err == nil {
+		w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
+		if result.Resumed {
+			w.cfg.Metrics.OrdersResumed.Inc()
+			w.cfg.Logger.Info("continued the order a previous attempt left", append(j.log(), "order", j.pending.URL)...)
+		}
+		if j.releaseSlot != nil {
+			j.releaseSlot()
+		}
+		return result, acmeissuer.Classification{}, nil
+	}
+	if ctx.Err() != nil {
+		return nil, acmeissuer.Classification{}, err
+	}
+	c := acmeissuer.Classify(err)
+	w.cfg.Metrics.OrderSeconds.WithLabelValues(c.Class.String()).Observe(time.Since(t0).Seconds())
+	if failedAuthorization(c.ProblemType) {
+		j.spendFailedAuthorization(ctx)
+	}
+	w.cfg.Logger.Info("order failed", append(j.log(), "class", c.Class.String(), "problem", c.ProblemType, "limit", c.Limit, "err", sanitize(err.Error(), 300))...)
+	return nil, c, err
+}
+
+// deferToCA ends a job the CA refused with a rate limit: the CA refused the
+// order before counting it, so the tokens go back, and the request waits
+// for the CA's Retry-After (RetryDelay when it sent none). acmeissuer
+// already recorded the shared penalty on the buckets of the limit the CA
+// named.
+func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification) (string, error) {
+	j.refund(ctx)
+	at := c.RetryAfter
+	if at.IsZero() { // a rateLimited problem without Retry-After
+		at = j.w.cfg.Now().Add(j.w.cfg.RetryDelay)
+	}
+	return OutcomeDeferred, j.deferUntil(ctx, at, "CA", j.ca.Directory, true)
+}
+
+// retryLater ends a job whose retryable failures (5xx, network) persisted:
+// it publishes a retryable cert_failed and re-queues the request with a
+// delay that grows with the attempt, or later if the CA asked so.
+func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (string, error) {
+	w := j.w
 	delay := min(w.cfg.RetryDelay<<min(j.req.Attempt, 20), w.cfg.MaxRetryDelay)
 	next := w.cfg.Now().Add(delay)
 	if last.RetryAfter.After(next) {
@@ -260,6 +287,22 @@ func (j *job) order(ctx context.Context) (string, error) {
 		return "", j.release(ctx, err)
 	}
 	return OutcomeDeferred, j.requeue(ctx, next)
+}
+
+// sleep waits d (nothing when d <= 0), or returns ctx's error when ctx ends
+// first.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // recordOrderTimeout bounds recording an order on its claim.
