@@ -1,6 +1,7 @@
 // Package ratelimit owns certfleet's view of CA rate limits: the pure GCRA
-// arithmetic (gcra.go), the per-CA limit catalogue and the bucket keys an
-// order spends (catalogue.go), the decisions that combine them (limiter.go),
+// arithmetic (gcra.go), the limit names (names.go), the per-CA limit
+// catalogue and its file (limits.go), the bucket keys an order spends
+// (transactions.go), the decisions that combine them (limiter.go),
 // the bucket stores (store.go, store_mem.go, store_db.go), operator-managed
 // overrides with their cache (override*.go), shared CA penalties and the
 // outbox relay that announces override changes (relay.go).
