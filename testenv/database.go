@@ -49,7 +49,21 @@ func dbProc(dir, kind string) proc {
 	if kind == "cockroach" {
 		return proc{name: "cockroach", dir: dir, marker: "start-single-node"}
 	}
-	return proc{name: "postgres", dir: dir, marker: "port=" + pgPort, signal: syscall.SIGINT}
+	// The marker is an argument only the TLS-serving configuration has, so a
+	// PostgreSQL started by an older testenv is restarted by `testenv up`.
+	return proc{name: "postgres", dir: dir, marker: "ssl_ca_file=root.crt", signal: syscall.SIGINT}
+}
+
+// dbTLSURL is the database over TLS: verify-full against the testenv CA,
+// logging in as dbTLSUser with its client certificate (the shape of
+// CockroachDB's certificate auth). Empty for CockroachDB, which runs
+// --insecure here.
+func dbTLSURL(kind string, k pki) string {
+	if kind == "cockroach" {
+		return ""
+	}
+	return "postgres://" + dbTLSUser + "@" + pgAddr + "/" + dbName + "?sslmode=verify-full&sslrootcert=" + k.caPath +
+		"&sslcert=" + filepath.Join(k.secrets, "database.crt") + "&sslkey=" + filepath.Join(k.secrets, "database.key")
 }
 
 func dbURL(kind string) string {
@@ -120,6 +134,10 @@ func startPostgres(ctx context.Context, p proc, data string) error {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
+	k, err := ensurePKI(p.dir)
+	if err != nil {
+		return err
+	}
 	// A cluster that is already initialised is a restart (Restart): keep it.
 	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
 		initdb := exec.CommandContext(ctx, filepath.Join(pgBinDir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
@@ -129,11 +147,34 @@ func startPostgres(ctx context.Context, p proc, data string) error {
 		if out, err := initdb.CombinedOutput(); err != nil {
 			return fmt.Errorf("testenv: initdb: %w\n%s", err, out)
 		}
+		// TLS with client certificates for dbTLSUser (first matching line
+		// wins); everyone else keeps trust on loopback, with or without TLS.
+		hba := filepath.Join(data, "pg_hba.conf")
+		old, err := os.ReadFile(hba)
+		if err != nil {
+			return err
+		}
+		lines := "hostssl all " + dbTLSUser + " 127.0.0.1/32 cert\nhost all " + dbTLSUser + " 127.0.0.1/32 reject\n"
+		if err := os.WriteFile(hba, append([]byte(lines), old...), 0o600); err != nil {
+			return err
+		}
+		// The server reads its key as the postgres user: copies in its data
+		// directory, owned by it (asPostgresUser) and 0600.
+		for src, dst := range map[string]string{k.pgCert: "server.crt", k.pgKey: "server.key", k.caPath: "root.crt"} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(data, dst), b, 0o600); err != nil {
+				return err
+			}
+		}
 	}
 	cmd := exec.Command(filepath.Join(pgBinDir, "postgres"), "-D", data,
 		"-c", "port="+pgPort, "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=300", "-c", "shared_buffers=128MB")
+		"-c", "max_connections=300", "-c", "shared_buffers=128MB",
+		"-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key", "-c", "ssl_ca_file=root.crt")
 	if err := asPostgresUser(cmd, data); err != nil {
 		return err
 	}
@@ -167,6 +208,21 @@ func dbReady(ctx context.Context, kind string) error {
 	}
 	if !exists {
 		if _, err := conn.Exec(ctx, "CREATE DATABASE "+dbName); err != nil {
+			return err
+		}
+	}
+	if kind == "cockroach" {
+		return nil
+	}
+	// The certificate-auth role of DatabaseTLSURL: a superuser, so it sees
+	// and migrates the same tables as the trust-auth postgres role (a test
+	// stack; production grants are the operator's).
+	var role bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, dbTLSUser).Scan(&role); err != nil {
+		return err
+	}
+	if !role {
+		if _, err := conn.Exec(ctx, "CREATE ROLE "+dbTLSUser+" LOGIN SUPERUSER"); err != nil {
 			return err
 		}
 	}

@@ -27,9 +27,16 @@ const (
 )
 
 var (
-	kafkaAddr           = addr(19092)
+	kafkaAddr           = addr(19092) // PLAINTEXT, open to everyone (quick tests)
 	kafkaControllerAddr = addr(19093)
+	kafkaSASLAddr       = addr(19094) // SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+	kafkaMTLSAddr       = addr(19095) // SSL with a required client certificate
 )
+
+// kafkaConfigVersion names the broker configuration. A Kafka left running
+// with another version (its pid file holds the config path) is restarted on
+// fresh storage by `testenv up`: SCRAM users are created at format time.
+const kafkaConfigVersion = "v2-sasl-acl"
 
 //go:embed kafka/pom.xml
 var kafkaPOM []byte
@@ -63,7 +70,7 @@ func installKafka(ctx context.Context, cache string) (string, error) {
 }
 
 func kafkaProc(dir string) proc {
-	return proc{name: "kafka", dir: dir, marker: filepath.Join(dir, "kafka", "server.properties")}
+	return proc{name: "kafka", dir: dir, marker: filepath.Join(dir, "kafka", "server-"+kafkaConfigVersion+".properties")}
 }
 
 // startKafka formats storage under data unless it already holds a formatted
@@ -73,15 +80,50 @@ func startKafka(ctx context.Context, p proc, libs, data string) error {
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		return err
 	}
+	k, err := ensurePKI(p.dir)
+	if err != nil {
+		return err
+	}
+	// PLAIN checks passwords listed in its JAAS line; SCRAM users are
+	// created in the metadata log when the storage is formatted.
+	plain := "org.apache.kafka.common.security.plain.PlainLoginModule required"
+	var scram []string
+	for _, pr := range principals {
+		pw, err := k.password(pr)
+		if err != nil {
+			return err
+		}
+		plain += fmt.Sprintf(" user_%s=%q", pr, pw)
+		for _, mech := range []string{"SCRAM-SHA-256", "SCRAM-SHA-512"} {
+			scram = append(scram, "--add-scram", fmt.Sprintf("%s=[name=%s,password=%s]", mech, pr, pw))
+		}
+	}
 	props := fmt.Sprintf(`# written by certfleet testenv
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@%[2]s
-listeners=PLAINTEXT://%[1]s,CONTROLLER://%[2]s
-advertised.listeners=PLAINTEXT://%[1]s
+listeners=PLAINTEXT://%[1]s,CONTROLLER://%[2]s,SASL_SSL://%[4]s,SSL://%[5]s
+advertised.listeners=PLAINTEXT://%[1]s,SASL_SSL://%[4]s,SSL://%[5]s
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
+# Production-shaped listeners: TLS from the testenv CA, SASL or client
+# certificates, ACLs through KRaft's StandardAuthorizer. The PLAINTEXT and
+# CONTROLLER listeners authenticate nobody (principal ANONYMOUS), which is a
+# super user: the loopback listener stays open for quick tests and admin.
+ssl.keystore.type=PEM
+ssl.keystore.location=%[6]s
+ssl.truststore.type=PEM
+ssl.truststore.location=%[7]s
+listener.name.ssl.ssl.client.auth=required
+ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=%[8]s;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:%[9]s
+allow.everyone.if.no.acl.found=false
 log.dirs=%[3]s
 num.partitions=1
 auto.create.topics.enable=false
@@ -93,9 +135,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 log.flush.interval.messages=9223372036854775807
-`, kafkaAddr, kafkaControllerAddr, data)
-	conf := filepath.Join(confDir, "server.properties")
-	if err := os.WriteFile(conf, []byte(props), 0o644); err != nil {
+`, kafkaAddr, kafkaControllerAddr, data, kafkaSASLAddr, kafkaMTLSAddr, k.kafkaKeystore, k.caPath, plain, PrincipalAdmin)
+	conf := p.marker
+	if err := os.WriteFile(conf, []byte(props), 0o600); err != nil {
 		return err
 	}
 	java, err := exec.LookPath("java")
@@ -105,7 +147,8 @@ log.flush.interval.messages=9223372036854775807
 	cp := filepath.Join(libs, "*")
 	// Storage that is already formatted is a restart (Restart): keep it.
 	if _, err := os.Stat(filepath.Join(data, "meta.properties")); err != nil {
-		format := exec.CommandContext(ctx, java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", clusterID(), "-c", conf)
+		args := append([]string{"-cp", cp, "kafka.tools.StorageTool", "format", "-t", clusterID(), "-c", conf}, scram...)
+		format := exec.CommandContext(ctx, java, args...)
 		if out, err := format.CombinedOutput(); err != nil {
 			return fmt.Errorf("testenv: formatting Kafka storage: %w\n%s", err, out)
 		}

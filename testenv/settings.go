@@ -35,6 +35,13 @@ type Settings struct {
 	ChallTestSrvURL     string   // CERTFLEET_CHALLTESTSRV_URL, pebble-challtestsrv's management API
 	DNSServer           string   // CERTFLEET_DNS_SERVER, challtestsrv's DNS address used by Pebble
 	HTTP01Port          int      // CERTFLEET_HTTP01_PORT, where Pebble validates HTTP-01 (served by challtestsrv)
+
+	// The production-shaped connections (docs in README, "The local stack").
+	KafkaSASLBrokers []string // CERTFLEET_KAFKA_SASL_BROKERS: SASL_SSL (PLAIN, SCRAM-SHA-256/512) with ACLs
+	KafkaMTLSBrokers []string // CERTFLEET_KAFKA_MTLS_BROKERS: SSL with a required client certificate (principal = CN)
+	KafkaTLSCA       string   // CERTFLEET_KAFKA_TLS_CA: PEM CA of both listeners' certificates
+	SecretsDir       string   // CERTFLEET_TESTENV_SECRETS: per principal P.password, P.crt, P.key (0600); database.crt/.key
+	DatabaseTLSURL   string   // CERTFLEET_DATABASE_TLS_URL: the database over TLS, verify-full, certificate auth (PostgreSQL only)
 }
 
 // Environment variable names; kept in one place so the env file, the CLI and
@@ -50,6 +57,11 @@ const (
 	EnvChallTestSrvURL     = "CERTFLEET_CHALLTESTSRV_URL"
 	EnvDNSServer           = "CERTFLEET_DNS_SERVER"
 	EnvHTTP01Port          = "CERTFLEET_HTTP01_PORT"
+	EnvKafkaSASLBrokers    = "CERTFLEET_KAFKA_SASL_BROKERS"
+	EnvKafkaMTLSBrokers    = "CERTFLEET_KAFKA_MTLS_BROKERS"
+	EnvKafkaTLSCA          = "CERTFLEET_KAFKA_TLS_CA"
+	EnvSecretsDir          = "CERTFLEET_TESTENV_SECRETS"
+	EnvDatabaseTLSURL      = "CERTFLEET_DATABASE_TLS_URL"
 
 	// EnvSwitch set to "off" makes Require skip (pure unit runs). Any other
 	// value, or none, means integration tests must have the stack.
@@ -75,6 +87,11 @@ func (s Settings) vars() [][2]string {
 		{EnvChallTestSrvURL, s.ChallTestSrvURL},
 		{EnvDNSServer, s.DNSServer},
 		{EnvHTTP01Port, fmt.Sprint(s.HTTP01Port)},
+		{EnvKafkaSASLBrokers, strings.Join(s.KafkaSASLBrokers, ",")},
+		{EnvKafkaMTLSBrokers, strings.Join(s.KafkaMTLSBrokers, ",")},
+		{EnvKafkaTLSCA, s.KafkaTLSCA},
+		{EnvSecretsDir, s.SecretsDir},
+		{EnvDatabaseTLSURL, s.DatabaseTLSURL},
 	}
 	sort.Slice(v, func(i, j int) bool { return v[i][0] < v[j][0] })
 	return v
@@ -146,9 +163,14 @@ func settingsFrom(get func(string) string) (Settings, error) {
 		PebbleManagementURL: get(EnvPebbleManagementURL),
 		ChallTestSrvURL:     get(EnvChallTestSrvURL),
 		DNSServer:           get(EnvDNSServer),
+		KafkaTLSCA:          get(EnvKafkaTLSCA),
+		SecretsDir:          get(EnvSecretsDir),
+		DatabaseTLSURL:      get(EnvDatabaseTLSURL),
 	}
-	if b := get(EnvKafkaBrokers); b != "" {
-		s.KafkaBrokers = strings.Split(b, ",")
+	for env, dst := range map[string]*[]string{EnvKafkaBrokers: &s.KafkaBrokers, EnvKafkaSASLBrokers: &s.KafkaSASLBrokers, EnvKafkaMTLSBrokers: &s.KafkaMTLSBrokers} {
+		if b := get(env); b != "" {
+			*dst = strings.Split(b, ",")
+		}
 	}
 	if p := get(EnvHTTP01Port); p != "" {
 		if _, err := fmt.Sscan(p, &s.HTTP01Port); err != nil {
@@ -157,6 +179,9 @@ func settingsFrom(get func(string) string) (Settings, error) {
 	}
 	var missing []string
 	for _, kv := range s.vars() {
+		if kv[0] == EnvDatabaseTLSURL && s.DatabaseKind == "cockroach" {
+			continue // cockroach start-single-node runs --insecure here
+		}
 		if kv[1] == "" || kv[1] == "0" {
 			missing = append(missing, kv[0])
 		}

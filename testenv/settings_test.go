@@ -12,6 +12,9 @@ func TestEnvFileRoundTrip(t *testing.T) {
 		DatabaseKind: "postgres", ACMEDirectory: "https://127.0.0.1:14000/dir", ACMETLSCA: "/x/it's/ca.pem",
 		PebbleRoot: "/x/root.pem", PebbleManagementURL: "https://127.0.0.1:15000", ChallTestSrvURL: "http://127.0.0.1:8055",
 		DNSServer: "127.0.0.1:8053", HTTP01Port: 5002,
+		KafkaSASLBrokers: []string{"127.0.0.1:19094"}, KafkaMTLSBrokers: []string{"127.0.0.1:19095"},
+		KafkaTLSCA: "/x/tls/ca.pem", SecretsDir: "/x/secrets",
+		DatabaseTLSURL: "postgres://certfleet@127.0.0.1:15432/certfleet?sslmode=verify-full&sslrootcert=/x/tls/ca.pem",
 	}
 	got, err := ParseEnvFile(s.EnvFile())
 	if err != nil {

@@ -70,7 +70,7 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 	kp := kafkaProc(l.state)
 	kafkaData := filepath.Join(l.data, "kafka")
 	svcs = append(svcs, &service{
-		proc: kp, ports: []string{kafkaAddr, kafkaControllerAddr}, data: kafkaData,
+		proc: kp, ports: []string{kafkaAddr, kafkaControllerAddr, kafkaSASLAddr, kafkaMTLSAddr}, data: kafkaData,
 		install: func(ctx context.Context) (err error) {
 			// kcat (librdkafka) is what the events interop tests produce and
 			// consume with: a Kafka client nobody here wrote.
@@ -83,7 +83,12 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 			return err
 		},
 		start: func(ctx context.Context) error { return startKafka(ctx, kp, kafkaLibs, kafkaData) },
-		ready: kafkaReady,
+		ready: func(ctx context.Context) error {
+			if err := kafkaReady(ctx); err != nil {
+				return err
+			}
+			return ensureKafkaACLs(ctx)
+		},
 	})
 
 	dp := dbProc(l.state, l.kind)
@@ -182,6 +187,10 @@ func Up(ctx context.Context, out io.Writer) (Settings, error) {
 	if err != nil {
 		return Settings{}, err
 	}
+	k, err := ensurePKI(l.state)
+	if err != nil {
+		return Settings{}, err
+	}
 	s := Settings{
 		KafkaBrokers:        []string{kafkaAddr},
 		DatabaseURL:         dbURL(l.kind),
@@ -193,6 +202,11 @@ func Up(ctx context.Context, out io.Writer) (Settings, error) {
 		ChallTestSrvURL:     "http://" + challMgmtAddr,
 		DNSServer:           challDNSAddr,
 		HTTP01Port:          challHTTP01,
+		KafkaSASLBrokers:    []string{kafkaSASLAddr},
+		KafkaMTLSBrokers:    []string{kafkaMTLSAddr},
+		KafkaTLSCA:          k.caPath,
+		SecretsDir:          k.secrets,
+		DatabaseTLSURL:      dbTLSURL(l.kind, k),
 	}
 	if err := os.WriteFile(filepath.Join(l.state, "env"), []byte(s.EnvFile()), 0o644); err != nil {
 		return Settings{}, fmt.Errorf("testenv: writing env file: %w", err)
@@ -207,7 +221,7 @@ func (s *service) up(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	if s.proc.pid() != 0 && s.proc.stale() {
-		fmt.Fprintf(out, "%-13s running from another build; restarting\n", s.proc.name)
+		fmt.Fprintf(out, "%-13s running from another build or configuration; restarting\n", s.proc.name)
 		if err := s.proc.stop(15 * time.Second); err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"syscall"
 	"time"
@@ -66,7 +67,11 @@ func run(ctx context.Context, cmd string, args ...string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("testenv up in %.1fs; settings in .testenv/env:\n%s", time.Since(t0).Seconds(), s.EnvFile())
+		envFile := ".testenv/env"
+		if dir, err := testenv.StateDir(); err == nil {
+			envFile = filepath.Join(dir, "env")
+		}
+		fmt.Printf("testenv up in %.1fs; settings in %s:\n%s", time.Since(t0).Seconds(), envFile, s.EnvFile())
 		return nil
 	case "down":
 		return testenv.Down(os.Stdout)
