@@ -7,11 +7,11 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/envflag"
 )
 
 // config is the worker's configuration: every flag falls back to an
@@ -49,72 +49,49 @@ type caFlag struct{ Name, Directory string }
 // parseConfig reads flags from args with environment fallbacks from getenv.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var c config
-	fs := flag.NewFlagSet("issuer-worker", flag.ContinueOnError)
-	env := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
-		}
-		return def
-	}
-	envInt := func(name string, def int) int {
-		if v := getenv(name); v != "" {
-			if n, err := strconv.Atoi(v); err == nil {
-				return n
-			}
-			return -1 // reported by validate as out of range
-		}
-		return def
-	}
-	envDur := func(name string, def time.Duration) time.Duration {
-		if v := getenv(name); v != "" {
-			if d, err := time.ParseDuration(v); err == nil {
-				return d
-			}
-			return -1
-		}
-		return def
-	}
-	brokers := fs.String("brokers", env("CERTFLEET_KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (env CERTFLEET_KAFKA_BROKERS)")
-	fs.StringVar(&c.Group, "group", env("CERTFLEET_WORKER_GROUP", "certfleet-issuer-workers"), "Kafka consumer group shared by all workers (env CERTFLEET_WORKER_GROUP)")
+	fs := envflag.New(flag.NewFlagSet("issuer-worker", flag.ContinueOnError), getenv)
+	var brokers, cas, challengeTypes string
+	fs.String(&brokers, "brokers", "CERTFLEET_KAFKA_BROKERS", "", "Kafka bootstrap brokers, comma separated")
+	fs.String(&c.Group, "group", "CERTFLEET_WORKER_GROUP", "certfleet-issuer-workers", "Kafka consumer group shared by all workers")
 	def := events.DefaultTopics()
-	fs.StringVar(&c.Topics.Requests, "topic-requests", env("CERTFLEET_TOPIC_REQUESTS", def.Requests), "issuance requests topic (env CERTFLEET_TOPIC_REQUESTS)")
-	fs.StringVar(&c.Topics.Retry, "topic-retry", env("CERTFLEET_TOPIC_RETRY", def.Retry), "deferred requests topic (env CERTFLEET_TOPIC_RETRY)")
-	fs.StringVar(&c.Topics.DLQ, "topic-dlq", env("CERTFLEET_TOPIC_DLQ", def.DLQ), "dead-letter topic (env CERTFLEET_TOPIC_DLQ)")
-	fs.StringVar(&c.Topics.Events, "topic-events", env("CERTFLEET_TOPIC_EVENTS", def.Events), "certificate events topic (env CERTFLEET_TOPIC_EVENTS)")
-	fs.StringVar(&c.Topics.RateLimitChanges, "topic-ratelimit-changes", env("CERTFLEET_TOPIC_RATELIMIT_CHANGES", def.RateLimitChanges), "override change notifications topic (env CERTFLEET_TOPIC_RATELIMIT_CHANGES)")
-	fs.BoolVar(&c.ProvisionTopics, "provision-topics", env("CERTFLEET_PROVISION_TOPICS", "") == "true", "create the topics at start if missing (env CERTFLEET_PROVISION_TOPICS=true)")
-	fs.IntVar(&c.Partitions, "partitions", envInt("CERTFLEET_PARTITIONS", 12), "partitions per topic for -provision-topics (env CERTFLEET_PARTITIONS)")
-	fs.StringVar(&c.DatabaseURL, "database-url", env("CERTFLEET_DATABASE_URL", ""), "database URL (env CERTFLEET_DATABASE_URL)")
-	fs.StringVar(&c.SealKeysFile, "seal-keys-file", env("CERTFLEET_SEAL_KEYS_FILE", ""), "key-encryption keyring file (env CERTFLEET_SEAL_KEYS_FILE); else the keyring in env CERTFLEET_SEAL_KEYS")
-	cas := fs.String("ca", env("CERTFLEET_CAS", ""), "CAs to order from, name=directoryURL, comma separated (env CERTFLEET_CAS)")
-	fs.StringVar(&c.ACMETLSCA, "acme-tls-ca", env("CERTFLEET_ACME_TLS_CA", ""), "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's (env CERTFLEET_ACME_TLS_CA)")
-	fs.StringVar(&c.LimitsFile, "limits", env("CERTFLEET_LIMITS_FILE", ""), "rate-limit catalogue JSON; CAs it does not list get Let's Encrypt's limits (env CERTFLEET_LIMITS_FILE)")
-	fs.StringVar(&c.Profile, "profile", env("CERTFLEET_PROFILE", ""), "ACME profile for requests that name none (env CERTFLEET_PROFILE)")
-	fs.IntVar(&c.Concurrency, "concurrency", envInt("CERTFLEET_CONCURRENCY", 8), "orders in flight per worker (env CERTFLEET_CONCURRENCY)")
-	fs.IntVar(&c.MaxPending, "max-pending", envInt("CERTFLEET_MAX_PENDING", 1024), "fetched records held at once, including those waiting for not_before (env CERTFLEET_MAX_PENDING)")
-	fs.DurationVar(&c.Lease, "lease", envDur("CERTFLEET_LEASE", 5*time.Minute), "how long a claim protects a request being ordered (env CERTFLEET_LEASE)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("CERTFLEET_SHUTDOWN_TIMEOUT", 30*time.Second), "grace for orders in flight at SIGTERM (env CERTFLEET_SHUTDOWN_TIMEOUT)")
-	fs.DurationVar(&c.SessionTimeout, "session-timeout", envDur("CERTFLEET_KAFKA_SESSION_TIMEOUT", 10*time.Second), "Kafka consumer-group session: a worker that dies without leaving (kill -9, lost host) keeps its partitions this long (env CERTFLEET_KAFKA_SESSION_TIMEOUT)")
-	fs.StringVar(&c.Listen, "listen", env("CERTFLEET_LISTEN", "127.0.0.1:9090"), "address of /healthz, /readyz and /metrics (env CERTFLEET_LISTEN)")
-	fs.StringVar(&c.HTTP01Listen, "http01-listen", env("CERTFLEET_HTTP01_LISTEN", ""), "address serving /.well-known/acme-challenge/ from the database; empty: none (env CERTFLEET_HTTP01_LISTEN)")
-	fs.StringVar(&c.DNS01ChallTest, "dns01-challtestsrv", env("CERTFLEET_DNS01_CHALLTESTSRV", ""), "solve dns-01 through pebble-challtestsrv at this management URL (tests only) (env CERTFLEET_DNS01_CHALLTESTSRV)")
-	challengeTypes := fs.String("challenge-types", env("CERTFLEET_CHALLENGE_TYPES", "http-01,dns-01"), "challenge types the worker may solve, comma separated; dns-01 needs a DNS provider (env CERTFLEET_CHALLENGE_TYPES)")
+	fs.String(&c.Topics.Requests, "topic-requests", "CERTFLEET_TOPIC_REQUESTS", def.Requests, "issuance requests topic")
+	fs.String(&c.Topics.Retry, "topic-retry", "CERTFLEET_TOPIC_RETRY", def.Retry, "deferred requests topic")
+	fs.String(&c.Topics.DLQ, "topic-dlq", "CERTFLEET_TOPIC_DLQ", def.DLQ, "dead-letter topic")
+	fs.String(&c.Topics.Events, "topic-events", "CERTFLEET_TOPIC_EVENTS", def.Events, "certificate events topic")
+	fs.String(&c.Topics.RateLimitChanges, "topic-ratelimit-changes", "CERTFLEET_TOPIC_RATELIMIT_CHANGES", def.RateLimitChanges, "override change notifications topic")
+	fs.Bool(&c.ProvisionTopics, "provision-topics", "CERTFLEET_PROVISION_TOPICS", false, "create the topics at start if missing")
+	fs.Int(&c.Partitions, "partitions", "CERTFLEET_PARTITIONS", 12, "partitions per topic for -provision-topics")
+	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL")
+	fs.String(&c.SealKeysFile, "seal-keys-file", "CERTFLEET_SEAL_KEYS_FILE", "", "key-encryption keyring file; else the keyring in env CERTFLEET_SEAL_KEYS")
+	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CAs to order from, name=directoryURL, comma separated")
+	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
+	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON; CAs it does not list get Let's Encrypt's limits")
+	fs.String(&c.Profile, "profile", "CERTFLEET_PROFILE", "", "ACME profile for requests that name none")
+	fs.Int(&c.Concurrency, "concurrency", "CERTFLEET_CONCURRENCY", 8, "orders in flight per worker")
+	fs.Int(&c.MaxPending, "max-pending", "CERTFLEET_MAX_PENDING", 1024, "fetched records held at once, including those waiting for not_before")
+	fs.Duration(&c.Lease, "lease", "CERTFLEET_LEASE", 5*time.Minute, "how long a claim protects a request being ordered")
+	fs.Duration(&c.ShutdownTimeout, "shutdown-timeout", "CERTFLEET_SHUTDOWN_TIMEOUT", 30*time.Second, "grace for orders in flight at SIGTERM")
+	fs.Duration(&c.SessionTimeout, "session-timeout", "CERTFLEET_KAFKA_SESSION_TIMEOUT", 10*time.Second, "Kafka consumer-group session: a worker that dies without leaving (kill -9, lost host) keeps its partitions this long")
+	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9090", "address of /healthz, /readyz and /metrics")
+	fs.String(&c.HTTP01Listen, "http01-listen", "CERTFLEET_HTTP01_LISTEN", "", "address serving /.well-known/acme-challenge/ from the database; empty: none")
+	fs.String(&c.DNS01ChallTest, "dns01-challtestsrv", "CERTFLEET_DNS01_CHALLTESTSRV", "", "solve dns-01 through pebble-challtestsrv at this management URL (tests only)")
+	fs.String(&challengeTypes, "challenge-types", "CERTFLEET_CHALLENGE_TYPES", "http-01,dns-01", "challenge types the worker may solve, comma separated; dns-01 needs a DNS provider")
 	host, _ := os.Hostname()
-	fs.StringVar(&c.Owner, "owner", env("CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid())), "this worker's name in claims and logs (env CERTFLEET_WORKER_ID)")
-	fs.BoolVar(&c.Relay, "relay", env("CERTFLEET_RELAY", "true") == "true", "relay the rate-limit override outbox to Kafka (env CERTFLEET_RELAY)")
-	fs.StringVar(&c.LogLevel, "log-level", env("CERTFLEET_LOG_LEVEL", "info"), "debug, info, warn or error (env CERTFLEET_LOG_LEVEL)")
+	fs.String(&c.Owner, "owner", "CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid()), "this worker's name in claims and logs")
+	fs.Bool(&c.Relay, "relay", "CERTFLEET_RELAY", true, "relay the rate-limit override outbox to Kafka")
+	fs.String(&c.LogLevel, "log-level", "CERTFLEET_LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for _, b := range strings.Split(*brokers, ",") {
+	for _, b := range strings.Split(brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
 			c.Brokers = append(c.Brokers, b)
 		}
 	}
-	for _, item := range strings.Split(*cas, ",") {
+	for _, item := range strings.Split(cas, ",") {
 		if item = strings.TrimSpace(item); item == "" {
 			continue
 		}
@@ -124,7 +101,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		}
 		c.CAs = append(c.CAs, caFlag{Name: strings.TrimSpace(name), Directory: strings.TrimSpace(dir)})
 	}
-	for _, ct := range strings.Split(*challengeTypes, ",") {
+	for _, ct := range strings.Split(challengeTypes, ",") {
 		if ct = strings.TrimSpace(ct); ct != "" {
 			c.ChallengeTypes = append(c.ChallengeTypes, ct)
 		}

@@ -39,7 +39,7 @@ func TestParseConfig(t *testing.T) {
 		{"CA without name", []string{"-ca", "https://acme.test/dir"}, nil, "want name=directoryURL"},
 		{"CA twice", []string{"-ca", "a=https://x.test/d,a=https://y.test/d"}, nil, `"a" configured twice`},
 		{"zero concurrency", []string{"-concurrency", "0"}, nil, "-concurrency: 0 is not between 1 and 1000"},
-		{"env not a number", nil, map[string]string{"CERTFLEET_CONCURRENCY": "many"}, "-concurrency: -1"},
+		{"env not a number", nil, map[string]string{"CERTFLEET_CONCURRENCY": "many"}, `-concurrency: CERTFLEET_CONCURRENCY="many" is not an integer`},
 		{"pending below concurrency", []string{"-concurrency", "10", "-max-pending", "5"}, nil, "-max-pending: 5"},
 		{"short lease", []string{"-lease", "1s"}, nil, "-lease: 1s is below 10s"},
 		{"session too short", []string{"-session-timeout", "1s"}, nil, "-session-timeout: 1s is not between 6s and 5m"},

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -51,86 +52,47 @@ type config struct {
 // Help goes to out.
 func parseConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
 	var c config
-	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
+	fs := envflag.New(flag.NewFlagSet("scheduler", flag.ContinueOnError), getenv)
 	fs.SetOutput(out)
-	var envErrs []error
-	env := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
-		}
-		return def
-	}
-	envInt := func(name string, def int) int {
-		if v := getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				envErrs = append(envErrs, fmt.Errorf("%s: %q is not an integer", name, v))
-			}
-			return n
-		}
-		return def
-	}
-	envDur := func(name string, def time.Duration) time.Duration {
-		if v := getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				envErrs = append(envErrs, fmt.Errorf("%s: %q is not a duration", name, v))
-			}
-			return d
-		}
-		return def
-	}
-	envBool := func(name string, def bool) bool {
-		if v := getenv(name); v != "" {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				envErrs = append(envErrs, fmt.Errorf("%s: %q is not true or false", name, v))
-			}
-			return b
-		}
-		return def
-	}
-	brokers := fs.String("brokers", env("CERTFLEET_KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (env CERTFLEET_KAFKA_BROKERS)")
-	fs.StringVar(&c.Group, "group", env("CERTFLEET_SCHEDULER_GROUP", "certfleet-scheduler"), "consumer group of the certificate events, shared by all schedulers (env CERTFLEET_SCHEDULER_GROUP)")
+	var brokers, cas string
+	fs.String(&brokers, "brokers", "CERTFLEET_KAFKA_BROKERS", "", "Kafka bootstrap brokers, comma separated")
+	fs.String(&c.Group, "group", "CERTFLEET_SCHEDULER_GROUP", "certfleet-scheduler", "consumer group of the certificate events, shared by all schedulers")
 	def := events.DefaultTopics()
-	fs.StringVar(&c.Topics.Requests, "topic-requests", env("CERTFLEET_TOPIC_REQUESTS", def.Requests), "issuance requests topic, where jobs go (env CERTFLEET_TOPIC_REQUESTS)")
-	fs.StringVar(&c.Topics.Events, "topic-events", env("CERTFLEET_TOPIC_EVENTS", def.Events), "certificate events topic, where outcomes come from (env CERTFLEET_TOPIC_EVENTS)")
-	fs.StringVar(&c.Topics.DLQ, "topic-dlq", env("CERTFLEET_TOPIC_DLQ", def.DLQ), "dead-letter topic for events that cannot be recorded (env CERTFLEET_TOPIC_DLQ)")
-	fs.StringVar(&c.DatabaseURL, "database-url", env("CERTFLEET_DATABASE_URL", ""), "database URL (env CERTFLEET_DATABASE_URL)")
+	fs.String(&c.Topics.Requests, "topic-requests", "CERTFLEET_TOPIC_REQUESTS", def.Requests, "issuance requests topic, where jobs go")
+	fs.String(&c.Topics.Events, "topic-events", "CERTFLEET_TOPIC_EVENTS", def.Events, "certificate events topic, where outcomes come from")
+	fs.String(&c.Topics.DLQ, "topic-dlq", "CERTFLEET_TOPIC_DLQ", def.DLQ, "dead-letter topic for events that cannot be recorded")
+	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL")
 	host, _ := os.Hostname()
-	fs.StringVar(&c.Holder, "holder", env("CERTFLEET_SCHEDULER_ID", fmt.Sprintf("%s:%d:%s", host, os.Getpid(), randHex())), "this scheduler's name in the lease, unique per process (env CERTFLEET_SCHEDULER_ID)")
-	fs.StringVar(&c.budgetText, "budget", env("CERTFLEET_BUDGET", ""), "fleet issuance budget COUNT/PERIOD[/BURST], e.g. 10/1s; empty: FleetOrdersPerSecond of -budget-ca in -limits (env CERTFLEET_BUDGET)")
-	fs.StringVar(&c.LimitsFile, "limits", env("CERTFLEET_LIMITS_FILE", ""), "rate-limit catalogue JSON; empty: Let's Encrypt's limits (env CERTFLEET_LIMITS_FILE)")
-	fs.StringVar(&c.BudgetCA, "budget-ca", env("CERTFLEET_BUDGET_CA", ratelimit.LetsEncryptDirectory), "ACME directory whose FleetOrdersPerSecond is the budget (env CERTFLEET_BUDGET_CA)")
-	fs.DurationVar(&c.TickInterval, "tick-interval", envDur("CERTFLEET_TICK_INTERVAL", 5*time.Second), "time between ticks (env CERTFLEET_TICK_INTERVAL)")
-	fs.DurationVar(&c.Horizon, "horizon", envDur("CERTFLEET_HORIZON", 0), "planning horizon: its share of the budget may go out at once; 0: -tick-interval (env CERTFLEET_HORIZON)")
-	fs.DurationVar(&c.LeaseTTL, "lease-ttl", envDur("CERTFLEET_LEASE_TTL", 15*time.Second), "leader lease period; a standby takes over within it (env CERTFLEET_LEASE_TTL)")
-	fs.DurationVar(&c.Watchdog, "watchdog", envDur("CERTFLEET_WATCHDOG", 6*time.Hour), "re-emit a job (same request id) after this long without news (env CERTFLEET_WATCHDOG)")
-	fs.IntVar(&c.BatchSize, "batch-size", envInt("CERTFLEET_BATCH_SIZE", 500), "jobs per Kafka write and per database mark (env CERTFLEET_BATCH_SIZE)")
-	fs.BoolVar(&c.ARI, "ari", envBool("CERTFLEET_ARI", true), "fetch ACME Renewal Information windows from the CAs (env CERTFLEET_ARI)")
-	fs.DurationVar(&c.ARIRecheckMin, "ari-recheck-min", envDur("CERTFLEET_ARI_RECHECK_MIN", time.Minute), "fetch an ARI window again no sooner than this, whatever the CA's Retry-After (env CERTFLEET_ARI_RECHECK_MIN)")
-	fs.DurationVar(&c.ARIRecheckMax, "ari-recheck-max", envDur("CERTFLEET_ARI_RECHECK_MAX", 24*time.Hour), "fetch an ARI window again no later than this, whatever the CA's Retry-After; tests shorten it (env CERTFLEET_ARI_RECHECK_MAX)")
-	fs.StringVar(&c.ACMETLSCA, "acme-tls-ca", env("CERTFLEET_ACME_TLS_CA", ""), "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's (env CERTFLEET_ACME_TLS_CA)")
-	cas := fs.String("ca", env("CERTFLEET_CAS", ""), "CA names used by managed certificates, name=directoryURL, comma separated, for ARI (env CERTFLEET_CAS)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", envDur("CERTFLEET_SHUTDOWN_TIMEOUT", 20*time.Second), "grace at SIGTERM for the event in hand and the lease release (env CERTFLEET_SHUTDOWN_TIMEOUT)")
-	fs.StringVar(&c.Listen, "listen", env("CERTFLEET_LISTEN", "127.0.0.1:9091"), "address of /healthz, /readyz and /metrics (env CERTFLEET_LISTEN)")
-	fs.StringVar(&c.LogLevel, "log-level", env("CERTFLEET_LOG_LEVEL", "info"), "debug, info, warn or error (env CERTFLEET_LOG_LEVEL)")
+	fs.String(&c.Holder, "holder", "CERTFLEET_SCHEDULER_ID", fmt.Sprintf("%s:%d:%s", host, os.Getpid(), randHex()), "this scheduler's name in the lease, unique per process")
+	fs.String(&c.budgetText, "budget", "CERTFLEET_BUDGET", "", "fleet issuance budget COUNT/PERIOD[/BURST], e.g. 10/1s; empty: FleetOrdersPerSecond of -budget-ca in -limits")
+	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON; empty: Let's Encrypt's limits")
+	fs.String(&c.BudgetCA, "budget-ca", "CERTFLEET_BUDGET_CA", ratelimit.LetsEncryptDirectory, "ACME directory whose FleetOrdersPerSecond is the budget")
+	fs.Duration(&c.TickInterval, "tick-interval", "CERTFLEET_TICK_INTERVAL", 5*time.Second, "time between ticks")
+	fs.Duration(&c.Horizon, "horizon", "CERTFLEET_HORIZON", 0, "planning horizon: its share of the budget may go out at once; 0: -tick-interval")
+	fs.Duration(&c.LeaseTTL, "lease-ttl", "CERTFLEET_LEASE_TTL", 15*time.Second, "leader lease period; a standby takes over within it")
+	fs.Duration(&c.Watchdog, "watchdog", "CERTFLEET_WATCHDOG", 6*time.Hour, "re-emit a job (same request id) after this long without news")
+	fs.Int(&c.BatchSize, "batch-size", "CERTFLEET_BATCH_SIZE", 500, "jobs per Kafka write and per database mark")
+	fs.Bool(&c.ARI, "ari", "CERTFLEET_ARI", true, "fetch ACME Renewal Information windows from the CAs")
+	fs.Duration(&c.ARIRecheckMin, "ari-recheck-min", "CERTFLEET_ARI_RECHECK_MIN", time.Minute, "fetch an ARI window again no sooner than this, whatever the CA's Retry-After")
+	fs.Duration(&c.ARIRecheckMax, "ari-recheck-max", "CERTFLEET_ARI_RECHECK_MAX", 24*time.Hour, "fetch an ARI window again no later than this, whatever the CA's Retry-After; tests shorten it")
+	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
+	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CA names used by managed certificates, name=directoryURL, comma separated, for ARI")
+	fs.Duration(&c.ShutdownTimeout, "shutdown-timeout", "CERTFLEET_SHUTDOWN_TIMEOUT", 20*time.Second, "grace at SIGTERM for the event in hand and the lease release")
+	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9091", "address of /healthz, /readyz and /metrics")
+	fs.String(&c.LogLevel, "log-level", "CERTFLEET_LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if len(envErrs) > 0 {
-		return c, errors.Join(envErrs...)
-	}
-	for _, b := range strings.Split(*brokers, ",") {
+	for _, b := range strings.Split(brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
 			c.Brokers = append(c.Brokers, b)
 		}
 	}
 	c.CAs = map[string]string{}
-	for _, item := range strings.Split(*cas, ",") {
+	for _, item := range strings.Split(cas, ",") {
 		if item = strings.TrimSpace(item); item == "" {
 			continue
 		}
