@@ -24,47 +24,15 @@ type Serving struct {
 // New creates a CA named caName and a serving leaf valid from an hour before
 // now for validity.
 func New(caName string, dnsNames []string, now time.Time, validity time.Duration) (Serving, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := NewCA(caName, now, validity)
 	if err != nil {
-		return Serving{}, fmt.Errorf("tlsgen: generating the CA key: %w", err)
+		return Serving{}, err
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: caName},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(validity),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	leafDER, leafKey, err := ca.Server(dnsNames, now, validity)
 	if err != nil {
-		return Serving{}, fmt.Errorf("tlsgen: signing the CA certificate: %w", err)
+		return Serving{}, err
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return Serving{}, fmt.Errorf("tlsgen: parsing the CA certificate: %w", err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Serving{}, fmt.Errorf("tlsgen: generating the serving key: %w", err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     dnsNames,
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
-	if err != nil {
-		return Serving{}, fmt.Errorf("tlsgen: signing the serving certificate: %w", err)
-	}
-	return Serving{CADER: caDER, LeafDER: leafDER, LeafKey: leafKey}, nil
+	return Serving{CADER: ca.Cert.Raw, LeafDER: leafDER, LeafKey: leafKey}, nil
 }
 
 func serial() *big.Int {
