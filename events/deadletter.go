@@ -4,7 +4,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -82,20 +81,11 @@ func deadLetterRecord(topic string, m kafka.Message, d DeadLetter) kafka.Message
 }
 
 // sanitizeReason makes an error text safe for a header and for whoever
-// prints it: valid UTF-8, control characters replaced, bounded length.
+// prints it (Sanitize, at most maxReasonLen bytes); an empty reason reads
+// "unknown".
 func sanitizeReason(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > maxReasonLen {
-		s = strings.ToValidUTF8(s[:maxReasonLen], "") + "..."
-	}
-	if s == "" {
-		s = "unknown"
+	if s = Sanitize(s, maxReasonLen); s == "" {
+		return "unknown"
 	}
 	return s
 }

@@ -56,7 +56,7 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 	if errors.Is(err, errDataRefused) {
 		releaseSlot()
 		_ = j.release(jobCtx, nil)
-		return w.deadLetter(jobCtx, m, sanitize(err.Error(), 1000)+" (retrying would fail the same way)")
+		return w.deadLetter(jobCtx, m, events.Sanitize(err.Error(), 1000)+" (retrying would fail the same way)")
 	}
 	if err != nil {
 		return err
@@ -182,7 +182,7 @@ func (j *job) order(ctx context.Context) (string, error) {
 			if problem == "" {
 				problem = problemOrderFailed
 			}
-			return j.failPermanently(ctx, problem, sanitize(firstNonEmpty(c.Detail, err.Error()), 1000))
+			return j.failPermanently(ctx, problem, events.Sanitize(firstNonEmpty(c.Detail, err.Error()), 1000))
 		}
 		last = c
 	}
@@ -243,7 +243,7 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	if failedAuthorization(c.ProblemType) {
 		j.spendFailedAuthorization(ctx)
 	}
-	w.cfg.Logger.Info("order failed", append(j.log(), "class", c.Class.String(), "problem", c.ProblemType, "limit", c.Limit, "err", sanitize(err.Error(), 300))...)
+	w.cfg.Logger.Info("order failed", append(j.log(), "class", c.Class.String(), "problem", c.ProblemType, "limit", c.Limit, "err", events.Sanitize(err.Error(), 300))...)
 	return nil, c, err
 }
 
@@ -276,7 +276,7 @@ func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (s
 		problem = problemCAUnavailable
 	}
 	failed := &events.CertFailed{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
-		ProblemType: problem, Detail: sanitize(last.Detail, 1000), Retryable: true, NextAttemptAt: next, Attempt: j.req.Attempt + 1}
+		ProblemType: problem, Detail: events.Sanitize(last.Detail, 1000), Retryable: true, NextAttemptAt: next, Attempt: j.req.Attempt + 1}
 	msg, err := j.encode(failed, w.cfg.Topics.Events)
 	if err != nil {
 		return "", err
@@ -392,9 +392,9 @@ func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error)
 // claim: every caller runs after Claim acquired it.
 func (j *job) failPermanently(ctx context.Context, problem, detail string) (string, error) {
 	w := j.w
-	w.cfg.Logger.Warn("request failed permanently", append(j.log(), "problem", problem, "detail", sanitize(detail, 300))...)
+	w.cfg.Logger.Warn("request failed permanently", append(j.log(), "problem", problem, "detail", events.Sanitize(detail, 300))...)
 	f := &events.CertFailed{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
-		ProblemType: problem, Detail: sanitize(detail, 1000), Attempt: j.req.Attempt + 1}
+		ProblemType: problem, Detail: events.Sanitize(detail, 1000), Attempt: j.req.Attempt + 1}
 	msg, err := j.encode(f, w.cfg.Topics.Events)
 	if err != nil {
 		return "", err
@@ -421,7 +421,7 @@ func (j *job) deferUntil(ctx context.Context, at time.Time, limit, key string, c
 	w := j.w
 	w.cfg.Logger.Info("request deferred", append(j.log(), "limit", limit, "key", key, "retry_at", at)...)
 	d := &events.IssuanceDeferred{RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
-		Limit: limit, LimitKey: sanitize(key, 500), RetryAt: at.UTC(), Attempt: j.req.Attempt + 1}
+		Limit: limit, LimitKey: events.Sanitize(key, 500), RetryAt: at.UTC(), Attempt: j.req.Attempt + 1}
 	msg, err := j.encode(d, w.cfg.Topics.Events)
 	if err != nil {
 		return err
@@ -529,7 +529,7 @@ func (w *Worker) deadLetter(ctx context.Context, m kafka.Message, reason string)
 	}); err != nil {
 		return err
 	}
-	w.cfg.Logger.Warn("record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", sanitize(reason, 300))
+	w.cfg.Logger.Warn("record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", events.Sanitize(reason, 300))
 	w.cfg.Metrics.Jobs.WithLabelValues(OutcomeDeadLettered).Inc()
 	return nil
 }

@@ -2,11 +2,8 @@ package pipeline
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
@@ -129,24 +126,4 @@ func (c *committer) commit(ctx context.Context, log interface{ Warn(string, ...a
 		return
 	}
 	c.last[k] = offset
-}
-
-// sanitize keeps error text safe for events and logs, as events' text
-// fields require: valid UTF-8, no control or bidi characters, at most max
-// bytes, cut at a rune boundary.
-func sanitize(s string, max int) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, "\uFFFD"))
-	if len(s) > max {
-		cut := max
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut]
-	}
-	return s
 }
