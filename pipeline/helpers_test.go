@@ -93,7 +93,7 @@ func newStack(t testing.TB, limits map[ratelimit.Name]ratelimit.LimitConfig) *st
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.limiter = ratelimit.NewLimiter(ratelimit.NewDBStore(d), st.cat)
+	st.limiter = ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewDBStore(d), Catalogue: st.cat})
 	st.store = certstore.New(d)
 	st.chall = acmeissuer.NewChallengeStore(d, 10*time.Minute)
 	return st

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // Limiter makes rate-limit decisions: it resolves each transaction's limit
@@ -13,26 +15,27 @@ type Limiter struct {
 	store     Store
 	cat       *Catalogue
 	overrides OverrideSource
-	clock     Clock
+	clock     clock.Clock
 }
 
-// Option configures a Limiter.
-type Option func(*Limiter)
+// LimiterConfig configures a Limiter. Store and Catalogue are required; the
+// zero value of every other field means its documented default.
+type LimiterConfig struct {
+	// Store holds the buckets and penalties: NewMemStore for one process,
+	// NewDBStore for the fleet.
+	Store Store
+	// Catalogue has the limits of every CA the limiter decides for.
+	Catalogue *Catalogue
+	// Overrides, when set, is consulted before the catalogue (typically an
+	// OverrideCache over an OverrideStore). Default: no overrides.
+	Overrides OverrideSource
+	// Clock tells the time of every decision. Default: the wall clock.
+	Clock clock.Clock
+}
 
-// WithOverrides makes the limiter consult src (typically an OverrideCache
-// over an OverrideStore). Default: no overrides.
-func WithOverrides(src OverrideSource) Option { return func(l *Limiter) { l.overrides = src } }
-
-// WithClock replaces the clock. Default: SystemClock.
-func WithClock(c Clock) Option { return func(l *Limiter) { l.clock = c } }
-
-// NewLimiter returns a limiter over store with the limits of cat.
-func NewLimiter(store Store, cat *Catalogue, opts ...Option) *Limiter {
-	l := &Limiter{store: store, cat: cat, clock: SystemClock{}}
-	for _, o := range opts {
-		o(l)
-	}
-	return l
+// NewLimiter returns a limiter configured by cfg.
+func NewLimiter(cfg LimiterConfig) *Limiter {
+	return &Limiter{store: cfg.Store, cat: cfg.Catalogue, overrides: cfg.Overrides, clock: clock.Or(cfg.Clock)}
 }
 
 // Result is the combined decision for a set of transactions.
@@ -108,13 +111,33 @@ func (l *Limiter) Refund(ctx context.Context, txns []Transaction) error {
 	return l.store.Refund(ctx, now, reqs)
 }
 
-// Penalize records that the CA refused t's bucket until until (a 429 with
-// Retry-After): every limiter sharing the store denies it until then. It is
-// Store.Penalize by Transaction, used by tests and tools; the issuer-worker
-// does not call it: acmeissuer records a 429 on the Store directly
-// (acmeissuer.Config.Penalties, wired in cmd/issuer-worker).
+// Penalize records that the CA refused t's bucket until until (a 429 and
+// its Retry-After): every limiter sharing the store denies it until then,
+// extending and never shortening a running penalty. The pipeline calls it
+// for each bucket PenaltyTargets reads from the CA's 429.
 func (l *Limiter) Penalize(ctx context.Context, t Transaction, until time.Time) error {
 	return l.store.Penalize(ctx, t.Key(), until)
+}
+
+// SpendFailedAuthorizations mirrors the CA's count of failed
+// authorizations after an order of o failed with the ACME problem type
+// problemType: when the problem means a validation failed (countsAsFailedAuthorization),
+// it spends, without check, one FailedAuthorizationsPerDomainPerAccount
+// token per authorization host of the order (the problem does not reliably
+// say which name failed; over-counting only delays retries), so the
+// order's check of the same buckets defers further attempts before the CA
+// would refuse them. Any other problem, or a CA without that limit, spends
+// nothing. A denial needs no action: the bucket is already full.
+func (l *Limiter) SpendFailedAuthorizations(ctx context.Context, o Order, problemType string) error {
+	if !countsAsFailedAuthorization(problemType) {
+		return nil
+	}
+	txns, err := l.cat.failedAuthorizationTransactions(o)
+	if err != nil || len(txns) == 0 {
+		return err
+	}
+	_, err = l.Spend(ctx, txns)
+	return err
 }
 
 // requests resolves each transaction's limit: the override in force, else

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -32,15 +33,15 @@ func order(t testing.TB, c *ratelimit.Catalogue, kind ratelimit.OrderKind, sans 
 
 func TestLimiterFQDNSet(t *testing.T) {
 	cat := catalogue(t)
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	l := ratelimit.NewLimiter(ratelimit.NewMemStore(), cat, ratelimit.WithClock(clk))
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewMemStore(), Catalogue: cat, Clock: clk})
 	ctx := tctx(t)
 	for i := range 5 {
 		r, err := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, "www.example.com", "example.com"))
 		if err != nil || !r.Allowed {
 			t.Fatalf("order %d: %+v, %v", i, r, err)
 		}
-		clk.Add(time.Second)
+		clk.Advance(time.Second)
 	}
 	r, err := l.Spend(ctx, order(t, cat, ratelimit.Renewal, "example.com", "www.example.com"))
 	if err != nil {
@@ -56,15 +57,15 @@ func TestLimiterFQDNSet(t *testing.T) {
 
 func TestLimiterRenewalSpendsWithoutCheck(t *testing.T) {
 	cat := catalogue(t)
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	l := ratelimit.NewLimiter(ratelimit.NewMemStore(), cat, ratelimit.WithClock(clk))
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewMemStore(), Catalogue: cat, Clock: clk})
 	ctx := tctx(t)
 	for i := range 50 {
 		r, err := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, fmt.Sprintf("h%d.example.com", i)))
 		if err != nil || !r.Allowed {
 			t.Fatalf("order %d: %+v, %v", i, r, err)
 		}
-		clk.Add(time.Second)
+		clk.Advance(time.Second)
 	}
 	r, _ := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, "new.example.com"))
 	if r.Allowed || r.Limiting.Name != ratelimit.CertificatesPerDomain {
@@ -83,11 +84,11 @@ func TestLimiterRenewalSpendsWithoutCheck(t *testing.T) {
 
 func TestLimiterRefundPenaltyOverride(t *testing.T) {
 	cat := catalogue(t)
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	acct := mustTxn(t, cat, ratelimit.NewOrdersPerAccount, "acct-1", "acct-1", "")
 	store := ratelimit.NewMemStore()
-	l := ratelimit.NewLimiter(store, cat, ratelimit.WithClock(clk),
-		ratelimit.WithOverrides(staticOverrides{acct.Key(): {Count: 2, Period: time.Hour, Burst: 2}}))
+	l := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: store, Catalogue: cat, Clock: clk,
+		Overrides: staticOverrides{acct.Key(): {Count: 2, Period: time.Hour, Burst: 2}}})
 	ctx := tctx(t)
 	txns := []ratelimit.Transaction{acct}
 	for range 2 {
@@ -113,8 +114,63 @@ func TestLimiterRefundPenaltyOverride(t *testing.T) {
 	if r, _ := l.Spend(ctx, txns); r.Allowed || r.RetryIn != 10*time.Minute {
 		t.Fatalf("spend under penalty = %+v, want denied for 10m", r)
 	}
-	clk.Add(10 * time.Minute)
+	clk.Advance(10 * time.Minute)
 	if r, _ := l.Spend(ctx, txns); !r.Allowed {
 		t.Fatalf("spend after penalty = %+v", r)
+	}
+}
+
+// A failed validation spends one failed-authorization token per
+// authorization host of the order (a wildcard and its base name are one
+// host); any other failure spends nothing.
+func TestLimiterSpendFailedAuthorizations(t *testing.T) {
+	cat := catalogue(t)
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewMemStore(), Catalogue: cat, Clock: clk})
+	ctx := tctx(t)
+	o := ratelimit.Order{Directory: leDir, Account: "acct-1", SANs: []string{"example.com", "*.example.com", "www.example.net"}}
+	check := order(t, cat, ratelimit.NewOrder, o.SANs...)[5:] // the order's failed-authorization checks, one per host
+	if len(check) != 2 || check[0].Name != ratelimit.FailedAuthorizationsPerDomainPerAccount {
+		t.Fatalf("the order's checks: %+v", check)
+	}
+	remaining := func() []int64 {
+		var out []int64
+		for _, tx := range check {
+			r, err := l.Check(ctx, []ratelimit.Transaction{tx})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, r.Remaining)
+		}
+		return out
+	}
+	for _, p := range []string{"urn:ietf:params:acme:error:malformed", "urn:ietf:params:acme:error:rateLimited", "urn:ietf:params:acme:error:serverInternal", ""} {
+		if err := l.SpendFailedAuthorizations(ctx, o, p); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	if got := remaining(); got[0] != 5 || got[1] != 5 {
+		t.Fatalf("after failures that are not validations: remaining %v, want 5 each", got)
+	}
+	for _, p := range []string{"unauthorized", "incorrectResponse", "connection", "dns", "tls", "caa"} {
+		if err := l.SpendFailedAuthorizations(ctx, o, "urn:ietf:params:acme:error:"+p); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	if got := remaining(); got[0] != 0 || got[1] != 0 {
+		t.Fatalf("after six failed validations: remaining %v, want 0 each (no more than the burst of 5 checks out)", got)
+	}
+	if r, _ := l.Spend(ctx, order(t, cat, ratelimit.NewOrder, o.SANs...)); r.Allowed {
+		t.Fatalf("an order after its names failed five times an hour: %+v, want denied", r)
+	}
+	// A CA without the limit: nothing to spend.
+	none, err := ratelimit.NewCatalogue(ratelimit.CA{ID: "p", Directory: leDir, Limits: map[ratelimit.Name]ratelimit.LimitConfig{
+		ratelimit.NewOrdersPerAccount: {Limit: ratelimit.Limit{Count: 5, Period: time.Hour, Burst: 5}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2 := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewMemStore(), Catalogue: none, Clock: clk})
+	if err := l2.SpendFailedAuthorizations(ctx, o, "urn:ietf:params:acme:error:unauthorized"); err != nil {
+		t.Fatalf("CA without the limit: %v", err)
 	}
 }

@@ -6,13 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/net/publicsuffix"
+	"github.com/certfleet/certfleet/names"
 )
 
 // Override replaces the catalogue's limit for matching buckets. Key is either
@@ -104,20 +103,22 @@ func ValidateOverride(o Override) error {
 	return nil
 }
 
-// ValidateOverrideKey accepts a wildcard "*.<name>" whose name is a valid
-// lower-case DNS name at or below a registered domain (so "*", "*.com" and
-// "*.co.uk" are rejected as over-broad), or an exact key: a lower-case DNS
-// name, an IP address or prefix, or an identifier of letters, digits and
-// ._:/@+- (account ids, "account:domain", SAN set hashes).
+// ValidateOverrideKey accepts a wildcard "*.<name>" whose name is a
+// canonical DNS name (package names) at or below a registered domain (so
+// "*", "*.com", "*.co.uk" and "*.github.io" are rejected as over-broad), or
+// an exact key: a canonical DNS name that is not a public suffix, or an
+// identifier of letters, digits and ._:/@+- (account ids, "account:domain",
+// SAN set hashes). An IP address or prefix is refused with names' reason: no
+// bucket is keyed by one, as IP address identifiers are not supported.
 func ValidateOverrideKey(k string) error {
 	if k == "" || len(k) > maxKeyLen {
 		return fmt.Errorf("must be 1-%d bytes", maxKeyLen)
 	}
 	if rest, ok := strings.CutPrefix(k, "*."); ok {
-		if !isDNSName(rest) {
+		if names.Validate(rest) != nil || strings.HasPrefix(rest, "*.") {
 			return fmt.Errorf("wildcard %q must be *. followed by a lower-case DNS name", truncate(k, 64))
 		}
-		if _, err := publicsuffix.EffectiveTLDPlusOne(rest); err != nil {
+		if _, err := names.RegisteredDomain(rest); err != nil {
 			return fmt.Errorf("wildcard %q is over-broad: %q is a public suffix", k, rest)
 		}
 		return nil
@@ -125,22 +126,18 @@ func ValidateOverrideKey(k string) error {
 	if strings.Contains(k, "*") {
 		return fmt.Errorf("%q: a wildcard is only allowed as a leading \"*.\"", truncate(k, 64))
 	}
-	// IP addresses and prefixes in canonical form only (no zones: "fe80::1%x y"
-	// parses as an address).
-	if p, err := netip.ParsePrefix(k); err == nil && p.String() == k {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(k); err == nil && ip.Zone() == "" && ip.String() == k {
-		return nil
+	nameErr := names.Validate(k)
+	if errors.Is(nameErr, names.ErrIPAddress) {
+		return nameErr
 	}
 	if err := checkIdent(k, maxKeyLen); err != nil {
 		return err
 	}
 	if looksLikeDomain(k) {
-		if strings.ToLower(k) != k || !isDNSName(k) {
+		if nameErr != nil {
 			return fmt.Errorf("domain %q must be a lower-case DNS name", truncate(k, 64))
 		}
-		if _, err := publicsuffix.EffectiveTLDPlusOne(k); err != nil {
+		if _, err := names.RegisteredDomain(k); err != nil {
 			return fmt.Errorf("%q is a public suffix", k)
 		}
 	}
@@ -202,16 +199,11 @@ func overrideCandidates(t Transaction) []string {
 	add(t.Value)
 	add(t.Account)
 	add(t.Domain)
-	if t.Domain != "" && isDNSName(t.Domain) {
-		rd, err := publicsuffix.EffectiveTLDPlusOne(t.Domain)
-		if err == nil {
-			d := t.Domain
-			for {
-				add("*." + d)
-				if d == rd {
-					break
-				}
-				_, d, _ = strings.Cut(d, ".")
+	if rd, err := names.RegisteredDomain(t.Domain); t.Domain != "" && err == nil {
+		for d := t.Domain; d != ""; _, d, _ = strings.Cut(d, ".") {
+			add("*." + d)
+			if d == rd {
+				break
 			}
 		}
 	}

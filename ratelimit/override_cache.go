@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // OverrideCache is an OverrideSource in front of another (the database) that
@@ -19,7 +21,7 @@ import (
 // overrides whose valid_until passes stop applying without a refresh.
 type OverrideCache struct {
 	src   OverrideSource
-	clock Clock
+	clock clock.Clock
 	ttl   time.Duration
 
 	mu      sync.Mutex
@@ -39,15 +41,13 @@ type cacheEntry struct {
 
 var _ OverrideSource = (*OverrideCache)(nil)
 
-// NewOverrideCache caches src's answers for ttl (30s if zero).
-func NewOverrideCache(src OverrideSource, ttl time.Duration, clock Clock) *OverrideCache {
+// NewOverrideCache caches src's answers for ttl (30s if zero); clk tells
+// the time (nil: the wall clock).
+func NewOverrideCache(src OverrideSource, ttl time.Duration, clk clock.Clock) *OverrideCache {
 	if ttl <= 0 {
 		ttl = 30 * time.Second
 	}
-	if clock == nil {
-		clock = SystemClock{}
-	}
-	return &OverrideCache{src: src, clock: clock, ttl: ttl, entries: map[cacheKey]cacheEntry{}, gen: map[Name]uint64{}}
+	return &OverrideCache{src: src, clock: clock.Or(clk), ttl: ttl, entries: map[cacheKey]cacheEntry{}, gen: map[Name]uint64{}}
 }
 
 // Find implements OverrideSource, asking src in one batch for the misses.

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // ChangesTopic is the Kafka topic override changes are announced on.
@@ -32,18 +33,15 @@ type ChangeEvent struct {
 // being announced. It implements OverrideSource.
 type OverrideStore struct {
 	db    *db.DB
-	clock Clock
+	clock clock.Clock
 }
 
 var _ OverrideSource = (*OverrideStore)(nil)
 
-// NewOverrideStore returns a store over d; clock stamps updated_at and
-// audit rows (nil means SystemClock).
-func NewOverrideStore(d *db.DB, clock Clock) *OverrideStore {
-	if clock == nil {
-		clock = SystemClock{}
-	}
-	return &OverrideStore{db: d, clock: clock}
+// NewOverrideStore returns a store over d; clk stamps updated_at and
+// audit rows (nil: the wall clock).
+func NewOverrideStore(d *db.DB, clk clock.Clock) *OverrideStore {
+	return &OverrideStore{db: d, clock: clock.Or(clk)}
 }
 
 const overrideCols = `id::TEXT, limit_name, key_pattern, limit_count, period_ns, burst, valid_from, valid_until, enabled, comment, created_by, version, updated_at`

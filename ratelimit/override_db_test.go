@@ -4,26 +4,14 @@ import (
 	"context"
 	"errors"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
 const leDir = "https://acme-v02.api.letsencrypt.org/directory"
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func catalogue(t testing.TB) *ratelimit.Catalogue {
 	t.Helper()
@@ -54,7 +42,7 @@ func TestOverrideStore(t *testing.T) {
 	d := testDB(t)
 	ctx := tctx(t)
 	now := time.Now().Truncate(time.Microsecond)
-	clk := &fakeClock{t: now}
+	clk := clock.NewFake(now)
 	s := ratelimit.NewOverrideStore(d, clk)
 	cat := catalogue(t)
 	week := 7 * 24 * time.Hour
@@ -145,7 +133,7 @@ func TestOverrideStore(t *testing.T) {
 	if got := find(acct)[0]; got != nil {
 		t.Fatalf("future override applies now: %+v", got)
 	}
-	clk.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour)
 	if got := find(acct)[0]; got == nil {
 		t.Fatal("override not applied once valid")
 	}

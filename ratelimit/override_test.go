@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/certfleet/certfleet/names"
 )
 
 func validOverride() Override {
@@ -22,7 +24,8 @@ func TestValidateOverride(t *testing.T) {
 		{"valid", func(*Override) {}, ""},
 		{"wildcard", func(o *Override) { o.Key = "*.example.com" }, ""},
 		{"account id", func(o *Override) { o.Name, o.Key = NewOrdersPerAccount, "https://acme.example/acct/123" }, ""},
-		{"ip prefix", func(o *Override) { o.Key = "2001:db8::/64" }, ""},
+		{"ip prefix (IP identifiers are not supported)", func(o *Override) { o.Key = "2001:db8::/64" }, "key"},
+		{"ip address (IP identifiers are not supported)", func(o *Override) { o.Key = "192.0.2.1" }, "key"},
 		{"unknown name", func(o *Override) { o.Name = "CertsPerDomain" }, "name"},
 		{"star", func(o *Override) { o.Key = "*" }, "key"},
 		{"tld wildcard", func(o *Override) { o.Key = "*.com" }, "key"},
@@ -85,7 +88,7 @@ func FuzzValidateOverrideKey(f *testing.F) {
 			}
 		}
 		if rest, ok := strings.CutPrefix(k, "*."); ok {
-			if strings.Contains(rest, "*") || registeredDomain(rest) == "" || !isDNSName(rest) {
+			if _, err := names.RegisteredDomain(rest); strings.Contains(rest, "*") || err != nil || names.Validate(rest) != nil {
 				t.Fatalf("accepted bad wildcard %q", k)
 			}
 		} else if strings.Contains(k, "*") {
@@ -118,6 +121,17 @@ func TestOverrideCandidatesAndPick(t *testing.T) {
 	for i, tt := range tests {
 		if got := pickOverride(cands, tt.rows); got != tt.want {
 			t.Errorf("case %d: picked %+v, want %+v", i, got, tt.want)
+		}
+	}
+}
+
+// An IP address or prefix is no bucket's key: IP address identifiers are
+// not supported, and the refusal says so.
+func TestValidateOverrideKeyRefusesIPAddresses(t *testing.T) {
+	for _, k := range []string{"192.0.2.1", "2001:db8::1", "2001:db8::/64", "10.0.0.0/8"} {
+		err := ValidateOverrideKey(k)
+		if !errors.Is(err, names.ErrIPAddress) || !strings.Contains(err.Error(), "IP address identifiers are not supported: ") {
+			t.Errorf("ValidateOverrideKey(%q) = %v; want names' refusal of IP identifiers", k, err)
 		}
 	}
 }

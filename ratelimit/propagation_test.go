@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -124,10 +125,10 @@ func TestLimiterConcurrentProperty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := &fakeClock{t: time.Now()}
+	clk := clock.NewFake(time.Now())
 	limiters := make([]*ratelimit.Limiter, 4)
 	for i := range limiters {
-		limiters[i] = ratelimit.NewLimiter(ratelimit.NewDBStore(openDB(t, url, false)), cat, ratelimit.WithClock(clk))
+		limiters[i] = ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewDBStore(openDB(t, url, false)), Catalogue: cat, Clock: clk})
 	}
 	txn := func(n ratelimit.Name, v string) ratelimit.Transaction {
 		x, err := cat.Transaction(leDir, n, v)

@@ -25,10 +25,7 @@
 // derives for an order.
 package ratelimit
 
-import (
-	"errors"
-	"time"
-)
+import "errors"
 
 // Errors callers branch on.
 var (
@@ -41,15 +38,3 @@ var (
 	// ErrNotFound means the override does not exist.
 	ErrNotFound = errors.New("ratelimit: override not found")
 )
-
-// Clock tells the time. Limiters and caches take one so tests can move time
-// by hand; SystemClock is the real one.
-type Clock interface {
-	Now() time.Time
-}
-
-// SystemClock is the wall clock.
-type SystemClock struct{}
-
-// Now returns time.Now().
-func (SystemClock) Now() time.Time { return time.Now() }

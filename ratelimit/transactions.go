@@ -4,12 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 
-	"golang.org/x/net/idna"
-	"golang.org/x/net/publicsuffix"
+	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/certfleet/certfleet/names"
 )
 
 // OrderKind says whether an order is new issuance or a renewal, which
@@ -77,34 +77,21 @@ type Transaction struct {
 // Key is the bucket key: CA id, limit name and value.
 func (t Transaction) Key() string { return t.caID + ":" + string(t.Name) + ":" + t.Value }
 
+// maxSANs is the most names one order may carry (Let's Encrypt's limit).
+const maxSANs = 100
+
 // OrderTransactions derives the buckets an order spends at the CA named by
 // its directory: the fleet budget, NewOrdersPerAccount, CertificatesPerDomain
 // once per registered domain, CertificatesPerFQDNSet, and a check (no spend)
-// of FailedAuthorizationsPerDomainPerAccount per name. Renewal exemptions of
-// the CA are applied. SANs are normalised (IDNA, lower case, no trailing dot)
-// and must be valid DNS names or IP addresses.
+// of FailedAuthorizationsPerDomainPerAccount per authorization host. Renewal
+// exemptions of the CA are applied. SANs are canonicalised by package names
+// (IDNA, lower case); one names refuses (an IP address among them) makes the
+// order invalid.
 func (c *Catalogue) OrderTransactions(o Order) ([]Transaction, error) {
-	ca, ok := c.byDirectory[o.Directory]
-	if !ok {
-		return nil, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, o.Directory)
+	ca, sans, err := c.order(o)
+	if err != nil {
+		return nil, err
 	}
-	if o.Account == "" {
-		return nil, fmt.Errorf("%w: order has no account", ErrInvalidRequest)
-	}
-	if len(o.SANs) == 0 || len(o.SANs) > 100 {
-		return nil, fmt.Errorf("%w: order has %d SANs, want 1-100", ErrInvalidRequest, len(o.SANs))
-	}
-	names := make([]string, 0, len(o.SANs))
-	for _, s := range o.SANs {
-		n, err := NormalizeSAN(s)
-		if err != nil {
-			return nil, err
-		}
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	names = slices.Compact(names)
-
 	var txns []Transaction
 	add := func(n Name, value, account, domain string, cost int64, mode Mode) {
 		lc, ok := ca.Limits[n]
@@ -126,51 +113,105 @@ func (c *Catalogue) OrderTransactions(o Order) ([]Transaction, error) {
 		case exempt == SpendOnly && mode == ModeCheck:
 			return
 		}
-		txns = append(txns, Transaction{Directory: ca.Directory, caID: ca.ID, Name: n, Value: value,
-			Account: account, Domain: domain, Cost: cost, Mode: mode})
+		txns = append(txns, ca.transaction(n, value, account, domain, cost, mode))
 	}
 	add(FleetOrdersPerSecond, "*", "", "", 1, ModeSpend)
 	add(NewOrdersPerAccount, o.Account, o.Account, "", 1, ModeSpend)
 	seen := map[string]bool{}
-	for _, n := range names {
+	for _, n := range sans {
 		rd := registeredDomain(n)
 		if !seen[rd] {
 			seen[rd] = true
 			add(CertificatesPerDomain, rd, o.Account, rd, 1, ModeSpend)
 		}
 	}
-	add(CertificatesPerFQDNSet, FQDNSetHash(names), o.Account, "", 1, ModeSpend)
-	// One check per authorization host: a wildcard and its base name
-	// (example.com and *.example.com) are both authorized as example.com,
-	// and a batch naming one bucket twice is refused by the store.
-	clear(seen)
-	for _, n := range names {
-		host := strings.TrimPrefix(n, "*.")
-		if !seen[host] {
-			seen[host] = true
-			add(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeCheck)
-		}
+	add(CertificatesPerFQDNSet, FQDNSetHash(sans), o.Account, "", 1, ModeSpend)
+	for _, host := range authorizationHosts(sans) {
+		add(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeCheck)
 	}
 	return txns, nil
+}
+
+// order checks o and returns its CA and its canonical SAN set.
+func (c *Catalogue) order(o Order) (*CA, []string, error) {
+	ca, ok := c.byDirectory[o.Directory]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, o.Directory)
+	}
+	if o.Account == "" {
+		return nil, nil, fmt.Errorf("%w: order has no account", ErrInvalidRequest)
+	}
+	if len(o.SANs) == 0 || len(o.SANs) > maxSANs {
+		return nil, nil, fmt.Errorf("%w: order has %d SANs, want 1-%d", ErrInvalidRequest, len(o.SANs), maxSANs)
+	}
+	sans, err := names.NormalizeSet(o.SANs, maxSANs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	return ca, sans, nil
+}
+
+// authorizationHosts are the names the CA authorizes for a canonical SAN
+// set, once each: a wildcard and its base name (example.com and
+// *.example.com) are both authorized as example.com, and a batch naming one
+// bucket twice is refused by the store.
+func authorizationHosts(sans []string) []string {
+	var hosts []string
+	for _, n := range sans {
+		if host := strings.TrimPrefix(n, "*."); !slices.Contains(hosts, host) {
+			hosts = append(hosts, host)
+		}
+	}
+	return hosts
+}
+
+func (ca *CA) transaction(n Name, value, account, domain string, cost int64, mode Mode) Transaction {
+	return Transaction{Directory: ca.Directory, caID: ca.ID, Name: n, Value: value,
+		Account: account, Domain: domain, Cost: cost, Mode: mode}
+}
+
+// failedAuthorizationTransactions are the buckets a failed validation of
+// the order spends (without check): one per authorization host, whatever the
+// order's kind, as the CA counts every failed validation. None when the CA
+// has no FailedAuthorizationsPerDomainPerAccount limit.
+func (c *Catalogue) failedAuthorizationTransactions(o Order) ([]Transaction, error) {
+	ca, sans, err := c.order(o)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ca.Limits[FailedAuthorizationsPerDomainPerAccount]; !ok {
+		return nil, nil
+	}
+	var txns []Transaction
+	for _, host := range authorizationHosts(sans) {
+		txns = append(txns, ca.transaction(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeSpendNoCheck))
+	}
+	return txns, nil
+}
+
+// countsAsFailedAuthorization reports whether an order that failed with the
+// ACME problem type problemType failed a validation, which the CA counts
+// against FailedAuthorizationsPerDomainPerAccount.
+func countsAsFailedAuthorization(problemType string) bool {
+	switch problemType {
+	case acme.ProblemTypeUnauthorized, acme.ProblemTypeIncorrectResponse, acme.ProblemTypeConnection,
+		acme.ProblemTypeDNS, acme.ProblemTypeTLS, acme.ProblemTypeCAA:
+		return true
+	}
+	return false
 }
 
 // FailedAuthorizationTransaction is the bucket to spend when the CA reports a
 // failed authorization of domain for account.
 func (c *Catalogue) FailedAuthorizationTransaction(directory, account, domain string) (Transaction, error) {
-	ca, ok := c.byDirectory[directory]
-	if !ok {
-		return Transaction{}, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, directory)
-	}
-	if _, ok := ca.Limits[FailedAuthorizationsPerDomainPerAccount]; !ok {
-		return Transaction{}, fmt.Errorf("%w: CA %s has no %s limit", ErrInvalidRequest, ca.ID, FailedAuthorizationsPerDomainPerAccount)
-	}
-	host, err := NormalizeSAN(domain)
+	txns, err := c.failedAuthorizationTransactions(Order{Directory: directory, Account: account, SANs: []string{domain}})
 	if err != nil {
 		return Transaction{}, err
 	}
-	host = strings.TrimPrefix(host, "*.")
-	return Transaction{Directory: directory, caID: ca.ID, Name: FailedAuthorizationsPerDomainPerAccount,
-		Value: account + ":" + host, Account: account, Domain: host, Cost: 1, Mode: ModeSpendNoCheck}, nil
+	if len(txns) == 0 {
+		return Transaction{}, fmt.Errorf("%w: CA %q has no %s limit", ErrInvalidRequest, directory, FailedAuthorizationsPerDomainPerAccount)
+	}
+	return txns[0], nil
 }
 
 // Transaction returns a transaction for an arbitrary bucket of a CA, for
@@ -186,46 +227,16 @@ func (c *Catalogue) Transaction(directory string, n Name, value string) (Transac
 	return Transaction{Directory: directory, caID: ca.ID, Name: n, Value: value, Cost: 1}, nil
 }
 
-// NormalizeSAN returns the canonical form of a SAN: an IP address in its
-// canonical text form, or a DNS name in lower-case ASCII (IDNA) without a
-// trailing dot, optionally with a leading "*." wildcard label. Names must
-// be below a public suffix.
-func NormalizeSAN(s string) (string, error) {
-	if ip, err := netip.ParseAddr(s); err == nil {
-		return ip.Unmap().String(), nil
-	}
-	s = strings.TrimSuffix(strings.ToLower(s), ".")
-	wild := strings.HasPrefix(s, "*.")
-	host := strings.TrimPrefix(s, "*.")
-	a, err := idna.Lookup.ToASCII(host)
-	if err != nil || !isDNSName(a) {
-		return "", fmt.Errorf("%w: SAN %q is not a valid DNS name", ErrInvalidRequest, truncate(s, 64))
-	}
-	if _, err := publicsuffix.EffectiveTLDPlusOne(a); err != nil {
-		return "", fmt.Errorf("%w: SAN %q is a public suffix or has none", ErrInvalidRequest, a)
-	}
-	if wild {
-		return "*." + a, nil
-	}
-	return a, nil
-}
-
-// registeredDomain is the bucket value of CertificatesPerDomain: the
-// registered domain (eTLD+1) of a normalised DNS name, or for an IP address
-// the address itself (an IPv6 address counts per /64).
+// registeredDomain is the bucket value of CertificatesPerDomain for a
+// canonical name: its registered domain (package names), or, for a name that
+// is itself a public suffix of the list's private section ("github.io",
+// which names accepts), the name itself, as Boulder counts it.
 func registeredDomain(n string) string {
-	if ip, err := netip.ParseAddr(n); err == nil {
-		if ip.Is6() {
-			p, _ := ip.Prefix(64)
-			return p.String()
-		}
-		return ip.String()
+	host := strings.TrimPrefix(n, "*.")
+	if rd, err := names.RegisteredDomain(host); err == nil {
+		return rd
 	}
-	rd, err := publicsuffix.EffectiveTLDPlusOne(strings.TrimPrefix(n, "*."))
-	if err != nil {
-		return n // unreachable for names that passed NormalizeSAN
-	}
-	return rd
+	return host
 }
 
 // FQDNSetHash identifies a SAN set: hex SHA-256 of the sorted, de-duplicated,
@@ -236,27 +247,4 @@ func FQDNSetHash(normalised []string) string {
 	s = slices.Compact(s)
 	h := sha256.Sum256([]byte(strings.Join(s, ",")))
 	return hex.EncodeToString(h[:])
-}
-
-// isDNSName reports whether s is a syntactically valid ASCII host name.
-func isDNSName(s string) bool {
-	if len(s) == 0 || len(s) > 253 {
-		return false
-	}
-	labels := strings.Split(s, ".")
-	if len(labels) < 2 {
-		return false
-	}
-	for _, l := range labels {
-		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
 }

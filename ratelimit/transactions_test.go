@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/certfleet/certfleet/names"
 )
 
 const leDir = "https://acme-v02.api.letsencrypt.org/directory"
@@ -33,7 +36,7 @@ func summarize(txns []Transaction) []txnSummary {
 
 func TestOrderTransactions(t *testing.T) {
 	c := testCatalogue(t)
-	sans := []string{"WWW.Example.COM.", "example.com", "shop.example.co.uk", "www.example.com"}
+	sans := []string{"WWW.Example.COM", "example.com", "shop.example.co.uk", "www.example.com"}
 	set := FQDNSetHash([]string{"example.com", "shop.example.co.uk", "www.example.com"})
 	common := []txnSummary{
 		{"le:FleetOrdersPerSecond:*", ModeSpend},
@@ -96,7 +99,7 @@ func TestOrderTransactionsWildcardAndBaseName(t *testing.T) {
 	if keys["le:FailedAuthorizationsPerDomainPerAccount:acct-1:example.com"] != 1 {
 		t.Errorf("no failed-authorization check for example.com: %v", keys)
 	}
-	l := NewLimiter(NewMemStore(), c)
+	l := NewLimiter(LimiterConfig{Store: NewMemStore(), Catalogue: c})
 	if _, err := l.Spend(context.Background(), txns); err != nil {
 		t.Fatalf("spending the order's buckets: %v", err)
 	}
@@ -123,21 +126,26 @@ func TestOrderTransactionsRejects(t *testing.T) {
 	}
 }
 
-func TestNormalizeSAN(t *testing.T) {
-	tests := map[string]string{
-		"Example.COM.":     "example.com",
-		"*.example.com":    "*.example.com",
-		"bücher.example":   "xn--bcher-kva.example",
-		"2001:db8::1":      "2001:db8::1",
-		"::ffff:192.0.2.1": "192.0.2.1",
+// The SANs of an order are canonicalised by package names: the set's hash
+// is that of the canonical names. What names refuses makes the order
+// invalid: an absolute name, and any IP address, with names' reason.
+func TestOrderTransactionsCanonicalSANs(t *testing.T) {
+	c := testCatalogue(t)
+	txns, err := c.OrderTransactions(Order{Directory: leDir, Account: "a", SANs: []string{"Example.COM", "*.example.com", "bücher.example"}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for in, want := range tests {
-		got, err := NormalizeSAN(in)
-		if err != nil || got != want {
-			t.Errorf("NormalizeSAN(%q) = %q, %v; want %q", in, got, err, want)
+	set := "le:CertificatesPerFQDNSet:" + FQDNSetHash([]string{"example.com", "*.example.com", "xn--bcher-kva.example"})
+	if !slices.ContainsFunc(txns, func(t Transaction) bool { return t.Key() == set }) {
+		t.Errorf("no bucket %s in %v", set, summarize(txns))
+	}
+	for _, san := range []string{"2001:db8::1", "::ffff:192.0.2.1", "192.0.2.1"} {
+		_, err := c.OrderTransactions(Order{Directory: leDir, Account: "a", SANs: []string{"example.com", san}})
+		if !errors.Is(err, ErrInvalidRequest) || !errors.Is(err, names.ErrIPAddress) || !strings.Contains(err.Error(), "IP address identifiers are not supported: ") {
+			t.Errorf("IP SAN %q: err = %v; want ErrInvalidRequest with names' reason", san, err)
 		}
 	}
-	if got := registeredDomain("2001:db8::1"); got != "2001:db8::/64" {
-		t.Errorf("registeredDomain(v6) = %q", got)
+	if _, err := c.OrderTransactions(Order{Directory: leDir, Account: "a", SANs: []string{"Example.COM."}}); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("absolute name: err = %v; want ErrInvalidRequest", err)
 	}
 }

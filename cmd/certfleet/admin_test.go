@@ -267,7 +267,7 @@ func TestPenaltyAndBucketCommands(t *testing.T) {
 	}
 	defer d.Close()
 	cat := ratelimit.DefaultCatalogue()
-	lim := ratelimit.NewLimiter(ratelimit.NewDBStore(d), cat)
+	lim := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewDBStore(d), Catalogue: cat})
 	txn, err := cat.Transaction(ratelimit.LetsEncryptDirectory, ratelimit.NewOrdersPerAccount, "acct-7")
 	if err != nil {
 		t.Fatal(err)
@@ -352,7 +352,7 @@ func TestPenaltyAndBucketCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plim := ratelimit.NewLimiter(ratelimit.NewDBStore(d), pcat)
+	plim := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewDBStore(d), Catalogue: pcat})
 	pt, err := pcat.Transaction("https://127.0.0.1:14000/dir", ratelimit.NewOrdersPerAccount, "acct-7")
 	if err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	buckets := ratelimit.NewDBStore(d)
 	overrides := ratelimit.NewOverrideCache(ratelimit.NewOverrideStore(d, nil), 30*time.Second, nil)
-	limiter := ratelimit.NewLimiter(buckets, cat, ratelimit.WithOverrides(overrides))
+	limiter := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: buckets, Catalogue: cat, Overrides: overrides})
 	changes, err := changefeed.NewConsumer(changefeed.ConsumerConfig{Brokers: cfg.Brokers, Topic: cfg.Topics.RateLimitChanges}, overrides)
 	if err != nil {
 		return err
