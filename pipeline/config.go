@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/seal"
 )
 
@@ -69,9 +70,9 @@ type Config struct {
 	// operations inside a job. Default 5 s.
 	InfraBackoffMax time.Duration
 
-	Logger  *slog.Logger     // default slog.Default()
-	Metrics *Metrics         // default: unregistered metrics
-	Now     func() time.Time // default time.Now
+	Logger  *slog.Logger // default slog.Default()
+	Metrics *Metrics     // default: unregistered metrics
+	Clock   clock.Clock  // default the wall clock
 }
 
 func (c *Config) validate() error {
@@ -144,7 +145,5 @@ func (c *Config) defaults() {
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	c.Clock = clock.Or(c.Clock)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/seal"
 )
@@ -42,23 +43,11 @@ var (
 	_ Fetcher = (*fakeFetcher)(nil)
 )
 
-// fakeClock is a settable clock for Config.Now.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
 // fakeClaims is certstore's claim contract in memory: one owner per request
 // until its lease ends; a finished request answers Done with its outcome.
 type fakeClaims struct {
 	mu      sync.Mutex
-	now     func() time.Time
+	now     clock.Clock
 	errs    int                              // Claim fails this many times before working
 	errCode string                           // ... with this SQLSTATE (else a connection error)
 	err     error                            // Claim always fails with this
@@ -77,7 +66,7 @@ type claimRow struct {
 	order    *certstore.Order // recorded by RecordOrder, handed to the next owner
 }
 
-func newFakeClaims(now func() time.Time) *fakeClaims {
+func newFakeClaims(now clock.Clock) *fakeClaims {
 	return &fakeClaims{now: now, script: map[string]certstore.ClaimResult{}, rows: map[string]*claimRow{}}
 }
 
@@ -106,11 +95,11 @@ func (f *fakeClaims) Claim(_ context.Context, id, _, owner string, lease time.Du
 	switch {
 	case row.state == certstore.StateSucceeded || row.state == certstore.StateFailed:
 		return certstore.ClaimResult{Done: true, State: row.state, Outcome: row.outcome}, nil
-	case row.owner != "" && row.until.After(f.now()):
+	case row.owner != "" && row.until.After(f.now.Now()):
 		return certstore.ClaimResult{Busy: true, State: row.state, LeaseUntil: row.until}, nil
 	}
 	row.attempts++
-	row.owner, row.until, row.state = owner, f.now().Add(lease), certstore.StateOrdering
+	row.owner, row.until, row.state = owner, f.now.Now().Add(lease), certstore.StateOrdering
 	return certstore.ClaimResult{Acquired: true, Attempt: row.attempts, State: row.state, LeaseUntil: row.until, Order: row.order}, nil
 }
 
@@ -368,7 +357,7 @@ func (f *fakeFetcher) isDrained() bool {
 // harness wires a Worker to fakes.
 type harness struct {
 	t      *testing.T
-	clock  *fakeClock
+	clock  *clock.Fake
 	claims *fakeClaims
 	tokens *fakeTokens
 	issuer *fakeIssuer
@@ -379,8 +368,8 @@ type harness struct {
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
 func newHarness(t *testing.T) *harness {
-	c := &fakeClock{t: t0}
-	return &harness{t: t, clock: c, claims: newFakeClaims(c.Now), tokens: &fakeTokens{}, issuer: &fakeIssuer{},
+	c := clock.NewFake(t0)
+	return &harness{t: t, clock: c, claims: newFakeClaims(c), tokens: &fakeTokens{}, issuer: &fakeIssuer{},
 		writer: &fakeWriter{}, topics: events.DefaultTopics()}
 }
 
@@ -397,7 +386,7 @@ func testKeyring(t testing.TB) *seal.Keyring {
 func (h *harness) config() Config {
 	return Config{
 		Owner: "test-worker", Topics: h.topics, Claims: h.claims, Tokens: h.tokens, Limits: fakeLimits{},
-		Writer: h.writer, Sealer: testKeyring(h.t), Now: h.clock.Now,
+		Writer: h.writer, Sealer: testKeyring(h.t), Clock: h.clock,
 		CAs:          []CA{{Name: "pebble", Directory: "https://ca.test/dir", Issuer: h.issuer}},
 		OrderRetries: 2, RetryDelay: 30 * time.Second, MaxRetryDelay: time.Hour, BusyRetry: 5 * time.Second,
 		Lease: 5 * time.Minute, MaxAttempts: 5, InfraBackoffMax: 100 * time.Millisecond,

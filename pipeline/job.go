@@ -36,7 +36,7 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 	if !ok {
 		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs", req.CA))
 	}
-	if err := sleep(waitCtx, req.NotBefore.Sub(w.cfg.Now())); err != nil {
+	if err := sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
 		return err
 	}
 	select {
@@ -101,7 +101,7 @@ func (j *job) run(ctx context.Context) (string, error) {
 	case claim.Busy:
 		// Another worker orders it now. Come back soon to find its outcome
 		// (orders take seconds), at the latest when its lease ends (it died).
-		at := w.cfg.Now().Add(w.cfg.BusyRetry)
+		at := w.cfg.Clock.Now().Add(w.cfg.BusyRetry)
 		if claim.LeaseUntil.Before(at) {
 			at = claim.LeaseUntil.Add(time.Second)
 		}
@@ -144,7 +144,7 @@ func (j *job) run(ctx context.Context) (string, error) {
 		}
 		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
 		if res.RetryIn > w.cfg.MaxInlineWait {
-			return OutcomeDeferred, j.deferUntil(ctx, w.cfg.Now().Add(res.RetryIn), limit, key, true)
+			return OutcomeDeferred, j.deferUntil(ctx, w.cfg.Clock.Now().Add(res.RetryIn), limit, key, true)
 		}
 		// A short wait (the fleet's orders-per-second budget): wait here,
 		// holding the order slot, so the budget gates how fast this worker
@@ -256,7 +256,7 @@ func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification) (strin
 	j.refund(ctx)
 	at := c.RetryAfter
 	if at.IsZero() { // a rateLimited problem without Retry-After
-		at = j.w.cfg.Now().Add(j.w.cfg.RetryDelay)
+		at = j.w.cfg.Clock.Now().Add(j.w.cfg.RetryDelay)
 	}
 	return OutcomeDeferred, j.deferUntil(ctx, at, "CA", j.ca.Directory, true)
 }
@@ -267,7 +267,7 @@ func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification) (strin
 func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (string, error) {
 	w := j.w
 	delay := min(w.cfg.RetryDelay<<min(j.req.Attempt, 20), w.cfg.MaxRetryDelay)
-	next := w.cfg.Now().Add(delay)
+	next := w.cfg.Clock.Now().Add(delay)
 	if last.RetryAfter.After(next) {
 		next = last.RetryAfter
 	}
@@ -506,7 +506,7 @@ func (j *job) republish(ctx context.Context, stored []byte) error {
 }
 
 func (j *job) encode(p events.Payload, topic string) (kafka.Message, error) {
-	ev, err := events.New(j.w.cfg.Source, j.w.cfg.Now(), p)
+	ev, err := events.New(j.w.cfg.Source, j.w.cfg.Clock.Now(), p)
 	if err != nil {
 		return kafka.Message{}, fmt.Errorf("building %s event: %w", p.EventType(), err)
 	}
@@ -522,7 +522,7 @@ func (j *job) encode(p events.Payload, topic string) (kafka.Message, error) {
 // with why and where from in its headers.
 func (w *Worker) deadLetter(ctx context.Context, m kafka.Message, reason string) error {
 	rec := events.DeadLetterRecord(w.cfg.Topics.DLQ, m, events.DeadLetter{
-		Reason: reason, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Group: w.cfg.Owner, Time: w.cfg.Now(),
+		Reason: reason, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Group: w.cfg.Owner, Time: w.cfg.Clock.Now(),
 	})
 	if _, err := retry(ctx, w, "writing to the dead-letter topic", func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, rec)
