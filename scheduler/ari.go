@@ -178,7 +178,7 @@ func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 	if s.cfg.ARI == nil {
 		return 0, nil
 	}
-	now := s.cfg.Now().UTC()
+	now := s.cfg.Clock.Now().UTC()
 	rows, err := s.cfg.DB.Pool().Query(ctx, dueARI, now, limit)
 	if err != nil {
 		return 0, fmt.Errorf("scheduler: ARI re-check: %w", err)

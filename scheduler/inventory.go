@@ -12,6 +12,7 @@ import (
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/names"
 )
 
@@ -78,17 +79,14 @@ func Normalize(s Spec) (Managed, error) {
 // Inventory is the set of managed certificates (table managed_certificates).
 // Safe for concurrent use.
 type Inventory struct {
-	db  *db.DB
-	now func() time.Time
+	db    *db.DB
+	clock clock.Clock
 }
 
-// NewInventory returns the inventory over d (schema migrated). now is the
-// clock, nil for time.Now.
-func NewInventory(d *db.DB, now func() time.Time) *Inventory {
-	if now == nil {
-		now = time.Now
-	}
-	return &Inventory{db: d, now: now}
+// NewInventory returns the inventory over d (schema migrated) telling the
+// time by c (nil: the wall clock).
+func NewInventory(d *db.DB, c clock.Clock) *Inventory {
+	return &Inventory{db: d, clock: clock.Or(c)}
 }
 
 // ManageResult counts what Manage did.
@@ -124,7 +122,7 @@ func (inv *Inventory) Manage(ctx context.Context, ms ...Managed) (ManageResult, 
 		}
 	}
 	res.Already = len(ms) - len(uniq)
-	now := inv.now().UTC()
+	now := inv.clock.Now().UTC()
 	for batch := range slices.Chunk(uniq, 1000) {
 		cols := make([][]string, 6)
 		for _, m := range batch {

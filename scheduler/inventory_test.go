@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/scheduler"
 )
@@ -65,7 +66,7 @@ func TestManageIdempotent(t *testing.T) {
 	d, _ := freshDB(t)
 	ctx := ctxT(t, 30*time.Second)
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	inv := scheduler.NewInventory(d, func() time.Time { return now })
+	inv := scheduler.NewInventory(d, clock.NewFake(now))
 	m, err := scheduler.Normalize(scheduler.Spec{SANs: []string{"b.example.com", "a.example.com"}, Tenant: "t1", CA: testCA, Profile: "shortlived"})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // LeaseName is the leases row the schedulers compete for.
@@ -21,7 +22,7 @@ type Lease struct {
 	name   string
 	holder string
 	ttl    time.Duration
-	now    func() time.Time
+	clock  clock.Clock
 }
 
 // LeaseState is the outcome of one acquire or renew attempt.
@@ -37,7 +38,7 @@ type LeaseState struct {
 // NewLease returns a handle for holder (unique per process, e.g.
 // host:pid:random) on lease name, held for ttl after each renewal.
 func NewLease(d *db.DB, name, holder string, ttl time.Duration) *Lease {
-	return &Lease{db: d, name: name, holder: holder, ttl: ttl, now: time.Now}
+	return &Lease{db: d, name: name, holder: holder, ttl: ttl, clock: clock.System{}}
 }
 
 // Holder is this handle's holder name.
@@ -60,7 +61,7 @@ RETURNING token`
 // TryAcquire takes the lease if it is free or expired, renews it if this
 // process holds it, and otherwise reports it is held elsewhere.
 func (l *Lease) TryAcquire(ctx context.Context) (LeaseState, error) {
-	start := l.now()
+	start := l.clock.Now()
 	var token int64
 	err := l.db.Pool().QueryRow(ctx, acquireLease, l.name, l.holder, l.ttl.Milliseconds()).Scan(&token)
 	if errors.Is(err, errNoRows) {

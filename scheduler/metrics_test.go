@@ -20,7 +20,7 @@ func TestTickMetrics(t *testing.T) {
 		c.Horizon = time.Second
 	})
 	r.manage("t", 5)
-	r.clk.Add(90 * time.Second)
+	r.clk.Advance(90 * time.Second)
 	r.tick()
 	if got := value(m.DueBacklog); got != 5 {
 		t.Errorf("due backlog %v", got)
@@ -32,7 +32,7 @@ func TestTickMetrics(t *testing.T) {
 		t.Errorf("emitted %v", got)
 	}
 	for range 3 { // backlog is measured at the start of each tick
-		r.clk.Add(time.Second)
+		r.clk.Advance(time.Second)
 		r.tick()
 	}
 	if got := value(m.DueBacklog); got != 0 {

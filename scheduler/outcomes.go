@@ -59,7 +59,7 @@ WHERE identity = $1
 
 func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (string, error) {
 	identity := events.Identity(p.SANs)
-	now := s.cfg.Now().UTC()
+	now := s.cfg.Clock.Now().UTC()
 	cert := &Cert{p.NotBefore.UTC(), p.NotAfter.UTC()}
 	r := Draw(identity, p.ARICertID)
 	var w *Window
@@ -101,7 +101,7 @@ func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (strin
 
 func (s *Scheduler) failed(ctx context.Context, p *events.CertFailed) (string, error) {
 	identity := events.Identity(p.SANs)
-	now := s.cfg.Now().UTC()
+	now := s.cfg.Clock.Now().UTC()
 	detail := p.ProblemType + ": " + p.Detail
 	if p.Retryable {
 		tag, err := s.cfg.DB.Pool().Exec(ctx, `UPDATE managed_certificates

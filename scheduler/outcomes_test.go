@@ -67,7 +67,7 @@ func TestOutcomesRecorded(t *testing.T) {
 		t.Fatalf("redelivered failure changed the row: %+v", again)
 	}
 	r.w.reset()
-	r.clk.Add(5 * time.Minute)
+	r.clk.Advance(5 * time.Minute)
 	if res := r.tick(); res.Emitted != 1 {
 		t.Fatalf("retry tick: %+v", res)
 	}
@@ -112,7 +112,7 @@ func TestARIFromPebble(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	hc := pebbleHTTP(t, s)
 	ari := &scheduler.ARIClient{HTTP: hc}
-	sched, err := scheduler.New(scheduler.Config{DB: r.d, Writer: r.w, Holder: r.holder, Logger: quiet, Now: r.clk.Now, ARI: ari})
+	sched, err := scheduler.New(scheduler.Config{DB: r.d, Writer: r.w, Holder: r.holder, Logger: quiet, Clock: r.clk, ARI: ari})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestARIFromPebble(t *testing.T) {
 	if err := s.SetRenewalInfo(ctx, chain, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour+time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	r.clk.Add(6*time.Hour + time.Second)
+	r.clk.Advance(6*time.Hour + time.Second)
 	if n, err := sched.RecheckARI(ctx, 10); err != nil || n != 1 {
 		t.Fatalf("re-check: %d %v", n, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -51,10 +52,10 @@ type Config struct {
 	LeaseTTL time.Duration
 
 	Policy  Policy
-	ARI     *ARIClient       // optional: fetches ARI windows; nil plans by lifetime only
-	Logger  *slog.Logger     // default slog.Default()
-	Metrics *Metrics         // default: unregistered metrics
-	Now     func() time.Time // default time.Now
+	ARI     *ARIClient   // optional: fetches ARI windows; nil plans by lifetime only
+	Logger  *slog.Logger // default slog.Default()
+	Metrics *Metrics     // default: unregistered metrics
+	Clock   clock.Clock  // default the wall clock
 }
 
 func (c *Config) validate() error {
@@ -116,9 +117,7 @@ func (c *Config) defaults() {
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	c.Clock = clock.Or(c.Clock)
 }
 
 // Scheduler emits renewal jobs while it holds the leader lease and records
@@ -139,7 +138,7 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	cfg.defaults()
 	s := &Scheduler{cfg: cfg, lease: NewLease(cfg.DB, LeaseName, cfg.Holder, cfg.LeaseTTL)}
-	s.lease.now = cfg.Now
+	s.lease.clock = cfg.Clock
 	rate := float64(cfg.Budget.Count) / cfg.Budget.Period.Seconds()
 	s.budget = budget{rate: rate, capacity: max(float64(cfg.Budget.Burst), rate*cfg.Horizon.Seconds(), 1)}
 	s.budget.tokens = s.budget.capacity
@@ -183,7 +182,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.TickInterval)
 	defer t.Stop()
 	for {
-		if ls := s.Lease(); ls.Held && s.cfg.Now().Before(ls.ValidUntil) {
+		if ls := s.Lease(); ls.Held && s.cfg.Clock.Now().Before(ls.ValidUntil) {
 			if _, err := s.Tick(ctx, s.Lease); err != nil && ctx.Err() == nil {
 				log.Warn("tick failed", "err", err)
 			}
@@ -214,7 +213,7 @@ func (s *Scheduler) keepLease(ctx context.Context) {
 				return
 			}
 			s.cfg.Logger.Warn("lease renewal failed", "err", err)
-			if prev.Held && !s.cfg.Now().Before(prev.ValidUntil) {
+			if prev.Held && !s.cfg.Clock.Now().Before(prev.ValidUntil) {
 				s.state.Store(&LeaseState{})
 			}
 		default:

@@ -137,7 +137,7 @@ func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResu
 	start := time.Now()
 	defer func() { s.cfg.Metrics.TickSeconds.Observe(time.Since(start).Seconds()) }()
 	var res TickResult
-	now := s.cfg.Now().UTC()
+	now := s.cfg.Clock.Now().UTC()
 	m := s.cfg.Metrics
 
 	var oldest time.Time
@@ -173,7 +173,7 @@ func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResu
 	for i := 0; i < len(rows); i += s.cfg.BatchSize {
 		batch := rows[i:min(i+s.cfg.BatchSize, len(rows))]
 		ls := lease()
-		if !ls.Held || !s.cfg.Now().Before(ls.ValidUntil) {
+		if !ls.Held || !s.cfg.Clock.Now().Before(ls.ValidUntil) {
 			return res, ErrNotLeader
 		}
 		em, ad, ref, err := s.emitBatch(ctx, now, ls, batch)

@@ -15,27 +15,13 @@ import (
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/scheduler"
 )
 
-// clock is a fake clock tests move by hand.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Now().UTC().Truncate(time.Millisecond)} }
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newClock is a fake clock at the current time, which tests move by hand.
+func newClock() *clock.Fake { return clock.NewFake(time.Now().UTC().Truncate(time.Millisecond)) }
 
 // memWriter keeps written jobs; fail makes the next write fail after
 // keeping them (the job reached Kafka, the tick never learnt it).
@@ -82,7 +68,7 @@ var quiet = slog.New(slog.DiscardHandler)
 type rig struct {
 	t      *testing.T
 	d      *db.DB
-	clk    *clock
+	clk    *clock.Fake
 	w      *memWriter
 	inv    *scheduler.Inventory
 	sched  *scheduler.Scheduler
@@ -93,8 +79,8 @@ type rig struct {
 func newRig(t *testing.T, mutate func(*scheduler.Config)) *rig {
 	d, _ := freshDB(t)
 	r := &rig{t: t, d: d, clk: newClock(), w: &memWriter{}}
-	r.inv = scheduler.NewInventory(d, r.clk.Now)
-	cfg := scheduler.Config{DB: d, Writer: r.w, Holder: "leader-" + uuid.NewString()[:8], Now: r.clk.Now, Logger: quiet,
+	r.inv = scheduler.NewInventory(d, r.clk)
+	cfg := scheduler.Config{DB: d, Writer: r.w, Holder: "leader-" + uuid.NewString()[:8], Clock: r.clk, Logger: quiet,
 		Budget: ratelimit.Limit{Count: 1000, Period: time.Second, Burst: 1000}}
 	if mutate != nil {
 		mutate(&cfg)
@@ -165,7 +151,7 @@ func TestTickEmitsOnceWithDeterministicIDs(t *testing.T) {
 	}
 	// No news for a whole watchdog period: the same jobs go out again.
 	r.w.reset()
-	r.clk.Add(6*time.Hour + time.Second)
+	r.clk.Advance(6*time.Hour + time.Second)
 	if res := r.tick(); res.Emitted != 30 {
 		t.Fatalf("watchdog tick: %+v", res)
 	}
@@ -237,14 +223,14 @@ func TestTickBudgetAndFairness(t *testing.T) {
 	if res := r.tick(); res.Emitted != 0 {
 		t.Fatalf("over budget: %+v", res)
 	}
-	r.clk.Add(500 * time.Millisecond)
+	r.clk.Advance(500 * time.Millisecond)
 	if res := r.tick(); res.Emitted != 10 {
 		t.Fatalf("half a second later: %+v", res)
 	}
 	// Over any horizon the emissions stay within rate×horizon + capacity.
 	total := 30
 	for range 10 {
-		r.clk.Add(time.Second)
+		r.clk.Advance(time.Second)
 		total += r.tick().Emitted
 	}
 	if total != 108 {
@@ -329,7 +315,7 @@ func TestTickStaleTokenRefused(t *testing.T) {
 func newSchedulerOn(t *testing.T, r *rig, holder string) *rig {
 	r2 := &rig{t: t, d: r.d, clk: r.clk, w: &memWriter{}, inv: r.inv}
 	var err error
-	r2.sched, err = scheduler.New(scheduler.Config{DB: r.d, Writer: r2.w, Holder: holder, Now: r.clk.Now, Logger: quiet,
+	r2.sched, err = scheduler.New(scheduler.Config{DB: r.d, Writer: r2.w, Holder: holder, Clock: r.clk, Logger: quiet,
 		Budget: ratelimit.Limit{Count: 1000, Period: time.Second, Burst: 1000}})
 	if err != nil {
 		t.Fatal(err)
