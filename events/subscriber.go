@@ -12,6 +12,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // Handler processes one event. A nil error means the event is done and its
@@ -89,6 +91,9 @@ type SubscriberConfig struct {
 	// Logger receives retries, dead letters and commit failures. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Clock stamps dead-letter records (certfleet_dlq_time). Default the
+	// wall clock.
+	Clock clock.Clock
 }
 
 func (c *SubscriberConfig) validate() error {
@@ -123,6 +128,7 @@ func (c *SubscriberConfig) validate() error {
 }
 
 func (c *SubscriberConfig) setDefaults() {
+	c.Clock = clock.Or(c.Clock)
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 5
 	}
@@ -360,7 +366,7 @@ func (s *Subscriber) deadLetter(ctx context.Context, m kafka.Message, reason err
 		Offset:    m.Offset,
 		Attempts:  attempts,
 		Group:     s.cfg.GroupID,
-		Time:      time.Now(),
+		Time:      s.cfg.Clock.Now(),
 	}
 	rec := deadLetterRecord(s.cfg.DeadLetterTopic, m, d)
 	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),

@@ -13,6 +13,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // fakeReader is an in-memory fetcher: it hands out queued records and records
@@ -335,5 +337,23 @@ func TestDeadLetterRecordRoundTrip(t *testing.T) {
 	}
 	if _, err := Decode(rec); err != nil {
 		t.Fatalf("dead letter of a valid event no longer decodes: %v", err)
+	}
+}
+
+// TestSubscriberDLQTimeFromClock: the dead-letter time is the configured
+// clock's, not the wall clock's.
+func TestSubscriberDLQTimeFromClock(t *testing.T) {
+	bad := encodeSample(t, 1)
+	bad.Value = []byte("{}")
+	r := newFakeReader(bad)
+	w := &fakeWriter{}
+	at := time.Date(2031, 2, 3, 4, 5, 6, 0, time.UTC)
+	cfg := testConfig(w)
+	cfg.Clock = clock.NewFake(at)
+	s := newSubscriber(cfg, r)
+	runUntil(t, s, func(context.Context, Event) error { return nil }, func() bool { return len(r.committed()) == 1 })
+	d, ok := ReadDeadLetter(w.written()[0])
+	if !ok || !d.Time.Equal(at) {
+		t.Fatalf("dead letter time %v, want the clock's %v", d.Time, at)
 	}
 }
