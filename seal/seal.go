@@ -37,8 +37,11 @@
 // "k0=<key>;active=k0". Rotate by adding a key, making it active, and (later)
 // re-sealing old blobs with Reseal before removing the old key.
 //
-// Start with LoadKeyringFile or LoadKeyringEnv; both return a *Keyring, which
-// implements Sealer. A KMS-backed Sealer can replace it without callers changing.
+// Start with LoadKeyringFile (production: a mounted file no group or other may
+// read) or LoadKeyringEnv (local use only); both return a *Keyring, which
+// implements Sealer, and both refuse weak keys (CheckKey: all zero, one byte or
+// a short pattern repeated, printable text). A KMS-backed Sealer can replace it
+// without callers changing.
 package seal
 
 import (

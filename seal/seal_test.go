@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -17,7 +18,8 @@ import (
 
 var ctx = context.Background()
 
-func key(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+// key is a fixed 32-byte key per seed that passes CheckKey.
+func key(b byte) []byte { k := sha256.Sum256([]byte{b}); return k[:] }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
@@ -170,7 +172,8 @@ func TestParseKeyring(t *testing.T) {
 		{"active unknown", "a=" + k1 + ";active=c", "", `active key "c" is not in the keyring`},
 		{"active twice", "a=" + k1 + ";active=a;active=a", "", "active given twice"},
 		{"duplicate id", "a=" + k1 + ";a=" + k2 + ";active=a", "", `key id "a" given twice`},
-		{"short key", "a=" + b64(make([]byte, 16)) + ";active=a", "", `entry 1: key "a" is not 32 bytes`},
+		{"short key", "a=" + b64(key(1)[:16]) + ";active=a", "", `entry 1: key "a" is 16 bytes, want 32`},
+		{"long hex key", "a=" + hex.EncodeToString(append(key(1), 1)) + ";active=a", "", `entry 1: key "a" is 33 bytes, want 32`},
 		{"not base64", "a=!!!!;active=a", "", "not 32 bytes"},
 		{"no equals", "a " + hex.EncodeToString(key(1)), "", "entry 1: want id=key"},
 		{"bad id", "a/b=" + k1 + ";active=a/b", "", "entry 1: invalid key id"},
@@ -304,3 +307,93 @@ func TestGenerateKeyText(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
+
+// The example Secret's placeholder and other keys no random generator makes
+// are refused, wherever the keyring comes from, without printing the key.
+func TestWeakKeysRefused(t *testing.T) {
+	pattern := bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, 2)
+	few := append(bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 3), 11, 12)
+	few[0], few[31] = 200, 100 // no period, 13 distinct values: weak-looking but allowed
+	cases := []struct {
+		name, text, err string
+	}{
+		{"example Secret", "CHANGE-ME=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;active=CHANGE-ME", `key "CHANGE-ME" is all zero bytes`},
+		{"bare zero key", b64(make([]byte, 32)), "the key is all zero bytes"},
+		{"zero hex", "a=" + strings.Repeat("0", 64), `key "a" is all zero bytes`},
+		{"one byte repeated", "a=" + b64(bytes.Repeat([]byte{7}, 32)), `key "a" is one byte repeated`},
+		{"pattern", "a=" + b64(pattern), "repeats a 16-byte pattern"},
+		{"pair", "a=" + b64(bytes.Repeat([]byte{0xde, 0xad}, 16)), "repeats a 2-byte pattern"},
+		{"few values", "a=" + b64(append(bytes.Repeat([]byte{1, 2, 3, 4, 5}, 6), 9, 8)), "has only 7 distinct byte values"},
+		{"passphrase", "a=" + b64([]byte("correct horse battery staple 42!")), "is printable text"},
+		{"weak among good", "a=" + b64(key(1)) + ";b=" + b64(make([]byte, 32)) + ";active=a", `entry 2: key "b" is all zero bytes`},
+	}
+	dir := t.TempDir()
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseKeyring(c.text)
+			if err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), "certfleet keys generate") {
+				t.Fatalf("ParseKeyring: %v; want %q", err, c.err)
+			}
+			assertNoKeyMaterial(t, err.Error(), c.text)
+			path := fmt.Sprintf("%s/keys%d", dir, i)
+			if err := writeFile(path, c.text); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := LoadKeyringFile(path); err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("LoadKeyringFile: %v", err)
+			}
+			t.Setenv("CERTFLEET_TEST_WEAK", c.text)
+			if _, err := LoadKeyringEnv("CERTFLEET_TEST_WEAK"); err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Fatalf("LoadKeyringEnv: %v", err)
+			}
+		})
+	}
+	if err := CheckKey(few); err != nil {
+		t.Fatalf("12 distinct values, no period: %v", err)
+	}
+	if err := CheckKey(make([]byte, 16)); err == nil || !strings.Contains(err.Error(), "is 16 bytes, want 32") {
+		t.Fatalf("CheckKey of 16 bytes: %v", err)
+	}
+}
+
+// Random keys pass (a false refusal would stop a worker at start).
+func TestCheckKeyAcceptsRandomKeys(t *testing.T) {
+	for i := 0; i < 20000; i++ {
+		k := make([]byte, keySize)
+		_, _ = rand.Read(k)
+		if err := CheckKey(k); err != nil {
+			t.Fatalf("random key refused: %v", err)
+		}
+	}
+	text, err := GenerateKeyText("g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseKeyring(text); err != nil {
+		t.Fatalf("generated keyring refused: %v", err)
+	}
+}
+
+// A keyring file others may read is refused at start, naming the file and
+// its mode.
+func TestLoadKeyringFileMode(t *testing.T) {
+	path := t.TempDir() + "/keys"
+	if err := writeFile(path, "a="+b64(key(1))); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o604, 0o640} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadKeyringFile(path)
+		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), fmt.Sprintf("mode %04o", mode)) {
+			t.Fatalf("mode %04o: %v", mode, err)
+		}
+	}
+	if err := os.Chmod(path, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKeyringFile(path); err != nil {
+		t.Fatalf("mode 0400: %v", err)
+	}
+}
