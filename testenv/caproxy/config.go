@@ -6,6 +6,8 @@ import (
 	"math"
 	"net/url"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // Limit is a Boulder-style GCRA limit: a burst of Count, refilled at Count per
@@ -64,9 +66,9 @@ type Config struct {
 	// Seed seeds the fault dice (math/rand/v2 PCG): the same seed gives the
 	// same sequence of decisions.
 	Seed uint64
-	// Now is the proxy's clock for limits, penalties and Stats; default
-	// time.Now. Delays (TimeoutHold, SlowDelay) always use real time.
-	Now func() time.Time
+	// Clock is the proxy's clock for limits, penalties and Stats; default
+	// the wall clock. Delays (TimeoutHold, SlowDelay) always use real time.
+	Clock clock.Clock
 }
 
 // Validate checks the limits: no negative Count, a positive Period wherever

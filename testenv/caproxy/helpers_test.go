@@ -20,6 +20,7 @@ import (
 
 	"github.com/mholt/acmez/v3/acme"
 
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -34,25 +35,8 @@ func randomLabel() string {
 	return hex.EncodeToString(b)
 }
 
-// fakeClock is a Config.Now a test moves by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+// newFakeClock is a Config.Clock a test moves by hand.
+func newFakeClock() *clock.Fake { return clock.NewFake(time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)) }
 
 // startProxy starts a proxy in front of the testenv Pebble; Close runs at cleanup.
 func startProxy(t *testing.T, s testenv.Settings, cfg Config) *Proxy {

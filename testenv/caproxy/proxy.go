@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 const (
@@ -45,7 +47,7 @@ type Proxy struct {
 	dirURL       string
 	caFile       string
 	tmpDir       string
-	now          func() time.Time
+	clock        clock.Clock
 
 	transport *http.Transport
 	nonces    *http.Client
@@ -85,7 +87,7 @@ type Stats struct {
 	// a Retry-After the proxy sent for that key (real or injected 429) was
 	// still in force, whatever then happened to them.
 	PenaltyViolations []Violation
-	// OrderTimes are the instants (Config.Now) at which the limiter admitted
+	// OrderTimes are the instants (Config.Clock) at which the limiter admitted
 	// each order Pebble then accepted, sorted.
 	OrderTimes []time.Time
 }
@@ -119,14 +121,10 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	now := cfg.Now
-	if now == nil {
-		now = time.Now
-	}
 	p := &Proxy{
 		upstream:   &url.URL{Scheme: upstream.Scheme, Host: upstream.Host},
 		dirPath:    upstream.EscapedPath(),
-		now:        now,
+		clock:      clock.Or(cfg.Clock),
 		transport:  tr,
 		nonces:     &http.Client{Transport: tr, Timeout: 10 * time.Second},
 		limits:     cfg.Limits,
@@ -463,7 +461,7 @@ func (p *Proxy) roll(newOrder bool) (fault, Faults) {
 func (p *Proxy) recordViolations(k orderKeys) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := p.now()
+	now := p.clock.Now()
 	for _, key := range k.penaltyKeys() {
 		until, ok := p.penalties[key]
 		switch {
@@ -512,7 +510,7 @@ func (p *Proxy) txns(k orderKeys) []bucketTxn {
 func (p *Proxy) reserve(st *orderState) *refusal {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := p.now()
+	now := p.clock.Now()
 	txns := p.txns(st.keys)
 	newTATs := make([]time.Time, len(txns))
 	var denied *bucketTxn
@@ -561,7 +559,7 @@ func (p *Proxy) refund(st *orderState) {
 		return
 	}
 	st.settled = true
-	now := p.now()
+	now := p.clock.Now()
 	for _, t := range st.spent {
 		tat, ok := p.buckets[t.key()]
 		if !ok {
@@ -591,7 +589,7 @@ func (p *Proxy) commit(st *orderState, location string, body []byte) {
 	st.settled = true
 	at := st.at
 	if !st.keyed {
-		at = p.now()
+		at = p.clock.Now()
 	}
 	p.stats.Orders++
 	i := sort.Search(len(p.stats.OrderTimes), func(i int) bool { return p.stats.OrderTimes[i].After(at) })
@@ -660,7 +658,7 @@ func (p *Proxy) forwardError(w http.ResponseWriter, r *http.Request, err error) 
 func (p *Proxy) injectRateLimited(w http.ResponseWriter, r *http.Request, f Faults, j jwsInfo, k orderKeys, keyed bool) {
 	secs := retryAfterSeconds(f.RetryAfter)
 	p.mu.Lock()
-	now := p.now()
+	now := p.clock.Now()
 	until := now.Add(time.Duration(secs) * time.Second)
 	var name, value string
 	var lim Limit

@@ -93,7 +93,7 @@ func TestFQDNSetLimit(t *testing.T) {
 	defer cancel()
 	clk := newFakeClock()
 	setLimit, acctLimit := Limit{Count: 2, Period: time.Hour}, Limit{Count: 3, Period: time.Hour}
-	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: setLimit, OrdersPerAccount: acctLimit}, Now: clk.Now})
+	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: setLimit, OrdersPerAccount: acctLimit}, Clock: clk})
 	c, rec := newClient(t, p)
 	acct := newAccount(ctx, t, c)
 
@@ -135,7 +135,7 @@ func TestAccountLimit(t *testing.T) {
 	defer cancel()
 	clk := newFakeClock()
 	lim := Limit{Count: 2, Period: time.Hour}
-	p := startProxy(t, s, Config{Limits: Limits{OrdersPerAccount: lim}, Now: clk.Now})
+	p := startProxy(t, s, Config{Limits: Limits{OrdersPerAccount: lim}, Clock: clk})
 	c, rec := newClient(t, p)
 	acct1, acct2 := newAccount(ctx, t, c), newAccount(ctx, t, c)
 	base := "acct-" + randomLabel() + ".test"
@@ -163,7 +163,7 @@ func TestDomainLimit(t *testing.T) {
 	defer cancel()
 	clk := newFakeClock()
 	lim := Limit{Count: 2, Period: time.Hour}
-	p := startProxy(t, s, Config{Limits: Limits{OrdersPerDomain: lim}, Now: clk.Now})
+	p := startProxy(t, s, Config{Limits: Limits{OrdersPerDomain: lim}, Clock: clk})
 	c, rec := newClient(t, p)
 	acct := newAccount(ctx, t, c)
 	d1, d2 := "dom1-"+randomLabel()+".test", "dom2-"+randomLabel()+".test"
@@ -228,7 +228,7 @@ func TestPenaltyViolations(t *testing.T) {
 	clk := newFakeClock()
 	t0 := clk.Now()
 	lim := Limit{Count: 1, Period: time.Hour}
-	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: lim}, Now: clk.Now})
+	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: lim}, Clock: clk})
 	c, rec := newClient(t, p)
 	acct := newAccount(ctx, t, c)
 	setA, setB := "pa-"+randomLabel()+".test", "pb-"+randomLabel()+".test"
