@@ -15,7 +15,8 @@ import (
 	"github.com/libdns/libdns"
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
-	"golang.org/x/net/publicsuffix"
+
+	"github.com/certfleet/certfleet/names"
 )
 
 // DNSProvider is what DNS-01 needs of a DNS provider: the two libdns
@@ -87,11 +88,10 @@ func (s DNS01Solver) record(ctx context.Context, ch acme.Challenge) (string, lib
 	return zone, libdns.TXT{Name: libdns.RelativeName(fqdn, zone), TTL: ttl, Text: ch.DNS01KeyAuthorization()}, nil
 }
 
-// RegisteredDomainZone returns the registered domain of fqdn (eTLD+1, from the
-// public suffix list) as an absolute zone name.
+// RegisteredDomainZone returns the registered domain of fqdn (package
+// names' RegisteredDomain) as an absolute zone name.
 func RegisteredDomainZone(fqdn string) (string, error) {
-	name := strings.TrimSuffix(strings.ToLower(fqdn), ".")
-	zone, err := publicsuffix.EffectiveTLDPlusOne(name)
+	zone, err := names.RegisteredDomain(fqdn)
 	if err != nil {
 		return "", err
 	}

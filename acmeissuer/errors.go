@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
-
-	"github.com/certfleet/certfleet/ratelimit"
 )
 
 // ErrInvalidRequest means a Request (or the configuration it needs) is
@@ -24,7 +22,8 @@ const (
 	// with backoff, after RetryAfter when the server gave one.
 	Retry Class = iota + 1
 	// RateLimited: the CA refused with 429/rateLimited; do not try before
-	// RetryAfter, and record a fleet-wide penalty.
+	// RetryAfter. The caller records the fleet-wide penalty (package
+	// ratelimit reads which buckets the CA's *CAError names).
 	RateLimited
 	// Permanent: the CA (or this package) rejected the request for a reason a
 	// retry will not change; end the job as cert_failed with ProblemType.
@@ -53,52 +52,54 @@ type Classification struct {
 	// was one (Detail is the CA's text; it never holds key material).
 	ProblemType string
 	Detail      string
-	// Limit and LimitSubject say, for RateLimited, which of the CA's limits
-	// the detail names and, for a per-domain limit, the name it counted (see
-	// ParseRateLimitDetail). Both are empty when the CA did not say in words
-	// this package knows.
-	Limit        ratelimit.Name
-	LimitSubject string
 }
 
-// RateLimitedError is returned (wrapped) by Obtain and Account when the CA
-// answered 429. Find it with errors.As.
-type RateLimitedError struct {
-	// RetryAfter is the CA's Retry-After, or now+Config.DefaultPenalty when
-	// the response had none (then Guessed is true).
+// CAError is what the CA answered when an ACME operation ended on a refusal
+// this package's transport saw: a 429 (a rate limit), or a final 5xx
+// (possibly one acmez reported as plain text). Obtain and Account return it
+// wrapped; find it with errors.As. It reports what the CA said and nothing
+// more: which of certfleet's rate-limit buckets a 429 is about is package
+// ratelimit's reading of Detail (ratelimit.PenaltyTargets).
+type CAError struct {
+	// Status is the HTTP status: 429 for a rate limit (also when only the
+	// problem document said rateLimited), else the 5xx the operation ended
+	// on.
+	Status int
+	// Problem is the CA's problem document (zero when it sent none).
+	Problem acme.Problem
+	// Detail is the CA's own words about the refusal (Problem.Detail):
+	// untrusted free text.
+	Detail string
+	// RetryAfter is when the CA allows a new attempt: its Retry-After, or,
+	// for a 429 without one, now+Config.DefaultPenalty (then Guessed is
+	// true). Zero for a 5xx without one.
 	RetryAfter time.Time
 	Guessed    bool
-	// Problem is the CA's problem document (zero when the 429 had none).
-	Problem acme.Problem
-	Err     error
-}
-
-func (e *RateLimitedError) Error() string {
-	return fmt.Sprintf("rate limited by the CA until %s: %v", e.RetryAfter.UTC().Format(time.RFC3339), e.Err)
-}
-
-func (e *RateLimitedError) Unwrap() error { return e.Err }
-
-// StatusError records that an ACME operation ended on an HTTP 5xx response
-// (possibly one acmez reported as plain text), with the server's Retry-After
-// when a 503 carried one.
-type StatusError struct {
-	Status     int
-	RetryAfter time.Time
 	Err        error
 }
 
-func (e *StatusError) Error() string { return fmt.Sprintf("HTTP %d: %v", e.Status, e.Err) }
+func (e *CAError) Error() string {
+	if e.RateLimited() {
+		return fmt.Sprintf("rate limited by the CA until %s: %v", e.RetryAfter.UTC().Format(time.RFC3339), e.Err)
+	}
+	return fmt.Sprintf("HTTP %d: %v", e.Status, e.Err)
+}
 
-func (e *StatusError) Unwrap() error { return e.Err }
+func (e *CAError) Unwrap() error { return e.Err }
+
+// RateLimited reports whether the CA refused with a rate limit (429 or a
+// rateLimited problem).
+func (e *CAError) RateLimited() bool {
+	return e.Status == http.StatusTooManyRequests || e.Problem.Type == acme.ProblemTypeRateLimited
+}
 
 // Classify maps an error from acmez (or from this package) to what the caller
 // should do:
 //
-//   - *RateLimitedError, a problem of type rateLimited or status 429:
-//     RateLimited, with the limit the problem's detail names, if any.
+//   - a rate-limited *CAError, a problem of type rateLimited or status 429:
+//     RateLimited.
 //   - ErrInvalidRequest: Permanent.
-//   - badNonce, serverInternal, any 5xx (problem or *StatusError): Retry.
+//   - badNonce, serverInternal, any 5xx (problem or *CAError): Retry.
 //   - connection and dns validation problems (the CA could not reach or
 //     resolve the name): Retry, bounded by the caller's attempts.
 //   - any other ACME problem (malformed, unauthorized, caa, rejectedIdentifier,
@@ -114,29 +115,24 @@ func Classify(err error) Classification {
 	var p acme.Problem
 	hasProblem := errors.As(err, &p)
 	out := Classification{ProblemType: p.Type, Detail: p.Detail}
-	var rl *RateLimitedError
-	if errors.As(err, &rl) {
-		out.Class, out.RetryAfter = RateLimited, rl.RetryAfter
-		if rl.Problem.Type != "" {
-			out.ProblemType, out.Detail = rl.Problem.Type, rl.Problem.Detail
+	var ce *CAError
+	hasStatus := errors.As(err, &ce)
+	if hasStatus && ce.RateLimited() {
+		out.Class, out.RetryAfter = RateLimited, ce.RetryAfter
+		if ce.Problem.Type != "" {
+			out.ProblemType, out.Detail = ce.Problem.Type, ce.Problem.Detail
 		}
-		out.Limit, out.LimitSubject = ParseRateLimitDetail(out.Detail)
 		return out
 	}
 	if errors.Is(err, ErrInvalidRequest) {
 		out.Class = Permanent
 		return out
 	}
-	var se *StatusError
-	hasStatus := errors.As(err, &se)
 	if hasStatus {
-		out.RetryAfter = se.RetryAfter
+		out.RetryAfter = ce.RetryAfter
 	}
 	switch {
 	case hasProblem && (p.Type == acme.ProblemTypeRateLimited || p.Status == http.StatusTooManyRequests):
-		out.Class = RateLimited
-		out.Limit, out.LimitSubject = ParseRateLimitDetail(p.Detail)
-	case hasStatus && se.Status == http.StatusTooManyRequests:
 		out.Class = RateLimited
 	case hasProblem && (p.Type == acme.ProblemTypeBadNonce || p.Type == acme.ProblemTypeServerInternal || p.Status >= 500):
 		out.Class = Retry
@@ -146,7 +142,7 @@ func Classify(err error) Classification {
 		// authorization each time, which FailedAuthorizationsPerDomainPerAccount
 		// bounds; a name that never resolves ends when the attempts run out.
 		out.Class = Retry
-	case hasStatus && se.Status >= 500:
+	case hasStatus && ce.Status >= 500:
 		out.Class = Retry
 	case hasProblem:
 		out.Class = Permanent
@@ -158,8 +154,9 @@ func Classify(err error) Classification {
 	return out
 }
 
-// annotate wraps an error of an ACME operation with what the transport saw:
-// a 429 becomes *RateLimitedError, a final 5xx a *StatusError.
+// annotate wraps an error of an ACME operation with what the transport saw
+// as a *CAError: a 429 (with its Retry-After, or now+defaultPenalty), or a
+// final 5xx.
 func annotate(err error, c *capture, now time.Time, defaultPenalty time.Duration) error {
 	if err == nil {
 		return nil
@@ -167,18 +164,20 @@ func annotate(err error, c *capture, now time.Time, defaultPenalty time.Duration
 	last, limited, limitedTill, unavailTill := c.snapshot()
 	var p acme.Problem
 	isProblem := errors.As(err, &p)
-	if limited || (isProblem && (p.Type == acme.ProblemTypeRateLimited || p.Status == http.StatusTooManyRequests)) {
-		e := &RateLimitedError{RetryAfter: limitedTill, Err: err}
-		if isProblem {
-			e.Problem = p
-		}
+	var e *CAError
+	switch {
+	case limited || (isProblem && (p.Type == acme.ProblemTypeRateLimited || p.Status == http.StatusTooManyRequests)):
+		e = &CAError{Status: http.StatusTooManyRequests, RetryAfter: limitedTill, Err: err}
 		if e.RetryAfter.IsZero() {
 			e.RetryAfter, e.Guessed = now.Add(defaultPenalty), true
 		}
-		return e
+	case last >= 500:
+		e = &CAError{Status: last, RetryAfter: unavailTill, Err: err}
+	default:
+		return err
 	}
-	if last >= 500 {
-		return &StatusError{Status: last, RetryAfter: unavailTill, Err: err}
+	if isProblem {
+		e.Problem, e.Detail = p, p.Detail
 	}
-	return err
+	return e
 }

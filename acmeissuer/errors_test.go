@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,14 +29,14 @@ func TestClassify(t *testing.T) {
 		retryAt  time.Time
 		noDetail bool
 	}{
-		{"rate limited error", wrap(&RateLimitedError{RetryAfter: at, Problem: problem("rateLimited", 429), Err: problem("rateLimited", 429)}), RateLimited, "rateLimited", at, false},
+		{"rate limited error", wrap(&CAError{Status: 429, RetryAfter: at, Problem: problem("rateLimited", 429), Err: problem("rateLimited", 429)}), RateLimited, "rateLimited", at, false},
 		{"rateLimited problem without transport", wrap(problem("rateLimited", 429)), RateLimited, "rateLimited", time.Time{}, false},
 		{"429 status, other type", wrap(problem("malformed", 429)), RateLimited, "malformed", time.Time{}, false},
-		{"429 status error", &StatusError{Status: 429, Err: errors.New("HTTP 429: slow down")}, RateLimited, "", time.Time{}, true},
+		{"429 status error", &CAError{Status: 429, Err: errors.New("HTTP 429: slow down")}, RateLimited, "", time.Time{}, true},
 		{"badNonce", wrap(problem("badNonce", 400)), Retry, "badNonce", time.Time{}, false},
 		{"serverInternal", wrap(problem("serverInternal", 500)), Retry, "serverInternal", time.Time{}, false},
-		{"503 problem with Retry-After", &StatusError{Status: 503, RetryAfter: at, Err: problem("serverInternal", 503)}, Retry, "serverInternal", at, false},
-		{"plain 502", &StatusError{Status: 502, Err: errors.New("HTTP 502: <html>")}, Retry, "", time.Time{}, true},
+		{"503 problem with Retry-After", &CAError{Status: 503, RetryAfter: at, Err: problem("serverInternal", 503)}, Retry, "serverInternal", at, false},
+		{"plain 502", &CAError{Status: 502, Err: errors.New("HTTP 502: <html>")}, Retry, "", time.Time{}, true},
 		{"any 5xx problem", wrap(acme.Problem{Type: "about:blank", Status: 504}), Retry, "about:blank", time.Time{}, true},
 		{"deadline", wrap(context.DeadlineExceeded), Retry, "", time.Time{}, true},
 		{"canceled", context.Canceled, Retry, "", time.Time{}, true},
@@ -81,18 +82,56 @@ func TestAnnotate(t *testing.T) {
 		t.Errorf("nothing seen: %v", got)
 	}
 	c.status(502)
-	var se *StatusError
-	if got := annotate(plain, c, now, time.Minute); !errors.As(got, &se) || se.Status != 502 {
+	var se *CAError
+	if got := annotate(plain, c, now, time.Minute); !errors.As(got, &se) || se.Status != 502 || se.RateLimited() {
 		t.Errorf("after 502: %v", got)
 	}
 	c.status(429)
 	c.retryAfter(429, now.Add(time.Hour))
-	var rl *RateLimitedError
-	if got := annotate(plain, c, now, time.Minute); !errors.As(got, &rl) || !rl.RetryAfter.Equal(now.Add(time.Hour)) || rl.Guessed {
+	var rl *CAError
+	if got := annotate(plain, c, now, time.Minute); !errors.As(got, &rl) || !rl.RateLimited() || !rl.RetryAfter.Equal(now.Add(time.Hour)) || rl.Guessed {
 		t.Errorf("after 429: %v", got)
 	}
 	// A rateLimited problem the transport never saw (no hook) gets the default.
 	if got := annotate(problem("rateLimited", 429), &capture{}, now, time.Minute); !errors.As(got, &rl) || !rl.Guessed || !rl.RetryAfter.Equal(now.Add(time.Minute)) {
 		t.Errorf("problem only: %v", got)
+	}
+}
+
+// The typed error says what the CA said and nothing more: status, problem,
+// its words and Retry-After, found with errors.As through any wrapping.
+// Which limit those words name is ratelimit's reading; Classify hands the
+// words on unchanged.
+func TestCAErrorReportsWhatTheCASaid(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	fqdn := "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s"
+	c := &capture{}
+	c.status(429)
+	c.retryAfter(429, now.Add(time.Hour))
+	p := acme.Problem{Type: acme.ProblemTypeRateLimited, Status: 429, Detail: fqdn}
+	err := fmt.Errorf("acmeissuer: obtaining a certificate for [a.example.com]: %w", annotate(fmt.Errorf("creating new order: %w", p), c, now, time.Minute))
+	var ce *CAError
+	if !errors.As(err, &ce) {
+		t.Fatalf("%v is not a *CAError", err)
+	}
+	if ce.Status != 429 || !ce.RateLimited() || ce.Problem.Type != p.Type || ce.Problem.Detail != fqdn || ce.Detail != fqdn || !ce.RetryAfter.Equal(now.Add(time.Hour)) || ce.Guessed {
+		t.Errorf("CAError = %+v", ce)
+	}
+	var inner acme.Problem
+	if !errors.As(err, &inner) || inner.Detail != fqdn || !strings.Contains(err.Error(), "rate limited by the CA until 2026-01-01T01:00:00Z") {
+		t.Errorf("wrapping: %v", err)
+	}
+	if got := Classify(err); got.Class != RateLimited || got.Detail != fqdn || !got.RetryAfter.Equal(ce.RetryAfter) {
+		t.Errorf("Classify = %+v", got)
+	}
+
+	// A final 5xx with a problem keeps the problem too; it is no rate limit.
+	c = &capture{}
+	c.status(503)
+	c.retryAfter(503, now.Add(time.Minute))
+	busy := acme.Problem{Type: acme.ProblemTypeServerInternal, Status: 503, Detail: "try later"}
+	err = annotate(busy, c, now, time.Minute)
+	if !errors.As(err, &ce) || ce.Status != 503 || ce.RateLimited() || ce.Detail != "try later" || !ce.RetryAfter.Equal(now.Add(time.Minute)) || err.Error() != "HTTP 503: "+busy.Error() {
+		t.Errorf("503: %v (%+v)", err, ce)
 	}
 }

@@ -7,14 +7,15 @@
 //
 // It owns the acme_accounts rows of its CA directory (schema 0001) and the
 // acme_http01_challenges table (schema 0003), and touches no other table. It
-// does not spend rate-limit tokens, store certificates, seal certificate keys
-// or talk to Kafka: those belong to the pipeline, which calls Obtain with the
-// order's buckets in Request.PenaltyKeys and seals Result.PrivateKey
-// (seal.SealPrivateKey). A 429 is recorded here, before Obtain returns: the
-// issuer blocks the buckets the CA's problem names (PenaltyTargets) through
-// Config.Penalties, which cmd/issuer-worker sets to the rate limiter's
-// database bucket store (ratelimit.DBStore), so every worker backs off. It
-// never logs or returns key material.
+// does not spend rate-limit tokens, record penalties, store certificates,
+// seal certificate keys or talk to Kafka: those belong to the pipeline, which
+// calls Obtain and seals Result.PrivateKey (seal.SealPrivateKey). It only
+// reports what the CA said: a 429 or a final 5xx comes back as a *CAError
+// (status, problem, detail, Retry-After), and the pipeline asks package
+// ratelimit which buckets that names and penalises them. It does not import
+// ratelimit. Identifiers are package names' business: Obtain refuses SANs
+// that are not canonical DNS names (IP addresses included). It never logs or
+// returns key material.
 //
 // Start with New(Config{...}) per CA directory, then call Obtain per order;
 // serve HTTP01Handler on every worker's port 80 when HTTP-01 is used.
@@ -38,17 +39,10 @@ import (
 	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/internal/clock"
+	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/seal"
 )
-
-// PenaltyRecorder records a CA's 429 so every worker backs off, not just this
-// one. ratelimit.Store (and its DB implementation) satisfies it.
-//
-// Contract: Penalize blocks key until until, extending and never shortening a
-// current penalty; it is safe for concurrent use and honours ctx.
-type PenaltyRecorder interface {
-	Penalize(ctx context.Context, key string, until time.Time) error
-}
 
 // Config configures an Issuer for one CA directory. The zero value of every
 // optional field means its documented default.
@@ -70,10 +64,8 @@ type Config struct {
 	// OnRetryAfter, optional, is called by the transport for every 429/503
 	// with the server's Retry-After (see RetryAfterTransport).
 	OnRetryAfter func(req *http.Request, status int, until time.Time)
-	// Penalties, optional, receives the keys of Request.PenaltyKeys that a 429
-	// from the CA is about (PenaltyTargets).
-	Penalties PenaltyRecorder
-	// DefaultPenalty is how long a 429 without Retry-After blocks. Default 5 minutes.
+	// DefaultPenalty is how long a 429 without Retry-After blocks: its
+	// CAError.RetryAfter is then now+DefaultPenalty. Default 5 minutes.
 	DefaultPenalty time.Duration
 	// Contact lists account contact URLs (mailto:...). Optional.
 	Contact []string
@@ -90,9 +82,12 @@ type Config struct {
 	UserAgent string
 	// Logger receives acmez's debug logs. Default: none.
 	Logger *slog.Logger
-	// Now tells the time; default time.Now.
-	Now func() time.Time
+	// Clock tells the time of Retry-After values. Default: the wall clock.
+	Clock clock.Clock
 }
+
+// maxSANs is the most names one order may carry (Let's Encrypt's limit).
+const maxSANs = 100
 
 // Issuer obtains certificates from one CA. Safe for concurrent use.
 type Issuer struct {
@@ -135,15 +130,13 @@ func New(cfg Config) (*Issuer, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "certfleet"
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	hc := &http.Client{Timeout: 30 * time.Second}
 	if cfg.HTTPClient != nil {
 		c := *cfg.HTTPClient
 		hc = &c
 	}
-	hc.Transport = &RetryAfterTransport{Base: hc.Transport, Now: cfg.Now, OnRetryAfter: cfg.OnRetryAfter}
+	hc.Transport = &RetryAfterTransport{Base: hc.Transport, Clock: cfg.Clock, OnRetryAfter: cfg.OnRetryAfter}
 	return &Issuer{
 		cfg: cfg,
 		client: &acme.Client{
@@ -158,14 +151,15 @@ func New(cfg Config) (*Issuer, error) {
 	}, nil
 }
 
-func (i *Issuer) now() time.Time { return i.cfg.Now() }
+func (i *Issuer) now() time.Time { return i.cfg.Clock.Now() }
 
 // Request is one certificate order.
 type Request struct {
 	// Tenant selects the ACME account ("" is a valid tenant).
 	Tenant string
-	// SANs are the DNS names (or IP addresses) of the certificate, already
-	// validated and normalised by the caller (package names). Required.
+	// SANs are the DNS names of the certificate in the canonical form of
+	// package names, which Obtain checks (1-100 names, none repeated).
+	// Required.
 	SANs []string
 	// Profile is the ACME profile to order; empty means Config.Profile. When
 	// the CA advertises profiles one of them must be named; when it
@@ -181,11 +175,6 @@ type Request struct {
 	// Config.Solvers); empty means every configured one. Wildcard names need
 	// dns-01.
 	Challenges []string
-	// PenaltyKeys are the rate-limit buckets of this order. When the CA
-	// answers 429, Config.Penalties blocks those of the limit its problem
-	// names (PenaltyTargets; every one when it names none this package
-	// knows) until the CA's Retry-After.
-	PenaltyKeys []PenaltyKey
 	// Resume, when set, is the order an earlier attempt at this request
 	// placed (what OnOrder received then). Obtain continues it instead of
 	// ordering again: it downloads the certificate of a valid order,
@@ -255,7 +244,7 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	}
 	acct, err := i.Account(ctx, req.Tenant)
 	if err != nil {
-		return nil, i.penalize(ctx, req, err)
+		return nil, err
 	}
 	if req.Resume != nil {
 		res, err := i.resume(ctx, acct, req, solvers, *req.Resume)
@@ -294,7 +283,7 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	certs, err := client.ObtainCertificate(cctx, params)
 	if err != nil {
 		err = annotate(err, c, i.now(), i.cfg.DefaultPenalty)
-		return nil, i.penalize(ctx, req, fmt.Errorf("acmeissuer: obtaining a certificate for %v: %w", req.SANs, err))
+		return nil, fmt.Errorf("acmeissuer: obtaining a certificate for %v: %w", req.SANs, err)
 	}
 	if len(certs) == 0 {
 		return nil, fmt.Errorf("acmeissuer: obtaining a certificate for %v: the CA offered no chain", req.SANs)
@@ -309,18 +298,8 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 
 // check validates req and picks its solvers.
 func (i *Issuer) check(req Request) (map[string]acmez.Solver, error) {
-	if len(req.SANs) == 0 {
-		return nil, fmt.Errorf("%w: no SANs", ErrInvalidRequest)
-	}
-	if len(req.SANs) > 100 {
-		return nil, fmt.Errorf("%w: %d SANs, at most 100", ErrInvalidRequest, len(req.SANs))
-	}
-	seen := make(map[string]bool, len(req.SANs))
-	for _, s := range req.SANs {
-		if s == "" || seen[s] {
-			return nil, fmt.Errorf("%w: empty or duplicate SAN %q", ErrInvalidRequest, s)
-		}
-		seen[s] = true
+	if err := names.ValidateList(req.SANs, maxSANs); err != nil {
+		return nil, fmt.Errorf("%w: SANs: %w", ErrInvalidRequest, err)
 	}
 	if !req.KeyType.Valid() {
 		return nil, fmt.Errorf("%w: unknown key type %q", ErrInvalidRequest, string(req.KeyType))
@@ -369,23 +348,6 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(ks)
 	return ks
-}
-
-// penalize records a 429 through Config.Penalties on the keys of req the
-// CA's problem is about: the named limit's, or all of them.
-func (i *Issuer) penalize(ctx context.Context, req Request, err error) error {
-	var rl *RateLimitedError
-	if i.cfg.Penalties == nil || !errors.As(err, &rl) {
-		return err
-	}
-	limit, subject := ParseRateLimitDetail(rl.Problem.Detail)
-	var errs []error
-	for _, k := range PenaltyTargets(req.PenaltyKeys, limit, subject) {
-		if perr := i.cfg.Penalties.Penalize(ctx, k, rl.RetryAfter); perr != nil {
-			errs = append(errs, fmt.Errorf("acmeissuer: recording the CA's penalty on %q: %w", k, perr))
-		}
-	}
-	return errors.Join(append([]error{err}, errs...)...)
 }
 
 // resultFrom parses the chain and checks the leaf is for key.

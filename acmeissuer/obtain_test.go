@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
 
+	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/seal"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -230,4 +232,24 @@ func TestObtainThroughput(t *testing.T) {
 	wg.Wait()
 	el := time.Since(start)
 	t.Logf("%d certificates at concurrency %d in %v: %.1f certs/s (%d failures)", total, concurrency, el.Round(time.Millisecond), float64(total)/el.Seconds(), failures.Load())
+}
+
+// Identifiers are package names' to judge: an IP address, a name not in
+// canonical form or a repeated name is an invalid request before anything
+// goes to the CA, and an IP address says why.
+func TestObtainChecksSANsWithNames(t *testing.T) {
+	i := &Issuer{cfg: Config{Solvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: HTTP01Solver{}}}}
+	for _, sans := range [][]string{{"a.example.com", "192.0.2.1"}, {"2001:db8::1"}, {"A.example.com"}, {"a.example.com", "a.example.com"}, nil} {
+		_, err := i.check(Request{SANs: sans})
+		if !errors.Is(err, ErrInvalidRequest) || Classify(err).Class != Permanent {
+			t.Errorf("SANs %q: err = %v; want ErrInvalidRequest", sans, err)
+		}
+	}
+	_, err := i.check(Request{SANs: []string{"192.0.2.1"}})
+	if !errors.Is(err, names.ErrIPAddress) || !strings.Contains(err.Error(), "IP address identifiers are not supported: ") {
+		t.Errorf("IP SAN: %v; want names' reason", err)
+	}
+	if _, err := i.check(Request{SANs: []string{"a.example.com", "*.example.com"}}); err != nil {
+		t.Errorf("canonical names: %v", err)
+	}
 }

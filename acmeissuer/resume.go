@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -95,7 +94,7 @@ func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, sol
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotResumable, err)
 	}
-	if !slices.Equal(sortedCopy(res.Leaf.DNSNames), sortedCopy(dnsNames(req.SANs))) {
+	if !slices.Equal(sortedCopy(res.Leaf.DNSNames), sortedCopy(req.SANs)) {
 		return nil, fmt.Errorf("%w: the certificate is for %v", ErrNotResumable, res.Leaf.DNSNames)
 	}
 	return res, nil
@@ -200,18 +199,6 @@ func identifierValues(ids []acme.Identifier) []string {
 	out := make([]string, len(ids))
 	for k, id := range ids {
 		out[k] = strings.ToLower(id.Value)
-	}
-	return out
-}
-
-// dnsNames drops IP addresses, which a certificate carries apart from its
-// DNS names.
-func dnsNames(sans []string) []string {
-	var out []string
-	for _, s := range sans {
-		if net.ParseIP(s) == nil {
-			out = append(out, strings.ToLower(s))
-		}
 	}
 	return out
 }

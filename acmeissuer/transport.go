@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // MaxRetryAfter caps how far in the future a Retry-After is believed, so a
@@ -18,14 +20,15 @@ const MaxRetryAfter = 8 * 24 * time.Hour
 // Retry-After header of 429 (and 503) responses. For each such response it
 // calls OnRetryAfter (when set), and, for requests made by an Issuer, records
 // the time in a capture carried by the request's context, so Obtain can turn
-// acmez's error into a *RateLimitedError. It also records the status of the
+// acmez's error into a *CAError. It also records the status of the
 // last response, so a non-JSON 5xx is still classified as retryable. It does
 // not alter requests or responses. New installs it around Config.HTTPClient.
 type RetryAfterTransport struct {
 	// Base performs the requests; nil means http.DefaultTransport.
 	Base http.RoundTripper
-	// Now tells the time for relative Retry-After values; nil means time.Now.
-	Now func() time.Time
+	// Clock tells the time for relative Retry-After values; nil means the
+	// wall clock.
+	Clock clock.Clock
 	// OnRetryAfter, when set, is called synchronously for every 429 or 503
 	// response with the absolute time the server asked us to wait until (zero
 	// when the header is absent or unparsable). It must be quick and safe for
@@ -51,11 +54,7 @@ func (t *RetryAfterTransport) RoundTrip(req *http.Request) (*http.Response, erro
 		}
 	}
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
-		now := time.Now
-		if t.Now != nil {
-			now = t.Now
-		}
-		until, _ := ParseRetryAfter(resp.Header.Get("Retry-After"), now())
+		until, _ := ParseRetryAfter(resp.Header.Get("Retry-After"), clock.Or(t.Clock).Now())
 		if c != nil {
 			c.retryAfter(resp.StatusCode, until)
 		}

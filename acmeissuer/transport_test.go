@@ -14,7 +14,7 @@ import (
 
 	"github.com/mholt/acmez/v3/acme"
 
-	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -80,7 +80,7 @@ func TestRetryAfterTransport(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var calls []call
-	tr := &RetryAfterTransport{Now: func() time.Time { return now }, OnRetryAfter: func(r *http.Request, status int, until time.Time) {
+	tr := &RetryAfterTransport{Clock: clock.NewFake(now), OnRetryAfter: func(r *http.Request, status int, until time.Time) {
 		mu.Lock()
 		calls = append(calls, call{r.URL.Path, status, until})
 		mu.Unlock()
@@ -167,25 +167,10 @@ func cannedResponse(status int, header map[string]string, body string) func() *h
 	}
 }
 
-type penaltyLog struct {
-	mu    sync.Mutex
-	until map[string]time.Time
-}
-
-func (p *penaltyLog) Penalize(_ context.Context, key string, until time.Time) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.until == nil {
-		p.until = map[string]time.Time{}
-	}
-	p.until[key] = until
-	return nil
-}
-
 // A 429 from the CA on newOrder (injected in front of the real Pebble, which
-// has no rate limits) reaches the caller as *RateLimitedError with the CA's
-// Retry-After, and the penalty is recorded on the request's keys of the limit
-// the problem names (all keys when it names none). Without a Retry-After the
+// has no rate limits) reaches the caller as a rate-limited *CAError with the
+// CA's problem, words and Retry-After, which is what the pipeline hands to
+// ratelimit to penalise the buckets the CA named. Without a Retry-After the
 // default penalty applies; a plain-text 502 is retryable.
 func TestObtainCARateLimitAndServerErrors(t *testing.T) {
 	s := testenv.Require(t)
@@ -193,66 +178,49 @@ func TestObtainCARateLimitAndServerErrors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	inj := &faultInjector{path: "/order-plz"}
-	pen := &penaltyLog{}
 	iss := newTestIssuer(t, s, d, func(c *Config) {
 		c.HTTPClient = pebbleHTTPClient(t, s, inj)
-		c.Penalties = pen
 		c.DefaultPenalty = 7 * time.Minute
 	})
-	const accountKey, setKey = "pebble:NewOrdersPerAccount:1", "pebble:CertificatesPerFQDNSet:abc"
-	req := Request{SANs: []string{"limited-" + randomSuffix() + ".certfleet.test"}, PenaltyKeys: []PenaltyKey{
-		{Limit: ratelimit.NewOrdersPerAccount, Key: accountKey},
-		{Limit: ratelimit.CertificatesPerFQDNSet, Key: setKey},
-	}}
+	req := Request{SANs: []string{"limited-" + randomSuffix() + ".certfleet.test"}}
 
 	problem := `{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders (300) from this account in the last 3h0m0s, retry after 2026-01-01 03:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-orders-per-account","status":429}`
 	inj.build = cannedResponse(429, map[string]string{"Retry-After": "3600", "Content-Type": "application/problem+json"}, problem)
 	start := time.Now()
 	_, err := iss.Obtain(ctx, req)
-	var rl *RateLimitedError
-	if !errors.As(err, &rl) {
-		t.Fatalf("err = %v; want *RateLimitedError", err)
+	var rl *CAError
+	if !errors.As(err, &rl) || !rl.RateLimited() || rl.Status != http.StatusTooManyRequests {
+		t.Fatalf("err = %v; want a rate-limited *CAError", err)
 	}
 	if d := rl.RetryAfter.Sub(start.Add(time.Hour)); d < -5*time.Second || d > 5*time.Second || rl.Guessed {
 		t.Errorf("RetryAfter = %v (guessed %v); want ~now+1h from the header", rl.RetryAfter, rl.Guessed)
 	}
-	if rl.Problem.Type != acme.ProblemTypeRateLimited || !strings.Contains(rl.Problem.Detail, "too many new orders") {
-		t.Errorf("problem = %+v", rl.Problem)
+	if rl.Problem.Type != acme.ProblemTypeRateLimited || !strings.Contains(rl.Problem.Detail, "too many new orders") || rl.Detail != rl.Problem.Detail {
+		t.Errorf("problem = %+v, detail %q", rl.Problem, rl.Detail)
 	}
 	cl := Classify(err)
-	if cl.Class != RateLimited || !cl.RetryAfter.Equal(rl.RetryAfter) || cl.ProblemType != acme.ProblemTypeRateLimited || cl.Limit != ratelimit.NewOrdersPerAccount {
+	if cl.Class != RateLimited || !cl.RetryAfter.Equal(rl.RetryAfter) || cl.ProblemType != acme.ProblemTypeRateLimited || cl.Detail != rl.Detail {
 		t.Errorf("Classify = %+v", cl)
 	}
-	pen.mu.Lock()
-	if len(pen.until) != 1 || !pen.until[accountKey].Equal(rl.RetryAfter) {
-		t.Errorf("penalties = %v; want only %s until %v", pen.until, accountKey, rl.RetryAfter)
-	}
-	pen.until = nil
-	pen.mu.Unlock()
 
-	// A 429 without Retry-After, in words no one knows: every key, for the
-	// default penalty.
+	// A 429 without Retry-After, in words no one knows: the default
+	// penalty.
 	inj.build = cannedResponse(429, map[string]string{"Content-Type": "application/problem+json"},
 		`{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down","status":429}`)
 	_, err = iss.Obtain(ctx, req)
-	if !errors.As(err, &rl) || !rl.Guessed {
+	if !errors.As(err, &rl) || !rl.Guessed || rl.Detail != "slow down" {
 		t.Fatalf("bare 429: err = %v", err)
 	}
 	if d := rl.RetryAfter.Sub(time.Now().Add(7 * time.Minute)); d < -5*time.Second || d > 5*time.Second {
 		t.Errorf("bare 429 RetryAfter = %v; want ~now+DefaultPenalty", rl.RetryAfter)
 	}
-	pen.mu.Lock()
-	if len(pen.until) != 2 || !pen.until[accountKey].Equal(rl.RetryAfter) || !pen.until[setKey].Equal(rl.RetryAfter) {
-		t.Errorf("penalties = %v; want both keys until %v", pen.until, rl.RetryAfter)
-	}
-	pen.mu.Unlock()
 
 	inj.build = cannedResponse(502, map[string]string{"Content-Type": "text/html"}, "<html>bad gateway</html>")
 	hits := inj.hits.Load()
 	_, err = iss.Obtain(ctx, req)
-	var se *StatusError
-	if !errors.As(err, &se) || se.Status != 502 || Classify(err).Class != Retry {
-		t.Fatalf("502: err = %v, class %v; want *StatusError 502, Retry", err, Classify(err).Class)
+	var se *CAError
+	if !errors.As(err, &se) || se.Status != 502 || se.RateLimited() || Classify(err).Class != Retry {
+		t.Fatalf("502: err = %v, class %v; want *CAError 502, Retry", err, Classify(err).Class)
 	}
 	t.Logf("502 attempts by acmez: %d", inj.hits.Load()-hits)
 

@@ -41,18 +41,21 @@ type Previous interface {
 }
 
 // Tokens spends and refunds rate-limit tokens, all or nothing across the
-// transactions. *ratelimit.Limiter implements it. An error means the outcome
-// is unknown (the job retries; a double spend only delays, never over-issues).
+// transactions, and records what the CA said about limits: the penalty of a
+// 429 on a bucket, and failed validations. *ratelimit.Limiter implements it.
+// An error means the outcome is unknown (the job retries a spend; a double
+// spend only delays, never over-issues).
 type Tokens interface {
 	Spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimit.Result, error)
 	Refund(ctx context.Context, txns []ratelimit.Transaction) error
+	Penalize(ctx context.Context, t ratelimit.Transaction, until time.Time) error
+	SpendFailedAuthorizations(ctx context.Context, o ratelimit.Order, problemType string) error
 }
 
-// Limits derives the rate-limit transactions of an order, and the bucket a
-// failed authorization spends. *ratelimit.Catalogue implements it.
+// Limits derives the rate-limit transactions of an order.
+// *ratelimit.Catalogue implements it.
 type Limits interface {
 	OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction, error)
-	FailedAuthorizationTransaction(directory, account, domain string) (ratelimit.Transaction, error)
 }
 
 // Issuer obtains one certificate from one CA. *acmeissuer.Issuer implements

@@ -167,6 +167,8 @@ type fakeTokens struct {
 	denials         int   // when > 0, deny only this many spends, then allow
 	err             error // when set, every spend fails with it
 	spends, refunds int
+	penalties       map[string]time.Time // bucket key -> until
+	failedAuthz     []string             // problem types reported to SpendFailedAuthorizations
 }
 
 func (f *fakeTokens) Spend(context.Context, []ratelimit.Transaction) (ratelimit.Result, error) {
@@ -189,6 +191,26 @@ func (f *fakeTokens) Refund(context.Context, []ratelimit.Transaction) error {
 	return nil
 }
 
+func (f *fakeTokens) Penalize(_ context.Context, t ratelimit.Transaction, until time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.penalties == nil {
+		f.penalties = map[string]time.Time{}
+	}
+	f.penalties[t.Key()] = until
+	return nil
+}
+
+// SpendFailedAuthorizations counts as a spend: the limiter decides from the
+// problem type whether it costs tokens.
+func (f *fakeTokens) SpendFailedAuthorizations(_ context.Context, _ ratelimit.Order, problemType string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.spends++
+	f.failedAuthz = append(f.failedAuthz, problemType)
+	return nil
+}
+
 func (f *fakeTokens) counts() (spends, refunds int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -203,10 +225,6 @@ func (fakeLimits) OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction,
 		{Directory: o.Directory, Name: ratelimit.CertificatesPerDomain, Value: o.SANs[0], Cost: 1},
 		{Directory: o.Directory, Name: ratelimit.FleetOrdersPerSecond, Value: "*", Cost: 1},
 	}, nil
-}
-
-func (fakeLimits) FailedAuthorizationTransaction(directory, account, domain string) (ratelimit.Transaction, error) {
-	return ratelimit.Transaction{Directory: directory, Name: ratelimit.FailedAuthorizationsPerDomainPerAccount, Value: account + ":" + domain, Cost: 1}, nil
 }
 
 // fakeIssuer issues from testCA unless obtain says otherwise; obtain gets

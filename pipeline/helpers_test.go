@@ -127,8 +127,8 @@ func (st *stack) worker(t testing.TB, name string, mods ...func(*pipeline.Config
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: countingTransport{next: tr, n: &st.orders}}
 	iss, err := acmeissuer.New(acmeissuer.Config{
 		Directory: st.s.ACMEDirectory, DB: st.db, Sealer: st.keyring, HTTPClient: hc,
-		Solvers:   map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: st.chall}},
-		Penalties: ratelimit.NewDBStore(st.db), Profile: testenv.PebbleShortProfile, PollInterval: 10 * time.Millisecond,
+		Solvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: st.chall}},
+		Profile: testenv.PebbleShortProfile, PollInterval: 10 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/mholt/acmez/v3/acme"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/acmeissuer"
@@ -176,7 +175,7 @@ func (j *job) order(ctx context.Context) (string, error) {
 		case ctx.Err() != nil:
 			return "", j.release(ctx, ctx.Err())
 		case c.Class == acmeissuer.RateLimited:
-			return j.deferToCA(ctx, c)
+			return j.deferToCA(ctx, c, err)
 		case c.Class == acmeissuer.Permanent:
 			problem := c.ProblemType
 			if problem == "" {
@@ -195,7 +194,7 @@ func (j *job) acmeRequest(ctx context.Context) acmeissuer.Request {
 	w := j.w
 	areq := acmeissuer.Request{
 		Tenant: j.req.Tenant, SANs: j.req.SANs, Profile: j.req.Profile,
-		KeyType: acmeissuer.KeyType(j.req.KeyType), PenaltyKeys: penaltyKeys(j.txns),
+		KeyType: acmeissuer.KeyType(j.req.KeyType),
 	}
 	if j.req.Replaces != "" && w.cfg.Previous != nil {
 		if old, err := w.cfg.Previous.ByARICertID(ctx, j.req.Replaces); err == nil {
@@ -240,19 +239,22 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	}
 	c := acmeissuer.Classify(err)
 	w.cfg.Metrics.OrderSeconds.WithLabelValues(c.Class.String()).Observe(time.Since(t0).Seconds())
-	if failedAuthorization(c.ProblemType) {
-		j.spendFailedAuthorization(ctx)
+	// The limiter spends failed authorizations when the problem means a
+	// validation failed (the CA counts those), else nothing.
+	if err := w.cfg.Tokens.SpendFailedAuthorizations(ctx, ratelimit.Order{Directory: j.ca.Directory, Account: j.req.Tenant, SANs: j.req.SANs}, c.ProblemType); err != nil {
+		w.cfg.Logger.Warn("recording failed authorizations", append(j.log(), "err", err)...)
 	}
-	w.cfg.Logger.Info("order failed", append(j.log(), "class", c.Class.String(), "problem", c.ProblemType, "limit", c.Limit, "err", events.Sanitize(err.Error(), 300))...)
+	w.cfg.Logger.Info("order failed", append(j.log(), "class", c.Class.String(), "problem", c.ProblemType, "err", events.Sanitize(err.Error(), 300))...)
 	return nil, c, err
 }
 
-// deferToCA ends a job the CA refused with a rate limit: the CA refused the
-// order before counting it, so the tokens go back, and the request waits
-// for the CA's Retry-After (RetryDelay when it sent none). acmeissuer
-// already recorded the shared penalty on the buckets of the limit the CA
-// named.
-func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification) (string, error) {
+// deferToCA ends a job the CA refused with a rate limit: the buckets the
+// CA's 429 names are penalised until its Retry-After, so every worker backs
+// off; the CA refused the order before counting it, so the tokens go back;
+// and the request waits for the CA's Retry-After (RetryDelay when it sent
+// none).
+func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification, err error) (string, error) {
+	j.penalize(ctx, err)
 	j.refund(ctx)
 	at := c.RetryAfter
 	if at.IsZero() { // a rateLimited problem without Retry-After
@@ -534,51 +536,20 @@ func (w *Worker) deadLetter(ctx context.Context, m kafka.Message, reason string)
 	return nil
 }
 
-// penaltyKeys are the buckets a 429 may block: every bucket of the order but
-// the fleet-wide budget (the CA knows nothing of it), each with its limit and
-// the domain it counts, so that acmeissuer blocks only those of the limit the
-// CA's problem names (all of them when it names none it knows).
-func penaltyKeys(txns []ratelimit.Transaction) []acmeissuer.PenaltyKey {
-	var keys []acmeissuer.PenaltyKey
-	for _, t := range txns {
-		if t.Name != ratelimit.FleetOrdersPerSecond {
-			keys = append(keys, acmeissuer.PenaltyKey{Limit: t.Name, Subject: t.Domain, Key: t.Key()})
-		}
-	}
-	return keys
-}
-
-// failedAuthorization reports whether an ACME problem means a validation
-// failed, which the CA counts against FailedAuthorizationsPerDomainPerAccount.
-func failedAuthorization(problem string) bool {
-	switch problem {
-	case acme.ProblemTypeUnauthorized, acme.ProblemTypeIncorrectResponse, acme.ProblemTypeConnection,
-		acme.ProblemTypeDNS, acme.ProblemTypeTLS, acme.ProblemTypeCAA:
-		return true
-	}
-	return false
-}
-
-// spendFailedAuthorization mirrors the CA's count of failed authorizations,
-// once per name of the order (the problem does not reliably say which name
-// failed; over-counting only delays retries). The order's check of the same
-// bucket then defers further attempts before the CA would refuse them. A
-// denial here needs no action: the bucket is already full.
-func (j *job) spendFailedAuthorization(ctx context.Context) {
-	w := j.w
-	var txns []ratelimit.Transaction
-	for _, name := range j.req.SANs {
-		t, err := w.cfg.Limits.FailedAuthorizationTransaction(j.ca.Directory, j.req.Tenant, name)
-		if err != nil {
-			continue // the catalogue has no such limit for this CA
-		}
-		txns = append(txns, t)
-	}
-	if len(txns) == 0 {
+// penalize records the CA's 429 (a rate-limited *acmeissuer.CAError) on the
+// buckets of the order ratelimit reads it to name (ratelimit.PenaltyTargets:
+// the limit the CA's words name, else every bucket but the fleet budget),
+// through the limiter, until the CA's Retry-After. A failure is logged: the
+// job defers to the CA regardless.
+func (j *job) penalize(ctx context.Context, err error) {
+	var ca *acmeissuer.CAError
+	if !errors.As(err, &ca) || !ca.RateLimited() {
 		return
 	}
-	if _, err := w.cfg.Tokens.Spend(ctx, txns); err != nil {
-		w.cfg.Logger.Warn("recording failed authorizations", append(j.log(), "err", err)...)
+	for _, t := range ratelimit.PenaltyTargets(j.txns, ca.Detail) {
+		if perr := j.w.cfg.Tokens.Penalize(ctx, t, ca.RetryAfter); perr != nil {
+			j.w.cfg.Logger.Warn("recording the CA's penalty", append(j.log(), "bucket", t.Key(), "err", perr)...)
+		}
 	}
 }
 

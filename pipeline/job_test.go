@@ -5,10 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,9 +42,8 @@ func TestJobDecisions(t *testing.T) {
 	rateLimited := func(retryAfter time.Time) error {
 		p := acme.Problem{Type: acme.ProblemTypeRateLimited, Status: 429,
 			Detail: "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-identifiers"}
-		return fmt.Errorf("obtaining certificate: %w", &acmeissuer.RateLimitedError{RetryAfter: retryAfter, Problem: p, Err: p})
+		return fmt.Errorf("obtaining certificate: %w", &acmeissuer.CAError{Status: 429, RetryAfter: retryAfter, Problem: p, Detail: p.Detail, Err: p})
 	}
-	var penaltyKeysSeen atomic.Pointer[[]acmeissuer.PenaltyKey] // what the 429 case's Obtain got
 	for _, tc := range []struct {
 		name  string
 		req   func(r *events.IssuanceRequest)       // changes to the request
@@ -137,11 +136,9 @@ func TestJobDecisions(t *testing.T) {
 			},
 		},
 		{
-			name: "CA answers 429: tokens refunded, deferred to Retry-After; Obtain had the order's buckets with their limits",
+			name: "CA answers 429: tokens refunded, deferred to Retry-After; the buckets the CA named penalised until then",
 			setup: func(h *harness) {
 				h.issuer.obtain = func(_ context.Context, req acmeissuer.Request, _ int64) (*acmeissuer.Result, error) {
-					keys := slices.Clone(req.PenaltyKeys)
-					penaltyKeysSeen.Store(&keys)
 					return nil, rateLimited(t0.Add(10 * time.Minute))
 				}
 			},
@@ -150,9 +147,9 @@ func TestJobDecisions(t *testing.T) {
 				checkDeferred(t, r, "CA", "https://ca.test/dir", t0.Add(10*time.Minute))
 				// fakeLimits charges one domain bucket and the fleet budget; the
 				// fleet budget is ours, not the CA's, and is never penalised.
-				want := []acmeissuer.PenaltyKey{{Limit: ratelimit.CertificatesPerDomain, Key: ":CertificatesPerDomain:www.example.com"}}
-				if got := penaltyKeysSeen.Load(); got == nil || !slices.Equal(*got, want) {
-					t.Errorf("Obtain got PenaltyKeys %v; want %v", got, want)
+				want := map[string]time.Time{":CertificatesPerDomain:www.example.com": t0.Add(10 * time.Minute)}
+				if got := h.tokens.penalties; !maps.Equal(got, want) {
+					t.Errorf("penalties %v; want %v", got, want)
 				}
 			},
 		},
@@ -175,7 +172,7 @@ func TestJobDecisions(t *testing.T) {
 			req:  func(r *events.IssuanceRequest) { r.Attempt = 2 },
 			setup: func(h *harness) {
 				h.issuer.obtain = func(context.Context, acmeissuer.Request, int64) (*acmeissuer.Result, error) {
-					return nil, &acmeissuer.StatusError{Status: 503, Err: errors.New("service unavailable")}
+					return nil, &acmeissuer.CAError{Status: 503, Err: errors.New("service unavailable")}
 				}
 			},
 			want: want{events: []events.Type{events.TypeCertFailed}, retry: 1, orders: 3, releases: 1},
@@ -698,74 +695,6 @@ func TestNewValidation(t *testing.T) {
 				if !strings.Contains(err.Error(), "field "+f) {
 					t.Errorf("error %q does not name field %s", err, f)
 				}
-			}
-		})
-	}
-}
-
-// The buckets a CA's 429 blocks, from the order's real transactions
-// (Let's Encrypt's limits) through penaltyKeys and acmeissuer's choice: a
-// 429 about the exact SAN set leaves the account (and every other order of
-// it) free, one about the account blocks the account, a per-domain one only
-// that registered domain, and one in words nobody knows every bucket but the
-// fleet budget.
-func TestPenaltyKeysTargetTheNamedLimit(t *testing.T) {
-	const dir = "https://ca.test/dir"
-	cat, err := ratelimit.NewCatalogue(ratelimit.CA{ID: "le", Directory: dir, Limits: ratelimit.LetsEncryptLimits()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	txns, err := cat.OrderTransactions(ratelimit.Order{Directory: dir, Account: "acme-corp",
-		SANs: []string{"www.example.com", "api.example.net", "*.example.com"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := penaltyKeys(txns)
-	byLimit := map[ratelimit.Name][]string{}
-	for _, k := range keys {
-		byLimit[k.Limit] = append(byLimit[k.Limit], k.Key)
-	}
-	if len(keys) != len(txns)-1 || byLimit[ratelimit.FleetOrdersPerSecond] != nil {
-		t.Fatalf("penaltyKeys = %+v; want every bucket of %d but the fleet budget", keys, len(txns))
-	}
-	const (
-		account = "le:NewOrdersPerAccount:acme-corp"
-		domCom  = "le:CertificatesPerDomain:example.com"
-		domNet  = "le:CertificatesPerDomain:example.net"
-	)
-	if !slices.Equal(byLimit[ratelimit.NewOrdersPerAccount], []string{account}) ||
-		!slices.Equal(byLimit[ratelimit.CertificatesPerDomain], []string{domCom, domNet}) ||
-		len(byLimit[ratelimit.CertificatesPerFQDNSet]) != 1 || len(byLimit[ratelimit.FailedAuthorizationsPerDomainPerAccount]) != 3 {
-		t.Fatalf("penaltyKeys by limit = %v", byLimit)
-	}
-	set := byLimit[ratelimit.CertificatesPerFQDNSet][0]
-	authzWWW := "le:FailedAuthorizationsPerDomainPerAccount:acme-corp:www.example.com"
-	all := make([]string, len(keys))
-	for i, k := range keys {
-		all[i] = k.Key
-	}
-	for _, c := range []struct {
-		name, detail string
-		want         []string
-	}{
-		{"exact set: the account stays free",
-			"too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-identifiers",
-			[]string{set}},
-		{"account: the account is blocked",
-			"too many new orders (300) from this account in the last 3h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#new-orders-per-account",
-			[]string{account}},
-		{"registered domain: that domain only",
-			`too many certificates (50) already issued for "example.net" in the last 168h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-registered-domain`,
-			[]string{domNet}},
-		{"failed authorizations of a name: that name only",
-			`too many failed authorizations (5) for "www.example.com" in the last 1h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#authorization-failures-per-identifier-per-account`,
-			[]string{authzWWW}},
-		{"unknown words: every bucket", "slow down", all},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			limit, subject := acmeissuer.ParseRateLimitDetail(c.detail)
-			if got := acmeissuer.PenaltyTargets(keys, limit, subject); !slices.Equal(got, c.want) {
-				t.Errorf("penalised %v; want %v", got, c.want)
 			}
 		})
 	}

@@ -113,7 +113,7 @@ func TestOrderIsRecordedAndRetriedInPlace(t *testing.T) {
 			h.claims.mu.Lock()
 			recorded = h.claims.rows[req.RequestID].order
 			h.claims.mu.Unlock()
-			return nil, &acmeissuer.StatusError{Status: 503, Err: errors.New("CA busy")}
+			return nil, &acmeissuer.CAError{Status: 503, Err: errors.New("CA busy")}
 		}
 		secondResume = r.Resume
 		res, err := issueTest(r.SANs)

@@ -1,28 +1,29 @@
-// Package ratelimit owns certfleet's view of CA rate limits: the pure GCRA
-// arithmetic (gcra.go), the limit names (names.go), the per-CA limit
-// catalogue and its file (limits.go), the bucket keys an order spends
-// (transactions.go), the decisions that combine them (limiter.go),
+// Package ratelimit owns certfleet's view of CA rate limits, end to end: the
+// pure GCRA arithmetic (gcra.go), the limit names (names.go), the per-CA limit
+// catalogue and its file (limits.go), the bucket keys an order spends and the
+// failed-authorization buckets a failed validation spends (transactions.go),
+// the reading of a CA's 429 into the buckets it names (boulder429.go), the
+// decisions that combine them: spend, check, refund, penalise (limiter.go),
 // the bucket stores (store.go, store_mem.go, store_db.go), operator-managed
-// overrides with their cache (override*.go), shared CA penalties and the
-// outbox relay that announces override changes (relay.go).
+// overrides with their cache (override*.go) and the outbox relay that
+// announces override changes (relay.go).
 //
 // It owns the ratelimit_* tables created by schema/migrations/0002_ratelimit.sql
 // and touches no other table. It does not talk to Kafka or to the CA itself:
-// the relay publishes through a one-method Publisher, and a CA's 429 is
-// recorded by whoever holds the Store. In the issuer-worker that is
-// acmeissuer: cmd/issuer-worker hands the same DBStore the Limiter spends
-// from to acmeissuer.Config.Penalties, and the issuer calls Store.Penalize
-// on the buckets the CA's problem names (acmeissuer.PenaltyTargets over the
-// keys the pipeline derives from the order's transactions). Limiter.Penalize
-// is the same call by Transaction, for tests and tools. Package
-// ratelimit/changefeed carries override changes over Kafka: a Publisher over
-// the events producer, and a consumer that feeds every worker's
-// OverrideCache from the topic.
+// the relay publishes through a one-method Publisher, and what a CA answered
+// reaches it from the pipeline (acmeissuer reports a 429 as a
+// *acmeissuer.CAError; the pipeline hands its detail to PenaltyTargets and
+// penalises each bucket named with Limiter.Penalize, and hands the ACME
+// problem of a failed order to Limiter.SpendFailedAuthorizations).
+// Identifiers are package names' business: an order's SANs, registered
+// domains and override keys go through it. Package ratelimit/changefeed
+// carries override changes over Kafka: a Publisher over the events producer,
+// and a consumer that feeds every worker's OverrideCache from the topic.
 //
-// Start with NewLimiter over a Store (NewMemStore for one process, NewDBStore
-// for the fleet) and a Catalogue (DefaultCatalogue or LoadCatalogue), then
-// call Limiter.Spend with the transactions Catalogue.OrderTransactions
-// derives for an order.
+// Start with NewLimiter(LimiterConfig{...}) over a Store (NewMemStore for one
+// process, NewDBStore for the fleet) and a Catalogue (DefaultCatalogue or
+// LoadCatalogue), then call Limiter.Spend with the transactions
+// Catalogue.OrderTransactions derives for an order.
 package ratelimit
 
 import "errors"

@@ -130,7 +130,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	for _, ca := range cfg.CAs {
 		iss, err := acmeissuer.New(acmeissuer.Config{
 			Directory: ca.Directory, DB: d, Sealer: keyring, Solvers: solvers, HTTPClient: hc,
-			Penalties: buckets, Profile: cfg.Profile, Logger: caLogger(log, ca.Name),
+			Profile: cfg.Profile, Logger: caLogger(log, ca.Name),
 		})
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)

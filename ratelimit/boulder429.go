@@ -1,48 +1,49 @@
-package acmeissuer
+package ratelimit
 
 import (
 	"strings"
 
-	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/names"
 )
 
-// PenaltyKey is one rate-limit bucket a CA's 429 may block.
-type PenaltyKey struct {
-	// Limit is the bucket's limit (ratelimit.Transaction.Name).
-	Limit ratelimit.Name
-	// Subject is the name a per-domain bucket counts
-	// (ratelimit.Transaction.Domain): the registered domain (or IP address,
-	// or IPv6 /64) of CertificatesPerDomain, the host name of
-	// FailedAuthorizationsPerDomainPerAccount. Empty for other limits.
-	Subject string
-	// Key is the bucket key Config.Penalties blocks
-	// (ratelimit.Transaction.Key()).
-	Key string
+// This file reads a CA's 429: which of certfleet's limits the problem
+// detail names, in Let's Encrypt's (Boulder's) wording, and so which buckets
+// of an order the CA's Retry-After blocks.
+
+// PenaltyTargets returns the buckets of an order (its transactions, as
+// OrderTransactions derived them) that a CA's 429 with this problem detail
+// blocks. The fleet budget is never among them: it is certfleet's own, the
+// CA knows nothing of it. Of the others, by what ParseRateLimitDetail reads:
+//
+//   - no limit (the CA did not say, or said it in words we do not know):
+//     every bucket, as waiting too long is cheaper than hammering the CA;
+//   - otherwise the buckets of that limit, narrowed for CertificatesPerDomain
+//     and FailedAuthorizationsPerDomainPerAccount to the bucket whose Domain
+//     is the name the CA counted, when one is (else every bucket of the limit);
+//   - a limit none of the buckets belongs to (an exempt renewal): every
+//     bucket again.
+//
+// The result is never empty unless the order has no bucket but the fleet
+// budget.
+func PenaltyTargets(txns []Transaction, detail string) []Transaction {
+	limit, subject := ParseRateLimitDetail(detail)
+	return penaltyTargets(txns, limit, subject)
 }
 
-// PenaltyTargets returns the keys a 429 about limit (and, for a per-domain
-// limit, subject; see ParseRateLimitDetail) blocks:
-//
-//   - limit empty (the CA did not say, or said it in words we do not know):
-//     every key, as waiting too long is cheaper than hammering the CA;
-//   - otherwise the keys of that limit, narrowed for CertificatesPerDomain
-//     and FailedAuthorizationsPerDomainPerAccount to the key whose Subject is
-//     subject when one is (else every key of the limit);
-//   - a limit none of keys belongs to: every key again.
-//
-// The result is never empty unless keys is.
-func PenaltyTargets(keys []PenaltyKey, limit ratelimit.Name, subject string) []string {
+func penaltyTargets(txns []Transaction, limit Name, subject string) []Transaction {
 	subject = normalizeSubject(subject)
-	all := make([]string, 0, len(keys))
-	var ofLimit, ofSubject []string
-	for _, k := range keys {
-		all = append(all, k.Key)
-		if limit == "" || k.Limit != limit {
+	var all, ofLimit, ofSubject []Transaction
+	for _, t := range txns {
+		if t.Name == FleetOrdersPerSecond {
 			continue
 		}
-		ofLimit = append(ofLimit, k.Key)
-		if subject != "" && perDomain(limit) && normalizeSubject(k.Subject) == subject {
-			ofSubject = append(ofSubject, k.Key)
+		all = append(all, t)
+		if limit == "" || t.Name != limit {
+			continue
+		}
+		ofLimit = append(ofLimit, t)
+		if subject != "" && perDomain(limit) && normalizeSubject(t.Domain) == subject {
+			ofSubject = append(ofSubject, t)
 		}
 	}
 	switch {
@@ -54,8 +55,8 @@ func PenaltyTargets(keys []PenaltyKey, limit ratelimit.Name, subject string) []s
 	return all
 }
 
-func perDomain(n ratelimit.Name) bool {
-	return n == ratelimit.CertificatesPerDomain || n == ratelimit.FailedAuthorizationsPerDomainPerAccount
+func perDomain(n Name) bool {
+	return n == CertificatesPerDomain || n == FailedAuthorizationsPerDomainPerAccount
 }
 
 // ParseRateLimitDetail reads which limit a rateLimited problem's detail
@@ -78,18 +79,19 @@ func perDomain(n ratelimit.Name) bool {
 // and leading text (older Boulder prefixed "Error creating new order :: "),
 // anything else (another CA, another limit, two of these phrases at once)
 // yields an empty limit, and a subject is returned only when it is a
-// plausible host name, IP address or CIDR, lower-cased, without a trailing
-// dot or a "*." prefix; otherwise it is empty. The documentation link at the
+// canonical DNS name by package names once lower-cased and stripped of a
+// trailing dot and a "*." prefix; otherwise (an IP address or range among
+// them: certfleet has no such buckets) it is empty. The documentation link at the
 // end of the detail is ignored: Boulder has sent the wrong one (a
 // per-domain refusal linking #new-orders-per-account).
-func ParseRateLimitDetail(detail string) (limit ratelimit.Name, subject string) {
+func ParseRateLimitDetail(detail string) (limit Name, subject string) {
 	l := asciiLower(detail)
-	var found []ratelimit.Name
+	var found []Name
 	if strings.Contains(l, "too many new orders") {
-		found = append(found, ratelimit.NewOrdersPerAccount)
+		found = append(found, NewOrdersPerAccount)
 	}
 	if _, rest, ok := strings.Cut(l, "too many failed authorizations"); ok {
-		found = append(found, ratelimit.FailedAuthorizationsPerDomainPerAccount)
+		found = append(found, FailedAuthorizationsPerDomainPerAccount)
 		rest = skipCount(rest)
 		if q, ok := strings.CutPrefix(rest, " for "); ok {
 			subject = quoted(q)
@@ -100,9 +102,9 @@ func ParseRateLimitDetail(detail string) (limit ratelimit.Name, subject string) 
 		if rest, ok = strings.CutPrefix(rest, " already issued for"); ok {
 			switch {
 			case strings.HasPrefix(rest, " this exact set of"), strings.HasPrefix(rest, " exact set of"):
-				found = append(found, ratelimit.CertificatesPerFQDNSet)
+				found = append(found, CertificatesPerFQDNSet)
 			default:
-				found = append(found, ratelimit.CertificatesPerDomain)
+				found = append(found, CertificatesPerDomain)
 				subject = issuedFor(rest)
 			}
 		}
@@ -150,7 +152,7 @@ func issuedFor(s string) string {
 	if i < len(list) && list[i] == ',' {
 		return "" // several names
 	}
-	return plausibleName(list[:i], false)
+	return plausibleName(list[:i])
 }
 
 // quoted reads a Go-%q-quoted name at the start of s. A name needing escapes
@@ -164,24 +166,17 @@ func quoted(s string) string {
 	if end < 0 || end > maxSubject+2 {
 		return ""
 	}
-	return plausibleName(s[:end], true)
+	return plausibleName(s[:end])
 }
 
 const maxSubject = 253
 
 // plausibleName returns the normalised name (see normalizeSubject) when
-// name, from a detail, is a host name (optionally "*."-prefixed), or with
-// addresses an IP address or CIDR; otherwise "".
-func plausibleName(name string, addresses bool) string {
+// name, from a detail, is a canonical DNS name by package names; otherwise "".
+func plausibleName(name string) string {
 	name = normalizeSubject(name)
-	if name == "" || strings.Contains(name, "..") || strings.ContainsAny(name[:1]+name[len(name)-1:], ".-") {
+	if names.Validate(name) != nil {
 		return ""
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !isDNSChar(c) && !(addresses && (c == ':' || c == '/')) {
-			return ""
-		}
 	}
 	return name
 }
