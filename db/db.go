@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,8 +27,17 @@ const (
 type Config struct {
 	// URL is a libpq/pgx connection URL, e.g.
 	// postgres://user@127.0.0.1:15432/certfleet?sslmode=disable. TLS settings
-	// in the URL (sslmode, sslrootcert, sslcert, sslkey) are honoured.
+	// in the URL (sslmode, sslrootcert, sslcert, sslkey) are honoured, and
+	// enforced: to a host that is not loopback (or a Unix socket) Open
+	// requires sslmode=verify-full with sslrootcert, sslcert and sslkey come
+	// together (certificate authentication, CockroachDB's), and sslkey must
+	// not be readable by group or others. The PG* environment variables fill
+	// what the URL leaves out, as in pgx.
 	URL string
+	// Insecure lets Open reach a host that is not loopback without
+	// verify-full (the -database-insecure flag): for a network the operator
+	// trusts, never for production.
+	Insecure bool
 	// TLS, when set, replaces the TLS configuration derived from the URL
 	// (for a KMS- or file-watcher-provided client certificate).
 	TLS *tls.Config
@@ -51,6 +61,9 @@ type DB struct {
 func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if cfg.URL == "" {
 		return nil, errors.New("db: config field URL is empty")
+	}
+	if err := checkTransport(cfg.URL, cfg.TLS, cfg.Insecure, os.Getenv); err != nil {
+		return nil, err
 	}
 	pc, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
