@@ -3,22 +3,23 @@ package scheduler
 import (
 	"cmp"
 	"context"
-	"encoding/json"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
+	"math/big"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/mholt/acmez/v3/acme"
 	"golang.org/x/sync/errgroup"
 )
 
-// ARIClient fetches ACME Renewal Information (RFC 9773): the renewalInfo URL
-// from each CA's directory (cached), then GET {renewalInfo}/{ari cert id}.
-// Safe for concurrent use.
+// ARIClient fetches ACME Renewal Information (RFC 9773) through acmez's
+// acme.Client.GetRenewalInfo, with one acme.Client per CA directory (each
+// reads its directory once). Safe for concurrent use.
 type ARIClient struct {
 	// HTTP is the client; nil means one with a 10 s timeout. Set its
 	// transport's RootCAs for a private CA such as Pebble.
@@ -29,11 +30,12 @@ type ARIClient struct {
 	// Concurrency bounds fetches in flight in RecheckARI. Default 4.
 	Concurrency int
 
-	mu   sync.Mutex
-	urls map[string]string // directory -> renewalInfo base URL
+	mu      sync.Mutex
+	clients map[string]*acme.Client // by directory URL
 }
 
-// ErrNoARI means the CA's directory has no renewalInfo endpoint.
+// ErrNoARI means the CA's directory has no renewalInfo endpoint, or the CA
+// has no directory URL.
 var ErrNoARI = errors.New("scheduler: CA does not offer ARI")
 
 // ARIResponse is one renewalInfo answer.
@@ -42,107 +44,85 @@ type ARIResponse struct {
 	RetryAfter time.Duration // 0 when the CA sent none
 }
 
-func (c *ARIClient) client() *http.Client {
-	if c.HTTP != nil {
-		return c.HTTP
-	}
-	return &http.Client{Timeout: 10 * time.Second}
-}
-
-func (c *ARIClient) renewalInfoURL(ctx context.Context, ca string) (string, error) {
+// acmeClient returns the ACME client of ca's directory.
+func (c *ARIClient) acmeClient(ca string) (*acme.Client, error) {
 	dir := ca
 	if d, ok := c.Directories[ca]; ok {
 		dir = d
 	}
 	if !strings.HasPrefix(dir, "https://") {
-		return "", fmt.Errorf("%w: no directory URL for CA %q", ErrNoARI, ca)
+		return nil, fmt.Errorf("%w: no directory URL for CA %q", ErrNoARI, ca)
 	}
 	c.mu.Lock()
-	u, ok := c.urls[dir]
-	c.mu.Unlock()
-	if ok {
-		if u == "" {
-			return "", ErrNoARI
-		}
-		return u, nil
+	defer c.mu.Unlock()
+	if cl, ok := c.clients[dir]; ok {
+		return cl, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, dir, nil)
-	if err != nil {
-		return "", err
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second}
 	}
-	resp, err := c.client().Do(req)
-	if err != nil {
-		return "", fmt.Errorf("scheduler: ACME directory: %w", err)
+	if c.clients == nil {
+		c.clients = map[string]*acme.Client{}
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("scheduler: ACME directory %s: HTTP %d", dir, resp.StatusCode)
-	}
-	var d struct {
-		RenewalInfo string `json:"renewalInfo"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&d); err != nil {
-		return "", fmt.Errorf("scheduler: ACME directory %s: %w", dir, err)
-	}
-	c.mu.Lock()
-	if c.urls == nil {
-		c.urls = map[string]string{}
-	}
-	c.urls[dir] = strings.TrimSuffix(d.RenewalInfo, "/")
-	c.mu.Unlock()
-	if d.RenewalInfo == "" {
-		return "", ErrNoARI
-	}
-	return strings.TrimSuffix(d.RenewalInfo, "/"), nil
+	cl := &acme.Client{Directory: dir, HTTPClient: hc, UserAgent: "certfleet-scheduler"}
+	c.clients[dir] = cl
+	return cl, nil
 }
 
-// Fetch returns the suggested window of the certificate ariID issued by ca.
+// Fetch returns the suggested window of the certificate ariID issued by ca,
+// and how long the CA asks to wait before asking again. acmez retries a
+// failed or malformed answer a few times within ctx; an error carries no
+// Retry-After.
 func (c *ARIClient) Fetch(ctx context.Context, ca, ariID string) (ARIResponse, error) {
-	base, err := c.renewalInfoURL(ctx, ca)
+	cl, err := c.acmeClient(ca)
 	if err != nil {
 		return ARIResponse{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/"+ariID, nil)
+	leaf, err := certOfARIID(ariID)
 	if err != nil {
 		return ARIResponse{}, err
 	}
-	resp, err := c.client().Do(req)
+	ri, err := cl.GetRenewalInfo(ctx, leaf)
+	if errors.Is(err, acme.ErrUnsupported) {
+		return ARIResponse{}, fmt.Errorf("%w: %w", ErrNoARI, err)
+	}
 	if err != nil {
-		return ARIResponse{}, fmt.Errorf("scheduler: renewalInfo: %w", err)
+		return ARIResponse{}, fmt.Errorf("scheduler: renewalInfo %s: %w", ariID, err)
 	}
-	defer resp.Body.Close()
-	ra := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
-	if resp.StatusCode != http.StatusOK {
-		return ARIResponse{RetryAfter: ra}, fmt.Errorf("scheduler: renewalInfo %s: HTTP %d", ariID, resp.StatusCode)
-	}
-	var body struct {
-		SuggestedWindow struct {
-			Start time.Time `json:"start"`
-			End   time.Time `json:"end"`
-		} `json:"suggestedWindow"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
-		return ARIResponse{RetryAfter: ra}, fmt.Errorf("scheduler: renewalInfo %s: %w", ariID, err)
-	}
-	w := Window{Start: body.SuggestedWindow.Start.UTC(), End: body.SuggestedWindow.End.UTC()}
+	w := Window{Start: ri.SuggestedWindow.Start.UTC(), End: ri.SuggestedWindow.End.UTC()}
 	if !w.Valid() {
-		return ARIResponse{RetryAfter: ra}, fmt.Errorf("scheduler: renewalInfo %s: invalid window %v..%v", ariID, w.Start, w.End)
+		return ARIResponse{}, fmt.Errorf("scheduler: renewalInfo %s: invalid window %v..%v", ariID, w.Start, w.End)
+	}
+	var ra time.Duration
+	if ri.RetryAfter != nil {
+		// acmez turns Retry-After (whole seconds, or an HTTP date) into an
+		// instant on the wall clock; the scheduler wants the delay.
+		ra = max(time.Until(*ri.RetryAfter).Round(time.Second), 0)
 	}
 	return ARIResponse{Window: w, RetryAfter: ra}, nil
 }
 
-// parseRetryAfter reads delay-seconds or an HTTP date; 0 when absent or bad.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
+// certOfARIID returns a certificate carrying just what an ARI certificate id
+// (RFC 9773 section 4.1, as events.ARICertID builds it) is made of, the
+// authority key identifier and the serial number: GetRenewalInfo takes a
+// certificate, the inventory keeps the id.
+func certOfARIID(ariID string) (*x509.Certificate, error) {
+	bad := func() error { return fmt.Errorf("scheduler: %q is not an ARI certificate id", ariID) }
+	akiText, serialText, ok := strings.Cut(ariID, ".")
+	if !ok {
+		return nil, bad()
 	}
-	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
-		return time.Duration(n) * time.Second
+	aki, err1 := base64.RawURLEncoding.DecodeString(akiText)
+	serial, err2 := base64.RawURLEncoding.DecodeString(serialText)
+	if err1 != nil || err2 != nil || len(aki) == 0 || len(serial) == 0 || serial[0]&0x80 != 0 {
+		return nil, bad()
 	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+	cert := &x509.Certificate{AuthorityKeyId: aki, SerialNumber: new(big.Int).SetBytes(serial)}
+	if id, err := acme.ARIUniqueIdentifier(cert); err != nil || id != ariID {
+		return nil, bad() // not DER's minimal encoding of the serial
 	}
-	return 0
+	return cert, nil
 }
 
 // ariRow is a row whose ARI window is due for a re-check.
