@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -66,6 +67,79 @@ func (t Topics) Specs(partitions, replication int) []TopicSpec {
 	var out []TopicSpec
 	for _, name := range t.All() {
 		out = append(out, TopicSpec{Name: name, Partitions: partitions, ReplicationFactor: replication})
+	}
+	return out
+}
+
+// Retention of the topics that hold work for later, set explicitly when
+// they are created (a broker's default, often 7 days, is not a decision):
+//   - retry holds deferred requests until their not_before, which a CA's
+//     weekly limits can put days away: twice Let's Encrypt's longest window;
+//   - the DLQ holds records given up on until an operator lists and replays
+//     them ('certfleet dlq'): a month.
+const (
+	DefaultRetryRetention = 14 * 24 * time.Hour
+	DefaultDLQRetention   = 30 * 24 * time.Hour
+)
+
+// ProvisionOptions say how SpecsWith's topics are created.
+type ProvisionOptions struct {
+	// Partitions per topic, at least 1.
+	Partitions int
+	// ReplicationFactor of every topic, at least 1: 3 in production (a
+	// broker can be lost without losing a record), 1 on testenv's single
+	// broker.
+	ReplicationFactor int
+	// MinInsyncReplicas is each topic's min.insync.replicas: with
+	// RequiredAcks=RequireAll a write succeeds only once this many replicas
+	// have it. 2 in production with ReplicationFactor 3; 0 leaves the
+	// broker's default. At most ReplicationFactor.
+	MinInsyncReplicas int
+	// RetryRetention and DLQRetention are the retention.ms of the retry and
+	// dead-letter topics; 0 means DefaultRetryRetention, DefaultDLQRetention.
+	RetryRetention, DLQRetention time.Duration
+}
+
+// Validate reports what is out of range, naming the fields.
+func (o ProvisionOptions) Validate() error {
+	var errs []error
+	if o.Partitions < 1 {
+		errs = append(errs, fmt.Errorf("partitions %d: want at least 1", o.Partitions))
+	}
+	if o.ReplicationFactor < 1 {
+		errs = append(errs, fmt.Errorf("replication factor %d: want at least 1", o.ReplicationFactor))
+	}
+	if o.MinInsyncReplicas < 0 || o.MinInsyncReplicas > o.ReplicationFactor {
+		errs = append(errs, fmt.Errorf("min.insync.replicas %d: want 0 (the broker's default) to the replication factor %d", o.MinInsyncReplicas, o.ReplicationFactor))
+	}
+	if o.RetryRetention < 0 || o.DLQRetention < 0 || (o.RetryRetention > 0 && o.RetryRetention < time.Hour) || (o.DLQRetention > 0 && o.DLQRetention < time.Hour) {
+		errs = append(errs, fmt.Errorf("retention %v (retry), %v (DLQ): want 0 (the default) or at least 1h", o.RetryRetention, o.DLQRetention))
+	}
+	return errors.Join(errs...)
+}
+
+// SpecsWith returns one TopicSpec per topic created as o says: the
+// replication factor and min.insync.replicas on every topic, and
+// retention.ms on the retry and dead-letter topics.
+func (t Topics) SpecsWith(o ProvisionOptions) []TopicSpec {
+	t = t.WithDefaults()
+	retention := map[string]time.Duration{t.Retry: o.RetryRetention, t.DLQ: o.DLQRetention}
+	if retention[t.Retry] == 0 {
+		retention[t.Retry] = DefaultRetryRetention
+	}
+	if retention[t.DLQ] == 0 {
+		retention[t.DLQ] = DefaultDLQRetention
+	}
+	var out []TopicSpec
+	for _, name := range t.All() {
+		s := TopicSpec{Name: name, Partitions: o.Partitions, ReplicationFactor: o.ReplicationFactor, Configs: map[string]string{}}
+		if o.MinInsyncReplicas > 0 {
+			s.Configs["min.insync.replicas"] = strconv.Itoa(o.MinInsyncReplicas)
+		}
+		if r, ok := retention[name]; ok {
+			s.Configs["retention.ms"] = strconv.FormatInt(r.Milliseconds(), 10)
+		}
+		out = append(out, s)
 	}
 	return out
 }
