@@ -52,6 +52,7 @@ type CA struct {
 // construction and safe for concurrent use.
 type Catalogue struct {
 	byDirectory map[string]*CA
+	cas         []*CA // in the order given, for messages
 }
 
 // LetsEncryptLimits returns the default limit set, modelled on Let's
@@ -106,6 +107,7 @@ func NewCatalogue(cas ...CA) (*Catalogue, error) {
 		ids[ca.ID] = true
 		ca.Limits = maps(ca.Limits)
 		c.byDirectory[ca.Directory] = &ca
+		c.cas = append(c.cas, &ca)
 	}
 	return c, nil
 }
@@ -240,9 +242,9 @@ type fileConfig struct {
 }
 
 type fileCA struct {
-	ID        string               `json:"id"`
-	Directory string               `json:"directory"`
-	Limits    map[string]fileLimit `json:"limits"`
+	ID        string                `json:"id"`
+	Directory string                `json:"directory"`
+	Limits    map[string]*fileLimit `json:"limits"` // null: the CA has no such limit
 }
 
 type fileLimit struct {
@@ -268,13 +270,21 @@ func LoadCatalogue(path string) (*Catalogue, error) {
 }
 
 // DecodeCatalogue decodes a catalogue strictly: unknown fields, unknown limit
-// names, trailing data and invalid numbers are errors naming the field. A CA
-// without a "limits" object gets LetsEncryptLimits; a CA with one gets exactly
-// the limits listed. Burst defaults to count when omitted.
+// names, trailing data and invalid numbers are errors naming the field.
+//
+// Every CA starts from LetsEncryptLimits. Its "limits" object, when present,
+// changes them limit by limit: a limit it lists replaces the default of that
+// name (count and period required; burst defaults to count, renewal and
+// ari_renewal to "enforce"), a limit it sets to null is removed (the CA has
+// no such limit: nothing is spent or checked for it), and a limit it leaves
+// out keeps Let's Encrypt's default. So a file that lists only
+// NewOrdersPerAccount still has the fleet budget (FleetOrdersPerSecond, 10
+// per second).
 //
 //	{"cas": [{"id": "letsencrypt",
 //	          "directory": "https://acme.example/directory",
-//	          "limits": {"NewOrdersPerAccount": {"count": 300, "period": "3h"}}}]}
+//	          "limits": {"NewOrdersPerAccount": {"count": 300, "period": "3h"},
+//	                     "CertificatesPerDomain": null}}]}
 func DecodeCatalogue(r io.Reader) (*Catalogue, error) {
 	raw, err := io.ReadAll(io.LimitReader(r, 1<<20+1))
 	if err != nil {
@@ -297,30 +307,77 @@ func DecodeCatalogue(r io.Reader) (*Catalogue, error) {
 	}
 	cas := make([]CA, 0, len(fc.CAs))
 	for i, fca := range fc.CAs {
-		ca := CA{ID: fca.ID, Directory: fca.Directory}
-		if fca.Limits == nil {
-			ca.Limits = LetsEncryptLimits()
-		} else {
-			ca.Limits = make(map[Name]LimitConfig, len(fca.Limits))
-			for name, fl := range fca.Limits {
-				if !Name(name).Valid() {
-					return nil, &FieldError{Field: fmt.Sprintf("cas[%d].limits.%s", i, name), Err: fmt.Errorf("unknown limit name (known: %v)", Names)}
-				}
-				f := fmt.Sprintf("cas[%d].limits.%s", i, name)
-				period, err := time.ParseDuration(fl.Period)
-				if err != nil {
-					return nil, &FieldError{Field: f + ".period", Err: fmt.Errorf("want a duration such as \"3h\": %w", err)}
-				}
-				burst := fl.Burst
-				if burst == 0 {
-					burst = fl.Count
-				}
-				ca.Limits[Name(name)] = LimitConfig{Limit: Limit{fl.Count, period, burst}, Renewal: fl.Renewal, ARIRenewal: fl.ARIRenewal}
+		ca := CA{ID: fca.ID, Directory: fca.Directory, Limits: LetsEncryptLimits()}
+		for name, fl := range fca.Limits {
+			f := fmt.Sprintf("cas[%d].limits.%s", i, name)
+			if !Name(name).Valid() {
+				return nil, &FieldError{Field: f, Err: fmt.Errorf("unknown limit name (known: %v)", Names)}
 			}
+			if fl == nil {
+				delete(ca.Limits, Name(name))
+				continue
+			}
+			period, err := time.ParseDuration(fl.Period)
+			if err != nil {
+				return nil, &FieldError{Field: f + ".period", Err: fmt.Errorf("want a duration such as \"3h\": %w", err)}
+			}
+			burst := fl.Burst
+			if burst == 0 {
+				burst = fl.Count
+			}
+			ca.Limits[Name(name)] = LimitConfig{Limit: Limit{fl.Count, period, burst}, Renewal: fl.Renewal, ARIRenewal: fl.ARIRenewal}
 		}
 		cas = append(cas, ca)
 	}
 	return NewCatalogue(cas...)
+}
+
+// ServingCatalogue returns the catalogue of a worker ordering from the CAs
+// in serving (ID: the worker's name for the CA; Directory: its ACME
+// directory; Limits are not read): the catalogue file at path ("" for
+// DefaultCatalogue), plus LetsEncryptLimits, under the worker's name, for
+// every CA of serving the catalogue does not list.
+//
+// A file that lists a directory no CA of serving uses is refused, naming the
+// directory: its limits would apply to nothing, while the CA they were meant
+// for (a typo, a trailing slash) quietly got Let's Encrypt's.
+func ServingCatalogue(path string, serving ...CA) (*Catalogue, error) {
+	if path == "" {
+		return DefaultCatalogue().Serving(serving...)
+	}
+	c, err := LoadCatalogue(path)
+	if err != nil {
+		return nil, err
+	}
+	used := make(map[string]bool, len(serving))
+	var dirs []string
+	for _, ca := range serving {
+		used[ca.Directory] = true
+		dirs = append(dirs, ca.Directory)
+	}
+	for i, ca := range c.cas {
+		if !used[ca.Directory] {
+			return nil, &FieldError{Field: fmt.Sprintf("cas[%d].directory", i),
+				Err: fmt.Errorf("%q (id %q) is not the directory of any CA this worker orders from %q (in %s); its limits would apply to nothing", ca.Directory, ca.ID, dirs, path)}
+		}
+	}
+	return c.Serving(serving...)
+}
+
+// Serving returns c plus LetsEncryptLimits, under the CA's ID, for every CA
+// of serving (ID and Directory; Limits are not read) whose directory c does
+// not list. It returns c itself when it lists them all.
+func (c *Catalogue) Serving(serving ...CA) (*Catalogue, error) {
+	var extra []CA
+	for _, ca := range serving {
+		if _, ok := c.CA(ca.Directory); !ok {
+			extra = append(extra, CA{ID: ca.ID, Directory: ca.Directory, Limits: LetsEncryptLimits()})
+		}
+	}
+	if len(extra) == 0 {
+		return c, nil
+	}
+	return c.With(extra...)
 }
 
 func truncate(s string, n int) string {

@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ func TestDecodeCatalogue(t *testing.T) {
 	  {"id":"le","directory":"https://acme.example/dir"},
 	  {"id":"private","directory":"https://ca.internal/dir","limits":{
 	     "NewOrdersPerAccount":{"count":1000,"period":"1h"},
+	     "CertificatesPerDomain":null,
 	     "FleetOrdersPerSecond":{"count":50,"period":"1s","burst":100,"renewal":"enforce","ari_renewal":"skip"}}}]}`
 	c, err := DecodeCatalogue(strings.NewReader(good))
 	if err != nil {
@@ -23,7 +26,7 @@ func TestDecodeCatalogue(t *testing.T) {
 		t.Errorf("private NewOrdersPerAccount = %v, %v (burst should default to count)", l, ok)
 	}
 	if _, ok := c.Default("https://ca.internal/dir", CertificatesPerDomain); ok {
-		t.Errorf("private CA has CertificatesPerDomain although its limits do not list it")
+		t.Errorf("private CA has CertificatesPerDomain although its limits remove it (null)")
 	}
 
 	bad := []struct{ in, field string }{
@@ -32,6 +35,8 @@ func TestDecodeCatalogue(t *testing.T) {
 		{`{"cas":[{"id":"LE!","directory":"https://a/d"}]}`, "cas[0].id"},
 		{`{"cas":[{"id":"le","directory":"ftp://a/d"}]}`, "cas[0].directory"},
 		{`{"cas":[{"id":"le","directory":"https://a/d","limits":{"Bogus":{"count":1,"period":"1s"}}}]}`, "cas[0].limits.Bogus"},
+		{`{"cas":[{"id":"le","directory":"https://a/d","limits":{"Bogus":null}}]}`, "cas[0].limits.Bogus"},
+		{`{"cas":[{"id":"le","directory":"https://a/d","limits":{"NewOrdersPerAccount":{"period":"1h"}}}]}`, "cas[0].limits.NewOrdersPerAccount.count"},
 		{`{"cas":[{"id":"le","directory":"https://a/d","limits":{"NewOrdersPerAccount":{"count":0,"period":"1s"}}}]}`, "cas[0].limits.NewOrdersPerAccount.count"},
 		{`{"cas":[{"id":"le","directory":"https://a/d","limits":{"NewOrdersPerAccount":{"count":1,"period":"1ms"}}}]}`, "cas[0].limits.NewOrdersPerAccount.period"},
 		{`{"cas":[{"id":"le","directory":"https://a/d","limits":{"NewOrdersPerAccount":{"count":1,"period":"1h","burst":-1}}}]}`, "cas[0].limits.NewOrdersPerAccount.burst"},
@@ -90,5 +95,77 @@ func TestCatalogueWith(t *testing.T) {
 	}
 	if _, err := c.With(extra); err == nil {
 		t.Fatal("duplicate CA accepted")
+	}
+}
+
+// A CA's limits object changes Let's Encrypt's defaults limit by limit: a
+// listed limit replaces the default, null removes it, and one left out keeps
+// the default (the fleet budget used to disappear silently).
+func TestDecodeCatalogueMergesLimitsWithTheDefaults(t *testing.T) {
+	c, err := DecodeCatalogue(strings.NewReader(`{"cas":[{"id":"p","directory":"https://ca.internal/dir","limits":{
+	  "NewOrdersPerAccount":{"count":1000,"period":"1h","burst":10},
+	  "FailedAuthorizationsPerDomainPerAccount":null}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := c.CA("https://ca.internal/dir")
+	le := LetsEncryptLimits()
+	want := map[Name]LimitConfig{
+		NewOrdersPerAccount:    {Limit: Limit{1000, time.Hour, 10}, Renewal: Enforce, ARIRenewal: Enforce},
+		CertificatesPerDomain:  le[CertificatesPerDomain],
+		CertificatesPerFQDNSet: le[CertificatesPerFQDNSet],
+		FleetOrdersPerSecond:   le[FleetOrdersPerSecond],
+	}
+	if len(ca.Limits) != len(want) {
+		t.Errorf("limits %v; want %v", ca.Limits, want)
+	}
+	for n, w := range want {
+		if got, ok := ca.Limits[n]; !ok || got != w {
+			t.Errorf("%s = %+v, %v; want %+v", n, got, ok, w)
+		}
+	}
+	if l, ok := c.Default("https://ca.internal/dir", FleetOrdersPerSecond); !ok || l != (Limit{10, time.Second, 10}) {
+		t.Errorf("FleetOrdersPerSecond = %v, %v; want Let's Encrypt's 10/s", l, ok)
+	}
+}
+
+// The worker's catalogue: the file's CAs, Let's Encrypt's limits under the
+// worker's name for a CA the file does not list, and a file CA no -ca entry
+// orders from is refused, naming its directory.
+func TestServingCatalogue(t *testing.T) {
+	file := t.TempDir() + "/limits.json"
+	if err := os.WriteFile(file, []byte(`{"cas":[
+	  {"id":"private","directory":"https://ca.internal/dir","limits":{"NewOrdersPerAccount":{"count":7,"period":"1h"}}},
+	  {"id":"typo","directory":"https://ca.internal/dir/"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serving := []CA{{ID: "internal", Directory: "https://ca.internal/dir"}, {ID: "pebble", Directory: "https://127.0.0.1:14000/dir"}}
+	_, err := ServingCatalogue(file, serving...)
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "cas[1].directory" || !strings.Contains(err.Error(), `"https://ca.internal/dir/"`) || !strings.Contains(err.Error(), file) {
+		t.Fatalf("unused directory: err = %v; want a FieldError naming cas[1].directory and the directory", err)
+	}
+	c, err := ServingCatalogue(file, append(serving, CA{ID: "x", Directory: "https://ca.internal/dir/"})...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := c.Default("https://ca.internal/dir", NewOrdersPerAccount); l.Count != 7 {
+		t.Errorf("the file's limit: %v", l)
+	}
+	if ca, ok := c.CA("https://127.0.0.1:14000/dir"); !ok || ca.ID != "pebble" || ca.Limits[NewOrdersPerAccount] != LetsEncryptLimits()[NewOrdersPerAccount] {
+		t.Errorf("a CA the file does not list: %+v, %v; want Let's Encrypt's limits under the worker's name", ca, ok)
+	}
+	// Without a file: the built-in catalogue, whose CAs need not be served.
+	c, err = ServingCatalogue("", serving[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{LetsEncryptDirectory, "https://127.0.0.1:14000/dir"} {
+		if _, ok := c.CA(dir); !ok {
+			t.Errorf("no CA %s", dir)
+		}
+	}
+	if _, err := ServingCatalogue(file+".missing", serving...); err == nil {
+		t.Error("a missing file: no error")
 	}
 }

@@ -201,19 +201,6 @@ func countsAsFailedAuthorization(problemType string) bool {
 	return false
 }
 
-// FailedAuthorizationTransaction is the bucket to spend when the CA reports a
-// failed authorization of domain for account.
-func (c *Catalogue) FailedAuthorizationTransaction(directory, account, domain string) (Transaction, error) {
-	txns, err := c.failedAuthorizationTransactions(Order{Directory: directory, Account: account, SANs: []string{domain}})
-	if err != nil {
-		return Transaction{}, err
-	}
-	if len(txns) == 0 {
-		return Transaction{}, fmt.Errorf("%w: CA %q has no %s limit", ErrInvalidRequest, directory, FailedAuthorizationsPerDomainPerAccount)
-	}
-	return txns[0], nil
-}
-
 // Transaction returns a transaction for an arbitrary bucket of a CA, for
 // penalties and admin tools.
 func (c *Catalogue) Transaction(directory string, n Name, value string) (Transaction, error) {

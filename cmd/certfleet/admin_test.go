@@ -378,7 +378,7 @@ func TestPenaltyAndBucketCommands(t *testing.T) {
 	// A catalogue file naming the directory decides the bucket's name.
 	catFile := filepath.Join(t.TempDir(), "limits.json")
 	if err := os.WriteFile(catFile, []byte(`{"cas": [{"id": "local", "directory": "https://127.0.0.1:14000/dir",
-		"limits": {"NewOrdersPerAccount": {"count": 20, "period": "1h"}}}]}`), 0o600); err != nil {
+		"limits": {"NewOrdersPerAccount": {"count": 20, "period": "1h"}, "CertificatesPerDomain": null}}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a.json(&b, "bucket", "inspect", "NewOrdersPerAccount", "acct-8", "--catalogue", catFile, "--ca", "pebble=https://127.0.0.1:14000/dir")

@@ -232,27 +232,20 @@ func loadKeyring(cfg config) (*seal.Keyring, error) {
 	return seal.LoadKeyringEnv(seal.EnvKeyring)
 }
 
-// catalogue is the limits file's catalogue, plus Let's Encrypt's limits for
-// every configured CA the file does not list (keyed by the CA's name).
+// catalogue is the limits file's catalogue (ratelimit.ServingCatalogue),
+// plus Let's Encrypt's limits for every configured CA the file does not list
+// (keyed by the CA's name). A file naming a directory no -ca entry orders
+// from is refused.
 func catalogue(cfg config) (*ratelimit.Catalogue, error) {
-	base := ratelimit.DefaultCatalogue()
-	if cfg.LimitsFile != "" {
-		c, err := ratelimit.LoadCatalogue(cfg.LimitsFile)
-		if err != nil {
-			return nil, err
-		}
-		base = c
-	}
-	var extra []ratelimit.CA
+	serving := make([]ratelimit.CA, 0, len(cfg.CAs))
 	for _, ca := range cfg.CAs {
-		if _, ok := base.CA(ca.Directory); !ok {
-			extra = append(extra, ratelimit.CA{ID: ca.Name, Directory: ca.Directory, Limits: ratelimit.LetsEncryptLimits()})
-		}
+		serving = append(serving, ratelimit.CA{ID: ca.Name, Directory: ca.Directory})
 	}
-	if len(extra) == 0 {
-		return base, nil
+	cat, err := ratelimit.ServingCatalogue(cfg.LimitsFile, serving...)
+	if err != nil {
+		return nil, fmt.Errorf("-limits: %w", err)
 	}
-	return base.With(extra...)
+	return cat, nil
 }
 
 // ready: the database answers and a Kafka broker accepts connections.
