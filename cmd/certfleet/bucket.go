@@ -214,12 +214,9 @@ func workerCatalogue(caSpec, catPath string) (*ratelimit.Catalogue, string, erro
 			dir = "https://" + name + ".ca.invalid/directory" // a stand-in: not in the catalogue, like the worker's own directory
 		}
 	}
-	if _, ok := cat.CA(dir); !ok {
-		c, err := cat.With(ratelimit.CA{ID: name, Directory: dir, Limits: ratelimit.LetsEncryptLimits()})
-		if err != nil {
-			return nil, "", fmt.Errorf("--ca %q: %v", caSpec, err)
-		}
-		cat = c
+	cat, err := cat.Serving(ratelimit.CA{ID: name, Directory: dir})
+	if err != nil {
+		return nil, "", fmt.Errorf("--ca %q: %v", caSpec, err)
 	}
 	return cat, dir, nil
 }
