@@ -225,10 +225,9 @@ func (r *Result) LogValue() slog.Value {
 // Obtain orders, validates, finalises and downloads a certificate for req. It
 // blocks until the certificate is issued, the order fails, or ctx ends
 // (cancellation abandons the order at the CA; the caller retries). Errors wrap
-// *RateLimitedError, *StatusError, acme.Problem or ErrInvalidRequest; use
-// Classify. On a 429 it first records the penalty on the Request.PenaltyKeys
-// the CA's problem is about with Config.Penalties (a failure to record is
-// joined to the returned error).
+// *CAError (what the CA answered: a 429 or a final 5xx), acme.Problem or
+// ErrInvalidRequest; use Classify. Penalties for a 429 are the caller's to
+// record.
 func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	solvers, err := i.check(req)
 	if err != nil {
