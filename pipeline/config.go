@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/seal"
 )
@@ -89,15 +90,15 @@ func (c *Config) validate() error {
 	req(c.Writer != nil, "Writer")
 	req(c.Sealer != nil, "Sealer")
 	req(len(c.CAs) > 0, "CAs")
-	seen := map[string]bool{}
+	var seen []caconfig.CA
 	for i, ca := range c.CAs {
-		if ca.Name == "" || ca.Directory == "" || ca.Issuer == nil {
-			errs = append(errs, fmt.Errorf("pipeline: config field CAs[%d] needs Name, Directory and Issuer", i))
+		if ca.Issuer == nil {
+			errs = append(errs, fmt.Errorf("pipeline: config field CAs[%d] needs an Issuer", i))
 		}
-		if seen[ca.Name] || seen[ca.Directory] {
-			errs = append(errs, fmt.Errorf("pipeline: config field CAs[%d]: %q or %q configured twice", i, ca.Name, ca.Directory))
+		if err := errors.Join(ca.Check(), ca.Repeats(seen)); err != nil {
+			errs = append(errs, fmt.Errorf("pipeline: config field CAs[%d]: %w", i, err))
 		}
-		seen[ca.Name], seen[ca.Directory] = true, true
+		seen = append(seen, ca.CA)
 	}
 	for _, n := range []struct {
 		v    int

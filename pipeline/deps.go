@@ -8,6 +8,7 @@ import (
 
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -70,11 +71,10 @@ type Writer interface {
 	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
 }
 
-// CA is one certificate authority the worker may order from.
+// CA is one certificate authority the worker may order from: the CA as
+// configured (its name in requests' "ca" field and its ACME directory URL,
+// which requests may name instead) and the issuer that orders from it.
 type CA struct {
-	// Name is what requests use in their "ca" field ("letsencrypt", "pebble").
-	Name string
-	// Directory is the ACME directory URL; requests may also name it directly.
-	Directory string
-	Issuer    Issuer
+	caconfig.CA
+	Issuer Issuer
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/seal"
@@ -405,7 +406,7 @@ func (h *harness) config() Config {
 	return Config{
 		Owner: "test-worker", Topics: h.topics, Claims: h.claims, Tokens: h.tokens, Limits: fakeLimits{},
 		Writer: h.writer, Sealer: testKeyring(h.t), Clock: h.clock,
-		CAs:          []CA{{Name: "pebble", Directory: "https://ca.test/dir", Issuer: h.issuer}},
+		CAs:          []CA{{CA: caconfig.CA{Name: "pebble", Directory: "https://ca.test/dir"}, Issuer: h.issuer}},
 		OrderRetries: 2, RetryDelay: 30 * time.Second, MaxRetryDelay: time.Hour, BusyRetry: 5 * time.Second,
 		Lease: 5 * time.Minute, MaxAttempts: 5, InfraBackoffMax: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -24,6 +24,7 @@ import (
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/pipeline"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/schema"
@@ -136,7 +137,7 @@ func (st *stack) worker(t testing.TB, name string, mods ...func(*pipeline.Config
 	cfg := pipeline.Config{
 		Owner: name, Topics: st.topics, Claims: st.store, Orders: st.store, Previous: st.store, Tokens: st.limiter, Limits: st.cat,
 		Writer: st.producer, Sealer: st.keyring, Concurrency: testenv.MaxConcurrentOrdersPerPackage / 2,
-		CAs:    []pipeline.CA{{Name: "pebble", Directory: st.s.ACMEDirectory, Issuer: iss}},
+		CAs:    []pipeline.CA{{CA: caconfig.CA{Name: "pebble", Directory: st.s.ACMEDirectory}, Issuer: iss}},
 		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	for _, mod := range mods {

@@ -19,6 +19,7 @@ import (
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -667,10 +668,10 @@ func TestNewValidation(t *testing.T) {
 		{"no owner", func(c *Config) { c.Owner = "" }, []string{"Owner"}},
 		{"CA without issuer", func(c *Config) { c.CAs[0].Issuer = nil }, []string{"CAs[0]"}},
 		{"CA twice", func(c *Config) {
-			c.CAs = append(c.CAs, CA{Name: "pebble", Directory: "https://other/dir", Issuer: h.issuer})
+			c.CAs = append(c.CAs, CA{CA: caconfig.CA{Name: "pebble", Directory: "https://other/dir"}, Issuer: h.issuer})
 		}, []string{"CAs[1]"}},
 		{"directory twice", func(c *Config) {
-			c.CAs = append(c.CAs, CA{Name: "other", Directory: "https://ca.test/dir", Issuer: h.issuer})
+			c.CAs = append(c.CAs, CA{CA: caconfig.CA{Name: "other", Directory: "https://ca.test/dir"}, Issuer: h.issuer})
 		}, []string{"CAs[1]"}},
 		{"negative concurrency", func(c *Config) { c.Concurrency = -1 }, []string{"Concurrency"}},
 		{"negative max pending", func(c *Config) { c.MaxPending = -1 }, []string{"MaxPending"}},

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -18,11 +19,11 @@ func TestCatalogueOfTheConfiguredCAs(t *testing.T) {
 		"limits":{"NewOrdersPerAccount":{"count":20,"period":"1h"}}}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config{LimitsFile: file, CAs: []caFlag{{Name: "pebble", Directory: "https://127.0.0.1:14000/dir/"}}}
+	cfg := config{LimitsFile: file, CAs: []caconfig.CA{{Name: "pebble", Directory: "https://127.0.0.1:14000/dir/"}}}
 	if _, err := catalogue(cfg); err == nil || !strings.Contains(err.Error(), `"https://127.0.0.1:14000/dir"`) || !strings.HasPrefix(err.Error(), "-limits: ") {
 		t.Fatalf("a file CA no -ca uses: err = %v; want it refused, naming the directory", err)
 	}
-	cfg.CAs = append(cfg.CAs, caFlag{Name: "pebble2", Directory: "https://127.0.0.1:14000/dir"})
+	cfg.CAs = append(cfg.CAs, caconfig.CA{Name: "pebble2", Directory: "https://127.0.0.1:14000/dir"})
 	cat, err := catalogue(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -5,12 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
 )
 
@@ -26,7 +26,7 @@ type config struct {
 	DatabaseURL     string
 	SealKeysFile    string
 	SealKeysEnv     string
-	CAs             []caFlag
+	CAs             []caconfig.CA
 	ACMETLSCA       string
 	LimitsFile      string
 	Profile         string
@@ -43,8 +43,6 @@ type config struct {
 	Relay           bool
 	LogLevel        string
 }
-
-type caFlag struct{ Name, Directory string }
 
 // parseConfig reads flags from args with environment fallbacks from getenv.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
@@ -91,15 +89,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 			c.Brokers = append(c.Brokers, b)
 		}
 	}
-	for _, item := range strings.Split(cas, ",") {
-		if item = strings.TrimSpace(item); item == "" {
-			continue
-		}
-		name, dir, ok := strings.Cut(item, "=")
-		if !ok {
-			return c, fmt.Errorf("-ca %q: want name=directoryURL", item)
-		}
-		c.CAs = append(c.CAs, caFlag{Name: strings.TrimSpace(name), Directory: strings.TrimSpace(dir)})
+	var err error
+	if c.CAs, err = caconfig.Parse(cas); err != nil {
+		return c, fmt.Errorf("-ca %w", err)
 	}
 	for _, ct := range strings.Split(challengeTypes, ",") {
 		if ct = strings.TrimSpace(ct); ct != "" {
@@ -131,16 +123,8 @@ func (c config) validate() error {
 	if len(c.CAs) == 0 {
 		bad("ca", "at least one name=directoryURL required (or CERTFLEET_CAS)")
 	}
-	seen := map[string]bool{}
-	for _, ca := range c.CAs {
-		u, err := url.Parse(ca.Directory)
-		if ca.Name == "" || err != nil || u.Scheme != "https" || u.Host == "" {
-			bad("ca", "%s=%s: want a name and an https directory URL", ca.Name, ca.Directory)
-		}
-		if seen[ca.Name] {
-			bad("ca", "%q configured twice", ca.Name)
-		}
-		seen[ca.Name] = true
+	if err := caconfig.CheckAll(c.CAs); err != nil {
+		bad("ca", "%v", err)
 	}
 	solvable := 0
 	for _, ct := range c.ChallengeTypes {

@@ -32,6 +32,7 @@ import (
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/pipeline"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/ratelimit/changefeed"
@@ -135,7 +136,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)
 		}
-		cas = append(cas, pipeline.CA{Name: ca.Name, Directory: ca.Directory, Issuer: iss})
+		cas = append(cas, pipeline.CA{CA: ca, Issuer: iss})
 	}
 
 	reg := prometheus.NewRegistry()
@@ -237,11 +238,7 @@ func loadKeyring(cfg config) (*seal.Keyring, error) {
 // (keyed by the CA's name). A file naming a directory no -ca entry orders
 // from is refused.
 func catalogue(cfg config) (*ratelimit.Catalogue, error) {
-	serving := make([]ratelimit.CA, 0, len(cfg.CAs))
-	for _, ca := range cfg.CAs {
-		serving = append(serving, ratelimit.CA{ID: ca.Name, Directory: ca.Directory})
-	}
-	cat, err := ratelimit.ServingCatalogue(cfg.LimitsFile, serving...)
+	cat, err := ratelimit.ServingCatalogue(cfg.LimitsFile, caconfig.LimitsView(cfg.CAs)...)
 	if err != nil {
 		return nil, fmt.Errorf("-limits: %w", err)
 	}

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/ratelimit"
 )
@@ -46,6 +46,7 @@ type config struct {
 	LogLevel        string
 
 	budgetText string
+	caList     []caconfig.CA // -ca as given; CAs is its directories by name
 }
 
 // parseConfig reads flags from args with environment fallbacks from getenv.
@@ -91,17 +92,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 			c.Brokers = append(c.Brokers, b)
 		}
 	}
-	c.CAs = map[string]string{}
-	for _, item := range strings.Split(cas, ",") {
-		if item = strings.TrimSpace(item); item == "" {
-			continue
-		}
-		name, dir, ok := strings.Cut(item, "=")
-		if !ok {
-			return c, fmt.Errorf("-ca %q: want name=directoryURL", item)
-		}
-		c.CAs[strings.TrimSpace(name)] = strings.TrimSpace(dir)
+	var err error
+	if c.caList, err = caconfig.Parse(cas); err != nil {
+		return c, fmt.Errorf("-ca %w", err)
 	}
+	c.CAs = caconfig.Directories(c.caList)
 	return c, c.validate()
 }
 
@@ -173,11 +168,8 @@ func (c *config) validate() error {
 	if c.BatchSize < 1 || c.BatchSize > 10_000 {
 		bad("batch-size", "%d is not between 1 and 10000", c.BatchSize)
 	}
-	for name, dir := range c.CAs {
-		u, err := url.Parse(dir)
-		if name == "" || err != nil || u.Scheme != "https" || u.Host == "" {
-			bad("ca", "%s=%s: want a name and an https directory URL", name, dir)
-		}
+	if err := caconfig.CheckAll(c.caList); err != nil {
+		bad("ca", "%v", err)
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "%q is not host:port", c.Listen)
