@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -98,5 +101,29 @@ func TestProvisionSetsTopicConfigs(t *testing.T) {
 		if w, ok := want[r.ResourceName]; ok && got["retention.ms"] != w {
 			t.Errorf("%s: retention.ms %q, want %s", r.ResourceName, got["retention.ms"], w)
 		}
+	}
+}
+
+func TestRegisterProvisionFlags(t *testing.T) {
+	parse := func(args []string, env map[string]string) (*ProvisionOptions, error) {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		s := envflag.New(fs, func(k string) string { return env[k] })
+		o := RegisterProvisionFlags(s)
+		return o, s.Parse(args)
+	}
+	o, err := parse(nil, nil)
+	if err != nil || *o != (ProvisionOptions{Partitions: 12, ReplicationFactor: 3, MinInsyncReplicas: 2,
+		RetryRetention: DefaultRetryRetention, DLQRetention: DefaultDLQRetention}) {
+		t.Fatalf("defaults (production): %+v, %v", o, err)
+	}
+	env := map[string]string{"CERTFLEET_TOPIC_REPLICATION_FACTOR": "1", "CERTFLEET_TOPIC_MIN_INSYNC_REPLICAS": "1", "CERTFLEET_PARTITIONS": "4"}
+	o, err = parse(nil, env)
+	if err != nil || o.ReplicationFactor != 1 || o.MinInsyncReplicas != 1 || o.Partitions != 4 {
+		t.Fatalf("testenv's values from the environment: %+v, %v", o, err)
+	}
+	o, err = parse([]string{"-replication-factor", "5", "-dlq-retention", "48h"}, env)
+	if err != nil || o.ReplicationFactor != 5 || o.DLQRetention != 48*time.Hour || o.Validate() != nil {
+		t.Fatalf("flags over the environment: %+v, %v", o, err)
 	}
 }
