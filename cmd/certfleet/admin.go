@@ -29,6 +29,7 @@ type adminFlags struct {
 	fs             *flag.FlagSet
 	stdout, stderr io.Writer
 	url            *string
+	insecure       *bool
 	timeout        *time.Duration
 	json           *bool // nil for commands without --json
 }
@@ -38,14 +39,24 @@ type adminFlags struct {
 func newAdminFlags(name, synopsis, about string, stdout, stderr io.Writer, withJSON bool) *adminFlags {
 	fs := newFlagSet(name, synopsis, about)
 	fs.SetOutput(stderr)
-	a := &adminFlags{fs: fs, stdout: stdout, stderr: stderr,
-		url:     fs.String("database-url", os.Getenv("CERTFLEET_DATABASE_URL"), "database URL (env CERTFLEET_DATABASE_URL)"),
+	url, insecure := addDatabaseFlags(fs)
+	a := &adminFlags{fs: fs, stdout: stdout, stderr: stderr, url: url, insecure: insecure,
 		timeout: fs.Duration("timeout", 30*time.Second, "give up after this long"),
 	}
 	if withJSON {
 		a.json = fs.Bool("json", false, "print JSON instead of a table")
 	}
 	return a
+}
+
+// addDatabaseFlags adds --database-url and --database-insecure. To a host
+// that is not loopback the URL must say sslmode=verify-full with
+// sslrootcert (db.Open); --database-insecure lifts that.
+func addDatabaseFlags(fs *flag.FlagSet) (url *string, insecure *bool) {
+	url = fs.String("database-url", os.Getenv("CERTFLEET_DATABASE_URL"), "database URL; to a host that is not loopback it needs sslmode=verify-full&sslrootcert=FILE, and for certificate auth sslcert=FILE&sslkey=FILE (env CERTFLEET_DATABASE_URL)")
+	on, _ := strconv.ParseBool(os.Getenv("CERTFLEET_DATABASE_INSECURE"))
+	insecure = fs.Bool("database-insecure", on, "allow a database that is not loopback without verify-full: no server verification (env CERTFLEET_DATABASE_INSECURE)")
+	return url, insecure
 }
 
 // parse parses flags and positional arguments in any order and checks the
@@ -81,7 +92,7 @@ func (a *adminFlags) open(ctx context.Context) (*db.DB, context.Context, context
 		return nil, nil, nil, fmt.Errorf("%w: %s: no database: set --database-url or CERTFLEET_DATABASE_URL (with testenv: set -a; . ./.testenv/env; set +a)", errUsage, a.fs.Name())
 	}
 	ctx, cancel := context.WithTimeout(ctx, *a.timeout)
-	d, err := db.Open(ctx, db.Config{URL: *a.url, MaxConns: 2})
+	d, err := db.Open(ctx, db.Config{URL: *a.url, Insecure: *a.insecure, MaxConns: 2})
 	if err != nil {
 		cancel()
 		return nil, nil, nil, fmt.Errorf("%s: cannot reach the database: %w (check --database-url or CERTFLEET_DATABASE_URL)", a.fs.Name(), err)

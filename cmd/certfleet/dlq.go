@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -62,7 +63,7 @@ func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		all = fs.Bool("all", false, "replay every record")
 		fs.Var(&records, "record", "replay the DLQ record PARTITION:OFFSET; repeat or comma-separate")
 	}
-	if err := parseFlags(fs, args[1:], stdout, stderr); err != nil {
+	if err := parseEnvFlags(fs, kf.env, args[1:], stdout, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -85,15 +86,18 @@ func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if sub == "list" && *asJSON && *quiet {
 		return fmt.Errorf("%w: dlq list: --json and --quiet exclude each other", errUsage)
 	}
-	brokers, err := kf.list("dlq " + sub)
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	conn, err := kf.connect(ctx, "dlq "+sub, kf.topics.DLQ)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	msgs, err := events.ReadTopic(ctx, nil, brokers, kf.topics.DLQ, *max)
+	defer conn.Close()
+	// The dialer's connections close when ctx ends (SIGINT, --timeout), and
+	// each of their calls has -kafka-timeout.
+	msgs, err := events.ReadTopic(ctx, conn.DialerContext(ctx), conn.Brokers(), kf.topics.DLQ, *max)
 	if err != nil {
-		return fmt.Errorf("dlq %s: %w", sub, err)
+		return fmt.Errorf("dlq %s: %w", sub, conn.Explain(err, "read topic "+kf.topics.DLQ))
 	}
 	if sub == "list" {
 		return dlqList(stdout, msgs, *asJSON, *quiet)
@@ -109,16 +113,28 @@ func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(replay) == 0 {
 		return fmt.Errorf("dlq replay: no matching records among %d read", len(msgs))
 	}
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: brokers, Topics: kf.topics})
+	var sources []string
+	for _, m := range replay {
+		sources = append(sources, m.Topic)
+	}
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: conn.Brokers(), Topics: kf.topics,
+		Transport: conn.Transport(sources...), WriteTimeout: conn.Timeout()})
 	if err != nil {
 		return fmt.Errorf("dlq replay: %w", err)
 	}
 	defer prod.Close()
 	if err := prod.WriteMessages(ctx, replay...); err != nil {
-		return fmt.Errorf("dlq replay: %w", err)
+		return fmt.Errorf("dlq replay: %w", conn.Explain(err, "write to topic "+strings.Join(sortedSet(sources), ", ")))
 	}
 	fmt.Fprintf(stdout, "replayed %d record(s) to their source topics\n", len(replay))
 	return nil
+}
+
+// sortedSet returns the distinct strings of in, sorted.
+func sortedSet(in []string) []string {
+	out := slices.Clone(in)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 func withoutDLQHeaders(hs []kafka.Header) []kafka.Header {

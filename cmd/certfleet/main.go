@@ -7,6 +7,7 @@
 //	certfleet keys      generate a key-encryption key for sealing private keys
 //	certfleet request   publish an issuance request (and wait for its outcome)
 //	certfleet dlq       list and replay dead-lettered records
+//	certfleet topics    create the Kafka topics (replication, min.insync.replicas, retention)
 //	certfleet export    write a stored certificate and its unsealed key to files
 //	certfleet manage    keep a SAN set's certificate valid (idempotent)
 //	certfleet unmanage  stop managing a SAN set
@@ -29,6 +30,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/schema"
 )
 
@@ -49,6 +51,7 @@ commands:
   keys      generate a key-encryption key for sealing private keys
   request   publish an issuance request (and wait for its outcome)
   dlq       list and replay dead-lettered records
+  topics    create the Kafka topics (replication, min.insync.replicas, retention)
   export    write a stored certificate and its unsealed key to files
   manage    keep a certificate (a SAN set) valid from now on
   unmanage  stop managing a certificate
@@ -57,7 +60,8 @@ commands:
 Run 'certfleet <command> -h' for a command's flags (-h and --help print the
 usage and exit 0). Read commands take --json.
 Configuration: flags, else CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...
-(with the local stack: set -a; . ./.testenv/env; set +a).
+(with the local stack: set -a; . ./.testenv/env; set +a). Kafka over TLS and
+SASL: --kafka-tls, --kafka-tls-ca, --kafka-sasl-* (see a command's -h).
 
 Exit status: 0 done; 1 the command ran and failed (conflict, unreachable
 service, failed request); 2 bad arguments or configuration.
@@ -66,6 +70,15 @@ service, failed request); 2 bad arguments or configuration.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// Every command returns when ctx ends (Kafka connections close,
+		// database calls are cancelled); this is the backstop for one that
+		// would not, so SIGINT/SIGTERM always end the process.
+		<-ctx.Done()
+		time.Sleep(5 * time.Second)
+		fmt.Fprintln(os.Stderr, "certfleet: interrupted")
+		os.Exit(exitError)
+	}()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -97,8 +110,19 @@ func newFlagSet(name, synopsis, about string) *flag.FlagSet {
 // stdout, and returns flag.ErrHelp (exit status 0); a bad flag prints the
 // usage to stderr and returns a usage error (exit status 2).
 func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	return parseFlagsWith(fs, fs.Parse, args, stdout, stderr)
+}
+
+// parseEnvFlags is parseFlags for a flag set wrapped by env (envflag): an
+// environment value that does not parse is a usage error naming the flag
+// and the variable.
+func parseEnvFlags(fs *flag.FlagSet, env *envflag.Set, args []string, stdout, stderr io.Writer) error {
+	return parseFlagsWith(fs, env.Parse, args, stdout, stderr)
+}
+
+func parseFlagsWith(fs *flag.FlagSet, parse func([]string) error, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
+	err := parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		fs.SetOutput(stdout)
@@ -134,6 +158,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = request(ctx, args[1:], stdout, stderr)
 	case "dlq":
 		err = dlq(ctx, args[1:], stdout, stderr)
+	case "topics":
+		err = topics(ctx, args[1:], stdout, stderr)
 	case "export":
 		err = export(ctx, args[1:], stdout, stderr)
 	case "manage":
@@ -166,7 +192,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("migrate", "[flags]", "Applies the pending database migrations; safe to run from many processes at once.")
-	url := fs.String("database-url", os.Getenv("CERTFLEET_DATABASE_URL"), "database URL (env CERTFLEET_DATABASE_URL)")
+	url, insecure := addDatabaseFlags(fs)
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long, including waiting for another migrator")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
@@ -179,7 +205,7 @@ func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	d, err := db.Open(ctx, db.Config{URL: *url})
+	d, err := db.Open(ctx, db.Config{URL: *url, Insecure: *insecure})
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}

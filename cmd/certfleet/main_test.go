@@ -57,7 +57,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{}, {"migrate"}, {"request"}, {"export"}, {"manage"}, {"unmanage"}, {"import"},
 		{"override"}, {"override", "set"}, {"override", "get"}, {"override", "list"}, {"override", "disable"}, {"override", "delete"},
 		{"bucket"}, {"bucket", "inspect"}, {"penalty"}, {"penalty", "list"}, {"penalty", "clear"},
-		{"dlq"}, {"dlq", "list"}, {"dlq", "replay"}, {"keys"}, {"keys", "generate"},
+		{"dlq"}, {"dlq", "list"}, {"dlq", "replay"}, {"keys"}, {"keys", "generate"}, {"topics"}, {"topics", "create"},
 	}
 	for _, cmd := range commands {
 		for _, h := range []string{"-h", "--help", "-help"} {
@@ -94,6 +94,10 @@ func TestRequestFlagValidation(t *testing.T) {
 		{[]string{"dlq"}, "missing command"},
 		{[]string{"dlq", "show"}, `unknown command "show"`},
 		{[]string{"keys"}, "missing command"},
+		{[]string{"topics"}, "missing command"},
+		{[]string{"topics", "delete"}, `unknown command "delete"`},
+		{[]string{"topics", "create", "--replication-factor", "1", "--min-insync-replicas", "2"}, "min.insync.replicas 2"},
+		{[]string{"topics", "create", "--replication-factor", "1", "--min-insync-replicas", "1"}, "no Kafka brokers"},
 		{[]string{"keys", "rotate"}, `unknown command "rotate"`},
 		{[]string{"keys", "generate", "-id", "bad id"}, "-id"},
 	} {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -14,21 +15,27 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/envflag"
+	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/names"
 )
 
-// kafkaFlags are the flags of commands that talk to Kafka.
+// kafkaFlags are the flags of commands that talk to Kafka: the connection
+// (kafkaconn's -kafka-* flags: brokers, TLS, SASL, timeout; each with its
+// CERTFLEET_KAFKA_* fallback) and the topics. Parse them with parseEnvFlags.
 type kafkaFlags struct {
-	brokers *string
-	topics  events.Topics
+	env    *envflag.Set
+	conn   *kafkaconn.Config
+	topics events.Topics
 }
 
 func addKafkaFlags(fs *flag.FlagSet) *kafkaFlags {
-	k := &kafkaFlags{brokers: fs.String("brokers", os.Getenv("CERTFLEET_KAFKA_BROKERS"), "Kafka brokers, comma separated (env CERTFLEET_KAFKA_BROKERS)")}
+	env := envflag.New(fs, os.Getenv)
+	k := &kafkaFlags{env: env, conn: kafkaconn.RegisterFlags(env)}
 	def := events.DefaultTopics()
-	fs.StringVar(&k.topics.Requests, "topic-requests", envOr("CERTFLEET_TOPIC_REQUESTS", def.Requests), "issuance requests topic")
-	fs.StringVar(&k.topics.Events, "topic-events", envOr("CERTFLEET_TOPIC_EVENTS", def.Events), "certificate events topic")
-	fs.StringVar(&k.topics.DLQ, "topic-dlq", envOr("CERTFLEET_TOPIC_DLQ", def.DLQ), "dead-letter topic")
+	env.String(&k.topics.Requests, "topic-requests", "CERTFLEET_TOPIC_REQUESTS", def.Requests, "issuance requests topic")
+	env.String(&k.topics.Events, "topic-events", "CERTFLEET_TOPIC_EVENTS", def.Events, "certificate events topic")
+	env.String(&k.topics.DLQ, "topic-dlq", "CERTFLEET_TOPIC_DLQ", def.DLQ, "dead-letter topic")
 	return k
 }
 
@@ -39,17 +46,24 @@ func envOr(k, def string) string {
 	return def
 }
 
-func (k *kafkaFlags) list(cmd string) ([]string, error) {
-	var out []string
-	for _, b := range strings.Split(*k.brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
+// connect validates the connection flags and reads their files (an error is
+// a usage error, exit status 2, naming the flag), then checks that the
+// brokers answer and that topics are there for this principal: an untrusted
+// certificate, a wrong password, a missing ACL or a silent broker end the
+// command here, within -kafka-timeout, with the cause named.
+func (k *kafkaFlags) connect(ctx context.Context, cmd string, topics ...string) (*kafkaconn.Connector, error) {
+	c, err := kafkaconn.New(*k.conn)
+	if err != nil {
+		if strings.Contains(err.Error(), "-kafka-brokers: required") {
+			return nil, fmt.Errorf("%w: %s: no Kafka brokers: set --kafka-brokers or CERTFLEET_KAFKA_BROKERS (with testenv: set -a; . ./.testenv/env; set +a)", errUsage, cmd)
 		}
+		return nil, fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: %s: no Kafka brokers: set --brokers or CERTFLEET_KAFKA_BROKERS (with testenv: set -a; . ./.testenv/env; set +a)", errUsage, cmd)
+	if err := c.Check(ctx, topics...); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
-	return out, nil
+	return c, nil
 }
 
 const requestAbout = `Publishes one issuance request to the requests topic. With --wait, waits for
@@ -74,7 +88,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	wait := fs.Duration("wait", 0, "wait this long for the outcome, e.g. 2m (0: do not wait)")
 	asJSON := fs.Bool("json", false, "print the outcome as JSON")
 	kf := addKafkaFlags(fs)
-	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+	if err := parseEnvFlags(fs, kf.env, args, stdout, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -96,10 +110,6 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("%w: request: --san: %v", errUsage, err)
 	}
-	brokers, err := kf.list("request")
-	if err != nil {
-		return err
-	}
 	if *id == "" {
 		*id = uuid.NewString()
 	}
@@ -109,7 +119,17 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("%w: request: %v", errUsage, err)
 	}
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: brokers, Topics: kf.topics})
+	watched := []string{kf.topics.Requests}
+	if *wait > 0 {
+		watched = append(watched, kf.topics.Events, kf.topics.DLQ)
+	}
+	conn, err := kf.connect(ctx, "request", watched...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: conn.Brokers(), Topics: kf.topics,
+		Transport: conn.Transport(kf.topics.Requests), WriteTimeout: conn.Timeout()})
 	if err != nil {
 		return fmt.Errorf("request: %w", err)
 	}
@@ -121,7 +141,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	wctx, cancel := context.WithTimeout(ctx, *wait+10*time.Second)
 	defer cancel()
 	if *wait > 0 {
-		outcome, err = watchOutcome(wctx, brokers, kf.topics, *id)
+		outcome, err = watchOutcome(wctx, conn, kf.topics, *id)
 		if err != nil {
 			return fmt.Errorf("request: %w", err)
 		}
@@ -129,7 +149,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer pcancel()
 	if err := prod.Publish(pctx, ev); err != nil {
-		return fmt.Errorf("request: publishing to %s: %w", kf.topics.Requests, err)
+		return fmt.Errorf("request: publishing: %w", conn.Explain(err, "write to topic "+kf.topics.Requests))
 	}
 	if *wait == 0 {
 		fmt.Fprintf(stdout, "published request %s for %s\n", *id, strings.Join(canon, ", "))
@@ -176,13 +196,13 @@ type deadLettered struct {
 // from their current ends and delivers the first record that ends
 // requestID: cert_obtained, cert_failed that is not retryable, or the
 // request itself dead-lettered.
-func watchOutcome(ctx context.Context, brokers []string, topics events.Topics, requestID string) (<-chan outcome, error) {
+func watchOutcome(ctx context.Context, conn *kafkaconn.Connector, topics events.Topics, requestID string) (<-chan outcome, error) {
 	out := make(chan outcome, 1)
 	var once sync.Once
 	deliver := func(o outcome) { once.Do(func() { out <- o }) }
 	var readers []*kafka.Reader
 	for _, topic := range []string{topics.Events, topics.DLQ} {
-		rs, err := tailReaders(ctx, brokers, topic)
+		rs, err := tailReaders(ctx, conn, topic)
 		readers = append(readers, rs...)
 		if err != nil {
 			for _, r := range readers {
@@ -211,30 +231,25 @@ func watchOutcome(ctx context.Context, brokers []string, topics events.Topics, r
 
 // tailReaders returns a reader per partition of topic, each at the
 // partition's current end (resolved now, not when the reader first fetches).
-func tailReaders(ctx context.Context, brokers []string, topic string) ([]*kafka.Reader, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+// Every call has a deadline (kafkaconn), and the readers' connections close
+// when ctx ends: kafka.Conn.ReadPartitions, used here before, had neither and
+// hung for ever on a broker that accepts TCP and never answers.
+func tailReaders(ctx context.Context, conn *kafkaconn.Connector, topic string) ([]*kafka.Reader, error) {
+	offs, err := conn.Offsets(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("dialing Kafka: %w", err)
+		return nil, err
 	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
+	parts := make([]int, 0, len(offs))
+	for p := range offs {
+		parts = append(parts, p)
 	}
+	sort.Ints(parts)
+	dialer := conn.DialerContext(ctx)
 	var rs []*kafka.Reader
 	for _, p := range parts {
-		pc, err := kafka.DefaultDialer.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			return rs, fmt.Errorf("leader of %s/%d: %w", topic, p.ID, err)
-		}
-		last, err := pc.ReadLastOffset()
-		pc.Close()
-		if err != nil {
-			return rs, fmt.Errorf("end of %s/%d: %w", topic, p.ID, err)
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: conn.Brokers(), Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond, Dialer: dialer})
 		rs = append(rs, r)
-		if err := r.SetOffset(last); err != nil {
+		if err := r.SetOffset(offs[p].End); err != nil {
 			return rs, err
 		}
 	}
