@@ -183,13 +183,13 @@ func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 			fctx, cancel := context.WithTimeout(gctx, 10*time.Second)
 			resp, ferr := s.cfg.ARI.Fetch(fctx, r.ca, r.ariID)
 			cancel()
-			cert := &Cert{r.notBefore, r.notAfter}
+			cert := &certLife{r.notBefore, r.notAfter}
 			var w Window
-			var plan Plan
+			var plan renewalPlan
 			if ferr != nil {
 				s.cfg.Metrics.ARIFetches.WithLabelValues("error").Inc()
 				s.cfg.Logger.Debug("ARI fetch failed", "identity", r.identity, "err", ferr)
-				plan = PlanRenewal(s.cfg.Policy, now, cert, nil, Draw(r.identity, r.ariID))
+				plan = planRenewal(s.cfg.Policy, now, cert, nil, draw(r.identity, r.ariID))
 				if !r.planned.Before(now) {
 					plan.RenewAt = r.planned // keep the stored plan; retry the fetch later
 				}
@@ -197,10 +197,10 @@ func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 			} else {
 				s.cfg.Metrics.ARIFetches.WithLabelValues("ok").Inc()
 				w = resp.Window
-				plan = KeepARIPoint(s.cfg.Policy, now, cert, w, r.planned, Draw(r.identity, r.ariID))
+				plan = keepARIPoint(s.cfg.Policy, now, cert, w, r.planned, draw(r.identity, r.ariID))
 			}
 			_, err := s.cfg.DB.Pool().Exec(gctx, updateARI, r.identity, r.ariID, nullTime(w.Start), nullTime(w.End),
-				ARIRecheckAt(s.cfg.Policy, now, resp.RetryAfter), plan.RenewAt, string(plan.Basis))
+				ariRecheckAt(s.cfg.Policy, now, resp.RetryAfter), plan.RenewAt, string(plan.Basis))
 			return err
 		})
 	}

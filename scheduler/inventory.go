@@ -216,9 +216,9 @@ func (inv *Inventory) Count(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-// ParseLine reads one line of an import file: SANs separated by spaces or
+// parseLine reads one line of an import file: SANs separated by spaces or
 // commas. Blank lines and lines starting with '#' hold nothing (nil, nil).
-func ParseLine(line string) []string {
+func parseLine(line string) []string {
 	line = strings.TrimSpace(line)
 	if line == "" || strings.HasPrefix(line, "#") {
 		return nil
@@ -232,7 +232,7 @@ type ImportResult struct {
 	Lines int // non-blank, non-comment lines read
 }
 
-// Import reads r, one SAN set per line (ParseLine), applies template's
+// Import reads r, one SAN set per line (parseLine), applies template's
 // tenant, CA, profile and key type to each, validates every line first and
 // manages them in batches. A bad line fails the whole import before
 // anything is written, with an error naming its line number.
@@ -242,7 +242,7 @@ func (inv *Inventory) Import(ctx context.Context, r io.Reader, template Spec) (I
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for ln := 1; sc.Scan(); ln++ {
-		sans := ParseLine(sc.Text())
+		sans := parseLine(sc.Text())
 		if sans == nil {
 			continue
 		}

@@ -49,19 +49,6 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
-func TestParseLine(t *testing.T) {
-	for in, want := range map[string]string{
-		"":              "",
-		"  # comment":   "",
-		"a.example.com": "a.example.com",
-		" a.example.com, b.example.com\tc.example.com ": "a.example.com|b.example.com|c.example.com",
-	} {
-		if got := strings.Join(scheduler.ParseLine(in), "|"); got != want {
-			t.Errorf("ParseLine(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestManageIdempotent(t *testing.T) {
 	d, _ := freshDB(t)
 	ctx := ctxT(t, 30*time.Second)

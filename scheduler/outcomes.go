@@ -60,8 +60,8 @@ WHERE identity = $1
 func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (string, error) {
 	identity := events.Identity(p.SANs)
 	now := s.cfg.Clock.Now().UTC()
-	cert := &Cert{p.NotBefore.UTC(), p.NotAfter.UTC()}
-	r := Draw(identity, p.ARICertID)
+	cert := &certLife{p.NotBefore.UTC(), p.NotAfter.UTC()}
+	r := draw(identity, p.ARICertID)
 	var w *Window
 	var retryAt time.Time
 	if s.cfg.ARI != nil && p.ARICertID != "" {
@@ -72,14 +72,14 @@ func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (strin
 			// Plan by lifetime now; the ARI re-check tries again soon.
 			s.cfg.Metrics.ARIFetches.WithLabelValues("error").Inc()
 			s.cfg.Logger.Debug("ARI fetch failed; planning by lifetime", "identity", identity, "err", err)
-			retryAt = ARIRecheckAt(s.cfg.Policy, now, max(resp.RetryAfter, s.cfg.Policy.ARIRecheckMin))
+			retryAt = ariRecheckAt(s.cfg.Policy, now, max(resp.RetryAfter, s.cfg.Policy.ARIRecheckMin))
 		} else {
 			s.cfg.Metrics.ARIFetches.WithLabelValues("ok").Inc()
 			w = &resp.Window
-			retryAt = ARIRecheckAt(s.cfg.Policy, now, resp.RetryAfter)
+			retryAt = ariRecheckAt(s.cfg.Policy, now, resp.RetryAfter)
 		}
 	}
-	plan := PlanRenewal(s.cfg.Policy, now, cert, w, r)
+	plan := planRenewal(s.cfg.Policy, now, cert, w, r)
 	var ws, we, ra *time.Time
 	if w != nil {
 		ws, we = &w.Start, &w.End
@@ -124,11 +124,11 @@ WHERE identity = $1 AND request_id = $2`, identity, p.RequestID).Scan(&failures,
 	if err != nil {
 		return "", fmt.Errorf("scheduler: record cert_failed: %w", err)
 	}
-	var cert *Cert
+	var cert *certLife
 	if notBefore != nil && notAfter != nil {
-		cert = &Cert{*notBefore, *notAfter}
+		cert = &certLife{*notBefore, *notAfter}
 	}
-	at := RetryAt(s.cfg.Policy, now, failures+1, time.Time{}, cert, Draw(identity, p.RequestID, strconv.Itoa(failures+1)))
+	at := nextRetryAt(s.cfg.Policy, now, failures+1, time.Time{}, cert, draw(identity, p.RequestID, strconv.Itoa(failures+1)))
 	tag, err := s.cfg.DB.Pool().Exec(ctx, `UPDATE managed_certificates
 SET failures = failures + 1, next_renewal_at = $4, planned_at = $4, renewal_basis = 'retry',
     request_id = NULL, emitted_at = NULL, last_error = $5, updated_at = now()

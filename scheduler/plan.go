@@ -10,7 +10,7 @@ import (
 
 // This file is pure: the renewal-time and retry decisions, no I/O, no clock
 // (the caller passes now) and no global randomness (the caller passes a
-// uniform draw, usually Draw of the certificate's identity, so a decision can
+// uniform draw, usually draw of the certificate's identity, so a decision can
 // be recomputed and tested exactly).
 
 // Basis says how a renewal time was chosen; stored in renewal_basis.
@@ -88,8 +88,8 @@ func (p Policy) Validate() error {
 	return nil
 }
 
-// Cert is what planning needs of the current certificate.
-type Cert struct {
+// certLife is what planning needs of the current certificate.
+type certLife struct {
 	NotBefore, NotAfter time.Time
 }
 
@@ -101,40 +101,40 @@ type Window struct {
 // Valid reports whether the window can be used: start strictly before end.
 func (w Window) Valid() bool { return !w.Start.IsZero() && w.End.After(w.Start) }
 
-// Plan is a planned renewal.
-type Plan struct {
+// renewalPlan is a planned renewal.
+type renewalPlan struct {
 	RenewAt time.Time
 	Basis   Basis
 }
 
-// PlanRenewal decides when to renew. cert nil means there is no certificate
+// planRenewal decides when to renew. cert nil means there is no certificate
 // yet: due now. ari, when valid, is the CA's window: the renewal is at a point
 // r of the way through it (r uniform in [0,1)), or now when that point has
 // passed. Otherwise it is at LifetimeFraction of the lifetime, moved by
 // jitter derived from r. Either way, once less than EmergencyFraction of the
 // lifetime is left (or the plan would land there), it is now, as an emergency.
 // The result is never before now.
-func PlanRenewal(p Policy, now time.Time, cert *Cert, ari *Window, r float64) Plan {
+func planRenewal(p Policy, now time.Time, cert *certLife, ari *Window, r float64) renewalPlan {
 	p = p.WithDefaults()
 	r = clamp01(r)
 	if cert == nil || !cert.NotAfter.After(cert.NotBefore) {
-		return Plan{RenewAt: now, Basis: BasisNew}
+		return renewalPlan{RenewAt: now, Basis: BasisNew}
 	}
 	life := cert.NotAfter.Sub(cert.NotBefore)
 	emergency := cert.NotAfter.Add(-scale(life, p.EmergencyFraction))
-	var plan Plan
+	var plan renewalPlan
 	if ari != nil && ari.Valid() {
-		plan = Plan{RenewAt: ari.Start.Add(scale(ari.End.Sub(ari.Start), r)), Basis: BasisARI}
+		plan = renewalPlan{RenewAt: ari.Start.Add(scale(ari.End.Sub(ari.Start), r)), Basis: BasisARI}
 	} else {
 		nominal := cert.NotBefore.Add(scale(life, p.LifetimeFraction))
 		jitter := scale(life, p.JitterFraction*(2*r-1)) // uniform in ±JitterFraction×life
-		plan = Plan{RenewAt: nominal.Add(jitter), Basis: BasisLifetime}
+		plan = renewalPlan{RenewAt: nominal.Add(jitter), Basis: BasisLifetime}
 	}
 	if !plan.RenewAt.Before(emergency) {
 		// The plan lands in the last EmergencyFraction of the lifetime (a
 		// window past expiry, say): renew at the emergency point instead, or
 		// now when that has passed.
-		plan = Plan{RenewAt: emergency, Basis: BasisEmergency}
+		plan = renewalPlan{RenewAt: emergency, Basis: BasisEmergency}
 	}
 	if plan.RenewAt.Before(now) {
 		plan.RenewAt = now
@@ -145,29 +145,29 @@ func PlanRenewal(p Policy, now time.Time, cert *Cert, ari *Window, r float64) Pl
 	return plan
 }
 
-// KeepARIPoint re-plans after a fresh ARI window arrived for a certificate
+// keepARIPoint re-plans after a fresh ARI window arrived for a certificate
 // already planned at prev: a point still inside the new window is kept (so a
 // re-check that changes nothing moves nothing); otherwise a new point is
-// drawn with PlanRenewal.
-func KeepARIPoint(p Policy, now time.Time, cert *Cert, w Window, prev time.Time, r float64) Plan {
+// drawn with planRenewal.
+func keepARIPoint(p Policy, now time.Time, cert *certLife, w Window, prev time.Time, r float64) renewalPlan {
 	if w.Valid() && !prev.Before(w.Start) && prev.Before(w.End) && !prev.Before(now) {
-		plan := PlanRenewal(p, now, cert, &w, r)
+		plan := planRenewal(p, now, cert, &w, r)
 		if plan.Basis == BasisARI {
-			return Plan{RenewAt: prev, Basis: BasisARI}
+			return renewalPlan{RenewAt: prev, Basis: BasisARI}
 		}
 		return plan
 	}
-	return PlanRenewal(p, now, cert, &w, r)
+	return planRenewal(p, now, cert, &w, r)
 }
 
-// RetryAt decides when to try again after failures consecutive failures (1
+// nextRetryAt decides when to try again after failures consecutive failures (1
 // for the first): RetryBase doubled per further failure, capped at RetryMax,
 // with "equal jitter" (between half and all of that delay, from r) so failed
 // batches do not retry in lockstep; never before caRetryAt (the CA's or the
 // worker's retry-after, zero when none). cert, when known, caps the delay so
 // the retry still happens before the certificate expires, but never below
 // RetryBase: a failing certificate is never hammered.
-func RetryAt(p Policy, now time.Time, failures int, caRetryAt time.Time, cert *Cert, r float64) time.Time {
+func nextRetryAt(p Policy, now time.Time, failures int, caRetryAt time.Time, cert *certLife, r float64) time.Time {
 	p = p.WithDefaults()
 	if failures < 1 {
 		failures = 1
@@ -190,9 +190,9 @@ func RetryAt(p Policy, now time.Time, failures int, caRetryAt time.Time, cert *C
 	return at
 }
 
-// ARIRecheckAt is when to fetch a certificate's ARI window again: after the
+// ariRecheckAt is when to fetch a certificate's ARI window again: after the
 // CA's Retry-After (zero: none sent), clamped to the policy's bounds.
-func ARIRecheckAt(p Policy, now time.Time, retryAfter time.Duration) time.Time {
+func ariRecheckAt(p Policy, now time.Time, retryAfter time.Duration) time.Time {
 	p = p.WithDefaults()
 	if retryAfter <= 0 {
 		retryAfter = p.ARIRecheckDefault
@@ -200,10 +200,10 @@ func ARIRecheckAt(p Policy, now time.Time, retryAfter time.Duration) time.Time {
 	return now.Add(min(max(retryAfter, p.ARIRecheckMin), p.ARIRecheckMax))
 }
 
-// Draw returns a uniform number in [0,1) derived from parts: the planning
+// draw returns a uniform number in [0,1) derived from parts: the planning
 // randomness of one certificate, stable across processes and re-runs, and
 // independent between certificates (so a batch issued together spreads out).
-func Draw(parts ...string) float64 {
+func draw(parts ...string) float64 {
 	h := sha256.New()
 	for _, s := range parts {
 		h.Write([]byte(s))

@@ -10,13 +10,13 @@ var t0 = time.Date(2030, 6, 1, 0, 0, 0, 0, time.UTC)
 
 func TestPlanRenewal(t *testing.T) {
 	day := 24 * time.Hour
-	c90 := &Cert{NotBefore: t0, NotAfter: t0.Add(90 * day)}
-	c6 := &Cert{NotBefore: t0, NotAfter: t0.Add(6 * day)}
+	c90 := &certLife{NotBefore: t0, NotAfter: t0.Add(90 * day)}
+	c6 := &certLife{NotBefore: t0, NotAfter: t0.Add(6 * day)}
 	win := &Window{Start: t0.Add(60 * day), End: t0.Add(62 * day)}
 	for _, tc := range []struct {
 		name  string
 		now   time.Time
-		cert  *Cert
+		cert  *certLife
 		ari   *Window
 		r     float64
 		want  time.Time
@@ -36,10 +36,10 @@ func TestPlanRenewal(t *testing.T) {
 		{"overdue lifetime plan: now", t0.Add(70 * day), c90, nil, 0.5, t0.Add(70 * day), BasisLifetime},
 		{"near expiry: emergency now", t0.Add(85 * day), c90, nil, 0.5, t0.Add(85 * day), BasisEmergency},
 		{"expired: emergency now", t0.Add(100 * day), c90, nil, 0.5, t0.Add(100 * day), BasisEmergency},
-		{"zero lifetime counts as none", t0, &Cert{NotBefore: t0, NotAfter: t0}, nil, 0.5, t0, BasisNew},
+		{"zero lifetime counts as none", t0, &certLife{NotBefore: t0, NotAfter: t0}, nil, 0.5, t0, BasisNew},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := PlanRenewal(Policy{}, tc.now, tc.cert, tc.ari, tc.r)
+			got := planRenewal(Policy{}, tc.now, tc.cert, tc.ari, tc.r)
 			if !got.RenewAt.Equal(tc.want) || got.Basis != tc.basis {
 				t.Errorf("got %v %s, want %v %s", got.RenewAt, got.Basis, tc.want, tc.basis)
 			}
@@ -53,10 +53,10 @@ func TestPlanRenewal(t *testing.T) {
 // A batch issued together must not renew together: with per-certificate
 // draws, 1,000 certificates spread over the whole jitter range.
 func TestPlanSpreadsABatch(t *testing.T) {
-	c := &Cert{NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}
+	c := &certLife{NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}
 	buckets := make([]int, 10) // 10 slices of the ±3-day range
 	for i := range 1000 {
-		p := PlanRenewal(Policy{}, t0, c, nil, Draw("identity", string(rune(i)), "serial"))
+		p := planRenewal(Policy{}, t0, c, nil, draw("identity", string(rune(i)), "serial"))
 		off := p.RenewAt.Sub(t0.Add(57 * 24 * time.Hour))
 		b := int(off * 10 / (6 * 24 * time.Hour))
 		if b < 0 || b >= 10 {
@@ -72,15 +72,15 @@ func TestPlanSpreadsABatch(t *testing.T) {
 }
 
 func TestKeepARIPoint(t *testing.T) {
-	c := &Cert{NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}
+	c := &certLife{NotBefore: t0, NotAfter: t0.Add(90 * 24 * time.Hour)}
 	w := Window{t0.Add(60 * 24 * time.Hour), t0.Add(62 * 24 * time.Hour)}
 	prev := w.Start.Add(time.Hour)
-	if got := KeepARIPoint(Policy{}, t0, c, w, prev, 0.9); !got.RenewAt.Equal(prev) || got.Basis != BasisARI {
+	if got := keepARIPoint(Policy{}, t0, c, w, prev, 0.9); !got.RenewAt.Equal(prev) || got.Basis != BasisARI {
 		t.Errorf("point inside the unchanged window moved: %v", got)
 	}
 	// The CA moved the window to now (e.g. revocation ahead): a new point inside it.
 	w2 := Window{t0, t0.Add(time.Hour)}
-	if got := KeepARIPoint(Policy{}, t0, c, w2, prev, 0.5); !got.RenewAt.Equal(t0.Add(30*time.Minute)) || got.Basis != BasisARI {
+	if got := keepARIPoint(Policy{}, t0, c, w2, prev, 0.5); !got.RenewAt.Equal(t0.Add(30*time.Minute)) || got.Basis != BasisARI {
 		t.Errorf("moved window: %v", got)
 	}
 }
@@ -91,7 +91,7 @@ func TestRetryAt(t *testing.T) {
 		name     string
 		failures int
 		ca       time.Time
-		cert     *Cert
+		cert     *certLife
 		r        float64
 		want     time.Duration
 	}{
@@ -102,11 +102,11 @@ func TestRetryAt(t *testing.T) {
 		{"capped", 30, time.Time{}, nil, math.Nextafter(1, 0), time.Hour},
 		{"CA retry-after later wins", 1, t0.Add(3 * time.Hour), nil, 0.5, 3 * time.Hour},
 		{"CA retry-after earlier ignored", 3, t0.Add(time.Second), nil, 0, 2 * time.Minute},
-		{"close to expiry: shorter", 30, time.Time{}, &Cert{t0.Add(-time.Hour), t0.Add(20 * time.Minute)}, 0.99, 5 * time.Minute},
-		{"expiry never pushes below base", 30, time.Time{}, &Cert{t0.Add(-time.Hour), t0.Add(time.Minute)}, 0.99, time.Minute},
+		{"close to expiry: shorter", 30, time.Time{}, &certLife{t0.Add(-time.Hour), t0.Add(20 * time.Minute)}, 0.99, 5 * time.Minute},
+		{"expiry never pushes below base", 30, time.Time{}, &certLife{t0.Add(-time.Hour), t0.Add(time.Minute)}, 0.99, time.Minute},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := RetryAt(p, t0, tc.failures, tc.ca, tc.cert, tc.r).Sub(t0)
+			got := nextRetryAt(p, t0, tc.failures, tc.ca, tc.cert, tc.r).Sub(t0)
 			if got.Round(time.Second) != tc.want {
 				t.Errorf("delay %v, want %v", got, tc.want)
 			}
@@ -115,7 +115,7 @@ func TestRetryAt(t *testing.T) {
 	// Escalates monotonically (same draw) until the cap.
 	prev := time.Duration(0)
 	for f := 1; f < 12; f++ {
-		d := RetryAt(Policy{}, t0, f, time.Time{}, nil, 0.5).Sub(t0)
+		d := nextRetryAt(Policy{}, t0, f, time.Time{}, nil, 0.5).Sub(t0)
 		if d < prev {
 			t.Fatalf("failure %d waits %v, less than %v", f, d, prev)
 		}
@@ -127,7 +127,7 @@ func TestARIRecheckAt(t *testing.T) {
 	for _, tc := range []struct{ in, want time.Duration }{
 		{0, 6 * time.Hour}, {time.Second, time.Minute}, {2 * time.Hour, 2 * time.Hour}, {100 * time.Hour, 24 * time.Hour},
 	} {
-		if got := ARIRecheckAt(Policy{}, t0, tc.in).Sub(t0); got != tc.want {
+		if got := ariRecheckAt(Policy{}, t0, tc.in).Sub(t0); got != tc.want {
 			t.Errorf("Retry-After %v: %v, want %v", tc.in, got, tc.want)
 		}
 	}
@@ -145,8 +145,8 @@ func TestPolicyValidate(t *testing.T) {
 }
 
 func TestDraw(t *testing.T) {
-	a, b := Draw("x", "1"), Draw("x", "1")
-	if a != b || a < 0 || a >= 1 || Draw("x1") == a {
-		t.Errorf("Draw: %v %v %v", a, b, Draw("x1"))
+	a, b := draw("x", "1"), draw("x", "1")
+	if a != b || a < 0 || a >= 1 || draw("x1") == a {
+		t.Errorf("Draw: %v %v %v", a, b, draw("x1"))
 	}
 }

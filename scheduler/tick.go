@@ -311,14 +311,14 @@ func (s *Scheduler) emitBatch(ctx context.Context, now time.Time, ls LeaseState,
 	}
 	var msgs []kafka.Message
 	var emit, adopt []dueRow
-	var adoptPlans []Plan
+	var adoptPlans []renewalPlan
 	reasons := map[string]int{}
 	for _, r := range batch {
 		c, has := certs[r.identity]
 		if has && r.basis == BasisNew && r.requestID == "" && c.notAfter.After(now) {
 			// Managed after a certificate was already issued for the SAN set:
 			// plan its renewal instead of ordering a new one now.
-			p := PlanRenewal(s.cfg.Policy, now, &Cert{c.notBefore, c.notAfter}, nil, Draw(r.identity, c.ariID))
+			p := planRenewal(s.cfg.Policy, now, &certLife{c.notBefore, c.notAfter}, nil, draw(r.identity, c.ariID))
 			if p.RenewAt.After(now) {
 				adopt, adoptPlans = append(adopt, r), append(adoptPlans, p)
 				continue
@@ -419,7 +419,7 @@ func (s *Scheduler) markEmitted(ctx context.Context, now time.Time, ls LeaseStat
 		LeaseName, s.cfg.Holder)
 }
 
-func (s *Scheduler) markAdopted(ctx context.Context, ls LeaseState, rows []dueRow, plans []Plan, certs map[string]issued) (int, error) {
+func (s *Scheduler) markAdopted(ctx context.Context, ls LeaseState, rows []dueRow, plans []renewalPlan, certs map[string]issued) (int, error) {
 	n := len(rows)
 	ids, bases, aris := make([]string, n), make([]string, n), make([]string, n)
 	dues, renew, nb, na := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)

@@ -38,24 +38,24 @@ import (
 //go:embed migrations/*.sql
 var files embed.FS
 
-// Migration is one versioned SQL file.
-type Migration struct {
+// migration is one versioned SQL file.
+type migration struct {
 	Version  int
 	Name     string
 	SQL      string
 	Checksum string // hex sha256 of SQL
 }
 
-// Migrations returns the embedded migrations in version order, or an error
+// embeddedMigrations returns the embedded migrations in version order, or an error
 // naming a badly named or duplicated file.
-func Migrations() ([]Migration, error) { return load(files, "migrations") }
+func embeddedMigrations() ([]migration, error) { return load(files, "migrations") }
 
-func load(fsys fs.FS, dir string) ([]Migration, error) {
+func load(fsys fs.FS, dir string) ([]migration, error) {
 	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("schema: listing migrations: %w", err)
 	}
-	var ms []Migration
+	var ms []migration
 	seen := map[int]string{}
 	for _, e := range entries {
 		name := e.Name()
@@ -73,7 +73,7 @@ func load(fsys fs.FS, dir string) ([]Migration, error) {
 			return nil, fmt.Errorf("schema: reading %s: %w", name, err)
 		}
 		sum := sha256.Sum256(data)
-		ms = append(ms, Migration{Version: v, Name: name, SQL: string(data), Checksum: hex.EncodeToString(sum[:])})
+		ms = append(ms, migration{Version: v, Name: name, SQL: string(data), Checksum: hex.EncodeToString(sum[:])})
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
 	return ms, nil
@@ -101,14 +101,14 @@ type Options struct {
 // migration interrupted mid-way is re-run next time (statements are
 // idempotent).
 func Migrate(ctx context.Context, d *db.DB, opt Options) ([]int, error) {
-	ms, err := Migrations()
+	ms, err := embeddedMigrations()
 	if err != nil {
 		return nil, err
 	}
 	return apply(ctx, d, ms, opt)
 }
 
-func apply(ctx context.Context, d *db.DB, ms []Migration, opt Options) ([]int, error) {
+func apply(ctx context.Context, d *db.DB, ms []migration, opt Options) ([]int, error) {
 	if opt.Holder == "" {
 		host, _ := os.Hostname()
 		opt.Holder = fmt.Sprintf("%s:%d:%d", host, os.Getpid(), time.Now().UnixNano())
@@ -203,7 +203,7 @@ func createBookkeeping(ctx context.Context, d *db.DB) error {
 // transaction. CockroachDB advises against DDL in explicit transactions, so
 // there the file runs as one implicit multi-statement transaction and is
 // recorded afterwards; a crash in between re-runs idempotent statements.
-func applyOne(ctx context.Context, d *db.DB, m Migration) error {
+func applyOne(ctx context.Context, d *db.DB, m migration) error {
 	const insert = `INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING`
 	if d.Kind() == db.Cockroach {
 		if _, err := d.Pool().Exec(ctx, m.SQL); err != nil {

@@ -48,7 +48,7 @@ func TestLoadNaming(t *testing.T) {
 }
 
 func TestEmbeddedMigrationsAreIdempotentStatements(t *testing.T) {
-	ms, err := Migrations()
+	ms, err := embeddedMigrations()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestMigrateConcurrentlyAppliesOnce(t *testing.T) {
 	d := openFresh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	ms, _ := Migrations()
+	ms, _ := embeddedMigrations()
 	var mu sync.Mutex
 	total := 0
 	var wg sync.WaitGroup
@@ -145,7 +145,7 @@ func TestMigrateConcurrentlyAppliesOnce(t *testing.T) {
 func TestMigrateDetectsEditedMigration(t *testing.T) {
 	d := openFresh(t)
 	ctx := context.Background()
-	m := []Migration{{Version: 1, Name: "0001_t.sql", SQL: "CREATE TABLE IF NOT EXISTS t (id INT PRIMARY KEY)", Checksum: "aaaa"}}
+	m := []migration{{Version: 1, Name: "0001_t.sql", SQL: "CREATE TABLE IF NOT EXISTS t (id INT PRIMARY KEY)", Checksum: "aaaa"}}
 	if _, err := apply(ctx, d, m, Options{}); err != nil {
 		t.Fatal(err)
 	}
