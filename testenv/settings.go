@@ -112,7 +112,7 @@ func (s Settings) EnvFile() string {
 func shellQuote(v string) string {
 	safe := true
 	for _, r := range v {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@,=?&%+", r)) {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@,=?%+", r)) {
 			safe = false
 			break
 		}

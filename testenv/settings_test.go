@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -22,6 +23,19 @@ func TestEnvFileRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, s) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
+	}
+}
+
+// The env file is sourced by sh: a value with a shell operator in it (the
+// TLS database URL has '&') must come back whole, not cut at the operator.
+func TestEnvFileSourcesInSh(t *testing.T) {
+	s := Settings{DatabaseTLSURL: "postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem&sslkey=/x/k"}
+	out, err := exec.Command("sh", "-c", s.EnvFile()+"\nprintf %s \"$"+EnvDatabaseTLSURL+"\"").Output()
+	if err != nil {
+		t.Fatalf("sourcing the env file: %v", err)
+	}
+	if string(out) != s.DatabaseTLSURL {
+		t.Fatalf("sh read %q, want %q", out, s.DatabaseTLSURL)
 	}
 }
 
