@@ -56,13 +56,21 @@ type DB struct {
 	maxAttempts int
 }
 
+// Check makes Open's checks of the URL, its TLS settings and its files
+// without connecting, for a binary's configuration step: a missing
+// verify-full, a missing file or a client key others may read is then a
+// configuration error (exit status 2) rather than a runtime one.
+func (c Config) Check() error {
+	if c.URL == "" {
+		return errors.New("db: config field URL is empty")
+	}
+	return checkTransport(c.URL, c.TLS, c.Insecure, os.Getenv)
+}
+
 // Open connects, pings and detects the server kind. ctx bounds the
 // connection attempt only.
 func Open(ctx context.Context, cfg Config) (*DB, error) {
-	if cfg.URL == "" {
-		return nil, errors.New("db: config field URL is empty")
-	}
-	if err := checkTransport(cfg.URL, cfg.TLS, cfg.Insecure, os.Getenv); err != nil {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	pc, err := pgxpool.ParseConfig(cfg.URL)

@@ -87,6 +87,18 @@ func TestOpenRefusesBeforeConnecting(t *testing.T) {
 	}
 }
 
+func TestConfigCheck(t *testing.T) {
+	if err := (Config{}).Check(); err == nil || err.Error() != "db: config field URL is empty" {
+		t.Fatalf("empty: %v", err)
+	}
+	if err := (Config{URL: "postgres://u@db.example.com/db"}).Check(); err == nil || !strings.Contains(err.Error(), "verify-full") {
+		t.Fatalf("remote: %v", err)
+	}
+	if err := (Config{URL: "postgres://u@db.example.com/db", Insecure: true}).Check(); err != nil {
+		t.Fatalf("insecure: %v", err)
+	}
+}
+
 func TestKeywordValues(t *testing.T) {
 	kv, err := keywordValues(`host=a  sslrootcert='/p a\'th' user = u dbname=x\ y`)
 	if err != nil || kv["host"] != "a" || kv["sslrootcert"] != "/p a'th" || kv["user"] != "u" || kv["dbname"] != "x y" {
