@@ -291,61 +291,38 @@ func publishHostile(ctx context.Context, s testenv.Settings, topics events.Topic
 	return prod.WriteMessages(ctx, hostile...)
 }
 
-// follower reads the events and DLQ topics from their ends at creation.
+// follower follows the events and DLQ topics from their ends at creation.
 type follower struct {
-	brokers []string
-	readers []*kafka.Reader
-	msgs    chan kafka.Message
+	msgs <-chan kafka.Message
+	stop context.CancelFunc
 }
 
 func newFollower(ctx context.Context, brokers []string, topics events.Topics) (*follower, error) {
-	f := &follower{brokers: brokers, msgs: make(chan kafka.Message, 1024)}
-	for _, topic := range []string{topics.Events, topics.DLQ} {
-		conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-		if err != nil {
-			return nil, err
-		}
-		parts, err := conn.ReadPartitions(topic)
-		conn.Close()
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range parts {
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
-			if err := r.SetOffset(kafka.LastOffset); err != nil {
-				return nil, err
-			}
-			f.readers = append(f.readers, r)
-			go func() {
-				for {
-					m, err := r.ReadMessage(ctx)
-					if err != nil {
-						return
-					}
-					f.msgs <- m
-				}
-			}()
-		}
+	ctx, stop := context.WithCancel(ctx)
+	msgs, err := events.Follow(ctx, nil, brokers, topics.Events, topics.DLQ)
+	if err != nil {
+		stop()
+		return nil, err
 	}
-	return f, nil
+	return &follower{msgs: msgs, stop: stop}, nil
 }
 
 // until follows outcomes until every managed certificate has settled
 // (issued, failed, or waiting: deferred past the next minute, to be ordered
 // after the demo), or ctx ends.
 func (f *follower) until(ctx context.Context, sent map[string]time.Time, out *progressWriter) summary {
-	defer func() {
-		for _, r := range f.readers {
-			r.Close()
-		}
-	}()
+	defer f.stop()
 	t := newTracker(sent)
 	start := time.Now()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case m := <-f.msgs:
+		case m, open := <-f.msgs:
+			if !open {
+				f.msgs = nil // ctx ended: the case below ends the loop
+				continue
+			}
 			if _, ok := events.ReadDeadLetter(m); ok {
 				t.deadLetter()
 				continue
