@@ -179,11 +179,7 @@ func dlqList(w io.Writer, msgs []kafka.Message, asJSON, quiet bool) error {
 	}
 	out := [][]string{{"RECORD", "SOURCE", "TIME", "BYTES", "REASON"}}
 	for _, r := range rows {
-		reason := r.Reason
-		if len(reason) > 100 {
-			reason = reason[:100] + "..."
-		}
-		out = append(out, []string{r.Record, r.Source, fmtTime(r.Time), strconv.Itoa(r.Size), reason})
+		out = append(out, []string{r.Record, r.Source, fmtTime(r.Time), strconv.Itoa(r.Size), events.Sanitize(r.Reason, 100)})
 	}
 	if err := table(w, out...); err != nil {
 		return err

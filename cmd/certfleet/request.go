@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -192,68 +190,26 @@ type deadLettered struct {
 	events.DeadLetter
 }
 
-// watchOutcome reads every partition of the events and dead-letter topics
-// from their current ends and delivers the first record that ends
+// watchOutcome follows the events and dead-letter topics from their
+// current ends (events.Follow) and delivers the first record that ends
 // requestID: cert_obtained, cert_failed that is not retryable, or the
-// request itself dead-lettered.
+// request itself dead-lettered. It reads through conn's dialer, so every
+// call has a deadline (kafkaconn) and the connections close when ctx ends.
 func watchOutcome(ctx context.Context, conn *kafkaconn.Connector, topics events.Topics, requestID string) (<-chan outcome, error) {
-	out := make(chan outcome, 1)
-	var once sync.Once
-	deliver := func(o outcome) { once.Do(func() { out <- o }) }
-	var readers []*kafka.Reader
-	for _, topic := range []string{topics.Events, topics.DLQ} {
-		rs, err := tailReaders(ctx, conn, topic)
-		readers = append(readers, rs...)
-		if err != nil {
-			for _, r := range readers {
-				r.Close()
-			}
-			return nil, err
-		}
-	}
-	for _, r := range readers {
-		dlq := r.Config().Topic == topics.DLQ
-		go func() {
-			defer r.Close()
-			for {
-				m, err := r.ReadMessage(ctx)
-				if err != nil {
-					return
-				}
-				if o, ok := ends(m, dlq, requestID); ok {
-					deliver(o)
-				}
-			}
-		}()
-	}
-	return out, nil
-}
-
-// tailReaders returns a reader per partition of topic, each at the
-// partition's current end (resolved now, not when the reader first fetches).
-// Every call has a deadline (kafkaconn), and the readers' connections close
-// when ctx ends: kafka.Conn.ReadPartitions, used here before, had neither and
-// hung for ever on a broker that accepts TCP and never answers.
-func tailReaders(ctx context.Context, conn *kafkaconn.Connector, topic string) ([]*kafka.Reader, error) {
-	offs, err := conn.Offsets(ctx, topic)
+	msgs, err := events.Follow(ctx, conn.DialerContext(ctx), conn.Brokers(), topics.Events, topics.DLQ)
 	if err != nil {
-		return nil, err
+		return nil, conn.Explain(err, "read the ends of topics "+topics.Events+" and "+topics.DLQ)
 	}
-	parts := make([]int, 0, len(offs))
-	for p := range offs {
-		parts = append(parts, p)
-	}
-	sort.Ints(parts)
-	dialer := conn.DialerContext(ctx)
-	var rs []*kafka.Reader
-	for _, p := range parts {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: conn.Brokers(), Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond, Dialer: dialer})
-		rs = append(rs, r)
-		if err := r.SetOffset(offs[p].End); err != nil {
-			return rs, err
+	out := make(chan outcome, 1)
+	go func() {
+		for m := range msgs {
+			if o, ok := ends(m, m.Topic == topics.DLQ, requestID); ok {
+				out <- o
+				return
+			}
 		}
-	}
-	return rs, nil
+	}()
+	return out, nil
 }
 
 // ends reports whether m, read from the events topic or (dlq) the
