@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -196,27 +197,36 @@ func workerCatalogue(caSpec, catPath string) (*ratelimit.Catalogue, string, erro
 			return nil, "", fmt.Errorf("--catalogue: %v", err)
 		}
 	}
-	name, dir, withDir := strings.Cut(strings.TrimSpace(caSpec), "=")
-	name = strings.TrimSpace(name)
-	if name == "" {
-		return nil, "", fmt.Errorf("--ca %q: want NAME or NAME=URL, as the workers' -ca", caSpec)
-	}
-	if !withDir {
+	var ca caconfig.CA
+	if spec := strings.TrimSpace(caSpec); strings.Contains(spec, "=") {
+		cas, err := caconfig.Parse(spec) // NAME=URL, as the workers' -ca
+		if err == nil {
+			err = caconfig.CheckAll(cas)
+		}
+		if err != nil || len(cas) != 1 {
+			return nil, "", fmt.Errorf("--ca %q: want NAME or NAME=URL, as the workers' -ca (%v)", caSpec, err)
+		}
+		ca = cas[0]
+	} else {
+		if spec == "" {
+			return nil, "", fmt.Errorf("--ca %q: want NAME or NAME=URL, as the workers' -ca", caSpec)
+		}
 		if catPath != "" {
 			return nil, "", fmt.Errorf("--ca %q: with --catalogue, pass --ca NAME=URL as the workers do (a CA the file lists is named by the file's id)", caSpec)
 		}
-		switch name {
+		ca.Name = spec
+		switch spec {
 		case "letsencrypt":
-			dir = ratelimit.LetsEncryptDirectory
+			ca.Directory = ratelimit.LetsEncryptDirectory
 		case "letsencrypt-staging":
-			dir = ratelimit.LetsEncryptStagingDirectory
+			ca.Directory = ratelimit.LetsEncryptStagingDirectory
 		default:
-			dir = "https://" + name + ".ca.invalid/directory" // a stand-in: not in the catalogue, like the worker's own directory
+			ca.Directory = "https://" + spec + ".ca.invalid/directory" // a stand-in: not in the catalogue, like the worker's own directory
 		}
 	}
-	cat, err := cat.Serving(ratelimit.CA{ID: name, Directory: dir})
+	cat, err := cat.Serving(ca.Limits())
 	if err != nil {
 		return nil, "", fmt.Errorf("--ca %q: %v", caSpec, err)
 	}
-	return cat, dir, nil
+	return cat, ca.Directory, nil
 }
