@@ -13,6 +13,7 @@ import (
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/seal"
 )
@@ -35,7 +36,7 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 	if !ok {
 		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs", req.CA))
 	}
-	if err := sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
+	if err := clock.Sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
 		return err
 	}
 	select {
@@ -148,7 +149,7 @@ func (j *job) run(ctx context.Context) (string, error) {
 		// A short wait (the fleet's orders-per-second budget): wait here,
 		// holding the order slot, so the budget gates how fast this worker
 		// pulls work instead of churning records through the retry topic.
-		if err := sleep(ctx, res.RetryIn); err != nil {
+		if err := clock.Sleep(ctx, res.RetryIn); err != nil {
 			return "", j.release(ctx, err)
 		}
 	}
@@ -164,7 +165,7 @@ func (j *job) order(ctx context.Context) (string, error) {
 	var last acmeissuer.Classification
 	for try := 0; try <= j.w.cfg.OrderRetries; try++ {
 		if try > 0 {
-			if err := sleep(ctx, min(time.Duration(1<<try)*100*time.Millisecond, 5*time.Second)); err != nil {
+			if err := clock.Sleep(ctx, min(time.Duration(1<<try)*100*time.Millisecond, 5*time.Second)); err != nil {
 				return "", j.release(ctx, err)
 			}
 		}
@@ -289,22 +290,6 @@ func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (s
 		return "", j.release(ctx, err)
 	}
 	return OutcomeDeferred, j.requeue(ctx, next)
-}
-
-// sleep waits d (nothing when d <= 0), or returns ctx's error when ctx ends
-// first.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // recordOrderTimeout bounds recording an order on its claim.

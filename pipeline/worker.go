@@ -7,6 +7,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // Worker processes issuance records. Safe for concurrent use: Run calls
@@ -67,9 +69,7 @@ fetch:
 			}
 			d := fetchBackoff.NextBackOff()
 			w.cfg.Logger.Warn("fetching from Kafka failed; retrying", "err", err, "in", d)
-			select {
-			case <-time.After(d):
-			case <-ctx.Done():
+			if clock.Sleep(ctx, d) != nil {
 				break fetch
 			}
 			continue

@@ -5,6 +5,7 @@
 package clock
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -27,6 +28,23 @@ func Or(c Clock) Clock {
 		return System{}
 	}
 	return c
+}
+
+// Sleep waits d in real time (nothing when d <= 0), or returns ctx's error
+// when ctx ends first. Waits are real time whatever the Clock: a Fake does
+// not move by itself.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Fake is a clock that moves only when told to.

@@ -1,6 +1,7 @@
 package clock
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -36,5 +37,21 @@ func TestFakeMovesOnlyWhenTold(t *testing.T) {
 	f.Set(t0)
 	if !f.Now().Equal(t0) {
 		t.Errorf("Set: %v", f.Now())
+	}
+}
+
+func TestSleep(t *testing.T) {
+	start := time.Now()
+	if err := Sleep(context.Background(), 20*time.Millisecond); err != nil || time.Since(start) < 20*time.Millisecond {
+		t.Fatalf("Sleep returned %v after %v", err, time.Since(start))
+	}
+	if err := Sleep(context.Background(), -time.Second); err != nil {
+		t.Fatalf("negative wait: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(10*time.Millisecond, cancel)
+	start = time.Now()
+	if err := Sleep(ctx, time.Minute); err != context.Canceled || time.Since(start) > 5*time.Second {
+		t.Fatalf("cancelled Sleep returned %v after %v", err, time.Since(start))
 	}
 }

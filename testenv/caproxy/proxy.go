@@ -405,7 +405,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		dropAfter(ctx, w, faults.TimeoutHold)
 		return
 	case faultSlow:
-		if !sleep(ctx, faults.SlowDelay) {
+		if clock.Sleep(ctx, faults.SlowDelay) != nil {
 			return // client gone or proxy closing
 		}
 	}
@@ -771,22 +771,10 @@ func (p *Proxy) freshNonce(ctx context.Context, host string) (string, error) {
 // proxy closes), then drops it without an answer: the connection is
 // hijacked and closed on HTTP/1.1, the stream reset on HTTP/2.
 func dropAfter(ctx context.Context, w http.ResponseWriter, hold time.Duration) {
-	sleep(ctx, hold)
+	_ = clock.Sleep(ctx, hold)
 	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 		conn.Close()
 		return
 	}
 	panic(http.ErrAbortHandler) // HTTP/2: net/http resets the stream, quietly
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
