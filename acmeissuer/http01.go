@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,22 +56,22 @@ func (s *ChallengeStore) Put(ctx context.Context, token, keyAuth, identifier str
 	return nil
 }
 
-// Get returns the unexpired key authorization of token; found is false when
-// there is none.
-func (s *ChallengeStore) Get(ctx context.Context, token string) (keyAuth string, found bool, err error) {
+// Get returns the unexpired key authorization of token and the identifier it
+// was issued for; found is false when there is none.
+func (s *ChallengeStore) Get(ctx context.Context, token string) (keyAuth, identifier string, found bool, err error) {
 	if !ValidToken(token) {
-		return "", false, nil
+		return "", "", false, nil
 	}
 	err = s.db.Pool().QueryRow(ctx, `
-		SELECT key_authorization FROM acme_http01_challenges WHERE token = $1 AND expires_at > now()`,
-		token).Scan(&keyAuth)
+		SELECT key_authorization, identifier FROM acme_http01_challenges WHERE token = $1 AND expires_at > now()`,
+		token).Scan(&keyAuth, &identifier)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", false, nil
+		return "", "", false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("acmeissuer: reading an HTTP-01 challenge: %w", err)
+		return "", "", false, fmt.Errorf("acmeissuer: reading an HTTP-01 challenge: %w", err)
 	}
-	return keyAuth, true, nil
+	return keyAuth, identifier, true, nil
 }
 
 // Delete removes token's challenge; deleting a missing one is not an error.
@@ -124,43 +123,8 @@ func (s HTTP01Solver) CleanUp(ctx context.Context, ch acme.Challenge) error {
 	return s.Store.Delete(ctx, ch.Token)
 }
 
-// HTTP01Handler answers GET and HEAD /.well-known/acme-challenge/{token} from
-// store with the key authorization (text/plain). Malformed tokens and unknown
-// or expired ones get 404, other methods 405, a database failure 503. Requests
-// outside HTTP01Path go to next (404 when next is nil), so it can front a
-// worker's other handlers. Each lookup is bounded by a 5 s timeout.
+// HTTP01Handler is an HTTP01Responder over store with the default bounds;
+// requests outside HTTP01Path go to next (404 when next is nil).
 func HTTP01Handler(store *ChallengeStore, next http.Handler) http.Handler {
-	if next == nil {
-		next = http.NotFoundHandler()
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.URL.Path, HTTP01Path)
-		if !ok {
-			next.ServeHTTP(w, r)
-			return
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		if !ValidToken(token) {
-			http.NotFound(w, r)
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		keyAuth, found, err := store.Get(ctx, token)
-		if err != nil {
-			http.Error(w, "challenge store unavailable", http.StatusServiceUnavailable)
-			return
-		}
-		if !found {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain")
-		w.Header().Set("Cache-Control", "no-store")
-		_, _ = w.Write([]byte(keyAuth))
-	})
+	return &HTTP01Responder{Store: store, Next: next}
 }

@@ -69,26 +69,31 @@ func TestChallengeStoreAndHandler(t *testing.T) {
 	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "next") })
 	srv := httptest.NewServer(HTTP01Handler(store, next))
 	defer srv.Close()
+	const a, b, c = "a.certfleet.test", "b.certfleet.test", "c.certfleet.test"
 	cases := []struct {
-		method, path string
-		status       int
-		body         string
+		method, host, path string
+		status             int
+		body               string
 	}{
-		{"GET", HTTP01Path + token43, 200, token43 + ".thumb"},
-		{"HEAD", HTTP01Path + token43, 200, ""},
-		{"GET", HTTP01Path + "replaced", 200, "new"},
-		{"GET", HTTP01Path + "expired", 404, ""},
-		{"GET", HTTP01Path + "unknown", 404, ""},
-		{"GET", HTTP01Path, 404, ""},
-		{"GET", HTTP01Path + "a.b", 404, ""},
-		{"GET", HTTP01Path + "a%2Fb", 404, ""},
-		{"GET", HTTP01Path + strings.Repeat("x", 129), 404, ""},
-		{"GET", HTTP01Path + token43 + "/more", 404, ""},
-		{"POST", HTTP01Path + token43, 405, ""},
-		{"GET", "/healthz", 200, "next"},
+		{"GET", a, HTTP01Path + token43, 200, token43 + ".thumb"},
+		{"GET", "A.Certfleet.Test.:80", HTTP01Path + token43, 200, token43 + ".thumb"},
+		{"HEAD", a, HTTP01Path + token43, 200, ""},
+		{"GET", b, HTTP01Path + token43, 404, ""}, // the token of another name
+		{"GET", "", HTTP01Path + token43, 404, ""},
+		{"GET", b, HTTP01Path + "replaced", 200, "new"},
+		{"GET", c, HTTP01Path + "expired", 404, ""},
+		{"GET", a, HTTP01Path + "unknown", 404, ""},
+		{"GET", a, HTTP01Path, 404, ""},
+		{"GET", a, HTTP01Path + "a.b", 404, ""},
+		{"GET", a, HTTP01Path + "a%2Fb", 404, ""},
+		{"GET", a, HTTP01Path + strings.Repeat("x", 129), 404, ""},
+		{"GET", a, HTTP01Path + token43 + "/more", 404, ""},
+		{"POST", a, HTTP01Path + token43, 405, ""},
+		{"GET", a, "/healthz", 200, "next"},
 	}
 	for _, c := range cases {
 		req, _ := http.NewRequestWithContext(ctx, c.method, srv.URL+c.path, nil)
+		req.Host = c.host
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -96,7 +101,7 @@ func TestChallengeStoreAndHandler(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != c.status || (c.status == 200 && string(body) != c.body) {
-			t.Errorf("%s %s = %d %q; want %d %q", c.method, c.path, resp.StatusCode, body, c.status, c.body)
+			t.Errorf("%s %s (Host %q) = %d %q; want %d %q", c.method, c.path, c.host, resp.StatusCode, body, c.status, c.body)
 		}
 	}
 
@@ -109,12 +114,15 @@ func TestChallengeStoreAndHandler(t *testing.T) {
 	if err := store.Delete(ctx, token43); err != nil {
 		t.Errorf("second delete: %v", err)
 	}
-	if _, found, err := store.Get(ctx, token43); found || err != nil {
+	if _, _, found, err := store.Get(ctx, token43); found || err != nil {
 		t.Errorf("after delete: found %v, %v", found, err)
 	}
-	// A broken database is a 503, not a 404 the CA would count as a failure.
+	// A broken database is a 503, not a 404 the CA would count as a failure
+	// (a token never served before, so not from the responder's cache).
 	d.Close()
-	resp, err := http.Get(srv.URL + HTTP01Path + "replaced")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+HTTP01Path+"never-served", nil)
+	req.Host = b
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +148,7 @@ func (b bridgeSolver) Present(ctx context.Context, ch acme.Challenge) error {
 		return err
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.handler+ch.HTTP01ResourcePath(), nil)
+	req.Host = ch.Identifier.Value // as the CA asks: the responder checks it
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
@@ -147,7 +156,7 @@ func (b bridgeSolver) Present(ctx context.Context, ch acme.Challenge) error {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
-		return fmt.Errorf("handler answered %d", resp.StatusCode)
+		return fmt.Errorf("handler answered %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
 	}
 	b.presented <- ch.Token
 	return b.chall.AddHTTP01(ctx, ch.Token, string(body))
