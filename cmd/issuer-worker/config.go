@@ -12,18 +12,20 @@ import (
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
+	"github.com/certfleet/certfleet/kafkaconn"
 )
 
 // config is the worker's configuration: every flag falls back to an
 // environment variable (named in its help), and validate checks it once at
 // start with errors that name the flag.
 type config struct {
-	Brokers         []string
-	Group           string
-	Topics          events.Topics
-	ProvisionTopics bool
-	Partitions      int
-	DatabaseURL     string
+	Kafka            *kafkaconn.Config // -kafka-* (brokers, TLS, SASL, timeout)
+	Group            string
+	Topics           events.Topics
+	ProvisionTopics  bool
+	Provision        *events.ProvisionOptions // -partitions, -replication-factor, ...
+	DatabaseURL      string
+	DatabaseInsecure bool
 	SealKeysFile    string
 	SealKeysEnv     string
 	CAs             []caconfig.CA
@@ -48,8 +50,8 @@ type config struct {
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var c config
 	fs := envflag.New(flag.NewFlagSet("issuer-worker", flag.ContinueOnError), getenv)
-	var brokers, cas, challengeTypes string
-	fs.String(&brokers, "brokers", "CERTFLEET_KAFKA_BROKERS", "", "Kafka bootstrap brokers, comma separated")
+	var cas, challengeTypes string
+	c.Kafka = kafkaconn.RegisterFlags(fs)
 	fs.String(&c.Group, "group", "CERTFLEET_WORKER_GROUP", "certfleet-issuer-workers", "Kafka consumer group shared by all workers")
 	def := events.DefaultTopics()
 	fs.String(&c.Topics.Requests, "topic-requests", "CERTFLEET_TOPIC_REQUESTS", def.Requests, "issuance requests topic")
@@ -57,10 +59,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.Topics.DLQ, "topic-dlq", "CERTFLEET_TOPIC_DLQ", def.DLQ, "dead-letter topic")
 	fs.String(&c.Topics.Events, "topic-events", "CERTFLEET_TOPIC_EVENTS", def.Events, "certificate events topic")
 	fs.String(&c.Topics.RateLimitChanges, "topic-ratelimit-changes", "CERTFLEET_TOPIC_RATELIMIT_CHANGES", def.RateLimitChanges, "override change notifications topic")
-	fs.Bool(&c.ProvisionTopics, "provision-topics", "CERTFLEET_PROVISION_TOPICS", false, "create the topics at start if missing")
-	fs.Int(&c.Partitions, "partitions", "CERTFLEET_PARTITIONS", 12, "partitions per topic for -provision-topics")
-	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL")
-	fs.String(&c.SealKeysFile, "seal-keys-file", "CERTFLEET_SEAL_KEYS_FILE", "", "key-encryption keyring file; else the keyring in env CERTFLEET_SEAL_KEYS")
+	fs.Bool(&c.ProvisionTopics, "provision-topics", "CERTFLEET_PROVISION_TOPICS", false, "create the topics at start if missing, as -partitions, -replication-factor, -min-insync-replicas and the retentions say (the principal needs CREATE; in production prefer 'certfleet topics create')")
+	c.Provision = events.RegisterProvisionFlags(fs)
+	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL; to a host that is not loopback it needs sslmode=verify-full&sslrootcert=FILE (and sslcert, sslkey for certificate auth)")
+	fs.Bool(&c.DatabaseInsecure, "database-insecure", "CERTFLEET_DATABASE_INSECURE", false, "allow a database that is not loopback without verify-full (no server verification)")
+	fs.String(&c.SealKeysFile, "seal-keys-file", "CERTFLEET_SEAL_KEYS_FILE", "", "key-encryption keyring file, no group or other access (mode 0600); else the keyring in env CERTFLEET_SEAL_KEYS (local use only)")
 	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CAs to order from, name=directoryURL, comma separated")
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
@@ -84,11 +87,6 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for _, b := range strings.Split(brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			c.Brokers = append(c.Brokers, b)
-		}
-	}
 	var err error
 	if c.CAs, err = caconfig.Parse(cas); err != nil {
 		return c, fmt.Errorf("-ca %w", err)
@@ -106,13 +104,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 func (c config) validate() error {
 	var errs []error
 	bad := func(flag, format string, a ...any) { errs = append(errs, fmt.Errorf("-"+flag+": "+format, a...)) }
-	if len(c.Brokers) == 0 {
-		bad("brokers", "required (or CERTFLEET_KAFKA_BROKERS)")
-	}
-	for _, b := range c.Brokers {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			bad("brokers", "%q is not host:port", b)
-		}
+	if err := c.Kafka.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DatabaseURL == "" {
 		bad("database-url", "required (or CERTFLEET_DATABASE_URL)")
@@ -151,8 +144,11 @@ func (c config) validate() error {
 	if c.MaxPending < c.Concurrency || c.MaxPending > 1_000_000 {
 		bad("max-pending", "%d must be at least -concurrency and at most 1000000", c.MaxPending)
 	}
-	if c.Partitions < 1 || c.Partitions > 10_000 {
-		bad("partitions", "%d is not between 1 and 10000", c.Partitions)
+	if c.Provision.Partitions < 1 || c.Provision.Partitions > 10_000 {
+		bad("partitions", "%d is not between 1 and 10000", c.Provision.Partitions)
+	}
+	if err := c.Provision.Validate(); err != nil && c.ProvisionTopics {
+		bad("provision-topics", "%v", err)
 	}
 	if c.Lease < 10*time.Second {
 		bad("lease", "%v is below 10s (it must outlast the longest order)", c.Lease)

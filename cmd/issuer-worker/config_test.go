@@ -31,8 +31,12 @@ func TestParseConfig(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"no brokers", nil, map[string]string{"CERTFLEET_KAFKA_BROKERS": ""}, "-brokers: required"},
-		{"bad broker", []string{"-brokers", "localhost"}, nil, `-brokers: "localhost" is not host:port`},
+		{"no brokers", nil, map[string]string{"CERTFLEET_KAFKA_BROKERS": ""}, "-kafka-brokers: required"},
+		{"bad broker", []string{"-brokers", "localhost"}, nil, `-kafka-brokers: "localhost" is not host:port`},
+		{"SASL without TLS", []string{"-kafka-sasl-mechanism", "scram-sha-512", "-kafka-sasl-user", "worker", "-kafka-sasl-password-file", "/pw"}, nil,
+			"-kafka-sasl-mechanism: scram-sha-512 without TLS"},
+		{"provisioning min ISR above replication", []string{"-provision-topics", "-replication-factor", "1"}, nil,
+			"-provision-topics: min.insync.replicas 2: want 0 (the broker's default) to the replication factor 1"},
 		{"no database", nil, map[string]string{"CERTFLEET_DATABASE_URL": ""}, "-database-url: required"},
 		{"no keys", nil, map[string]string{"CERTFLEET_SEAL_KEYS": ""}, "-seal-keys-file: required"},
 		{"http CA", []string{"-ca", "le=http://acme.test/dir"}, nil, "want a name and an https directory URL"},

@@ -33,6 +33,7 @@ import (
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
+	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/pipeline"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/ratelimit/changefeed"
@@ -48,10 +49,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "issuer-worker: configuration:", err)
 		os.Exit(2)
 	}
+	sec, err := loadSecrets(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "issuer-worker: configuration:", err)
+		os.Exit(2)
+	}
 	log := newLogger(os.Stderr, cfg.LogLevel)
+	if cfg.SealKeysFile == "" {
+		log.Warn("the keyring comes from the environment (CERTFLEET_SEAL_KEYS): for local use only; mount it as a file and pass -seal-keys-file in production")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if err := run(ctx, cfg, sec, log); err != nil {
 		log.Error("issuer-worker stopped", "err", err)
 		os.Exit(1)
 	}
@@ -71,27 +80,58 @@ func caLogger(log *slog.Logger, name string) *slog.Logger {
 	return log.With("ca_name", name)
 }
 
+// secrets is what the configuration names on disk, read and checked before
+// anything starts: a weak keyring, a secret file others may read, a missing
+// certificate or a database URL without verify-full is a configuration
+// error (exit status 2).
+type secrets struct {
+	kafka   *kafkaconn.Connector
+	keyring *seal.Keyring
+	db      db.Config
+}
+
+func loadSecrets(cfg config) (secrets, error) {
+	var s secrets
+	var err error
+	if s.kafka, err = kafkaconn.New(*cfg.Kafka); err != nil {
+		return s, err
+	}
+	if s.keyring, err = loadKeyring(cfg); err != nil {
+		return s, fmt.Errorf("-seal-keys-file: %w", err)
+	}
+	s.db = db.Config{URL: cfg.DatabaseURL, Insecure: cfg.DatabaseInsecure, MaxConns: int32(cfg.Concurrency*2 + 8)}
+	if err := s.db.Check(); err != nil {
+		return s, fmt.Errorf("-database-url: %w", err)
+	}
+	return s, nil
+}
+
 // run wires the parts and runs them until ctx ends.
-func run(ctx context.Context, cfg config, log *slog.Logger) error {
+func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 
-	d, err := db.Open(startCtx, db.Config{URL: cfg.DatabaseURL, MaxConns: int32(cfg.Concurrency*2 + 8)})
+	d, err := db.Open(startCtx, sec.db)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	keyring, err := loadKeyring(cfg)
-	if err != nil {
-		return err
-	}
+	keyring, kc := sec.keyring, sec.kafka
+	defer kc.Close()
+	topics := cfg.Topics.WithDefaults()
 	if cfg.ProvisionTopics {
-		client := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...)}
-		if err := events.Provision(startCtx, client, cfg.Topics.Specs(cfg.Partitions, 1)...); err != nil {
-			return fmt.Errorf("provisioning topics: %w", err)
+		if err := events.Provision(startCtx, kc.Client(topics.All()...), topics.SpecsWith(*cfg.Provision)...); err != nil {
+			return fmt.Errorf("provisioning topics: %w", kc.Explain(err, "create topics"))
 		}
 	}
-	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.Brokers, Topics: cfg.Topics})
+	// An untrusted certificate, a wrong password, a missing ACL or a silent
+	// broker ends the worker here, named, instead of an endless retry inside
+	// kafka-go.
+	if err := kc.Check(startCtx, topics.All()...); err != nil {
+		return err
+	}
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers(), Topics: cfg.Topics,
+		Transport: kc.Transport(topics.All()...)})
 	if err != nil {
 		return err
 	}
@@ -106,7 +146,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	buckets := ratelimit.NewDBStore(d)
 	overrides := ratelimit.NewOverrideCache(ratelimit.NewOverrideStore(d, nil), 30*time.Second, nil)
 	limiter := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: buckets, Catalogue: cat, Overrides: overrides})
-	changes, err := changefeed.NewConsumer(changefeed.ConsumerConfig{Brokers: cfg.Brokers, Topic: cfg.Topics.RateLimitChanges}, overrides)
+	changes, err := changefeed.NewConsumer(changefeed.ConsumerConfig{Brokers: kc.Brokers(), Topic: cfg.Topics.RateLimitChanges,
+		Dialer: kc.Dialer(), Transport: kc.Transport(topics.RateLimitChanges)}, overrides)
 	if err != nil {
 		return err
 	}
@@ -152,7 +193,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	reader := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.Group, GroupTopics: []string{cfg.Topics.Requests, cfg.Topics.Retry},
+		Brokers: kc.Brokers(), Dialer: kc.Dialer(), GroupID: cfg.Group, GroupTopics: []string{cfg.Topics.Requests, cfg.Topics.Retry},
 		StartOffset: kafka.FirstOffset, MaxWait: 250 * time.Millisecond,
 		// A dead worker's partitions wait for its session to expire, and a
 		// rebalance for every member to rejoin: both bounded by the session.
@@ -196,7 +237,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	ops.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ops.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	ops.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := ready(r.Context(), d, cfg.Brokers); err != nil {
+		if err := ready(r.Context(), d, kc.Brokers()); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -19,7 +19,6 @@ import (
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/schema"
-	"github.com/certfleet/certfleet/seal"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -27,9 +26,15 @@ import (
 // issuer-worker processes in one group, HTTP-01 validated by Pebble against
 // the database-backed responder that only one of them serves; every request
 // ends as cert_obtained; keys sealed; no key material on any topic; SIGTERM
-// stops both cleanly (exit 0) within the shutdown deadline.
+// stops both cleanly (exit 0) within the shutdown deadline. Every
+// connection is production-shaped: the workers reach Kafka on the SASL_SSL
+// listener as the worker principal (SCRAM-SHA-512, its ACLs only) and the
+// database over TLS with verify-full and a client certificate; the keyring
+// and the password are 0600 files; the upstream producer publishes as the
+// producer principal.
 func TestTwoWorkerProcesses(t *testing.T) {
 	s := testenv.Require(t)
+	sec := productionConnections(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	bin, err := testenv.BuildCommand(ctx, t.TempDir(), "issuer-worker", ".")
@@ -48,15 +53,11 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)
-	topics := events.Topics{Requests: "p.req." + suffix, Retry: "p.retry." + suffix, DLQ: "p.dlq." + suffix,
-		Events: "p.events." + suffix, RateLimitChanges: "p.rl." + suffix}
+	topics := aclTopics(".p-" + suffix)
 	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, topics.Specs(4, 1)...); err != nil {
 		t.Fatal(err)
 	}
-	keyLine, err := seal.GenerateKeyText("k1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	keyring := sec.keyringFile(t)
 	http01 := fmt.Sprintf("%s:%d", testenv.HTTP01AddrWorkerTests, s.HTTP01Port)
 	type proc struct {
 		cmd    *exec.Cmd
@@ -69,14 +70,14 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", fmt.Sprint(testenv.MaxConcurrentOrdersPerPackage / 2), "-shutdown-timeout", "20s",
 			"-topic-requests", topics.Requests, "-topic-retry", topics.Retry, "-topic-dlq", topics.DLQ,
 			"-topic-events", topics.Events, "-topic-ratelimit-changes", topics.RateLimitChanges,
-			"-group", "g-" + suffix, "-profile", testenv.PebbleShortProfile}
+			"-group", "certfleet-p-" + suffix, "-profile", testenv.PebbleShortProfile, "-seal-keys-file", keyring}
 		if serveHTTP01 {
 			args = append(args, "-http01-listen", http01)
 		}
 		p.cmd = exec.Command(bin, args...)
-		p.cmd.Env = append(os.Environ(),
-			"CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+dbURL,
-			"CERTFLEET_SEAL_KEYS="+keyLine, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
+		p.cmd.Env = append(append(os.Environ(), sec.kafkaEnv(testenv.PrincipalWorker)...),
+			"CERTFLEET_DATABASE_URL="+sec.databaseURL(t, dbURL), "CERTFLEET_SEAL_KEYS=",
+			"CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
 		p.cmd.Stdout, p.cmd.Stderr = io.Discard, p.log
 		if err := p.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -110,7 +111,8 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		}
 		evs = append(evs, ev)
 	}
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: topics})
+	upstream := sec.connector(t, testenv.PrincipalProducer)
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: upstream.Brokers(), Topics: topics, Transport: upstream.Transport(topics.Requests)})
 	if err != nil {
 		t.Fatal(err)
 	}
