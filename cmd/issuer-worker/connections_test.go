@@ -1,10 +1,8 @@
 package main
 
 import (
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,13 +31,8 @@ func productionConnections(t *testing.T, s testenv.Settings) connections {
 	return connections{s: s}
 }
 
-// kafkaEnv is the environment that puts a binary on the SASL_SSL listener
-// as principal (SCRAM-SHA-512, the password from its 0600 file).
-func (c connections) kafkaEnv(principal string) []string {
-	return []string{"CERTFLEET_KAFKA_BROKERS=" + strings.Join(c.s.KafkaSASLBrokers, ","), "CERTFLEET_KAFKA_TLS=true",
-		"CERTFLEET_KAFKA_TLS_CA=" + c.s.KafkaTLSCA, "CERTFLEET_KAFKA_SASL_MECHANISM=scram-sha-512", "CERTFLEET_KAFKA_SASL_USER=" + principal,
-		"CERTFLEET_KAFKA_SASL_PASSWORD_FILE=" + filepath.Join(c.s.SecretsDir, principal+".password")}
-}
+// kafkaEnv puts a binary on the SASL_SSL listener as principal.
+func (c connections) kafkaEnv(principal string) []string { return c.s.KafkaSASLEnv(principal) }
 
 // connector is a client of the SASL_SSL listener as principal.
 func (c connections) connector(t *testing.T, principal string) *kafkaconn.Connector {
@@ -54,24 +47,15 @@ func (c connections) connector(t *testing.T, principal string) *kafkaconn.Connec
 	return k
 }
 
-// databaseURL is fresh (a FreshDatabase URL) reached over TLS with
-// verify-full and the client certificate; on CockroachDB, where testenv
-// serves no TLS, fresh itself.
+// databaseURL is fresh (a FreshDatabase URL) over TLS with verify-full and
+// the client certificate.
 func (c connections) databaseURL(t *testing.T, fresh string) string {
 	t.Helper()
-	if c.s.DatabaseTLSURL == "" {
-		return fresh
-	}
-	f, err := url.Parse(fresh)
+	u, err := c.s.DatabaseTLSURLOf(fresh)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := url.Parse(c.s.DatabaseTLSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = f.Path
-	return u.String()
+	return u
 }
 
 // keyringFile writes a new keyring to a 0600 file, as production mounts it.
