@@ -13,9 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
+	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -23,30 +25,37 @@ import (
 // environment variable (named in its help), and validate checks it once at
 // start with errors that name the flag.
 type config struct {
-	Brokers         []string
-	Group           string
-	Topics          events.Topics
-	DatabaseURL     string
-	Holder          string
-	Budget          ratelimit.Limit
-	LimitsFile      string
-	BudgetCA        string
-	TickInterval    time.Duration
-	Horizon         time.Duration
-	LeaseTTL        time.Duration
-	Watchdog        time.Duration
-	BatchSize       int
-	ARI             bool
-	ARIRecheckMin   time.Duration
-	ARIRecheckMax   time.Duration
-	ACMETLSCA       string
-	CAs             map[string]string // CA name -> directory, for ARI of rows that name a CA
-	ShutdownTimeout time.Duration
-	Listen          string
-	LogLevel        string
+	Kafka            *kafkaconn.Config // -kafka-* (brokers, TLS, SASL, timeout)
+	Group            string
+	Topics           events.Topics
+	DatabaseURL      string
+	DatabaseInsecure bool
+	Holder           string
+	Budget           ratelimit.Limit
+	LimitsFile       string
+	BudgetCA         string
+	TickInterval     time.Duration
+	Horizon          time.Duration
+	LeaseTTL         time.Duration
+	Watchdog         time.Duration
+	BatchSize        int
+	ARI              bool
+	ARIRecheckMin    time.Duration
+	ARIRecheckMax    time.Duration
+	ACMETLSCA        string
+	CAs              map[string]string // CA name -> directory, for ARI of rows that name a CA
+	ShutdownTimeout  time.Duration
+	Listen           string
+	LogLevel         string
 
 	budgetText string
 	caList     []caconfig.CA // -ca as given; CAs is its directories by name
+
+	// Read and checked by parseConfig once the flags are valid: a secret
+	// file others may read or a database URL without verify-full is a
+	// configuration error.
+	kafka *kafkaconn.Connector
+	db    db.Config
 }
 
 // parseConfig reads flags from args with environment fallbacks from getenv.
@@ -55,14 +64,15 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	var c config
 	fs := envflag.New(flag.NewFlagSet("scheduler", flag.ContinueOnError), getenv)
 	fs.SetOutput(out)
-	var brokers, cas string
-	fs.String(&brokers, "brokers", "CERTFLEET_KAFKA_BROKERS", "", "Kafka bootstrap brokers, comma separated")
+	var cas string
+	c.Kafka = kafkaconn.RegisterFlags(fs)
 	fs.String(&c.Group, "group", "CERTFLEET_SCHEDULER_GROUP", "certfleet-scheduler", "consumer group of the certificate events, shared by all schedulers")
 	def := events.DefaultTopics()
 	fs.String(&c.Topics.Requests, "topic-requests", "CERTFLEET_TOPIC_REQUESTS", def.Requests, "issuance requests topic, where jobs go")
 	fs.String(&c.Topics.Events, "topic-events", "CERTFLEET_TOPIC_EVENTS", def.Events, "certificate events topic, where outcomes come from")
 	fs.String(&c.Topics.DLQ, "topic-dlq", "CERTFLEET_TOPIC_DLQ", def.DLQ, "dead-letter topic for events that cannot be recorded")
-	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL")
+	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL; to a host that is not loopback it needs sslmode=verify-full&sslrootcert=FILE (and sslcert, sslkey for certificate auth)")
+	fs.Bool(&c.DatabaseInsecure, "database-insecure", "CERTFLEET_DATABASE_INSECURE", false, "allow a database that is not loopback without verify-full (no server verification)")
 	host, _ := os.Hostname()
 	fs.String(&c.Holder, "holder", "CERTFLEET_SCHEDULER_ID", fmt.Sprintf("%s:%d:%s", host, os.Getpid(), randHex()), "this scheduler's name in the lease, unique per process")
 	fs.String(&c.budgetText, "budget", "CERTFLEET_BUDGET", "", "fleet issuance budget COUNT/PERIOD[/BURST], e.g. 10/1s; empty: FleetOrdersPerSecond of -budget-ca in -limits")
@@ -87,17 +97,22 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	for _, b := range strings.Split(brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			c.Brokers = append(c.Brokers, b)
-		}
-	}
 	var err error
 	if c.caList, err = caconfig.Parse(cas); err != nil {
 		return c, fmt.Errorf("-ca %w", err)
 	}
 	c.CAs = caconfig.Directories(c.caList)
-	return c, c.validate()
+	if err := c.validate(); err != nil {
+		return c, err
+	}
+	if c.kafka, err = kafkaconn.New(*c.Kafka); err != nil {
+		return c, err
+	}
+	c.db = db.Config{URL: c.DatabaseURL, Insecure: c.DatabaseInsecure, MaxConns: 8}
+	if err := c.db.Check(); err != nil {
+		return c, fmt.Errorf("-database-url: %w", err)
+	}
+	return c, nil
 }
 
 // validate checks everything that can be checked without connecting, and
@@ -105,13 +120,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 func (c *config) validate() error {
 	var errs []error
 	bad := func(flag, format string, a ...any) { errs = append(errs, fmt.Errorf("-"+flag+": "+format, a...)) }
-	if len(c.Brokers) == 0 {
-		bad("brokers", "required (or CERTFLEET_KAFKA_BROKERS)")
-	}
-	for _, b := range c.Brokers {
-		if _, _, err := net.SplitHostPort(b); err != nil {
-			bad("brokers", "%q is not host:port", b)
-		}
+	if err := c.Kafka.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DatabaseURL == "" {
 		bad("database-url", "required (or CERTFLEET_DATABASE_URL)")

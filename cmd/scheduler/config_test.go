@@ -34,8 +34,12 @@ func TestParseConfig(t *testing.T) {
 		env  map[string]string
 		want []string
 	}{
-		{nil, map[string]string{}, []string{"-brokers: required", "-database-url: required"}},
-		{[]string{"-brokers", "nohost"}, nil, []string{`-brokers: "nohost" is not host:port`}},
+		{nil, map[string]string{}, []string{"-kafka-brokers: required", "-database-url: required"}},
+		{[]string{"-brokers", "nohost"}, nil, []string{`-kafka-brokers: "nohost" is not host:port`}},
+		{[]string{"-kafka-tls-cert", "/c.pem", "-kafka-tls-key", "/k.pem"}, nil, []string{"-kafka-tls-cert: needs -kafka-tls"}},
+		{[]string{"-kafka-tls", "-kafka-sasl-mechanism", "scram-sha-512", "-kafka-sasl-user", "scheduler", "-kafka-sasl-password-file", "/nonexistent"}, nil,
+			[]string{"-kafka-sasl-password-file", "/nonexistent"}},
+		{[]string{"-database-url", "postgres://x@db.example.com/db"}, nil, []string{"-database-url", "sslmode=verify-full"}},
 		{[]string{"-budget", "ten"}, nil, []string{"-budget:"}},
 		{[]string{"-budget", "0/1s"}, nil, []string{"-budget:"}},
 		{[]string{"-tick-interval", "1ms"}, nil, []string{"-tick-interval:"}},

@@ -63,14 +63,22 @@ func newLogger(level string) *slog.Logger {
 // listening, when not nil, receives the HTTP address once it is bound.
 func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- string) error {
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	d, err := db.Open(octx, db.Config{URL: cfg.DatabaseURL, MaxConns: 8})
+	d, err := db.Open(octx, cfg.db)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
 	defer d.Close()
 	topics := cfg.Topics.WithDefaults()
-	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.Brokers, Topics: topics, BatchSize: cfg.BatchSize})
+	kc := cfg.kafka
+	defer kc.Close()
+	// An untrusted certificate, a wrong password, a missing ACL or a silent
+	// broker ends the scheduler here, named, within -kafka-timeout.
+	if err := kc.Check(ctx, topics.Requests, topics.Events, topics.DLQ); err != nil {
+		return err
+	}
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers(), Topics: topics, BatchSize: cfg.BatchSize,
+		Transport: kc.Transport(topics.Requests, topics.DLQ)})
 	if err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
@@ -97,7 +105,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 		return err
 	}
 	sub, err := events.NewSubscriber(events.SubscriberConfig{
-		Brokers: cfg.Brokers, GroupID: cfg.Group, Topics: []string{topics.Events},
+		Brokers: kc.Brokers(), Dialer: kc.Dialer(), GroupID: cfg.Group, Topics: []string{topics.Events},
 		DeadLetter: producer, DeadLetterTopic: topics.DLQ, Logger: log,
 	})
 	if err != nil {

@@ -22,8 +22,14 @@ import (
 // Two schedulers on one database: one leads and emits the managed
 // certificate's job; on SIGTERM (context cancelled) it releases the lease and
 // the standby takes over at once; metrics and probes tell which is which.
+// Both reach Kafka on the SASL_SSL listener as the scheduler principal (its
+// ACLs only) and the database over TLS with verify-full and a client
+// certificate.
 func TestSchedulerProcesses(t *testing.T) {
 	s := testenv.Require(t)
+	if len(s.KafkaSASLBrokers) == 0 || s.SecretsDir == "" || (s.DatabaseTLSURL == "" && s.DatabaseKind != "cockroach") {
+		t.Fatalf("testenv has no SASL_SSL listener or TLS database: restart it with `go run ./cmd/testenv up`")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	url := testenv.FreshDatabase(t)
@@ -36,7 +42,17 @@ func TestSchedulerProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	sfx := fmt.Sprint(time.Now().UnixNano())
-	topics := events.Topics{Requests: "sch.req." + sfx, Events: "sch.ev." + sfx, DLQ: "sch.dlq." + sfx}
+	def := events.DefaultTopics() // testenv's ACLs are granted on the default names as prefixes
+	topics := events.Topics{Requests: def.Requests + ".sch-" + sfx, Events: def.Events + ".sch-" + sfx, DLQ: def.DLQ + ".sch-" + sfx}
+	tlsURL, err := s.DatabaseTLSURLOf(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, kv := range s.KafkaSASLEnv(testenv.PrincipalScheduler) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
 	for _, tp := range []string{topics.Requests, topics.Events, topics.DLQ} {
 		if err := testenv.CreateTopic(ctx, s.KafkaBrokers, tp, 1); err != nil {
 			t.Fatal(err)
@@ -47,10 +63,10 @@ func TestSchedulerProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := func(name string) (addr string, stop func() error) {
-		cfg, err := parseConfig([]string{"-brokers", strings.Join(s.KafkaBrokers, ","), "-database-url", url,
+		cfg, err := parseConfig([]string{"-database-url", tlsURL,
 			"-topic-requests", topics.Requests, "-topic-events", topics.Events, "-topic-dlq", topics.DLQ,
-			"-group", "sch-" + sfx, "-listen", "127.0.0.1:0", "-tick-interval", "100ms", "-lease-ttl", "2s",
-			"-ari=false", "-budget", "100/1s", "-holder", name, "-shutdown-timeout", "10s"}, func(string) string { return "" }, io.Discard)
+			"-group", "certfleet-sch-" + sfx, "-listen", "127.0.0.1:0", "-tick-interval", "100ms", "-lease-ttl", "2s",
+			"-ari=false", "-budget", "100/1s", "-holder", name, "-shutdown-timeout", "10s"}, func(k string) string { return env[k] }, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
