@@ -5,6 +5,9 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/certfleet/certfleet/kafkaconn"
 )
 
 // KafkaSASLEnv is the environment that puts a certfleet binary on the
@@ -17,6 +20,14 @@ func (s Settings) KafkaSASLEnv(principal string) []string {
 	return []string{"CERTFLEET_KAFKA_BROKERS=" + strings.Join(s.KafkaSASLBrokers, ","), "CERTFLEET_KAFKA_TLS=true",
 		"CERTFLEET_KAFKA_TLS_CA=" + s.KafkaTLSCA, "CERTFLEET_KAFKA_SASL_MECHANISM=scram-sha-512",
 		"CERTFLEET_KAFKA_SASL_USER=" + principal, "CERTFLEET_KAFKA_SASL_PASSWORD_FILE=" + filepath.Join(s.SecretsDir, principal+".password")}
+}
+
+// KafkaSASLConfig is KafkaSASLEnv as a kafkaconn.Config, for a test or tool
+// that is itself a client of the SASL_SSL listener.
+func (s Settings) KafkaSASLConfig(principal string) kafkaconn.Config {
+	return kafkaconn.Config{Brokers: s.KafkaSASLBrokers, TLS: true, TLSCA: s.KafkaTLSCA,
+		SASLMechanism: kafkaconn.MechanismSCRAMSHA512, SASLUser: principal,
+		SASLPasswordFile: filepath.Join(s.SecretsDir, principal+".password"), Timeout: 10 * time.Second}
 }
 
 // DatabaseTLSURLOf returns the database of dbURL (a FreshDatabase URL)

@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/kafkaconn"
@@ -37,9 +36,7 @@ func (c connections) kafkaEnv(principal string) []string { return c.s.KafkaSASLE
 // connector is a client of the SASL_SSL listener as principal.
 func (c connections) connector(t *testing.T, principal string) *kafkaconn.Connector {
 	t.Helper()
-	k, err := kafkaconn.New(kafkaconn.Config{Brokers: c.s.KafkaSASLBrokers, TLS: true, TLSCA: c.s.KafkaTLSCA,
-		SASLMechanism: kafkaconn.MechanismSCRAMSHA512, SASLUser: principal,
-		SASLPasswordFile: filepath.Join(c.s.SecretsDir, principal+".password"), Timeout: 10 * time.Second})
+	k, err := kafkaconn.New(c.s.KafkaSASLConfig(principal))
 	if err != nil {
 		t.Fatal(err)
 	}
