@@ -14,6 +14,12 @@
 // until every certificate has settled: issued, failed, or waiting (deferred
 // by a limit for more than a minute, ordered after the demo).
 //
+// Every connection is production-shaped: Kafka on testenv's SASL_SSL
+// listener (SCRAM-SHA-512), the workers, the scheduler, the demo (as the
+// operator) and the hostile upstream (as the producer) each as their own
+// principal with only their ACLs; the database over TLS with verify-full and
+// a client certificate; the keyring in a 0600 file.
+//
 // Progress goes to stdout: one line redrawn in place on a terminal, one line
 // per change otherwise (progress.go).
 package main
@@ -36,6 +42,7 @@ import (
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/scheduler"
 	"github.com/certfleet/certfleet/seal"
@@ -71,14 +78,29 @@ func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 	}
 	runID := time.Now().UTC().Format("150405")
 	topics := events.DefaultTopics()
-	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, topics.Specs(6, 1)...); err != nil {
-		return fmt.Errorf("provisioning topics: %w", err)
-	}
-	keys, err := keyring(filepath.Join(state, "demo-keys"))
+	// Everything connects as in production: Kafka on the SASL_SSL listener,
+	// each component as its own principal with only its ACLs (the demo
+	// itself as the operator, hostile records as the upstream producer), the
+	// database over TLS with verify-full and a client certificate, the
+	// keyring in a 0600 file.
+	operator, err := principal(s, testenv.PrincipalOperator)
 	if err != nil {
 		return err
 	}
-	d, err := db.Open(ctx, db.Config{URL: s.DatabaseURL})
+	defer operator.Close()
+	if err := events.Provision(ctx, operator.Client(topics.All()...),
+		topics.SpecsWith(events.ProvisionOptions{Partitions: 6, ReplicationFactor: 1, MinInsyncReplicas: 1})...); err != nil {
+		return fmt.Errorf("provisioning topics: %w", operator.Explain(err, "create topics"))
+	}
+	keys := filepath.Join(state, "demo-keys")
+	if err := keyring(keys); err != nil {
+		return err
+	}
+	dbURL, err := s.DatabaseTLSURLOf(s.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	d, err := db.Open(ctx, db.Config{URL: dbURL})
 	if err != nil {
 		return err
 	}
@@ -97,15 +119,17 @@ func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 		}
 	}
 	step("starting 2 issuer-worker processes and a scheduler (logs in " + state + ")")
-	env := append(os.Environ(), "CERTFLEET_KAFKA_BROKERS="+strings.Join(s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+s.DatabaseURL,
-		"CERTFLEET_SEAL_KEYS="+keys, "CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
+	env := append(os.Environ(), "CERTFLEET_DATABASE_URL="+dbURL, "CERTFLEET_SEAL_KEYS=", "CERTFLEET_SEAL_KEYS_FILE="+keys,
+		"CERTFLEET_CAS=pebble="+s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+s.ACMETLSCA)
+	workerEnv := append(append([]string{}, env...), s.KafkaSASLEnv(testenv.PrincipalWorker)...)
+	schedulerEnv := append(append([]string{}, env...), s.KafkaSASLEnv(testenv.PrincipalScheduler)...)
 	var procs []worker
 	for i, http01 := range []string{fmt.Sprintf("%s:%d", testenv.HTTP01AddrDemo, s.HTTP01Port), ""} {
 		args := []string{"-owner", fmt.Sprintf("worker-%d", i+1), "-concurrency", "4", "-profile", testenv.PebbleShortProfile}
 		if http01 != "" {
 			args = append(args, "-http01-listen", http01)
 		}
-		w, err := startProc(filepath.Join(bin, "issuer-worker"), state, fmt.Sprintf("worker-%d", i+1), args, env)
+		w, err := startProc(filepath.Join(bin, "issuer-worker"), state, fmt.Sprintf("worker-%d", i+1), args, workerEnv)
 		if err != nil {
 			return err
 		}
@@ -113,7 +137,7 @@ func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 		defer stopWorker(w)
 	}
 	sched, err := startProc(filepath.Join(bin, "scheduler"), state, "scheduler",
-		[]string{"-holder", "scheduler-1", "-tick-interval", "1s", "-budget", "10/1s"}, env)
+		[]string{"-holder", "scheduler-1", "-tick-interval", "1s", "-budget", "10/1s"}, schedulerEnv)
 	if err != nil {
 		return err
 	}
@@ -121,7 +145,7 @@ func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 	defer stopWorker(sched)
 
 	step(fmt.Sprintf("managing %d SAN sets for tenants %s; publishing 5 hostile records", n, strings.Join(tenants, ", ")))
-	follow, err := newFollower(ctx, s.KafkaBrokers, topics)
+	follow, err := newFollower(ctx, operator, topics)
 	if err != nil {
 		return err
 	}
@@ -149,16 +173,36 @@ func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 
 func step(msg string) { fmt.Printf("==> %s\n", msg) }
 
-// keyring loads the demo keyring, creating it on first use.
-func keyring(path string) (string, error) {
-	if b, err := os.ReadFile(path); err == nil {
-		return strings.TrimSpace(string(b)), nil
+// keyring creates the demo keyring file (mode 0600) on first use.
+func keyring(path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return os.Chmod(path, 0o600)
 	}
 	line, err := seal.GenerateKeyText("demo1")
 	if err != nil {
-		return "", err
+		return err
 	}
-	return line, os.WriteFile(path, []byte(line+"\n"), 0o600)
+	return os.WriteFile(path, []byte(line+"\n"), 0o600)
+}
+
+// principal connects to the SASL_SSL listener as the testenv principal p and
+// checks the connection, so a stack without the production-shaped listeners
+// (or a broken one) fails here with the cause named.
+func principal(s testenv.Settings, p string) (*kafkaconn.Connector, error) {
+	if len(s.KafkaSASLBrokers) == 0 {
+		return nil, fmt.Errorf("the stack has no SASL_SSL listener (%s): restart it with `make testenv-up`", testenv.EnvKafkaSASLBrokers)
+	}
+	c, err := kafkaconn.New(s.KafkaSASLConfig(p))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout())
+	defer cancel()
+	if err := c.Check(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // setOverride gives tenant gamma a lower order budget than the default, so
@@ -276,7 +320,12 @@ func manage(ctx context.Context, d *db.DB, s testenv.Settings, n int, runID stri
 
 // publishHostile writes records a broken upstream producer might send.
 func publishHostile(ctx context.Context, s testenv.Settings, topics events.Topics) error {
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: topics})
+	upstream, err := principal(s, testenv.PrincipalProducer)
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: upstream.Brokers(), Topics: topics, Transport: upstream.Transport(topics.Requests)})
 	if err != nil {
 		return err
 	}
@@ -297,9 +346,9 @@ type follower struct {
 	stop context.CancelFunc
 }
 
-func newFollower(ctx context.Context, brokers []string, topics events.Topics) (*follower, error) {
+func newFollower(ctx context.Context, conn *kafkaconn.Connector, topics events.Topics) (*follower, error) {
 	ctx, stop := context.WithCancel(ctx)
-	msgs, err := events.Follow(ctx, nil, brokers, topics.Events, topics.DLQ)
+	msgs, err := events.Follow(ctx, conn.DialerContext(ctx), conn.Brokers(), topics.Events, topics.DLQ)
 	if err != nil {
 		stop()
 		return nil, err
