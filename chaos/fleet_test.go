@@ -125,18 +125,21 @@ func limitsFor(orders caproxy.Limit, caFactor float64) (map[string]limitJSON, ca
 // fleet is one scenario's world: a fresh database and topics, the CA proxy
 // in front of the shared Pebble, and issuer-worker processes.
 type fleet struct {
-	t      *testing.T
-	ctx    context.Context
-	cfg    fleetConfig
-	s      testenv.Settings
-	d      *db.DB
-	dbURL  string
-	suffix string
-	topics events.Topics
-	proxy  *caproxy.Proxy
-	limits string // limits file
-	keys   string // keyring line
-	t0     time.Time
+	t     *testing.T
+	ctx   context.Context
+	cfg   fleetConfig
+	s     testenv.Settings
+	d     *db.DB
+	dbURL string
+	// workerDBURL is dbURL over TLS with verify-full and a client
+	// certificate, as the workers reach it.
+	workerDBURL string
+	suffix      string
+	topics      events.Topics
+	proxy       *caproxy.Proxy
+	limits      string // limits file
+	keys        string // keyring file (mode 0600)
+	t0          time.Time
 
 	mu      sync.Mutex
 	live    []*worker
@@ -172,8 +175,22 @@ func newFleet(t *testing.T, ctx context.Context, cfg fleetConfig) *fleet {
 	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	f.topics = events.Topics{Requests: "chaos.req." + f.suffix, Retry: "chaos.retry." + f.suffix, DLQ: "chaos.dlq." + f.suffix,
-		Events: "chaos.events." + f.suffix, RateLimitChanges: "chaos.rl." + f.suffix}
+	// The workers run as in production: on the SASL_SSL listener as the
+	// worker principal (its ACLs are granted on certfleet's default topic
+	// and group names as prefixes, hence these names), the database over
+	// TLS with verify-full and a client certificate, the keyring in a 0600
+	// file. The harness itself (publishing, reading outcomes) uses the
+	// plaintext listener.
+	if len(s.KafkaSASLBrokers) == 0 || s.SecretsDir == "" || (s.DatabaseTLSURL == "" && s.DatabaseKind != "cockroach") {
+		t.Fatalf("testenv has no SASL_SSL listener or TLS database: restart it with `go run ./cmd/testenv up`")
+	}
+	if f.workerDBURL, err = s.DatabaseTLSURLOf(f.dbURL); err != nil {
+		t.Fatal(err)
+	}
+	d0 := events.DefaultTopics()
+	sfx := ".chaos-" + f.suffix
+	f.topics = events.Topics{Requests: d0.Requests + sfx, Retry: d0.Retry + sfx, DLQ: d0.DLQ + sfx,
+		Events: d0.Events + sfx, RateLimitChanges: d0.RateLimitChanges + sfx}
 	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, f.topics.Specs(6, 1)...); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +206,12 @@ func newFleet(t *testing.T, ctx context.Context, cfg fleetConfig) *fleet {
 	if err := os.WriteFile(f.limits, cat, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if f.keys, err = seal.GenerateKeyText("chaos1"); err != nil {
+	keyLine, err := seal.GenerateKeyText("chaos1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.keys = filepath.Join(t.TempDir(), "keyring")
+	if err := os.WriteFile(f.keys, []byte(keyLine+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < cfg.workers; i++ {
@@ -224,7 +246,7 @@ func (f *fleet) waitGroupStable(members int) {
 	client := &kafka.Client{Addr: kafka.TCP(f.s.KafkaBrokers...), Timeout: 5 * time.Second}
 	var last string
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		resp, err := client.DescribeGroups(f.ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{"chaos-" + f.suffix}})
+		resp, err := client.DescribeGroups(f.ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{f.group()}})
 		if err != nil {
 			last = err.Error()
 			continue
@@ -239,6 +261,10 @@ func (f *fleet) waitGroupStable(members int) {
 	}
 	f.t.Fatalf("consumer group not stable with %d members within 60s: %s", members, last)
 }
+
+// group is the workers' consumer group, under the "certfleet" prefix the
+// worker principal's ACLs allow.
+func (f *fleet) group() string { return "certfleet-chaos-" + f.suffix }
 
 // startWorker starts one more issuer-worker process.
 func (f *fleet) startWorker() *worker {
@@ -255,12 +281,11 @@ func (f *fleet) startWorker() *worker {
 		"-owner", name, "-listen", w.listen, "-concurrency", fmt.Sprint(f.cfg.concurrency), "-shutdown-timeout", "20s",
 		"-topic-requests", f.topics.Requests, "-topic-retry", f.topics.Retry, "-topic-dlq", f.topics.DLQ,
 		"-topic-events", f.topics.Events, "-topic-ratelimit-changes", f.topics.RateLimitChanges,
-		"-group", "chaos-"+f.suffix, "-profile", testenv.PebbleShortProfile, "-lease", lease.String(),
+		"-group", f.group(), "-profile", testenv.PebbleShortProfile, "-lease", lease.String(),
 		"-challenge-types", "dns-01", "-dns01-challtestsrv", f.s.ChallTestSrvURL, "-limits", f.limits)
-	w.cmd.Env = append(os.Environ(),
-		"CERTFLEET_KAFKA_BROKERS="+strings.Join(f.s.KafkaBrokers, ","), "CERTFLEET_DATABASE_URL="+f.dbURL,
-		"CERTFLEET_SEAL_KEYS="+f.keys, "CERTFLEET_CAS="+caName+"="+f.proxy.DirectoryURL(),
-		"CERTFLEET_ACME_TLS_CA="+f.proxy.CAFile())
+	w.cmd.Env = append(append(os.Environ(), f.s.KafkaSASLEnv(testenv.PrincipalWorker)...),
+		"CERTFLEET_DATABASE_URL="+f.workerDBURL, "CERTFLEET_SEAL_KEYS=", "CERTFLEET_SEAL_KEYS_FILE="+f.keys,
+		"CERTFLEET_CAS="+caName+"="+f.proxy.DirectoryURL(), "CERTFLEET_ACME_TLS_CA="+f.proxy.CAFile())
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
 	if err := w.cmd.Start(); err != nil {
 		f.t.Fatalf("starting %s: %v", name, err)
