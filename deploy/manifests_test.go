@@ -10,7 +10,9 @@ import (
 	"go/parser"
 	"go/token"
 	"net"
+	"net/url"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"reflect"
@@ -35,7 +37,9 @@ import (
 	kjson "sigs.k8s.io/json"
 	sigsyaml "sigs.k8s.io/yaml"
 
+	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/seal"
 )
 
 // The tests run in deploy/; the module root is its parent.
@@ -1051,6 +1055,256 @@ func checkKustomization(m *manifests, dirFiles []string) []error {
 	return errs
 }
 
+// outOfBandSecrets are the Secrets the base mounts but does not define: an
+// operator creates them (deploy/README.md, "Secrets"), so no placeholder key
+// ever ships in the base. Each with the keys the pods mount.
+var outOfBandSecrets = map[string][]string{
+	"certfleet-seal-keys":           {"keyring"},
+	"certfleet-database":            {"ca.crt", "client.certfleet.crt", "client.certfleet.key"},
+	"certfleet-kafka-issuer-worker": {"ca.crt", "password"},
+	"certfleet-kafka-scheduler":     {"ca.crt", "password"},
+}
+
+// sealSecret is the keyring: only the issuer-workers may mount it.
+const sealSecret = "certfleet-seal-keys"
+
+// fileVars are the variables that name a file the binary reads; in the base
+// each must be a file of a volume mounted into the container.
+var fileVars = []string{"CERTFLEET_SEAL_KEYS_FILE", "CERTFLEET_KAFKA_TLS_CA", "CERTFLEET_KAFKA_TLS_CERT", "CERTFLEET_KAFKA_TLS_KEY",
+	"CERTFLEET_KAFKA_SASL_PASSWORD_FILE", "CERTFLEET_ACME_TLS_CA", "CERTFLEET_LIMITS_FILE"}
+
+// mountedFile reports whether path is a file a Secret or ConfigMap volume
+// mounted into c provides (the key, or an item's path, under the mount).
+func mountedFile(pod corev1.PodSpec, c corev1.Container, path string) bool {
+	for _, vm := range c.VolumeMounts {
+		rel, ok := strings.CutPrefix(path, strings.TrimSuffix(vm.MountPath, "/")+"/")
+		if !ok {
+			continue
+		}
+		for _, v := range pod.Volumes {
+			if v.Name != vm.Name {
+				continue
+			}
+			var items []corev1.KeyToPath
+			var keys []string
+			switch {
+			case v.Secret != nil:
+				items, keys = v.Secret.Items, outOfBandSecrets[v.Secret.SecretName]
+			case v.ConfigMap != nil:
+				items = v.ConfigMap.Items
+			default:
+				continue
+			}
+			if len(items) == 0 && slices.Contains(keys, rel) {
+				return true
+			}
+			for _, it := range items {
+				if it.Path == rel {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// checkSecrets: the base defines no Secret; every Secret volume names an
+// out-of-band Secret and its keys, is mounted read-only with no access for
+// others, into pods whose fsGroup can read it; only the workers see the
+// keyring, and they read it from a file, not the environment.
+func checkSecrets(m *manifests) []error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	for _, s := range objectsOf[corev1.Secret](m) {
+		bad("Secret/%s is defined in the base: secrets are created out of band (deploy/README.md, \"Secrets\"), never shipped with a placeholder value", s.Name)
+	}
+	for _, w := range workloads(m) {
+		spec := w.pod.Spec
+		secretVolumes := map[string]string{} // volume -> Secret
+		for _, v := range spec.Volumes {
+			if v.Secret == nil {
+				continue
+			}
+			secretVolumes[v.Name] = v.Secret.SecretName
+			keys, ok := outOfBandSecrets[v.Secret.SecretName]
+			if !ok {
+				bad("%s: volume %s: Secret %q is not one deploy/README.md tells the operator to create", w.ref, v.Name, v.Secret.SecretName)
+			}
+			for _, it := range v.Secret.Items {
+				if ok && !slices.Contains(keys, it.Key) {
+					bad("%s: volume %s: Secret %s has no key %q (its keys: %s)", w.ref, v.Name, v.Secret.SecretName, it.Key, strings.Join(keys, ", "))
+				}
+				if it.Mode != nil && *it.Mode&^0o440 != 0 {
+					bad("%s: volume %s item %s: mode %04o lets others read or anyone write (certfleet refuses it)", w.ref, v.Name, it.Key, *it.Mode)
+				}
+			}
+			if mode := v.Secret.DefaultMode; mode == nil || *mode&^0o440 != 0 {
+				shown := "unset (0644)"
+				if mode != nil {
+					shown = fmt.Sprintf("%04o", *mode)
+				}
+				bad("%s: volume %s: defaultMode %s: a secret file must not be readable by others (0400; certfleet refuses more)", w.ref, v.Name, shown)
+			}
+			if psc := spec.SecurityContext; psc == nil || psc.FSGroup == nil {
+				bad("%s: mounts Secret %s but sets no pod securityContext.fsGroup: the root-owned 0400 files are unreadable for a non-root user", w.ref, v.Secret.SecretName)
+			}
+		}
+		for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+			cref := w.ref + " container " + c.Name
+			bin, err := binaryOf(c)
+			if err != nil {
+				continue // reported by checkPods
+			}
+			for _, vm := range c.VolumeMounts {
+				sec, ok := secretVolumes[vm.Name]
+				if !ok {
+					continue
+				}
+				if !vm.ReadOnly {
+					bad("%s: volume %s (Secret %s) is not mounted read-only", cref, vm.Name, sec)
+				}
+				if sec == sealSecret && bin != "issuer-worker" {
+					bad("%s: mounts Secret %s, which only the issuer-workers may see", cref, sec)
+				}
+			}
+			env, _ := containerEnv(m, w.ref, c)
+			for _, name := range fileVars {
+				if v, ok := env[name]; ok && !mountedFile(spec, c, v.value) {
+					bad("%s: %s=%s is not a file of any volume mounted into the container", cref, name, v.value)
+				}
+			}
+			if _, ok := env[seal.EnvKeyring]; ok {
+				bad("%s: %s puts the keyring in the environment (local use only): mount Secret %s and set CERTFLEET_SEAL_KEYS_FILE", cref, seal.EnvKeyring, sealSecret)
+			}
+			if bin == "issuer-worker" {
+				if _, ok := env["CERTFLEET_SEAL_KEYS_FILE"]; !ok {
+					bad("%s: CERTFLEET_SEAL_KEYS_FILE is not set: the worker needs the keyring, from a mounted file", cref)
+				}
+			}
+			if u, ok := env["CERTFLEET_DATABASE_URL"]; ok {
+				errs = append(errs, checkDatabaseURL(cref, u.value, spec, c)...)
+			}
+			if mech := env["CERTFLEET_KAFKA_SASL_MECHANISM"].value; mech != "" {
+				if env["CERTFLEET_KAFKA_TLS"].value != "true" || env["CERTFLEET_KAFKA_INSECURE_SASL_PLAINTEXT"].value == "true" {
+					bad("%s: SASL (%s) without TLS: set CERTFLEET_KAFKA_TLS=true (the credentials would cross the network in clear)", cref, mech)
+				}
+				for _, k := range []string{"CERTFLEET_KAFKA_SASL_USER", "CERTFLEET_KAFKA_SASL_PASSWORD_FILE"} {
+					if env[k].value == "" {
+						bad("%s: SASL (%s) without %s", cref, mech, k)
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// checkDatabaseURL: a database URL in the base reaches a host that is not
+// loopback, so it must be what db.Open accepts: sslmode=verify-full with
+// sslrootcert, sslcert and sslkey together, each a mounted file.
+func checkDatabaseURL(cref, raw string, pod corev1.PodSpec, c corev1.Container) []error {
+	var errs []error
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return []error{fmt.Errorf("%s: CERTFLEET_DATABASE_URL is not a URL with a host", cref)}
+	}
+	q := u.Query()
+	if q.Get("sslmode") != "verify-full" || q.Get("sslrootcert") == "" {
+		errs = append(errs, fmt.Errorf("%s: CERTFLEET_DATABASE_URL needs sslmode=verify-full and sslrootcert (it has sslmode=%q): db.Open refuses anything less for a host that is not loopback", cref, q.Get("sslmode")))
+	}
+	if (q.Get("sslcert") == "") != (q.Get("sslkey") == "") {
+		errs = append(errs, fmt.Errorf("%s: CERTFLEET_DATABASE_URL: sslcert and sslkey come together", cref))
+	}
+	if u.User != nil {
+		if _, hasPassword := u.User.Password(); hasPassword {
+			errs = append(errs, fmt.Errorf("%s: CERTFLEET_DATABASE_URL holds a password in a ConfigMap: use certificate authentication (sslcert, sslkey)", cref))
+		}
+	}
+	for _, k := range []string{"sslrootcert", "sslcert", "sslkey"} {
+		if f := q.Get(k); f != "" && !mountedFile(pod, c, f) {
+			errs = append(errs, fmt.Errorf("%s: CERTFLEET_DATABASE_URL %s=%s is not a file of any volume mounted into the container", cref, k, f))
+		}
+	}
+	return errs
+}
+
+// checkEgress: every Kafka broker and database port a workload is told to
+// reach is allowed by an egress rule of the NetworkPolicies selecting it.
+func checkEgress(m *manifests) []error {
+	var errs []error
+	for _, w := range workloads(m) {
+		allowed := map[int32]bool{}
+		restricted := false
+		for _, np := range objectsOf[networkingv1.NetworkPolicy](m) {
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			if err != nil || !sel.Matches(labels.Set(w.pod.Labels)) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+				continue
+			}
+			restricted = true
+			for _, r := range np.Spec.Egress {
+				for _, p := range r.Ports {
+					if p.Port != nil && p.Port.Type == intstr.Int {
+						allowed[p.Port.IntVal] = true
+					}
+				}
+			}
+		}
+		if !restricted {
+			continue
+		}
+		for _, c := range w.pod.Spec.Containers {
+			env, _ := containerEnv(m, w.ref, c)
+			var targets []string
+			for _, b := range strings.Split(env["CERTFLEET_KAFKA_BROKERS"].value, ",") {
+				if b != "" {
+					targets = append(targets, "Kafka broker "+b)
+				}
+			}
+			if u, err := url.Parse(env["CERTFLEET_DATABASE_URL"].value); err == nil && u.Host != "" {
+				targets = append(targets, "database "+u.Host)
+			}
+			for _, tg := range targets {
+				addr := tg[strings.LastIndex(tg, " ")+1:]
+				_, port, err := net.SplitHostPort(addr)
+				n, perr := strconv.Atoi(port)
+				if err != nil || perr != nil {
+					errs = append(errs, fmt.Errorf("%s: %s has no port", w.ref, tg))
+					continue
+				}
+				if !allowed[int32(n)] {
+					errs = append(errs, fmt.Errorf("%s: no NetworkPolicy egress rule allows port %d (%s)", w.ref, n, tg))
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// checkProvisioning: a worker that creates topics creates them replicated
+// (the base must not auto-provision with replication factor 1).
+func checkProvisioning(m *manifests) []error {
+	var errs []error
+	for _, w := range workloads(m) {
+		for _, c := range w.pod.Spec.Containers {
+			env, _ := containerEnv(m, w.ref, c)
+			if on, _ := strconv.ParseBool(env["CERTFLEET_PROVISION_TOPICS"].value); !on {
+				continue
+			}
+			rf, isr := events.DefaultReplicationFactor, events.DefaultMinInsyncReplicas
+			if v, ok := env["CERTFLEET_TOPIC_REPLICATION_FACTOR"]; ok {
+				rf, _ = strconv.Atoi(v.value)
+			}
+			if v, ok := env["CERTFLEET_TOPIC_MIN_INSYNC_REPLICAS"]; ok {
+				isr, _ = strconv.Atoi(v.value)
+			}
+			if rf < 3 || isr < 2 {
+				errs = append(errs, fmt.Errorf("%s: provisions topics with replication factor %d and min.insync.replicas %d: production wants 3 and 2", w.ref, rf, isr))
+			}
+		}
+	}
+	return errs
+}
+
 func baseChecks(t *testing.T, m *manifests, dirFiles []string) []error {
 	var errs []error
 	errs = append(errs, checkPods(t, m)...)
@@ -1058,6 +1312,9 @@ func baseChecks(t *testing.T, m *manifests, dirFiles []string) []error {
 	errs = append(errs, checkServices(m)...)
 	errs = append(errs, checkAutoscaling(m)...)
 	errs = append(errs, checkNetworkPolicies(m)...)
+	errs = append(errs, checkSecrets(m)...)
+	errs = append(errs, checkEgress(m)...)
+	errs = append(errs, checkProvisioning(m)...)
 	errs = append(errs, checkKustomization(m, dirFiles)...)
 	return errs
 }
@@ -1116,7 +1373,7 @@ func TestManifestsDecode(t *testing.T) {
 
 func TestBase(t *testing.T) {
 	m := loadDir(t, baseDir)
-	for _, kind := range []string{"Namespace", "ServiceAccount", "ConfigMap", "Secret", "Deployment", "Job",
+	for _, kind := range []string{"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Job",
 		"HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "NetworkPolicy"} {
 		found := false
 		for k := range m.objects {
@@ -1128,6 +1385,65 @@ func TestBase(t *testing.T) {
 	}
 	for _, err := range baseChecks(t, m, manifestFiles(t, baseDir)) {
 		t.Error(err)
+	}
+}
+
+// TestKustomizeBuild builds the base and every overlay with kustomize (or
+// kubectl's), when one is installed, and decodes the output strictly: what
+// `kubectl apply -k` would send. The base's output holds no Secret.
+func TestKustomizeBuild(t *testing.T) {
+	var build []string
+	if p, err := exec.LookPath("kustomize"); err == nil {
+		build = []string{p, "build"}
+	} else if p, err := exec.LookPath("kubectl"); err == nil {
+		build = []string{p, "kustomize"}
+	} else {
+		t.Skip("neither kustomize nor kubectl is installed; the other tests check the same files without it")
+	}
+	dirs, _ := filepath.Glob("kubernetes/overlays/*")
+	for _, dir := range append([]string{baseDir}, dirs...) {
+		out, err := exec.Command(build[0], append(build[1:], dir)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s %s: %v\n%s", strings.Join(build, " "), dir, err, out)
+			continue
+		}
+		objs, err := decodeManifests(out)
+		if err != nil {
+			t.Errorf("%s: built output: %v", dir, err)
+		}
+		for _, o := range objs {
+			if kindOf(o) == "Secret" {
+				t.Errorf("%s: builds Secret/%s: secrets are created out of band", dir, metaOf(o).Name)
+			}
+		}
+		if len(objs) < 15 {
+			t.Errorf("%s: built %d objects", dir, len(objs))
+		}
+	}
+}
+
+// TestSecretsDocumented: deploy/README.md tells the operator how to create
+// every Secret the base mounts, with every key it mounts.
+func TestSecretsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range sortedKeys(outOfBandSecrets) {
+		i := strings.Index(string(readme), "create secret generic "+name+" ")
+		if i < 0 {
+			t.Errorf("deploy/README.md has no `kubectl create secret generic %s` step", name)
+			continue
+		}
+		cmd := string(readme[i:])
+		if j := strings.Index(cmd, "\n\n"); j >= 0 {
+			cmd = cmd[:j]
+		}
+		for _, key := range outOfBandSecrets[name] {
+			if !strings.Contains(cmd, "--from-file="+key+"=") {
+				t.Errorf("deploy/README.md: the %s step does not create key %s (--from-file=%s=...)", name, key, key)
+			}
+		}
 	}
 }
 
@@ -1202,9 +1518,18 @@ func TestBaseChecksCatchBreakage(t *testing.T) {
 		want  string
 	}{
 		{"configMapRef to a missing ConfigMap", nil, func(m *manifests) { worker(m).EnvFrom[0].ConfigMapRef.Name = "nope" }, `configMapRef "nope": no such ConfigMap`},
-		{"secretRef to a missing Secret", nil, func(m *manifests) { worker(m).EnvFrom[2].SecretRef.Name = "nope" }, `secretRef "nope": no such Secret`},
-		{"secretKeyRef to a missing key", nil, func(m *manifests) { sched(m).Env[0].ValueFrom.SecretKeyRef.Key = "DB" }, `has no key "DB"`},
-		{"secretKeyRef to a missing Secret", nil, func(m *manifests) { sched(m).Env[0].ValueFrom.SecretKeyRef.Name = "nope" }, `secretKeyRef "nope"`},
+		{"secretRef to a missing Secret", nil, func(m *manifests) {
+			worker(m).EnvFrom = append(worker(m).EnvFrom, corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "nope"}}})
+		}, `secretRef "nope": no such Secret`},
+		{"secretKeyRef to a missing key", nil, func(m *manifests) {
+			_ = m.add("x.yaml", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "x"}, StringData: map[string]string{"A": "b"}})
+			sched(m).Env = append(sched(m).Env, corev1.EnvVar{Name: "CERTFLEET_BUDGET", ValueFrom: &corev1.EnvVarSource{
+				SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "x"}, Key: "DB"}}})
+		}, `has no key "DB"`},
+		{"secretKeyRef to a missing Secret", nil, func(m *manifests) {
+			sched(m).Env = append(sched(m).Env, corev1.EnvVar{Name: "CERTFLEET_BUDGET", ValueFrom: &corev1.EnvVarSource{
+				SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "nope"}, Key: "DB"}}})
+		}, `secretKeyRef "nope"`},
 		{"configMapKeyRef to a missing key", nil, func(m *manifests) {
 			sched(m).Env = append(sched(m).Env, corev1.EnvVar{Name: "CERTFLEET_BUDGET", ValueFrom: &corev1.EnvVarSource{
 				ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "certfleet-scheduler"}, Key: "BUDGET"}}})
@@ -1212,8 +1537,55 @@ func TestBaseChecksCatchBreakage(t *testing.T) {
 		{"env name the binary does not read", nil, func(m *manifests) { cm(m, "certfleet-issuer-worker").Data["CERTFLEET_CONCURENCY"] = "8" }, "CERTFLEET_CONCURENCY (from ConfigMap/certfleet-issuer-worker) is not read by issuer-worker"},
 		{"worker-only setting in the common ConfigMap", nil, func(m *manifests) { cm(m, "certfleet-common").Data["CERTFLEET_CONCURRENCY"] = "8" }, "CERTFLEET_CONCURRENCY (from ConfigMap/certfleet-common) is not read by scheduler"},
 		{"seal keyring given to the scheduler", nil, func(m *manifests) {
-			sched(m).EnvFrom = append(sched(m).EnvFrom, corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "certfleet-seal-keys"}}})
-		}, "CERTFLEET_SEAL_KEYS (from Secret/certfleet-seal-keys) is not read by scheduler"},
+			pod := &dep(m, "certfleet-scheduler").Spec.Template.Spec
+			pod.Volumes = append(pod.Volumes, corev1.Volume{Name: "seal", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: "certfleet-seal-keys", DefaultMode: new(int32(0o400))}}})
+			sched(m).VolumeMounts = append(sched(m).VolumeMounts, corev1.VolumeMount{Name: "seal", MountPath: "/etc/certfleet/seal", ReadOnly: true})
+		}, "mounts Secret certfleet-seal-keys, which only the issuer-workers may see"},
+		{"example Secret back in the base", nil, func(m *manifests) {
+			_ = m.add("secret.yaml", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "certfleet-seal-keys"}, StringData: map[string]string{"keyring": "CHANGE-ME"}})
+		}, "Secret/certfleet-seal-keys is defined in the base"},
+		{"keyring in the environment", nil, func(m *manifests) {
+			worker(m).Env = append(worker(m).Env, corev1.EnvVar{Name: "CERTFLEET_SEAL_KEYS", Value: "k=..."})
+		}, "CERTFLEET_SEAL_KEYS puts the keyring in the environment"},
+		{"secret volume readable by others", nil, func(m *manifests) {
+			dep(m, "certfleet-issuer-worker").Spec.Template.Spec.Volumes[1].Secret.DefaultMode = new(int32(0o644))
+		}, "defaultMode 0644"},
+		{"secret volume without defaultMode", nil, func(m *manifests) {
+			dep(m, "certfleet-scheduler").Spec.Template.Spec.Volumes[1].Secret.DefaultMode = nil
+		}, "defaultMode unset (0644)"},
+		{"secret mounted writable", nil, func(m *manifests) { sched(m).VolumeMounts[1].ReadOnly = false }, "is not mounted read-only"},
+		{"no fsGroup", nil, func(m *manifests) {
+			m.objects["Job/certfleet-migrate"].(*batchv1.Job).Spec.Template.Spec.SecurityContext.FSGroup = nil
+		}, "Job/certfleet-migrate: mounts Secret certfleet-database but sets no pod securityContext.fsGroup"},
+		{"Secret nobody creates", nil, func(m *manifests) {
+			dep(m, "certfleet-scheduler").Spec.Template.Spec.Volumes[1].Secret.SecretName = "certfleet-kafka"
+		}, `Secret "certfleet-kafka" is not one deploy/README.md tells`},
+		{"password file not mounted", nil, func(m *manifests) {
+			cm(m, "certfleet-common").Data["CERTFLEET_KAFKA_SASL_PASSWORD_FILE"] = "/etc/certfleet/sasl/password"
+		}, "CERTFLEET_KAFKA_SASL_PASSWORD_FILE=/etc/certfleet/sasl/password is not a file of any volume mounted"},
+		{"keyring not among the mounted keys", nil, func(m *manifests) {
+			dep(m, "certfleet-issuer-worker").Spec.Template.Spec.Volumes[3].Secret.Items[0].Path = "keys"
+		}, "CERTFLEET_SEAL_KEYS_FILE=/etc/certfleet/seal/keyring is not a file"},
+		{"database client key not mounted", nil, func(m *manifests) {
+			j := m.objects["Job/certfleet-migrate"].(*batchv1.Job)
+			j.Spec.Template.Spec.Containers[0].VolumeMounts = nil
+		}, "Job/certfleet-migrate container migrate: CERTFLEET_DATABASE_URL sslrootcert=/etc/certfleet/db/ca.crt is not a file"},
+		{"database without verify-full", nil, func(m *manifests) {
+			cm(m, "certfleet-common").Data["CERTFLEET_DATABASE_URL"] = "postgresql://certfleet@db.example:26257/certfleet?sslmode=require"
+		}, "CERTFLEET_DATABASE_URL needs sslmode=verify-full and sslrootcert"},
+		{"database password in a ConfigMap", nil, func(m *manifests) {
+			cm(m, "certfleet-common").Data["CERTFLEET_DATABASE_URL"] = strings.Replace(cm(m, "certfleet-common").Data["CERTFLEET_DATABASE_URL"], "certfleet@", "certfleet:pw@", 1)
+		}, "holds a password in a ConfigMap"},
+		{"SASL without TLS", nil, func(m *manifests) { cm(m, "certfleet-common").Data["CERTFLEET_KAFKA_TLS"] = "false" }, "SASL (scram-sha-512) without TLS"},
+		{"NetworkPolicy without the SASL_SSL port", nil, func(m *manifests) {
+			np := m.objects["NetworkPolicy/certfleet-scheduler"].(*networkingv1.NetworkPolicy)
+			np.Spec.Egress[1].Ports[0].Port = new(intstr.FromInt32(9092))
+		}, "Deployment/certfleet-scheduler: no NetworkPolicy egress rule allows port 9093 (Kafka broker"},
+		{"auto-provisioning unreplicated", nil, func(m *manifests) {
+			cm(m, "certfleet-issuer-worker").Data["CERTFLEET_PROVISION_TOPICS"] = "true"
+			cm(m, "certfleet-issuer-worker").Data["CERTFLEET_TOPIC_REPLICATION_FACTOR"] = "1"
+		}, "provisions topics with replication factor 1"},
 		{"unknown image", nil, func(m *manifests) { worker(m).Image = "busybox:1" }, "is not a certfleet image"},
 		{"Service selects nothing", nil, func(m *manifests) {
 			m.objects["Service/certfleet-http01"].(*corev1.Service).Spec.Selector["app.kubernetes.io/component"] = "worker"
@@ -1488,6 +1860,16 @@ func checkCompose(t *testing.T, data []byte) []error {
 				bad("compose service %s: environment %s is not read by %s", name, k, bin)
 			}
 		}
+		if u, err := url.Parse(env["CERTFLEET_DATABASE_URL"]); err == nil && u.Host != "" && u.Query().Get("sslmode") != "verify-full" {
+			if on, _ := strconv.ParseBool(env["CERTFLEET_DATABASE_INSECURE"]); !on {
+				bad("compose service %s: CERTFLEET_DATABASE_URL reaches %s without sslmode=verify-full and CERTFLEET_DATABASE_INSECURE is not true: the binary would refuse to start", name, u.Host)
+			}
+		}
+		if k, ok := env[seal.EnvKeyring]; ok {
+			if _, err := seal.ParseKeyring(k); err != nil {
+				bad("compose service %s: %s: %v", name, seal.EnvKeyring, err)
+			}
+		}
 		if ca := env["CERTFLEET_ACME_TLS_CA"]; ca != "" && !slices.Contains(mounts, ca) {
 			bad("compose service %s: CERTFLEET_ACME_TLS_CA=%s is not a mounted file", name, ca)
 		}
@@ -1556,7 +1938,9 @@ func TestCompose(t *testing.T) {
 	for _, tc := range []struct{ old, new, want string }{
 		{"CERTFLEET_WORKER_ID: issuer-worker-1", "CERTFLEET_WORKER_NAME: issuer-worker-1", "environment CERTFLEET_WORKER_NAME is not read by issuer-worker"},
 		{"CERTFLEET_BUDGET: 10/1s", "CERTFLEET_CONCURRENCY: \"4\"", "environment CERTFLEET_CONCURRENCY is not read by scheduler"},
-		{"      CERTFLEET_DATABASE_URL: *database-url\n    restart: \"no\"", "      CERTFLEET_DATABASE_URL: *database-url\n      CERTFLEET_KAFKA_BROKERS: kafka:9092\n    restart: \"no\"", ""},
+		{"      CERTFLEET_DATABASE_INSECURE: *database-insecure\n    restart: \"no\"", "      CERTFLEET_DATABASE_INSECURE: *database-insecure\n      CERTFLEET_KAFKA_BROKERS: kafka:9092\n    restart: \"no\"", ""},
+		{"      CERTFLEET_DATABASE_INSECURE: *database-insecure\n    restart: \"no\"", "    restart: \"no\"", "compose service migrate: CERTFLEET_DATABASE_URL reaches cockroach:26257 without sslmode=verify-full"},
+		{"demo=SPumUnWke3OQaODCJ4rhU7XntYxywqnABrpLLTRDcsU=", "demo=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "is all zero bytes"},
 		{"        condition: service_healthy\n    networks: [certfleet]", "        condition: service_healthy\n      nowhere:\n        condition: service_started\n    networks: [certfleet]", "depends_on nowhere"},
 		{"    healthcheck:\n      test: [\"CMD\", \"/opt/kafka", "    x-healthcheck:\n      test: [\"CMD\", \"/opt/kafka", "but kafka has no healthcheck"},
 		{"image: apache/kafka:4.1.1", "image: bitnami/kafka:4.1", "official image apache/kafka"},
