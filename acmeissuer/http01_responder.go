@@ -18,8 +18,11 @@ import (
 // is bounded:
 //   - the Host must be the identifier the token was issued for (anything else
 //     is 404, like an unknown token): a token is no use on another name;
-//   - each client address may make ClientRate requests a second (burst
-//     ClientBurst); beyond that it gets 429 without a database read;
+//   - each client address may ask for ClientRate tokens a second (burst
+//     ClientBurst) that turn out not to exist; a client over that budget
+//     gets 429 without a database read. Found tokens cost nothing, so the
+//     CA, which validates from few addresses at fleet rate and only asks
+//     for tokens it issued, is never throttled; a flood of made-up tokens is;
 //   - at most MaxLookups database reads run at once (the worker's own pool
 //     serves claims and token spends); a request finding every slot taken
 //     waits up to LookupWait for one (the CA's fetch, arriving during a
@@ -39,7 +42,7 @@ type HTTP01Responder struct {
 	MaxLookups  int           // concurrent database reads; default 4
 	LookupWait  time.Duration // longest wait for a free read; default 2 s
 	CacheTTL    time.Duration // default 2 s
-	ClientRate  float64       // requests per second per client address; default 20
+	ClientRate  float64       // misses (unknown tokens) per second per client address; default 20
 	ClientBurst int           // default 40
 	Clock       clock.Clock   // default the wall clock
 
@@ -107,12 +110,14 @@ func (h *HTTP01Responder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	if !h.allow(clientAddr(r)) {
+	client := clientAddr(r)
+	if h.overBudget(client) {
 		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many requests", http.StatusTooManyRequests)
+		http.Error(w, "too many requests for unknown challenges", http.StatusTooManyRequests)
 		return
 	}
 	if !ValidToken(token) {
+		h.spendMiss(client)
 		http.NotFound(w, r)
 		return
 	}
@@ -127,6 +132,7 @@ func (h *HTTP01Responder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !found || !sameHost(r.Host, c.identifier) {
+		h.spendMiss(client)
 		http.NotFound(w, r)
 		return
 	}
@@ -179,20 +185,24 @@ func (h *HTTP01Responder) lookup(ctx context.Context, token string) (cachedChall
 	return c, true, nil
 }
 
-// allow spends one request of addr's budget (GCRA: one theoretical arrival
-// time per client).
-func (h *HTTP01Responder) allow(addr string) bool {
+// overBudget reports whether addr has spent its miss budget (GCRA: one
+// theoretical arrival time per client, burst ClientBurst).
+func (h *HTTP01Responder) overBudget(addr string) bool {
 	now := h.Clock.Now()
-	interval := time.Duration(float64(time.Second) / h.ClientRate)
-	burst := time.Duration(h.ClientBurst) * interval
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	tat, ok := h.clients[addr]
+	return ok && tat.Sub(now) >= h.missBurst()
+}
+
+// spendMiss charges addr one request for a token that does not exist.
+func (h *HTTP01Responder) spendMiss(addr string) {
+	now := h.Clock.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	tat, ok := h.clients[addr]
 	if !ok || tat.Before(now) {
 		tat = now
-	}
-	if tat.Sub(now) >= burst {
-		return false
 	}
 	if !ok && len(h.clients) >= maxTracked {
 		for k, v := range h.clients {
@@ -204,8 +214,15 @@ func (h *HTTP01Responder) allow(addr string) bool {
 			clear(h.clients)
 		}
 	}
-	h.clients[addr] = tat.Add(interval)
-	return true
+	h.clients[addr] = tat.Add(h.missInterval())
+}
+
+func (h *HTTP01Responder) missInterval() time.Duration {
+	return time.Duration(float64(time.Second) / h.ClientRate)
+}
+
+func (h *HTTP01Responder) missBurst() time.Duration {
+	return time.Duration(h.ClientBurst) * h.missInterval()
 }
 
 // clientAddr is the request's remote IP (not its port).
