@@ -5,11 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,34 +27,14 @@ func clearKafkaEnv(t *testing.T) {
 	}
 }
 
-// silentBroker accepts TCP and never answers.
-func silentBroker(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	return ln.Addr().String()
+// aclTopics are fresh topic names under the defaults (testenv grants its
+// principals' ACLs on the default names as prefixes).
+func aclTopics(prefix string) events.Topics {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	sfx := "." + prefix + "-" + hex.EncodeToString(b)
+	d := events.DefaultTopics()
+	return events.Topics{Requests: d.Requests + sfx, Retry: d.Retry + sfx, DLQ: d.DLQ + sfx, Events: d.Events + sfx, RateLimitChanges: d.RateLimitChanges + sfx}
 }
 
 var kafkaCommands = map[string][]string{
@@ -71,7 +49,7 @@ var kafkaCommands = map[string][]string{
 // main's signal.NotifyContext) ends them at once.
 func TestKafkaCommandsAgainstASilentBroker(t *testing.T) {
 	clearKafkaEnv(t)
-	addr := silentBroker(t)
+	addr := testenv.SilentListener(t)
 	for name, args := range kafkaCommands {
 		t.Run(name, func(t *testing.T) {
 			var out, errb bytes.Buffer
@@ -142,11 +120,7 @@ func TestKafkaCommandsOverSASLAndMTLS(t *testing.T) {
 	if len(s.KafkaSASLBrokers) == 0 || len(s.KafkaMTLSBrokers) == 0 || s.SecretsDir == "" {
 		t.Fatalf("testenv has no SASL_SSL/mTLS listeners: restart it with `go run ./cmd/testenv up`")
 	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	sfx := ".cli-" + hex.EncodeToString(b)
-	d := events.DefaultTopics()
-	tp := events.Topics{Requests: d.Requests + sfx, Retry: d.Retry + sfx, DLQ: d.DLQ + sfx, Events: d.Events + sfx, RateLimitChanges: d.RateLimitChanges + sfx}
+	tp := aclTopics("cli")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, tp.Specs(2, 1)...); err != nil {
@@ -209,11 +183,7 @@ func TestTopicsCreate(t *testing.T) {
 	if len(s.KafkaSASLBrokers) == 0 || s.SecretsDir == "" {
 		t.Fatalf("testenv has no SASL_SSL listener: restart it with `go run ./cmd/testenv up`")
 	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	sfx := ".create-" + hex.EncodeToString(b)
-	d := events.DefaultTopics()
-	tp := events.Topics{Requests: d.Requests + sfx, Retry: d.Retry + sfx, DLQ: d.DLQ + sfx, Events: d.Events + sfx, RateLimitChanges: d.RateLimitChanges + sfx}
+	tp := aclTopics("create")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	t.Cleanup(func() {

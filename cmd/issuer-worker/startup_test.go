@@ -4,49 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/certfleet/certfleet/testenv"
 )
-
-// silentBroker accepts TCP and never answers.
-func silentBroker(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // startWorker runs the worker binary with env (on top of a clean
 // CERTFLEET_* environment) and returns its exit code and stderr once it
@@ -119,7 +86,7 @@ func TestWorkerRefusesAtStart(t *testing.T) {
 	base := []string{"CERTFLEET_CAS=pebble=" + s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA=" + s.ACMETLSCA, "CERTFLEET_DATABASE_URL=" + s.DatabaseURL,
 		"CERTFLEET_KAFKA_BROKERS=" + strings.Join(s.KafkaBrokers, ","), "CERTFLEET_SEAL_KEYS_FILE=" + good, "CERTFLEET_KAFKA_TIMEOUT=2s"}
 	with := func(kv ...string) []string { return append(append([]string{}, base...), kv...) }
-	silent := silentBroker(t)
+	silent := testenv.SilentListener(t)
 	for _, tc := range []struct {
 		name   string
 		env    []string
