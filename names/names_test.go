@@ -25,15 +25,16 @@ func TestNormalize(t *testing.T) {
 		{"foo.github.io", "foo.github.io", nil},
 		{"github.io", "github.io", nil}, // private suffix: its owner may hold it
 		{long63 + ".example.com", long63 + ".example.com", nil},
-		{"host.internal", "host.internal", nil},
 
 		{"", "", ErrEmpty},
 		{"localhost", "", ErrSingleLabel},
 		{"com", "", ErrSingleLabel},
 		{"co.uk", "", ErrPublicSuffix},
 		{"*.co.uk", "", ErrPublicSuffix},
-		{"*.com", "", ErrSingleLabel},
-		{"example.com.", "", ErrEmptyLabel},
+		{"*.com", "", ErrPublicSuffix},
+		{"example.com.", "", ErrTrailingDot},
+		{"a.example.com..", "", ErrEmptyLabel},
+		{"host.internal", "", ErrSpecialUse},
 		{"a..example.com", "", ErrEmptyLabel},
 		{".example.com", "", ErrEmptyLabel},
 		{"*example.com", "", ErrWildcard},
@@ -62,7 +63,7 @@ func TestNormalize(t *testing.T) {
 		{strings.Repeat("a", 2000), "", ErrTooLong},
 	}
 	for _, tt := range tests {
-		got, err := Normalize(tt.in)
+		got, err := lab.Normalize(tt.in)
 		if tt.err != nil {
 			if !errors.Is(err, tt.err) {
 				t.Errorf("Normalize(%q) = %q, %v; want error %v", tt.in, got, err, tt.err)
@@ -84,7 +85,7 @@ func TestValidateRequiresCanonical(t *testing.T) {
 		t.Fatalf("Validate(canonical) = %v", err)
 	}
 	for _, in := range []string{"Example.com", "bücher.example"} {
-		err := Validate(in)
+		err := lab.Validate(in)
 		if !errors.Is(err, ErrNotCanonical) {
 			t.Errorf("Validate(%q) = %v, want ErrNotCanonical", in, err)
 		}
@@ -99,7 +100,7 @@ func TestValidateList(t *testing.T) {
 		index int
 	}{
 		{"ok", []string{"a.example.com", "*.example.com"}, nil, 0},
-		{"empty", nil, ErrEmpty, -1},
+		{"empty", nil, ErrNoNames, -1},
 		{"too many", []string{"a.example.com", "b.example.com", "c.example.com"}, ErrTooManyNames, -1},
 		{"duplicate", []string{"a.example.com", "a.example.com"}, ErrDuplicate, 1},
 		{"bad second", []string{"a.example.com", "1.2.3.4"}, ErrIPAddress, 1},
@@ -128,25 +129,32 @@ func TestErrorQuotesControlCharacters(t *testing.T) {
 
 // FuzzNormalize checks the invariants every caller relies on: output is
 // canonical (idempotent), short enough, and free of anything outside
-// letters, digits, hyphen, dot and a leading "*.".
+// letters, digits, hyphen, dot and a leading "*."; the lab policy accepts
+// everything the strict one does, unchanged.
 func FuzzNormalize(f *testing.F) {
 	for _, s := range []string{"example.com", "*.Example.COM", "bücher.example", "1.2.3.4", "\xff\xfe", "a\x00b.com",
-		strings.Repeat("a.", 200) + "com", "xn--.com", "*.*.com", "ǅ.example", "\u200d.example.com", "a\u0600b.example"} {
+		strings.Repeat("a.", 200) + "com", "xn--.com", "*.*.com", "ǅ.example", "\u200d.example.com", "a\u0600b.example",
+		"a.example.", "*.com", "*.test", "printer.local", "x.onion", "a.home.arpa", "host.corp", "www.ck", "xn--ls8h.example",
+		"xn--ab-m1t.example", "xn--a-0hc.test", "col·lega.example", "a·b.example", "faß.example", "xn--kja.example"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		out, err := Normalize(in)
+		strict, strictErr := Normalize(in) // the process policy: strict here
+		out, err := lab.Normalize(in)
+		if strictErr == nil && (err != nil || out != strict) {
+			t.Fatalf("the lab policy refuses or changes what the strict one accepts: %q -> %q, %v", in, out, err)
+		}
 		if err != nil {
 			return
 		}
 		if len(out) > MaxNameLength {
 			t.Fatalf("Normalize(%q) = %q: too long", in, out)
 		}
-		again, err := Normalize(out)
+		again, err := lab.Normalize(out)
 		if err != nil || again != out {
 			t.Fatalf("Normalize not idempotent: %q -> %q -> %q, %v", in, out, again, err)
 		}
-		if err := Validate(out); err != nil {
+		if err := lab.Validate(out); err != nil {
 			t.Fatalf("Validate(Normalize(%q)) = %v", in, err)
 		}
 		rest := strings.TrimPrefix(out, "*.")
@@ -175,7 +183,7 @@ func TestIPAddressesAreRefusedWithAReason(t *testing.T) {
 }
 
 func TestNormalizeSet(t *testing.T) {
-	got, err := NormalizeSet([]string{"WWW.Example.COM", "example.com", "www.example.com", "bücher.example"}, 3)
+	got, err := lab.NormalizeSet([]string{"WWW.Example.COM", "example.com", "www.example.com", "bücher.example"}, 3)
 	if want := []string{"example.com", "www.example.com", "xn--bcher-kva.example"}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("NormalizeSet = %q, %v; want %q", got, err, want)
 	}
@@ -185,10 +193,10 @@ func TestNormalizeSet(t *testing.T) {
 		err   error
 		index int
 	}{
-		{"empty", nil, ErrEmpty, -1},
+		{"empty", nil, ErrNoNames, -1},
 		{"too many distinct", []string{"a.example.com", "b.example.com", "c.example.com", "d.example.com"}, ErrTooManyNames, -1},
 		{"IP address", []string{"a.example.com", "192.0.2.1"}, ErrIPAddress, 1},
-		{"absolute name", []string{"example.com."}, ErrEmptyLabel, 0},
+		{"absolute name", []string{"example.com."}, ErrTrailingDot, 0},
 	}
 	for _, tt := range tests {
 		_, err := NormalizeSet(tt.list, 3)

@@ -105,6 +105,9 @@ func (s Settings) EnvFile() string {
 	for _, kv := range s.vars() {
 		fmt.Fprintf(&b, "%s=%s\n", kv[0], shellQuote(kv[1]))
 	}
+	// Not a setting of the stack but what its CA needs: the binaries and the
+	// CLI accept Pebble's lab names (LabNames).
+	fmt.Fprintf(&b, "%s=%s\n", EnvAllowSpecialNames, shellQuote(labNamesList()))
 	return b.String()
 }
 

@@ -15,7 +15,9 @@
 //
 // Configuration comes from flags, falling back to environment variables
 // (CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...). -h or --help on any
-// command or subcommand prints its usage to stdout and exits 0.
+// command or subcommand prints its usage to stdout and exits 0. One option
+// goes before the command: --allow-special-names (CERTFLEET_ALLOW_SPECIAL_NAMES),
+// the special-use TLDs a lab CA issues for, as the worker's.
 package main
 
 import (
@@ -26,11 +28,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/internal/envflag"
+	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/schema"
 )
 
@@ -41,7 +45,7 @@ const (
 	exitUsage = 2 // bad arguments or configuration
 )
 
-const usage = `usage: certfleet <command> [flags]
+const usage = `usage: certfleet [--allow-special-names TLDS] <command> [flags]
 
 commands:
   migrate   apply pending database migrations
@@ -62,6 +66,10 @@ usage and exit 0). Read commands take --json.
 Configuration: flags, else CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...
 (with the local stack: set -a; . ./.testenv/env; set +a). Kafka over TLS and
 SASL: --kafka-tls, --kafka-tls-ca, --kafka-sasl-* (see a command's -h).
+--allow-special-names test,example (else CERTFLEET_ALLOW_SPECIAL_NAMES), before
+the command: accept names under these special-use TLDs, for a lab CA such as
+Pebble; by default only names under TLDs delegated in the ICANN section of the
+public suffix list are accepted, as public CAs issue.
 
 Exit status: 0 done; 1 the command ran and failed (conflict, unreachable
 service, failed request); 2 bad arguments or configuration.
@@ -138,11 +146,15 @@ func parseFlagsWith(fs *flag.FlagSet, parse func([]string) error, args []string,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	args, err := namesPolicy(args, os.Getenv)
+	if err != nil {
+		fmt.Fprintln(stderr, "certfleet:", err)
+		return exitUsage
+	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	var err error
 	switch args[0] {
 	case "migrate":
 		err = migrate(ctx, args[1:], stdout, stderr)
@@ -188,6 +200,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "certfleet:", err)
 		return exitError
 	}
+}
+
+// namesPolicy consumes a leading --allow-special-names LIST (or
+// --allow-special-names=LIST; else CERTFLEET_ALLOW_SPECIAL_NAMES) and makes
+// it the process names policy (names.SetProcessPolicy), strict when neither
+// is set. It returns the remaining arguments.
+func namesPolicy(args []string, getenv func(string) string) ([]string, error) {
+	list, set := getenv("CERTFLEET_ALLOW_SPECIAL_NAMES"), false
+	if len(args) > 0 {
+		a := strings.TrimPrefix(args[0], "-")
+		switch {
+		case a == "-allow-special-names" || a == "allow-special-names":
+			if len(args) < 2 {
+				return nil, fmt.Errorf("%w: --allow-special-names needs a value", errUsage)
+			}
+			list, set, args = args[1], true, args[2:]
+		case strings.HasPrefix(a, "-allow-special-names=") || strings.HasPrefix(a, "allow-special-names="):
+			_, v, _ := strings.Cut(a, "=")
+			list, set, args = v, true, args[1:]
+		}
+	}
+	p, err := names.ParsePolicy(list)
+	if err == nil {
+		err = names.SetProcessPolicy(p)
+	}
+	if err != nil {
+		from := "CERTFLEET_ALLOW_SPECIAL_NAMES"
+		if set {
+			from = "--allow-special-names"
+		}
+		return nil, fmt.Errorf("%w: %s: %v", errUsage, from, err)
+	}
+	return args, nil
 }
 
 func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

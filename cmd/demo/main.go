@@ -54,6 +54,10 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
 	bin := flag.String("bin", "", "directory holding issuer-worker and scheduler binaries already built (make run builds them into ./bin); empty: build them into .testenv/bin")
 	flag.Parse()
+	// The demo's names are under .test, which Pebble issues for: the demo
+	// and the workers and scheduler it starts (through the environment)
+	// accept them.
+	testenv.UseLabNames()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *n, *timeout, *bin); err != nil {

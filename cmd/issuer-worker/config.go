@@ -13,6 +13,7 @@ import (
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/kafkaconn"
+	"github.com/certfleet/certfleet/names"
 )
 
 // config is the worker's configuration: every flag falls back to an
@@ -26,31 +27,32 @@ type config struct {
 	Provision        *events.ProvisionOptions // -partitions, -replication-factor, ...
 	DatabaseURL      string
 	DatabaseInsecure bool
-	SealKeysFile    string
-	SealKeysEnv     string
-	CAs             []caconfig.CA
-	ACMETLSCA       string
-	LimitsFile      string
-	Profile         string
-	Concurrency     int
-	MaxPending      int
-	Lease           time.Duration
-	ShutdownTimeout time.Duration
-	SessionTimeout  time.Duration
-	Listen          string
-	HTTP01Listen    string
-	DNS01ChallTest  string
-	ChallengeTypes  []string
-	Owner           string
-	Relay           bool
-	LogLevel        string
+	SealKeysFile     string
+	SealKeysEnv      string
+	CAs              []caconfig.CA
+	ACMETLSCA        string
+	LimitsFile       string
+	Profile          string
+	Concurrency      int
+	MaxPending       int
+	Lease            time.Duration
+	ShutdownTimeout  time.Duration
+	SessionTimeout   time.Duration
+	Listen           string
+	HTTP01Listen     string
+	DNS01ChallTest   string
+	ChallengeTypes   []string
+	Owner            string
+	Relay            bool
+	LogLevel         string
+	Names            names.Policy // -allow-special-names; strict by default
 }
 
 // parseConfig reads flags from args with environment fallbacks from getenv.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var c config
 	fs := envflag.New(flag.NewFlagSet("issuer-worker", flag.ContinueOnError), getenv)
-	var cas, challengeTypes string
+	var cas, challengeTypes, allowSpecial string
 	c.Kafka = kafkaconn.RegisterFlags(fs)
 	fs.String(&c.Group, "group", "CERTFLEET_WORKER_GROUP", "certfleet-issuer-workers", "Kafka consumer group shared by all workers")
 	def := events.DefaultTopics()
@@ -68,6 +70,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
 	fs.String(&c.Profile, "profile", "CERTFLEET_PROFILE", "", "ACME profile for requests that name none")
+	fs.String(&allowSpecial, "allow-special-names", "CERTFLEET_ALLOW_SPECIAL_NAMES", "", "special-use or undelegated TLDs whose names are accepted, comma separated, e.g. test,example for a lab CA such as Pebble; empty (production): only names under a TLD delegated in the ICANN section of the public suffix list")
 	fs.Int(&c.Concurrency, "concurrency", "CERTFLEET_CONCURRENCY", 8, "orders in flight per worker")
 	fs.Int(&c.MaxPending, "max-pending", "CERTFLEET_MAX_PENDING", 1024, "fetched records held at once, including those waiting for not_before")
 	fs.Duration(&c.Lease, "lease", "CERTFLEET_LEASE", 5*time.Minute, "how long a claim protects a request being ordered")
@@ -90,6 +93,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var err error
 	if c.CAs, err = caconfig.Parse(cas); err != nil {
 		return c, fmt.Errorf("-ca %w", err)
+	}
+	if c.Names, err = names.ParsePolicy(allowSpecial); err != nil {
+		return c, fmt.Errorf("-allow-special-names: %w", err)
 	}
 	for _, ct := range strings.Split(challengeTypes, ",") {
 		if ct = strings.TrimSpace(ct); ct != "" {

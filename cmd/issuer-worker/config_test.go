@@ -25,6 +25,12 @@ func TestParseConfig(t *testing.T) {
 	if c.Concurrency != 8 || c.Group != "certfleet-issuer-workers" || len(c.CAs) != 1 || c.CAs[0].Name != "pebble" {
 		t.Fatalf("defaults: %+v", c)
 	}
+	if len(c.Names.AllowedSpecialUse) != 0 {
+		t.Fatalf("default names policy %s; want strict", c.Names)
+	}
+	if c, err := parseConfig(nil, env(map[string]string{"CERTFLEET_ALLOW_SPECIAL_NAMES": "test,.example"})); err != nil || c.Names.String() != "strict but for .example, .test" {
+		t.Fatalf("CERTFLEET_ALLOW_SPECIAL_NAMES: %s, %v", c.Names, err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -51,6 +57,7 @@ func TestParseConfig(t *testing.T) {
 		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
 		{"unknown challenge type", []string{"-challenge-types", "tls-alpn-01"}, nil, `-challenge-types: "tls-alpn-01"`},
 		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
+		{"delegated TLD allowed", []string{"-allow-special-names", "test,com"}, nil, `-allow-special-names: names: allowed special-use TLD "com": it is delegated`},
 		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
 		{"unknown flag", []string{"-bogus"}, nil, "flag provided but not defined"},
 	} {

@@ -34,6 +34,7 @@ import (
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/kafkaconn"
+	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/pipeline"
 	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/ratelimit/changefeed"
@@ -55,6 +56,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := newLogger(os.Stderr, cfg.LogLevel)
+	if err := names.SetProcessPolicy(cfg.Names); err != nil { // checked by parseConfig already
+		fmt.Fprintln(os.Stderr, "issuer-worker: configuration: -allow-special-names:", err)
+		os.Exit(2)
+	}
+	if len(cfg.Names.AllowedSpecialUse) > 0 {
+		log.Warn("names under special-use TLDs are accepted (-allow-special-names): for a lab CA only", "names_policy", cfg.Names.String())
+	}
 	if cfg.SealKeysFile == "" {
 		log.Warn("the keyring comes from the environment (CERTFLEET_SEAL_KEYS): for local use only; mount it as a file and pass -seal-keys-file in production")
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/kafkaconn"
+	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -47,6 +48,7 @@ type config struct {
 	ShutdownTimeout  time.Duration
 	Listen           string
 	LogLevel         string
+	Names            names.Policy // -allow-special-names; strict by default
 
 	budgetText string
 	caList     []caconfig.CA // -ca as given; CAs is its directories by name
@@ -64,7 +66,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	var c config
 	fs := envflag.New(flag.NewFlagSet("scheduler", flag.ContinueOnError), getenv)
 	fs.SetOutput(out)
-	var cas string
+	var cas, allowSpecial string
 	c.Kafka = kafkaconn.RegisterFlags(fs)
 	fs.String(&c.Group, "group", "CERTFLEET_SCHEDULER_GROUP", "certfleet-scheduler", "consumer group of the certificate events, shared by all schedulers")
 	def := events.DefaultTopics()
@@ -91,6 +93,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	fs.Duration(&c.ShutdownTimeout, "shutdown-timeout", "CERTFLEET_SHUTDOWN_TIMEOUT", 20*time.Second, "grace at SIGTERM for the event in hand and the lease release")
 	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9091", "address of /healthz, /readyz and /metrics")
 	fs.String(&c.LogLevel, "log-level", "CERTFLEET_LOG_LEVEL", "info", "debug, info, warn or error")
+	fs.String(&allowSpecial, "allow-special-names", "CERTFLEET_ALLOW_SPECIAL_NAMES", "", "special-use or undelegated TLDs whose names are accepted, comma separated, e.g. test,example for a lab CA such as Pebble; empty (production): only names under a TLD delegated in the ICANN section of the public suffix list")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -102,6 +105,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		return c, fmt.Errorf("-ca %w", err)
 	}
 	c.CAs = caconfig.Directories(c.caList)
+	if c.Names, err = names.ParsePolicy(allowSpecial); err != nil {
+		return c, fmt.Errorf("-allow-special-names: %w", err)
+	}
 	if err := c.validate(); err != nil {
 		return c, err
 	}

@@ -24,6 +24,15 @@ func TestParseConfig(t *testing.T) {
 	if err != nil || c.Budget != (ratelimit.Limit{Count: 300, Period: time.Minute, Burst: 50}) || c.CAs["pebble"] == "" {
 		t.Fatalf("%+v %v", c, err)
 	}
+	if len(c.Names.AllowedSpecialUse) != 0 {
+		t.Errorf("default names policy %s; want strict", c.Names)
+	}
+	if c, err := parseConfig([]string{"-allow-special-names", "test"}, getenv, io.Discard); err != nil || c.Names.String() != "strict but for .test" {
+		t.Fatalf("-allow-special-names test: %s, %v", c.Names, err)
+	}
+	if _, err := parseConfig([]string{"-allow-special-names", "org"}, getenv, io.Discard); err == nil || !strings.Contains(err.Error(), "-allow-special-names:") {
+		t.Fatalf("-allow-special-names org: %v; want refused", err)
+	}
 	// Tests shorten the ARI re-check below Pebble's fixed 6 h Retry-After.
 	c, err = parseConfig([]string{"-ari-recheck-min", "1s", "-ari-recheck-max", "2s"}, getenv, io.Discard)
 	if err != nil || c.ARIRecheckMin != time.Second || c.ARIRecheckMax != 2*time.Second {

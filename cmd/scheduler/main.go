@@ -29,6 +29,7 @@ import (
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/scheduler"
 )
 
@@ -42,6 +43,13 @@ func main() {
 		os.Exit(2)
 	}
 	log := newLogger(cfg.LogLevel)
+	if err := names.SetProcessPolicy(cfg.Names); err != nil { // checked by parseConfig already
+		fmt.Fprintln(os.Stderr, "scheduler: configuration: -allow-special-names:", err)
+		os.Exit(2)
+	}
+	if len(cfg.Names.AllowedSpecialUse) > 0 {
+		log.Warn("names under special-use TLDs are accepted (-allow-special-names): for a lab CA only", "names_policy", cfg.Names.String())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, cfg, log, nil); err != nil {
