@@ -69,7 +69,8 @@ type Config struct {
 	DefaultPenalty time.Duration
 	// Contact lists account contact URLs (mailto:...). Optional.
 	Contact []string
-	// Profile is the ACME profile used when Request.Profile is empty.
+	// Profile is the ACME profile used when Request.Profile is empty. Empty:
+	// such an order names no profile and the CA applies its default.
 	Profile string
 	// AccountWait is how long a worker that lost the race to create a tenant's
 	// account waits for the winner to register it before registering the same
@@ -161,9 +162,11 @@ type Request struct {
 	// package names, which Obtain checks (1-100 names, none repeated).
 	// Required.
 	SANs []string
-	// Profile is the ACME profile to order; empty means Config.Profile. When
-	// the CA advertises profiles one of them must be named; when it
-	// advertises none, none may be named.
+	// Profile is the ACME profile to order; empty means Config.Profile.
+	// When both are empty the order names no profile and the CA applies its
+	// default (the ACME profiles extension: Let's Encrypt's is "classic"; Pebble
+	// picks one of its profiles at random). A named profile must be one the
+	// CA advertises; a CA that advertises none accepts none.
 	Profile string
 	// Replaces is the certificate this order renews (ARI, RFC 9773); nil for
 	// a new certificate. acmez drops it and retries if the CA says
@@ -317,8 +320,8 @@ func (i *Issuer) check(req Request) (map[string]acmez.Solver, error) {
 	return solvers, nil
 }
 
-// checkProfile insists on an explicit profile when the CA offers profiles (a
-// CA may otherwise pick one at random; Pebble does). It returns the directory.
+// checkProfile checks a named profile against the ones the CA advertises;
+// an empty one is always fine (the CA's default). It returns the directory.
 func (i *Issuer) checkProfile(ctx context.Context, profile string) (acme.Directory, error) {
 	cctx, c := withCapture(ctx)
 	dir, err := i.client.GetDirectory(cctx)
@@ -330,11 +333,11 @@ func (i *Issuer) checkProfile(ctx context.Context, profile string) (acme.Directo
 		offered = dir.Meta.Profiles
 	}
 	switch _, ok := offered[profile]; {
-	case len(offered) == 0 && profile != "":
+	case profile == "":
+		// The CA's default, whether or not it offers profiles.
+	case len(offered) == 0:
 		return dir, fmt.Errorf("%w: profile %q named but the CA offers no profiles", ErrInvalidRequest, profile)
-	case len(offered) > 0 && profile == "":
-		return dir, fmt.Errorf("%w: the CA offers profiles %v; name one", ErrInvalidRequest, sortedKeys(offered))
-	case len(offered) > 0 && !ok:
+	case !ok:
 		return dir, fmt.Errorf("%w: profile %q is not offered by the CA (offers %v)", ErrInvalidRequest, profile, sortedKeys(offered))
 	}
 	return dir, nil

@@ -1,11 +1,16 @@
 package acmeissuer
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -92,7 +97,6 @@ func TestObtainRejectsInvalidRequests(t *testing.T) {
 		{"no SANs", Request{Profile: testenv.PebbleProfile}},
 		{"duplicate SAN", Request{SANs: []string{name, name}, Profile: testenv.PebbleProfile}},
 		{"unknown key type", Request{SANs: []string{name}, Profile: testenv.PebbleProfile, KeyType: "dsa"}},
-		{"no profile named", Request{SANs: []string{name}}},
 		{"unknown profile", Request{SANs: []string{name}, Profile: "forever"}},
 		{"no solver", Request{SANs: []string{name}, Profile: testenv.PebbleProfile, Challenges: []string{acme.ChallengeTypeTLSALPN01}}},
 	}
@@ -106,6 +110,89 @@ func TestObtainRejectsInvalidRequests(t *testing.T) {
 	if err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM acme_accounts`).Scan(&n); err != nil || n != 0 {
 		t.Errorf("accounts created by invalid requests: %d, %v", n, err)
 	}
+}
+
+// A request that names no profile, to an issuer without a default profile,
+// against a CA that offers profiles (Pebble: default and shortlived) is
+// ordered without one and the CA applies its default: the contract's "absent
+// for the CA's default". Pebble picks one of its profiles at random, so the
+// certificate has the lifetime of either.
+func TestObtainWithoutProfile(t *testing.T) {
+	s := testenv.Require(t)
+	d := freshDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tr, err := s.ACMETransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	rec := &newOrderRecorder{next: tr}
+	iss := newTestIssuer(t, s, d, func(c *Config) {
+		c.Profile = ""
+		c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: rec}
+	})
+	dir, err := iss.client.GetDirectory(ctx)
+	if err != nil || dir.Meta == nil || len(dir.Meta.Profiles) < 2 {
+		t.Fatalf("Pebble's directory offers profiles %v, %v; want default and shortlived", dir.Meta, err)
+	}
+	rec.newOrder = dir.NewOrder
+	name := "noprofile-" + randomSuffix() + ".certfleet.test"
+	res, err := iss.Obtain(ctx, Request{Tenant: "t", SANs: []string{name}})
+	if err != nil {
+		t.Fatalf("a request without a profile: %v", err)
+	}
+	verify(t, s, res, name)
+	payloads := rec.payloads()
+	if len(payloads) != 1 {
+		t.Fatalf("%d newOrder requests; want 1", len(payloads))
+	}
+	if _, named := payloads[0]["profile"]; named {
+		t.Errorf("newOrder payload %v names a profile; want none", payloads[0])
+	}
+	life := res.NotAfter.Sub(res.NotBefore)
+	near := func(d time.Duration) bool { return life > d-2*time.Hour && life < d+2*time.Hour }
+	if !near(90*24*time.Hour) && !near(6*24*time.Hour) {
+		t.Errorf("lifetime %v; want one of Pebble's profiles (90 days or 6 days)", life)
+	}
+}
+
+// newOrderRecorder keeps the JWS payloads POSTed to newOrder.
+type newOrderRecorder struct {
+	next     http.RoundTripper
+	newOrder string
+	mu       sync.Mutex
+	seen     []map[string]any
+}
+
+func (r *newOrderRecorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	if r.newOrder != "" && req.Method == http.MethodPost && req.URL.String() == r.newOrder && req.Body != nil {
+		body, err := io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		var jws struct {
+			Payload string `json:"payload"`
+		}
+		payload := map[string]any{}
+		if json.Unmarshal(body, &jws) == nil {
+			if raw, err := base64.RawURLEncoding.DecodeString(jws.Payload); err == nil {
+				_ = json.Unmarshal(raw, &payload)
+			}
+		}
+		r.mu.Lock()
+		r.seen = append(r.seen, payload)
+		r.mu.Unlock()
+	}
+	return r.next.RoundTrip(req)
+}
+
+func (r *newOrderRecorder) payloads() []map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]map[string]any(nil), r.seen...)
 }
 
 // A challenge nobody answers ends as a Permanent failure carrying the ACME
@@ -234,12 +321,14 @@ func TestObtainThroughput(t *testing.T) {
 	t.Logf("%d certificates at concurrency %d in %v: %.1f certs/s (%d failures)", total, concurrency, el.Round(time.Millisecond), float64(total)/el.Seconds(), failures.Load())
 }
 
-// Identifiers are package names' to judge: an IP address, a name not in
+// Identifiers are package names' to judge: an IP address, a name under a
+// special-use TLD the lab policy does not list, a name not in
 // canonical form or a repeated name is an invalid request before anything
 // goes to the CA, and an IP address says why.
 func TestObtainChecksSANsWithNames(t *testing.T) {
 	i := &Issuer{cfg: Config{Solvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: HTTP01Solver{}}}}
-	for _, sans := range [][]string{{"a.example.com", "192.0.2.1"}, {"2001:db8::1"}, {"A.example.com"}, {"a.example.com", "a.example.com"}, nil} {
+	for _, sans := range [][]string{{"a.example.com", "192.0.2.1"}, {"2001:db8::1"}, {"A.example.com"}, {"a.example.com", "a.example.com"}, nil,
+		{"a.invalid"}, {"x.onion"}, {"printer.local"}, {"host.internal"}, {"a.alt"}, {"a.localhost"}, {"xn--ls8h.example.com"}} {
 		_, err := i.check(Request{SANs: sans})
 		if !errors.Is(err, ErrInvalidRequest) || Classify(err).Class != Permanent {
 			t.Errorf("SANs %q: err = %v; want ErrInvalidRequest", sans, err)
