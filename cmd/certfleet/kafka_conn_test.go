@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +43,7 @@ var kafkaCommands = map[string][]string{
 	"request --wait":   {"request", "--san", "a.example", "--tenant", "t1", "--wait", "1m"},
 	"dlq list":         {"dlq", "list"},
 	"dlq replay --all": {"dlq", "replay", "--all"},
+	"topics create":    {"topics", "create"},
 }
 
 // Against a broker that accepts TCP and never answers, the Kafka commands
@@ -221,5 +224,45 @@ func TestTopicsCreate(t *testing.T) {
 	}
 	if got["retention.ms"] != "172800000" || got["min.insync.replicas"] != "1" {
 		t.Fatalf("DLQ configs %v", got)
+	}
+}
+
+// The binary itself: SIGINT and SIGTERM end a command blocked on a silent
+// broker at once (main's signal context closes its Kafka connections).
+func TestSignalEndsABlockedCommand(t *testing.T) {
+	clearKafkaEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin, err := testenv.BuildCommand(ctx, t.TempDir(), "certfleet", ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := testenv.SilentListener(t)
+	for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM} {
+		for name, args := range kafkaCommands {
+			cmd := exec.Command(bin, append(args, "--brokers", addr, "--kafka-timeout", "5m")...)
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
+			start := time.Now()
+			_ = cmd.Process.Signal(sig)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+				if d := time.Since(start); d > 2*time.Second {
+					t.Errorf("%s: %v took %v to end it", name, sig, d)
+				}
+				if cmd.ProcessState.ExitCode() != exitError {
+					t.Errorf("%s after %v: exit %d, stderr %q", name, sig, cmd.ProcessState.ExitCode(), errb.String())
+				}
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Fatalf("%s: still running 10s after %v", name, sig)
+			}
+		}
 	}
 }
