@@ -253,8 +253,8 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	})
 	servers := []*http.Server{{Addr: cfg.Listen, Handler: ops, ReadHeaderTimeout: 5 * time.Second}}
 	if cfg.HTTP01Listen != "" {
-		servers = append(servers, &http.Server{Addr: cfg.HTTP01Listen, ReadHeaderTimeout: 5 * time.Second,
-			Handler: acmeissuer.HTTP01Handler(challenges, http.NotFoundHandler())})
+		// Internet-facing: read, write and idle timeouts and a header cap.
+		servers = append(servers, acmeissuer.NewHTTP01Server(cfg.HTTP01Listen, acmeissuer.HTTP01Handler(challenges, http.NotFoundHandler())))
 	}
 	for _, srv := range servers {
 		l, err := net.Listen("tcp", srv.Addr)
