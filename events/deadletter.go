@@ -19,6 +19,10 @@ const (
 	HeaderDLQAttempts  = "certfleet_dlq_attempts"  // handler attempts, decimal; 0 when it never decoded
 	HeaderDLQGroup     = "certfleet_dlq_group"     // consumer group that gave up
 	HeaderDLQTime      = "certfleet_dlq_time"      // RFC 3339
+	// HeaderDLQStub marks a stub: the record itself was not kept, its value
+	// is a Stub (JSON) and the header's value is the cause, StubRefused or
+	// StubPrivateKey (deadletter_stub.go).
+	HeaderDLQStub = "certfleet_dlq_stub"
 )
 
 const maxReasonLen = 1024
@@ -32,6 +36,8 @@ type DeadLetter struct {
 	Attempts  int
 	Group     string
 	Time      time.Time
+	// Stub is the cause when the record is a stub (HeaderDLQStub), else "".
+	Stub string
 }
 
 // ReadDeadLetter extracts the dead-letter metadata from a record read from a
@@ -54,30 +60,40 @@ func ReadDeadLetter(m kafka.Message) (d DeadLetter, ok bool) {
 			d.Group = v
 		case HeaderDLQTime:
 			d.Time, _ = time.Parse(time.RFC3339Nano, v)
+		case HeaderDLQStub:
+			d.Stub = v
 		}
 	}
 	return d, ok
 }
 
 // deadLetterRecord copies m for topic, replacing any earlier dead-letter
-// headers with d's.
+// headers with d's. A record holding private key material is never copied:
+// it becomes a stub (StubPrivateKey) with its headers and hashes only.
 func deadLetterRecord(topic string, m kafka.Message, d DeadLetter) kafka.Message {
+	if holdsPrivateKey(m) {
+		return stubRecord(topic, m, d, "", true)
+	}
 	hs := make([]kafka.Header, 0, len(m.Headers)+7)
 	for _, h := range m.Headers {
 		if !strings.HasPrefix(h.Key, "certfleet_dlq_") {
 			hs = append(hs, h)
 		}
 	}
-	hs = append(hs,
-		kafka.Header{Key: HeaderDLQReason, Value: []byte(sanitizeReason(d.Reason))},
-		kafka.Header{Key: HeaderDLQTopic, Value: []byte(d.Topic)},
-		kafka.Header{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(d.Partition))},
-		kafka.Header{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(d.Offset, 10))},
-		kafka.Header{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(d.Attempts))},
-		kafka.Header{Key: HeaderDLQGroup, Value: []byte(d.Group)},
-		kafka.Header{Key: HeaderDLQTime, Value: []byte(d.Time.UTC().Format(time.RFC3339Nano))},
-	)
-	return kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: hs}
+	return kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: append(hs, dlqHeaders(d)...)}
+}
+
+// dlqHeaders are the certfleet_dlq_* headers describing d.
+func dlqHeaders(d DeadLetter) []kafka.Header {
+	return []kafka.Header{
+		{Key: HeaderDLQReason, Value: []byte(sanitizeReason(d.Reason))},
+		{Key: HeaderDLQTopic, Value: []byte(d.Topic)},
+		{Key: HeaderDLQPartition, Value: []byte(strconv.Itoa(d.Partition))},
+		{Key: HeaderDLQOffset, Value: []byte(strconv.FormatInt(d.Offset, 10))},
+		{Key: HeaderDLQAttempts, Value: []byte(strconv.Itoa(d.Attempts))},
+		{Key: HeaderDLQGroup, Value: []byte(d.Group)},
+		{Key: HeaderDLQTime, Value: []byte(d.Time.UTC().Format(time.RFC3339Nano))},
+	}
 }
 
 // sanitizeReason makes an error text safe for a header and for whoever

@@ -168,8 +168,11 @@ type Stats struct {
 	Handled      int64 // handler returned nil, offset committed
 	Retries      int64 // handler calls after the first, over all events
 	DeadLettered int64 // records written to the dead-letter topic
-	Duplicates   int64 // events skipped because their id was in the window
-	CommitErrors int64 // commits that failed (the record will be redelivered)
+	// DeadLetterStubs counts the dead letters among them written as a stub
+	// (the topic refused the record, or it held private key material).
+	DeadLetterStubs int64
+	Duplicates      int64 // events skipped because their id was in the window
+	CommitErrors    int64 // commits that failed (the record will be redelivered)
 }
 
 // Subscriber consumes events as a member of a consumer group. It processes
@@ -191,7 +194,7 @@ type Subscriber struct {
 	mu       sync.Mutex
 	cancel   context.CancelFunc // cancels Run's handler context
 
-	handled, retries, deadLettered, duplicates, commitErrors atomic.Int64
+	handled, retries, deadLettered, stubs, duplicates, commitErrors atomic.Int64
 }
 
 // NewSubscriber validates cfg and creates the group reader. It does not
@@ -368,11 +371,15 @@ func (s *Subscriber) deadLetter(ctx context.Context, m kafka.Message, reason err
 		Group:     s.cfg.GroupID,
 		Time:      s.cfg.Clock.Now(),
 	}
-	rec := deadLetterRecord(s.cfg.DeadLetterTopic, m, d)
+	var rec kafka.Message
 	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	err := backoff.RetryNotify(func() error {
-		return s.cfg.DeadLetter.WriteMessages(ctx, rec)
+		// A record the topic refuses for good goes as a stub (WriteDeadLetter):
+		// only errors that hold every record are retried.
+		var err error
+		rec, err = WriteDeadLetter(ctx, s.cfg.DeadLetter, s.cfg.DeadLetterTopic, m, d)
+		return err
 	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
 		s.log.Error("events: dead-letter write failed, retrying", "topic", s.cfg.DeadLetterTopic, "wait", wait, "error", err)
 	})
@@ -380,8 +387,15 @@ func (s *Subscriber) deadLetter(ctx context.Context, m kafka.Message, reason err
 		return fmt.Errorf("events: dead-lettering %s/%d@%d: %w", m.Topic, m.Partition, m.Offset, err)
 	}
 	s.deadLettered.Add(1)
+	written, _ := ReadDeadLetter(rec)
+	if written.Stub != "" {
+		s.stubs.Add(1)
+		s.log.Warn("events: record dead-lettered as a stub (hashes and a prefix, not the record)", "topic", m.Topic, "partition", m.Partition,
+			"offset", m.Offset, "attempts", attempts, "stub", written.Stub, "size", len(m.Value), "reason", written.Reason)
+		return nil
+	}
 	s.log.Warn("events: record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
-		"attempts", attempts, "reason", sanitizeReason(d.Reason))
+		"attempts", attempts, "reason", written.Reason)
 	return nil
 }
 
@@ -406,11 +420,12 @@ func (s *Subscriber) commit(ctx context.Context, m kafka.Message) error {
 // Stats returns the subscriber's counters.
 func (s *Subscriber) Stats() Stats {
 	return Stats{
-		Handled:      s.handled.Load(),
-		Retries:      s.retries.Load(),
-		DeadLettered: s.deadLettered.Load(),
-		Duplicates:   s.duplicates.Load(),
-		CommitErrors: s.commitErrors.Load(),
+		Handled:         s.handled.Load(),
+		Retries:         s.retries.Load(),
+		DeadLettered:    s.deadLettered.Load(),
+		DeadLetterStubs: s.stubs.Load(),
+		Duplicates:      s.duplicates.Load(),
+		CommitErrors:    s.commitErrors.Load(),
 	}
 }
 
