@@ -18,24 +18,30 @@ import (
 )
 
 // ARIClient fetches ACME Renewal Information (RFC 9773) through acmez's
-// acme.Client.GetRenewalInfo, with one acme.Client per CA directory (each
-// reads its directory once). Safe for concurrent use.
+// acme.Client.GetRenewalInfo, with one acme.Client per configured CA
+// directory (each reads its directory once). It asks only the CAs of
+// Directories: a CA named any other way (an https URL no -ca entry has, as
+// an event or a hand-edited row might name) gets ErrNoARI and no request
+// goes out, so the clients it keeps (and acmez's own directory cache, which
+// is keyed by URL and never shrinks) hold at most len(Directories) entries.
+// Safe for concurrent use.
 type ARIClient struct {
 	// HTTP is the client; nil means one with a 10 s timeout. Set its
 	// transport's RootCAs for a private CA such as Pebble.
 	HTTP *http.Client
-	// Directories maps configured CA names to directory URLs; a managed
-	// certificate whose CA is an https URL needs no entry.
+	// Directories are the configured CAs (the scheduler's -ca): name to ACME
+	// directory URL. A managed certificate's CA is one of the names, or
+	// exactly one of the directory URLs; nothing else is asked for ARI.
 	Directories map[string]string
 	// Concurrency bounds fetches in flight in RecheckARI. Default 4.
 	Concurrency int
 
 	mu      sync.Mutex
-	clients map[string]*acme.Client // by directory URL
+	clients map[string]*acme.Client // by configured directory URL: at most len(Directories)
 }
 
 // ErrNoARI means the CA's directory has no renewalInfo endpoint, or the CA
-// has no directory URL.
+// is not one of the configured CAs (ARIClient.Directories).
 var ErrNoARI = errors.New("scheduler: CA does not offer ARI")
 
 // ARIResponse is one renewalInfo answer.
@@ -44,14 +50,34 @@ type ARIResponse struct {
 	RetryAfter time.Duration // 0 when the CA sent none
 }
 
+// directory returns the directory URL of ca when ca is a configured CA, by
+// name or by its exact directory URL.
+func (c *ARIClient) directory(ca string) (string, bool) {
+	if d, ok := c.Directories[ca]; ok {
+		return d, true
+	}
+	for _, d := range c.Directories {
+		if d == ca {
+			return d, true
+		}
+	}
+	return "", false
+}
+
+// configured reports whether ARI may be asked of ca.
+func (c *ARIClient) configured(ca string) bool {
+	_, ok := c.directory(ca)
+	return ok
+}
+
 // acmeClient returns the ACME client of ca's directory.
 func (c *ARIClient) acmeClient(ca string) (*acme.Client, error) {
-	dir := ca
-	if d, ok := c.Directories[ca]; ok {
-		dir = d
+	dir, ok := c.directory(ca)
+	if !ok {
+		return nil, fmt.Errorf("%w: CA %q is not configured (-ca)", ErrNoARI, ca)
 	}
 	if !strings.HasPrefix(dir, "https://") {
-		return nil, fmt.Errorf("%w: no directory URL for CA %q", ErrNoARI, ca)
+		return nil, fmt.Errorf("%w: CA %q has no https directory URL", ErrNoARI, ca)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -148,12 +174,19 @@ SET ari_window_start = $3, ari_window_end = $4, ari_retry_at = $5,
     updated_at = now()
 WHERE identity = $1 AND cert_ari_id = $2`
 
+// stopARI ends the re-checks of a row whose CA is not configured.
+const stopARI = `
+UPDATE managed_certificates SET ari_retry_at = NULL, updated_at = now()
+WHERE identity = $1 AND cert_ari_id = $2`
+
 // RecheckARI fetches the ARI windows whose Retry-After has passed (at most
 // limit rows, oldest first, through managed_certificates_ari_retry_idx) with
-// bounded concurrency, and re-plans rows with no job in flight. A failed
-// fetch keeps the stored plan and is retried after the CA's Retry-After, or
-// at the earliest after Policy.ARIRecheckMin, so an unreachable CA is not
-// hammered. It returns how many rows it looked at.
+// bounded concurrency, and re-plans rows with no job in flight. A row whose
+// CA is not configured (ARIClient.Directories) is not asked about and is
+// re-checked no more. A failed fetch keeps the stored plan and is retried
+// after the CA's Retry-After, or at the earliest after Policy.ARIRecheckMin,
+// so an unreachable CA is not hammered. It returns how many rows it looked
+// at.
 func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 	if s.cfg.ARI == nil {
 		return 0, nil
@@ -180,6 +213,13 @@ func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 	g.SetLimit(cmp.Or(s.cfg.ARI.Concurrency, 4))
 	for _, r := range due {
 		g.Go(func() error {
+			if !s.cfg.ARI.configured(r.ca) {
+				// Not one of the -ca CAs (any more): no request goes out, and
+				// the row stops being re-checked; its plan stands.
+				s.cfg.Logger.Debug("no ARI: the certificate's CA is not configured", "identity", r.identity, "ca", r.ca)
+				_, err := s.cfg.DB.Pool().Exec(gctx, stopARI, r.identity, r.ariID)
+				return err
+			}
 			fctx, cancel := context.WithTimeout(gctx, 10*time.Second)
 			resp, ferr := s.cfg.ARI.Fetch(fctx, r.ca, r.ariID)
 			cancel()

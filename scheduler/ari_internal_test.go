@@ -3,7 +3,11 @@ package scheduler
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	"github.com/certfleet/certfleet/events"
@@ -40,5 +44,32 @@ func TestFetchWithoutDirectory(t *testing.T) {
 	}
 	if _, err := c.Fetch(t.Context(), "pebble", "not-an-id"); err == nil || errors.Is(err, ErrNoARI) {
 		t.Errorf("bad id: err = %v", err)
+	}
+}
+
+// The ARI clients (and acmez's directory cache behind them) are keyed by
+// configured directories only: fetches for any number of CAs named some
+// other way add none, and send nothing.
+func TestARIClientsBounded(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	c := &ARIClient{HTTP: srv.Client(), Directories: map[string]string{"a": "https://a.test/dir", "b": "https://b.test/dir"}}
+	for i := range 1000 {
+		ca := fmt.Sprintf("%s/dir%d", srv.URL, i)
+		if _, err := c.Fetch(t.Context(), ca, "aYhba4dGQEE.AQ"); !errors.Is(err, ErrNoARI) {
+			t.Fatalf("CA %q: err = %v, want ErrNoARI", ca, err)
+		}
+	}
+	for _, ca := range []string{"a", "b", "https://a.test/dir", "a", "https://b.test/dir"} {
+		if _, err := c.acmeClient(ca); err != nil {
+			t.Fatalf("configured CA %q: %v", ca, err)
+		}
+	}
+	c.mu.Lock()
+	n := len(c.clients)
+	c.mu.Unlock()
+	if n != 2 || hits.Load() != 0 {
+		t.Fatalf("%d clients kept (want 2, one per configured directory), %d requests sent (want 0)", n, hits.Load())
 	}
 }

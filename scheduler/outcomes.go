@@ -26,6 +26,10 @@ import (
 //
 // Anything else on the topic, and events for SAN sets nobody manages, are
 // ignored.
+//
+// ARI is asked only after the managed row is found and only of the row's
+// own CA, when it is one of the configured CAs (ARIClient.Directories):
+// never of a URL an event names.
 
 // Handle is the events.Handler of the certificate events topic.
 func (s *Scheduler) Handle(ctx context.Context, e events.Event) error {
@@ -57,16 +61,39 @@ SET cert_ari_id = $2, cert_not_before = $3, cert_not_after = $4,
 WHERE identity = $1
   AND (cert_not_after IS NULL OR cert_not_after < $4 OR (cert_not_after = $4 AND cert_ari_id <> $2))`
 
+// sameInstant compares at the database's precision (microseconds).
+func sameInstant(a, b time.Time) bool {
+	return a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond))
+}
+
 func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (string, error) {
 	identity := events.Identity(p.SANs)
+	// The managed row before anything goes out: a SAN set nobody manages, or
+	// a certificate older than the one recorded, costs no ARI request.
+	var ca string
+	var curNotAfter *time.Time
+	var curARIID *string
+	err := s.cfg.DB.Pool().QueryRow(ctx, `SELECT ca_directory, cert_not_after, cert_ari_id FROM managed_certificates WHERE identity = $1`,
+		identity).Scan(&ca, &curNotAfter, &curARIID)
+	if errors.Is(err, errNoRows) {
+		return "ignored", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("scheduler: record cert_obtained: %w", err)
+	}
+	if curNotAfter != nil && (curNotAfter.After(p.NotAfter) || (sameInstant(*curNotAfter, p.NotAfter) && derefS(curARIID) == p.ARICertID)) {
+		return "ignored", nil
+	}
 	now := s.cfg.Clock.Now().UTC()
 	cert := &certLife{p.NotBefore.UTC(), p.NotAfter.UTC()}
 	r := draw(identity, p.ARICertID)
 	var w *Window
 	var retryAt time.Time
-	if s.cfg.ARI != nil && p.ARICertID != "" {
+	// ARI from the managed row's CA, and only when it is a configured one:
+	// the event's ca field is not trusted to name where requests go.
+	if s.cfg.ARI != nil && s.cfg.ARI.configured(ca) {
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err := s.cfg.ARI.Fetch(fctx, p.CA, p.ARICertID)
+		resp, err := s.cfg.ARI.Fetch(fctx, ca, p.ARICertID)
 		cancel()
 		if err != nil {
 			// Plan by lifetime now; the ARI re-check tries again soon.
@@ -78,6 +105,8 @@ func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (strin
 			w = &resp.Window
 			retryAt = ariRecheckAt(s.cfg.Policy, now, resp.RetryAfter)
 		}
+	} else if s.cfg.ARI != nil {
+		s.cfg.Logger.Debug("no ARI: the certificate's CA is not configured; planning by lifetime", "identity", identity, "ca", ca)
 	}
 	plan := planRenewal(s.cfg.Policy, now, cert, w, r)
 	var ws, we, ra *time.Time

@@ -111,7 +111,7 @@ func TestARIFromPebble(t *testing.T) {
 	s := testenv.Require(t)
 	ctx := ctxT(t, 60*time.Second)
 	hc := pebbleHTTP(t, s)
-	ari := &scheduler.ARIClient{HTTP: hc}
+	ari := &scheduler.ARIClient{HTTP: hc, Directories: map[string]string{"pebble": s.ACMEDirectory}}
 	sched, err := scheduler.New(scheduler.Config{DB: r.d, Writer: r.w, Holder: r.holder, Logger: quiet, Clock: r.clk, ARI: ari})
 	if err != nil {
 		t.Fatal(err)

@@ -325,9 +325,27 @@ func newSchedulerOn(t *testing.T, r *rig, holder string) *rig {
 
 func insertIssued(t testing.TB, d *db.DB, identity, ari string, nb, na time.Time) {
 	t.Helper()
+	storeIssued(t, d, identity, "req-"+uuid.NewString(), "1", ari, nb, na)
+}
+
+// storeIssued stores a certificate as a worker does (certstore.Complete)
+// before it publishes cert_obtained for requestID.
+func storeIssued(t testing.TB, d *db.DB, identity, requestID, serial, ari string, nb, na time.Time) {
+	t.Helper()
 	_, err := d.Pool().Exec(context.Background(), `INSERT INTO issued_certificates
 		(id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key)
-		VALUES ($1, $2, $3, '1', $4, $5, $6, '', '\x00')`, uuid.New(), identity, "req-"+uuid.NewString(), ari, nb, na)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, '', '\x00')`, uuid.New(), identity, requestID, serial, ari, nb, na)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// storeClaim records requestID as claimed for identity, as a worker does
+// (certstore.Claim) before it publishes cert_failed or issuance_deferred.
+func storeClaim(t testing.TB, d *db.DB, requestID, identity string) {
+	t.Helper()
+	_, err := d.Pool().Exec(context.Background(), `INSERT INTO issuance_requests (request_id, identity, state, owner, owner_until, attempts)
+		VALUES ($1, $2, 'ordering', 'worker-test', now() + interval '1 minute', 1)`, requestID, identity)
 	if err != nil {
 		t.Fatal(err)
 	}

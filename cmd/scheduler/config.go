@@ -44,7 +44,7 @@ type config struct {
 	ARIRecheckMin    time.Duration
 	ARIRecheckMax    time.Duration
 	ACMETLSCA        string
-	CAs              map[string]string // CA name -> directory, for ARI of rows that name a CA
+	CAs              map[string]string // CA name -> directory: the only CAs asked for ARI
 	ShutdownTimeout  time.Duration
 	Listen           string
 	LogLevel         string
@@ -89,7 +89,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	fs.Duration(&c.ARIRecheckMin, "ari-recheck-min", "CERTFLEET_ARI_RECHECK_MIN", time.Minute, "fetch an ARI window again no sooner than this, whatever the CA's Retry-After")
 	fs.Duration(&c.ARIRecheckMax, "ari-recheck-max", "CERTFLEET_ARI_RECHECK_MAX", 24*time.Hour, "fetch an ARI window again no later than this, whatever the CA's Retry-After; tests shorten it")
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
-	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CA names used by managed certificates, name=directoryURL, comma separated, for ARI")
+	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "the CAs asked for ARI, name=directoryURL, comma separated: a managed certificate names one by name or by its exact directory URL; a certificate of any other CA is planned by its lifetime, and no request goes to a URL an event names")
 	fs.Duration(&c.ShutdownTimeout, "shutdown-timeout", "CERTFLEET_SHUTDOWN_TIMEOUT", 20*time.Second, "grace at SIGTERM for the event in hand and the lease release")
 	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9091", "address of /healthz, /readyz and /metrics")
 	fs.String(&c.LogLevel, "log-level", "CERTFLEET_LOG_LEVEL", "info", "debug, info, warn or error")

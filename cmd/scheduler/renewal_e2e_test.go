@@ -129,7 +129,8 @@ func TestRenewalEndToEnd(t *testing.T) {
 		p.start(t, schedBin, []string{"-holder", name, "-listen", p.listen, "-group", "rn-s-" + sfx,
 			"-topic-requests", topics.Requests, "-topic-events", topics.Events, "-topic-dlq", topics.DLQ,
 			"-tick-interval", "200ms", "-lease-ttl", leaseTTL.String(), "-budget", "5/1s/5",
-			"-ari-recheck-min", "1s", "-ari-recheck-max", "2s", "-shutdown-timeout", "10s"}, env)
+			"-ari-recheck-min", "1s", "-ari-recheck-max", "2s", "-shutdown-timeout", "10s"},
+			append(env, "CERTFLEET_CAS=pebble="+s.ACMEDirectory)) // ARI only from configured CAs
 		return p
 	}
 	t0 := time.Now()
