@@ -293,10 +293,12 @@ func issueTest(sans []string) (*acmeissuer.Result, error) {
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, ARICertID: events.ARICertID(leaf), PrivateKey: key}, nil
 }
 
-// fakeWriter keeps what was written, by topic.
+// fakeWriter keeps what was written, by topic. refuse, when set, refuses a
+// record with the error it returns (as the broker refuses one too large).
 type fakeWriter struct {
-	mu   sync.Mutex
-	msgs []kafka.Message
+	mu     sync.Mutex
+	msgs   []kafka.Message
+	refuse func(kafka.Message) error
 }
 
 func (f *fakeWriter) WriteMessages(_ context.Context, msgs ...kafka.Message) error {
@@ -305,6 +307,11 @@ func (f *fakeWriter) WriteMessages(_ context.Context, msgs ...kafka.Message) err
 	for _, m := range msgs {
 		if m.Topic == "" {
 			return errors.New("fake writer: record without topic")
+		}
+		if f.refuse != nil {
+			if err := f.refuse(m); err != nil {
+				return err
+			}
 		}
 	}
 	f.msgs = append(f.msgs, msgs...)

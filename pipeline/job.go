@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -23,7 +24,25 @@ import (
 // handed back then. jobCtx ends only when the shutdown grace is over, so an
 // order in flight can finish. A nil error means the record is finished and
 // may be committed.
-func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error {
+//
+// A panic while handling the record is recovered: the claim is handed back,
+// the record dead-lettered with the panic's reason (JobPanics counts it), and
+// the worker goes on with the next record.
+func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err error) {
+	var j *job
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		w.cfg.Metrics.JobPanics.Inc()
+		w.cfg.Logger.Error("panic while handling a record; dead-lettering it", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset,
+			"panic", events.Sanitize(fmt.Sprint(p), 300), "stack", string(debug.Stack()))
+		if j != nil {
+			_ = j.release(jobCtx, nil)
+		}
+		err = w.deadLetter(jobCtx, m, fmt.Sprintf("panic while handling the record: %v", p))
+	}()
 	ev, err := events.Decode(m)
 	if err != nil {
 		return w.deadLetter(jobCtx, m, err.Error())
@@ -49,7 +68,7 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) error 
 	defer releaseSlot()
 	// The owner is per job, not per worker: one worker handling two copies of
 	// a request at once must not let the second take over the first's claim.
-	j := &job{w: w, ca: ca, req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
+	j = &job{w: w, ca: ca, req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
 		releaseSlot: releaseSlot}
 	outcome, err := j.run(jobCtx)
 	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
@@ -506,17 +525,30 @@ func (j *job) encode(p events.Payload, topic string) (kafka.Message, error) {
 }
 
 // deadLetter moves a record that can never succeed to the DLQ, unchanged,
-// with why and where from in its headers.
+// with why and where from in its headers. A record the DLQ refuses for good
+// (too large once uncompressed, an invalid record) or one holding private
+// key material goes as a stub (events.WriteDeadLetter), so the partition's
+// commits never stop behind it; only errors that hold every record (an
+// unreachable broker, a missing topic) are retried.
 func (w *Worker) deadLetter(ctx context.Context, m kafka.Message, reason string) error {
-	rec := events.DeadLetterRecord(w.cfg.Topics.DLQ, m, events.DeadLetter{
+	d := events.DeadLetter{
 		Reason: reason, Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Group: w.cfg.Owner, Time: w.cfg.Clock.Now(),
+	}
+	rec, err := retry(ctx, w, "writing to the dead-letter topic", func(ctx context.Context) (kafka.Message, error) {
+		return events.WriteDeadLetter(ctx, w.cfg.Writer, w.cfg.Topics.DLQ, m, d)
 	})
-	if _, err := retry(ctx, w, "writing to the dead-letter topic", func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, rec)
-	}); err != nil {
+	if err != nil {
 		return err
 	}
-	w.cfg.Logger.Warn("record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", events.Sanitize(reason, 300))
+	// The reason as written: sanitised, and cut before any quoted key material.
+	written, _ := events.ReadDeadLetter(rec)
+	if written.Stub != "" {
+		w.cfg.Logger.Warn("record dead-lettered as a stub (its size, SHA-256 and a prefix; not the record)", "topic", m.Topic, "partition", m.Partition,
+			"offset", m.Offset, "stub", written.Stub, "bytes", len(m.Value), "reason", events.Sanitize(written.Reason, 300))
+		w.cfg.Metrics.DLQStubs.WithLabelValues(written.Stub).Inc()
+	} else {
+		w.cfg.Logger.Warn("record dead-lettered", "topic", m.Topic, "partition", m.Partition, "offset", m.Offset, "reason", events.Sanitize(written.Reason, 300))
+	}
 	w.cfg.Metrics.Jobs.WithLabelValues(OutcomeDeadLettered).Inc()
 	return nil
 }

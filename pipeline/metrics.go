@@ -13,6 +13,13 @@ type Metrics struct {
 	InFlight      prometheus.Gauge   // certfleet_worker_jobs_in_flight
 	Pending       prometheus.Gauge   // certfleet_worker_records_pending
 	ConsumerLag   prometheus.Gauge   // certfleet_worker_consumer_lag, set by the process from its Kafka reader
+	// DLQStubs counts dead letters written as a stub instead of the record:
+	// the dead-letter topic refused the record, or it held private key
+	// material (events.WriteDeadLetter).
+	DLQStubs *prometheus.CounterVec // certfleet_worker_dlq_stubs_total{cause}
+	// JobPanics counts records whose handling panicked; each was
+	// dead-lettered with the panic's reason and the worker went on.
+	JobPanics prometheus.Counter // certfleet_worker_job_panics_total
 }
 
 // Job outcomes, the label values of certfleet_worker_jobs_total.
@@ -49,9 +56,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ConsumerLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_worker_consumer_lag", Help: "Records behind the end of the partitions this worker reads (kafka-go reader lag).",
 		}),
+		DLQStubs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_worker_dlq_stubs_total", Help: "Dead letters written as a stub (size, SHA-256, prefix) instead of the record, by cause: refused (the dead-letter topic refused the record) or private_key.",
+		}, []string{"cause"}),
+		JobPanics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "certfleet_worker_job_panics_total", Help: "Records whose handling panicked; each was dead-lettered with the panic's reason.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.ConsumerLag)
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.ConsumerLag, m.DLQStubs, m.JobPanics)
 	}
 	return m
 }
