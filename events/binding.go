@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -108,10 +109,13 @@ func inUTC(p Payload) Payload {
 
 // Decode parses and validates one record. It is strict: every rule that
 // Encode applies is checked again, plus the wire-level ones (sizes, headers,
-// JSON shape). Every error is a *FieldError wrapping one sentinel, e.g.
-// ErrUnknownSpecVersion, ErrUnknownSchemaVersion, ErrUnknownField,
-// ErrTooLarge. Headers other than the ce_* attributes and content-type
-// (tracing, DLQ metadata) are ignored.
+// JSON shape and types). Every error is a *FieldError wrapping one sentinel,
+// e.g. ErrUnknownSpecVersion, ErrUnknownSchemaVersion, ErrUnknownField,
+// ErrTooLarge. Every ce_* header it reads and content-type are required;
+// other headers (tracing, DLQ metadata) are ignored. An optional field that
+// is null is absent; a required one that is null, or present but empty, is
+// invalid (not missing); a value of the wrong JSON type is reported with the
+// type wanted and the type found.
 func Decode(m kafka.Message) (Event, error) {
 	if len(m.Value) > MaxValueSize {
 		return Event{}, fieldErrf("value", ErrTooLarge, "%d bytes", len(m.Value))
@@ -153,13 +157,13 @@ func Decode(m kafka.Message) (Event, error) {
 	if e.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
 		return Event{}, fieldErrf(hTime, ErrInvalidHeader, "%s is not an RFC 3339 time", quote(ts))
 	}
-	data, err := unmarshal(t, m.Value)
+	data, present, err := unmarshal(t, m.Value)
 	if err != nil {
 		return Event{}, err
 	}
 	e.Data = data
 	if err := e.Validate(); err != nil {
-		return Event{}, err
+		return Event{}, emptyNotMissing(err, present, fieldsOf(data))
 	}
 	if string(m.Key) != e.Key() {
 		return Event{}, fieldErrf("key", ErrKeyMismatch, "got %s, want %s", quote(string(m.Key)), e.Key())
@@ -266,33 +270,49 @@ func checkContentType(h map[string]string) error {
 	return nil
 }
 
-// unmarshal decodes the JSON value strictly into the payload type of t.
-func unmarshal(t Type, value []byte) (Payload, error) {
+// unmarshal decodes the JSON value strictly into the payload type of t. It
+// also returns the fields the value holds (null ones included).
+func unmarshal(t Type, value []byte) (Payload, map[string]bool, error) {
 	if bytes.Contains(value, []byte("PRIVATE KEY")) {
-		return nil, fieldErr("value", ErrPrivateKey)
+		return nil, nil, fieldErr("value", ErrPrivateKey)
 	}
 	if !utf8.Valid(value) {
 		// encoding/json would silently turn bad bytes into U+FFFD.
-		return nil, fieldErr("value", ErrInvalidUTF8)
+		return nil, nil, fieldErr("value", ErrInvalidUTF8)
 	}
 	p := registry[t]()
-	if err := checkShape(value, fieldsOf(p)); err != nil {
-		return nil, err
+	present, err := checkShape(value, fieldsOf(p))
+	if err != nil {
+		return nil, nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(p); err != nil {
 		var ute *json.UnmarshalTypeError
 		if errors.As(err, &ute) && ute.Field != "" {
-			return nil, fieldErrf(ute.Field, ErrInvalidField, "want JSON %s, got %s", jsonKind(ute.Type), ute.Value)
+			return nil, nil, fieldErrf(ute.Field, ErrInvalidField, "want JSON %s, got %s", jsonKind(ute.Type), ute.Value)
 		}
 		var pe *time.ParseError
 		if errors.As(err, &pe) {
-			return nil, fieldErrf("value", ErrInvalidField, "time %s is not RFC 3339", quote(pe.Value))
+			return nil, nil, fieldErrf("value", ErrInvalidField, "time %s is not RFC 3339", quote(pe.Value))
 		}
-		return nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
+		return nil, nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
 	}
-	return p, nil
+	return p, present, nil
+}
+
+// emptyNotMissing turns Validate's "missing required field" for a field the
+// value does hold (an empty string, the zero time) into an invalid value, so
+// the reason says what was sent.
+func emptyNotMissing(err error, present map[string]bool, fs fieldSet) error {
+	var fe *FieldError
+	if !errors.As(err, &fe) || !errors.Is(err, ErrMissingField) || !present[fe.Field] {
+		return err
+	}
+	if fs.known[fe.Field].kind == kindTime {
+		return fieldErrf(fe.Field, ErrInvalidField, "the zero time 0001-01-01T00:00:00Z; a real time is required")
+	}
+	return fieldErrf(fe.Field, ErrInvalidField, "empty; a value is required")
 }
 
 func jsonKind(t reflect.Type) string {
@@ -311,10 +331,62 @@ func jsonKind(t reflect.Type) string {
 	return t.String()
 }
 
-// fieldSet is a payload's JSON field names, split by whether they are
-// required (no omitempty/omitzero option).
+// valueKind is the JSON type a payload field takes.
+type valueKind int
+
+const (
+	kindString valueKind = iota
+	kindInteger
+	kindBoolean
+	kindStrings // an array of strings
+	kindTime    // a string holding an RFC 3339 time
+)
+
+func (k valueKind) want() string {
+	return [...]string{"a string", "an integer", "a boolean", "an array of strings", "a string (RFC 3339 time)"}[k]
+}
+
+func kindOf(rt reflect.Type) valueKind {
+	switch {
+	case rt == reflect.TypeFor[time.Time]():
+		return kindTime
+	case rt.Kind() == reflect.Int:
+		return kindInteger
+	case rt.Kind() == reflect.Bool:
+		return kindBoolean
+	case rt.Kind() == reflect.Slice:
+		return kindStrings
+	}
+	return kindString
+}
+
+// tokenKind names the JSON type of a token as a reason reads it.
+func tokenKind(tok json.Token) string {
+	switch v := tok.(type) {
+	case json.Delim:
+		if v == '{' {
+			return "object"
+		}
+		return "array"
+	case string:
+		return "string"
+	case json.Number:
+		return "number"
+	case bool:
+		return "boolean"
+	}
+	return "null"
+}
+
+// fieldSpec is what a payload field's JSON must be.
+type fieldSpec struct {
+	required bool // no omitempty/omitzero option
+	kind     valueKind
+}
+
+// fieldSet is a payload's JSON fields by name, and the required ones.
 type fieldSet struct {
-	known    map[string]bool // name -> required
+	known    map[string]fieldSpec
 	required []string
 }
 
@@ -329,11 +401,11 @@ func init() {
 func fieldsOf(p Payload) fieldSet { return fieldCache[p.EventType()] }
 
 func buildFieldSet(rt reflect.Type) fieldSet {
-	fs := fieldSet{known: map[string]bool{}}
+	fs := fieldSet{known: map[string]fieldSpec{}}
 	for f := range rt.Fields() {
 		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
 		required := !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero")
-		fs.known[name] = required
+		fs.known[name] = fieldSpec{required: required, kind: kindOf(f.Type)}
 		if required {
 			fs.required = append(fs.required, name)
 		}
@@ -343,77 +415,123 @@ func buildFieldSet(rt reflect.Type) fieldSet {
 
 // checkShape walks the value's tokens once: it must be exactly one JSON
 // object whose keys are known field names, matched case-sensitively (Go's
-// decoder alone folds case), each present at most once, none null, and every
-// required field present. Nested values are walked iteratively and
-// rejected past maxDepth.
-func checkShape(value []byte, fs fieldSet) error {
+// decoder alone folds case), each present at most once with a value of its
+// JSON type (checkValue), and every required field present. It returns the
+// fields present.
+func checkShape(value []byte, fs fieldSet) (map[string]bool, error) {
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.UseNumber()
 	tok, err := dec.Token()
 	if err != nil {
-		return fieldErrf("value", ErrMalformedJSON, "%v", err)
+		return nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return fieldErrf("value", ErrMalformedJSON, "not a JSON object")
+		return nil, fieldErrf("value", ErrMalformedJSON, "not a JSON object")
 	}
 	seen := make(map[string]bool, len(fs.known))
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return fieldErrf("value", ErrMalformedJSON, "%v", err)
+			return nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
 		}
 		key := tok.(string) // object keys are always strings
-		if _, ok := fs.known[key]; !ok {
-			return fieldErrf("value", ErrUnknownField, "%s", quote(key))
+		spec, ok := fs.known[key]
+		if !ok {
+			return nil, fieldErrf("value", ErrUnknownField, "%s", quote(key))
 		}
 		if seen[key] {
-			return fieldErr(key, ErrDuplicateField)
+			return nil, fieldErr(key, ErrDuplicateField)
 		}
 		seen[key] = true
-		if err := skipValue(dec, key); err != nil {
-			return err
+		if err := checkValue(dec, key, spec); err != nil {
+			return nil, err
 		}
 	}
 	if _, err := dec.Token(); err != nil { // the closing '}'
-		return fieldErrf("value", ErrMalformedJSON, "%v", err)
+		return nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return fieldErrf("value", ErrMalformedJSON, "data after the top-level object")
+		return nil, fieldErrf("value", ErrMalformedJSON, "data after the top-level object")
 	}
 	for _, name := range fs.required {
 		if !seen[name] {
-			return fieldErr(name, ErrMissingField)
+			return nil, fieldErr(name, ErrMissingField)
+		}
+	}
+	return seen, nil
+}
+
+// checkValue consumes one field's value and checks its JSON type. null is
+// the field's absence when it is optional, and invalid when it is required.
+// An optional string may not be empty: absent is written by leaving it out
+// (or null). It never descends into a value of the wrong type, so nesting
+// is bounded by the payload types (an array of strings at most).
+func checkValue(dec *json.Decoder, key string, spec fieldSpec) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return fieldErrf(key, ErrMalformedJSON, "%v", err)
+	}
+	wrong := func(got string) error {
+		return fieldErrf(key, ErrInvalidField, "want %s, got %s", spec.kind.want(), got)
+	}
+	if tok == nil {
+		if spec.required {
+			return fieldErrf(key, ErrInvalidField, "null; the field is required (only optional fields may be null)")
+		}
+		return nil
+	}
+	switch spec.kind {
+	case kindString, kindTime:
+		s, ok := tok.(string)
+		if !ok {
+			return wrong(tokenKind(tok))
+		}
+		if s == "" && !spec.required {
+			return fieldErrf(key, ErrInvalidField, "empty string; leave an optional field out, or null, for none")
+		}
+		if spec.kind == kindTime {
+			if _, err := time.Parse(time.RFC3339Nano, s); err != nil {
+				return fieldErrf(key, ErrInvalidField, "%s is not an RFC 3339 time", quote(s))
+			}
+		}
+	case kindInteger:
+		n, ok := tok.(json.Number)
+		if !ok {
+			return wrong(tokenKind(tok))
+		}
+		if _, err := strconv.ParseInt(n.String(), 10, 64); err != nil {
+			return wrong("the number " + quote(n.String()))
+		}
+	case kindBoolean:
+		if _, ok := tok.(bool); !ok {
+			return wrong(tokenKind(tok))
+		}
+	case kindStrings:
+		if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return wrong(tokenKind(tok))
+		}
+		for dec.More() {
+			el, err := dec.Token()
+			if err != nil {
+				return fieldErrf(key, ErrMalformedJSON, "%v", err)
+			}
+			if _, ok := el.(string); !ok {
+				return wrong("an array holding " + article(tokenKind(el)))
+			}
+		}
+		if _, err := dec.Token(); err != nil { // the closing ']'
+			return fieldErrf(key, ErrMalformedJSON, "%v", err)
 		}
 	}
 	return nil
 }
 
-// maxDepth bounds nesting inside a field; no payload nests deeper than 1.
-const maxDepth = 8
-
-// skipValue consumes one JSON value, rejecting a top-level null.
-func skipValue(dec *json.Decoder, key string) error {
-	depth := 0
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return fieldErrf(key, ErrMalformedJSON, "%v", err)
-		}
-		switch tok {
-		case json.Delim('{'), json.Delim('['):
-			depth++
-			if depth > maxDepth {
-				return fieldErrf(key, ErrMalformedJSON, "nested deeper than %d", maxDepth)
-			}
-		case json.Delim('}'), json.Delim(']'):
-			depth--
-		case nil:
-			if depth == 0 {
-				return fieldErrf(key, ErrInvalidField, "null")
-			}
-		}
-		if depth == 0 {
-			return nil
-		}
+func article(kind string) string {
+	switch kind {
+	case "null":
+		return "null"
+	case "array", "object":
+		return "an " + kind
 	}
+	return "a " + kind
 }

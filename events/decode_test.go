@@ -2,6 +2,7 @@ package events
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -136,7 +137,7 @@ func TestDecodeRejects(t *testing.T) {
 			m := req
 			m.Value = []byte(`{"request_id":` + strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`)
 			return m
-		}(), ErrMalformedJSON, "request_id"},
+		}(), ErrInvalidField, "request_id"}, // the wrong type, not walked
 		{"unknown field", replaceValue(req, `"tenant"`, `"extra":{"a":[1,2]},"tenant"`), ErrUnknownField, "value"},
 		{"case-folded field", replaceValue(req, `"tenant"`, `"Tenant"`), ErrUnknownField, "value"},
 		{"duplicate field", replaceValue(req, `"tenant":"tenant-a"`, `"tenant":"tenant-a","tenant":"tenant-b"`), ErrDuplicateField, "tenant"},
@@ -146,7 +147,25 @@ func TestDecodeRejects(t *testing.T) {
 		{"float priority", replaceValue(req, `"priority":5`, `"priority":5.5`), ErrInvalidField, "priority"},
 		{"priority 10", replaceValue(req, `"priority":5`, `"priority":10`), ErrInvalidField, "priority"},
 		{"negative attempt", replaceValue(req, `"attempt":0`, `"attempt":-1`), ErrInvalidField, "attempt"},
-		{"bad time field", replaceValue(req, `"2026-01-02T04:00:00Z"`, `"2026-13-02T04:00:00Z"`), ErrInvalidField, "value"},
+		{"bad time field", replaceValue(req, `"2026-01-02T04:00:00Z"`, `"2026-13-02T04:00:00Z"`), ErrInvalidField, "not_before"},
+		{"time a number", replaceValue(req, `"2026-01-02T04:00:00Z"`, `1767326400`), ErrInvalidField, "not_before"},
+		{"SANs a number", replaceValue(req, `["example.com","www.example.com"]`, `5`), ErrInvalidField, "sans"},
+		{"SANs a string", replaceValue(req, `["example.com","www.example.com"]`, `"example.com"`), ErrInvalidField, "sans"},
+		{"SANs null", replaceValue(req, `["example.com","www.example.com"]`, `null`), ErrInvalidField, "sans"},
+		{"attempt a string", replaceValue(req, `"attempt":0`, `"attempt":"0"`), ErrInvalidField, "attempt"},
+		{"priority huge", replaceValue(req, `"priority":5`, `"priority":1e400`), ErrInvalidField, "priority"},
+		{"retryable a string", replaceValue(failed, `"retryable":true`, `"retryable":"true"`), ErrInvalidField, "retryable"},
+		{"required field empty", replaceValue(req, `"tenant":"tenant-a"`, `"tenant":""`), ErrInvalidField, "tenant"},
+		{"required time zero", withField(obt, "not_before", `"0001-01-01T00:00:00Z"`), ErrInvalidField, "not_before"},
+		{"optional field empty", replaceValue(req, `"profile":"tlsserver"`, `"profile":""`), ErrInvalidField, "profile"},
+		{"SAN with trailing dot", replaceValue(req, `"www.example.com"`, `"www.example.com."`), names.ErrTrailingDot, "sans[1]"},
+		{"SAN under .local", replaceValue(req, `"www.example.com"`, `"printer.local"`), names.ErrSpecialUse, "sans[1]"},
+		{"SAN under .onion", replaceValue(req, `"www.example.com"`, `"x.onion"`), names.ErrSpecialUse, "sans[1]"},
+		{"SAN under an undelegated TLD", replaceValue(req, `"www.example.com"`, `"nas.corp"`), names.ErrNotDelegated, "sans[1]"},
+		{"SAN with an emoji A-label", replaceValue(req, `"www.example.com"`, `"xn--ls8h.example.com"`), names.ErrIDNA, "sans[1]"},
+		{"SAN breaking the Bidi rule", replaceValue(req, `"www.example.com"`, `"xn--a-0hc.example.com"`), names.ErrIDNA, "sans[1]"},
+		{"SAN wildcard over a public suffix", replaceValue(req, `"www.example.com"`, `"*.com"`), names.ErrPublicSuffix, "sans[1]"},
+		{"SAN in Unicode form", replaceValue(req, `"www.example.com"`, `"faß.de"`), names.ErrNotCanonical, "sans[1]"},
 		{"unknown key type", replaceValue(req, `"ecdsa-p256"`, `"ed448"`), ErrInvalidField, "key_type"},
 		{"unknown reason", replaceValue(req, `"renewal"`, `"whim"`), ErrInvalidField, "reason"},
 		{"new replaces nothing", replaceValue(req, `"renewal"`, `"new"`), ErrInvalidField, "replaces"},
@@ -156,7 +175,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"tenant with bidi override", replaceValue(req, `"tenant-a"`, `"tenant\u202ea"`), ErrControlChar, "tenant"},
 		{"request id with space", replaceValue(req, `"req-0001"`, `"req 0001"`), ErrInvalidField, "request_id"},
 		{"too many SANs", replaceValue(req, `"sans":["example.com","www.example.com"]`, `"sans":[`+strings.Join(manySANs, ",")+`]`), ErrTooManySANs, "sans"},
-		{"no SANs", replaceValue(req, `"sans":["example.com","www.example.com"]`, `"sans":[]`), ErrInvalidSAN, "sans"},
+		{"no SANs", replaceValue(req, `"sans":["example.com","www.example.com"]`, `"sans":[]`), names.ErrNoNames, "sans"},
 		{"SAN with control char", replaceValue(req, `"www.example.com"`, `"www\u0000.example.com"`), names.ErrControl, "sans[1]"},
 		{"SAN not canonical", replaceValue(req, `"www.example.com"`, `"WWW.example.com"`), names.ErrNotCanonical, "sans[1]"},
 		{"SAN is an IP", replaceValue(req, `"www.example.com"`, `"192.0.2.1"`), names.ErrIPAddress, "sans[1]"},
@@ -184,6 +203,125 @@ func TestDecodeRejects(t *testing.T) {
 				t.Fatalf("error message carries raw input: %q", err.Error())
 			}
 		})
+	}
+}
+
+// withField returns m with the value's field set to the JSON raw (null
+// included), or removed when raw is empty. Field order is not kept.
+func withField(m kafka.Message, field, raw string) kafka.Message {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(m.Value, &obj); err != nil {
+		panic(err)
+	}
+	if raw == "" {
+		delete(obj, field)
+	} else {
+		obj[field] = json.RawMessage(raw)
+	}
+	v, err := json.Marshal(obj)
+	if err != nil {
+		panic(err)
+	}
+	m.Value = v
+	return m
+}
+
+// The reasons say what was sent and what is wanted: a wrong JSON type is not
+// a missing field, an empty SAN list says a SAN is required, names'
+// reasons come through.
+func TestDecodeReasons(t *testing.T) {
+	req := encodeSample(t, 0)
+	obt := encodeSample(t, 1)
+	for _, tc := range []struct {
+		m    kafka.Message
+		want string
+	}{
+		{withField(req, "sans", `5`), "events: sans: invalid value: want an array of strings, got number"},
+		{withField(req, "sans", `"example.com"`), "events: sans: invalid value: want an array of strings, got string"},
+		{withField(req, "sans", `["example.com",1]`), "events: sans: invalid value: want an array of strings, got an array holding a number"},
+		{withField(req, "sans", `[]`), "events: sans: invalid SAN: names: no SANs: at least one is required"},
+		{withField(req, "sans", `["example.com."]`), `events: sans[0]: invalid SAN: names: name 0 "example.com.": trailing dot: write example.com, not example.com.`},
+		{withField(req, "sans", `["Example.com"]`), "upper case; write example.com"},
+		{withField(req, "sans", `["*.com"]`), "wildcard directly under the public suffix com"},
+		{withField(req, "sans", `["printer.local"]`), ".local is reserved for multicast DNS (RFC 6762)"},
+		{withField(req, "priority", `"5"`), "events: priority: invalid value: want an integer, got string"},
+		{withField(req, "priority", `5.5`), `events: priority: invalid value: want an integer, got the number "5.5"`},
+		{withField(req, "not_before", `1767326400`), "events: not_before: invalid value: want a string (RFC 3339 time), got number"},
+		{withField(req, "not_before", `"yesterday"`), `events: not_before: invalid value: "yesterday" is not an RFC 3339 time`},
+		{withField(req, "tenant", `""`), "events: tenant: invalid value: empty; a value is required"},
+		{withField(req, "tenant", `null`), "events: tenant: invalid value: null; the field is required"},
+		{withField(req, "tenant", ``), "events: tenant: missing required field"},
+		{withField(req, "profile", `""`), "events: profile: invalid value: empty string; leave an optional field out, or null, for none"},
+		{withField(obt, "not_after", `"0001-01-01T00:00:00Z"`), "events: not_after: invalid value: the zero time"},
+	} {
+		_, err := Decode(tc.m)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Decode(%s) = %v; want %q", tc.m.Value, err, tc.want)
+		}
+	}
+}
+
+// null for an optional field is the field's absence: what other-language
+// producers write for "none" (Python's json.dumps(None)). The decoded event
+// equals the one without the field, and re-encodes without it.
+func TestDecodeNullIsAbsent(t *testing.T) {
+	req := encodeSample(t, 0)
+	without := req
+	for _, f := range []string{"profile", "not_before", "idempotency_key"} {
+		without = withField(without, f, "")
+	}
+	want, err := Decode(without)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nulls := req
+	for _, f := range []string{"profile", "not_before", "idempotency_key"} {
+		nulls = withField(nulls, f, "null")
+	}
+	got, err := Decode(nulls)
+	if err != nil {
+		t.Fatalf("optional fields null: %v", err)
+	}
+	if !reflect.DeepEqual(got.Data, want.Data) {
+		t.Fatalf("null decoded as %+v; want %+v", got.Data, want.Data)
+	}
+	again, err := Encode(got)
+	if err != nil || bytes.Contains(again.Value, []byte("null")) || bytes.Contains(again.Value, []byte(`"profile"`)) {
+		t.Fatalf("re-encoded %s, %v; want the fields left out", again.Value, err)
+	}
+	failed := withField(encodeSample(t, 2), "retryable", "false")
+	failed = withField(failed, "next_attempt_at", "null")
+	if _, err := Decode(failed); err != nil {
+		t.Errorf("next_attempt_at null with retryable false: %v", err)
+	}
+	sched := withField(withField(encodeSample(t, 4), "basis", `"lifetime"`), "window_start", "null")
+	sched = withField(sched, "window_end", "null")
+	if _, err := Decode(sched); err != nil {
+		t.Errorf("renewal.scheduled windows null with basis lifetime: %v", err)
+	}
+}
+
+// UTS #46 non-transitional (IDNA2008) is the IDNA variant of the contract:
+// ß stays, so "faß.de" is "xn--fa-hia.de", a different name from IDNA2003's
+// "fass.de" (Python's built-in "idna" codec). Decode takes the A-label and
+// refuses the Unicode form naming the A-label.
+func TestDecodeIDNAVariant(t *testing.T) {
+	req := encodeSample(t, 0)
+	ok := withField(req, "sans", `["xn--fa-hia.de"]`)
+	ok.Key = []byte(Identity([]string{"xn--fa-hia.de"}))
+	if _, err := Decode(ok); err != nil {
+		t.Fatalf("xn--fa-hia.de: %v", err)
+	}
+	if Identity([]string{"xn--fa-hia.de"}) == Identity([]string{"fass.de"}) {
+		t.Fatal("faß and fass share an identity")
+	}
+	uni := withField(req, "sans", `["faß.de"]`)
+	uni.Key = ok.Key
+	if _, err := Decode(uni); !errors.Is(err, names.ErrNotCanonical) || !strings.Contains(err.Error(), "write the A-label form xn--fa-hia.de") {
+		t.Fatalf("faß.de: %v; want the A-label named", err)
+	}
+	if got, err := names.Normalize("faß.de"); err != nil || got != "xn--fa-hia.de" {
+		t.Fatalf("names.Normalize(faß.de) = %q, %v", got, err)
 	}
 }
 

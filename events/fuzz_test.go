@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -34,7 +36,36 @@ func hostileValues() [][]byte {
 		[]byte(`{"sans":["xn--zz.example","ex\u202eample.com","1.2.3.4","[::1]"]}`),
 		[]byte("\xef\xbb\xbf{}"), // UTF-8 BOM
 		[]byte(`{"request_id":"a"}{"request_id":"b"}`),
+		// What producers in other languages send: nulls, wrong types, empty
+		// strings, and names no public CA issues for.
+		[]byte(`{"profile":null,"not_before":null,"replaces":null,"idempotency_key":null,"next_attempt_at":null,"window_start":null}`),
+		[]byte(`{"sans":5,"priority":"5","attempt":1.0,"retryable":"true","not_before":1767326400}`),
+		[]byte(`{"sans":[],"tenant":"","profile":""}`),
+		[]byte(`{"sans":["a.example.com.","Example.com","*.com","*.co.uk","faß.de","xn--fa-hia.de"]}`),
+		[]byte(`{"sans":["printer.local","x.onion","a.invalid","a.localhost","a.internal","a.alt","a.test","a.example","h.home.arpa","nas.corp"]}`),
+		[]byte(`{"sans":["xn--ls8h.example.com","xn--a-0hc.example.com","xn--ab-m1t.example.com","xn--ab-0ea.example.com","xn--kja.example.com"]}`),
 	}
+}
+
+// contractVariants returns m's value with each optional field null, and
+// with fields of the wrong type, empty or naming special-use names: seeds
+// that keep the rest of the record valid, so the fuzzer starts next to the
+// contract's edges.
+func contractVariants(m kafka.Message) [][]byte {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(m.Value, &obj) != nil {
+		return nil
+	}
+	var out [][]byte
+	for _, field := range slices.Sorted(maps.Keys(obj)) {
+		for _, raw := range []string{"null", `""`, "5", `["x"]`, "true"} {
+			out = append(out, withField(m, field, raw).Value)
+		}
+	}
+	for _, sans := range []string{`["example.com."]`, `["printer.local"]`, `["xn--ls8h.example.com"]`, `["*.com"]`, `["faß.de"]`, `[]`} {
+		out = append(out, withField(m, "sans", sans).Value)
+	}
+	return out
 }
 
 func checkDecoded(t *testing.T, m kafka.Message, e Event) {
@@ -94,7 +125,8 @@ func FuzzDecode(f *testing.F) {
 
 // FuzzDecodeValue fuzzes only the JSON value under valid headers, for each
 // message type, so the fuzzer spends its time past the header checks. The
-// key is derived from whatever "sans" the value holds.
+// key is derived from whatever "sans" the value holds. What Decode accepts
+// must validate against the type's JSON Schema.
 func FuzzDecodeValue(f *testing.F) {
 	for i, e := range sampleEvents(f) {
 		m, err := Encode(e)
@@ -105,8 +137,12 @@ func FuzzDecodeValue(f *testing.F) {
 		for _, v := range hostileValues() {
 			f.Add(uint8(i), v)
 		}
+		for _, v := range contractVariants(m) {
+			f.Add(uint8(i), v)
+		}
 	}
 	samples := sampleEvents(f)
+	schemas := compileSchemas(f)
 	f.Fuzz(func(t *testing.T, which uint8, value []byte) {
 		e := samples[int(which)%len(samples)]
 		m, err := Encode(e)
@@ -128,6 +164,11 @@ func FuzzDecodeValue(f *testing.F) {
 				t.Fatalf("value with a private key rejected for another reason first: %v", err)
 			}
 			return
+		}
+		// The published schema is the contract: it accepts whatever Decode
+		// accepts (Decode checks more than a schema can express).
+		if err := validateAgainst(t, schemas[e.Type()], value); err != nil {
+			t.Fatalf("Decode accepted a value its schema refuses: %v\n%s", err, value)
 		}
 		checkDecoded(t, m, got)
 	})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/segmentio/kafka-go"
 
 	eventschema "github.com/certfleet/certfleet/schema/events"
 )
@@ -148,6 +149,61 @@ func TestSchemasRejectWhatDecodeRejects(t *testing.T) {
 		m.Value = value
 		if _, err := Decode(m); err == nil {
 			t.Errorf("%s: Decode accepted %s", name, value)
+		}
+	}
+}
+
+// TestSchemasAndDecodeAgree holds the contract decisions that a producer in
+// another language meets first: null for an optional field is absent, for a
+// required one invalid; an optional string is not written empty; a field of
+// the wrong JSON type is invalid. The schema and Decode answer alike.
+func TestSchemasAndDecodeAgree(t *testing.T) {
+	schemas := compileSchemas(t)
+	req, obt, failed, sched := encodeSample(t, 0), encodeSample(t, 1), encodeSample(t, 2), encodeSample(t, 4)
+	retryLater := withField(withField(failed, "retryable", "false"), "next_attempt_at", "")
+	lifetime := withField(withField(withField(sched, "basis", `"lifetime"`), "window_start", ""), "window_end", "")
+	newReq := withField(withField(req, "reason", `"new"`), "replaces", "")
+	for _, tc := range []struct {
+		name string
+		m    kafka.Message
+		ok   bool
+	}{
+		{"optional profile null", withField(req, "profile", "null"), true},
+		{"optional not_before null", withField(req, "not_before", "null"), true},
+		{"optional idempotency_key null", withField(req, "idempotency_key", "null"), true},
+		{"new request, replaces null", withField(newReq, "replaces", "null"), true},
+		{"new request, replaces set", withField(newReq, "replaces", `"AQIDBA.AEo_nC4bDY5_altMPS4fCpuMxw"`), false},
+		{"optional replaces null", withField(obt, "replaces", "null"), true},
+		{"not retryable, next_attempt_at null", withField(retryLater, "next_attempt_at", "null"), true},
+		{"not retryable, next_attempt_at set", withField(retryLater, "next_attempt_at", `"2026-01-02T05:00:00Z"`), false},
+		{"retryable, next_attempt_at null", withField(failed, "next_attempt_at", "null"), false},
+		{"lifetime basis, windows null", withField(withField(lifetime, "window_start", "null"), "window_end", "null"), true},
+		{"lifetime basis, one window end", withField(lifetime, "window_end", `"2026-01-09T00:00:00Z"`), false},
+		{"window end without start", withField(withField(lifetime, "window_start", "null"), "window_end", `"2026-01-09T00:00:00Z"`), false},
+		{"ari basis, window null", withField(sched, "window_start", "null"), false},
+		{"required tenant null", withField(req, "tenant", "null"), false},
+		{"required sans null", withField(req, "sans", "null"), false},
+		{"optional profile empty", withField(req, "profile", `""`), false},
+		{"optional idempotency_key empty", withField(req, "idempotency_key", `""`), false},
+		{"sans a number", withField(req, "sans", "5"), false},
+		{"sans holding a number", withField(req, "sans", `["example.com",1]`), false},
+		{"priority a string", withField(req, "priority", `"5"`), false},
+		{"not_before a number", withField(req, "not_before", "1767326400"), false},
+		{"retryable a string", withField(failed, "retryable", `"true"`), false},
+		{"no SANs", withField(req, "sans", "[]"), false},
+		{"SAN with trailing dot", withField(req, "sans", `["example.com."]`), false},
+	} {
+		ev, err := Decode(tc.m)
+		var typ Type
+		if h := headerValue(tc.m, "ce_type"); h != "" {
+			typ = Type(h)
+		}
+		schemaErr := validateAgainst(t, schemas[typ], tc.m.Value)
+		if tc.ok && (err != nil || schemaErr != nil) {
+			t.Errorf("%s: Decode %v, schema %v; want both to accept %s", tc.name, err, schemaErr, tc.m.Value)
+		}
+		if !tc.ok && (err == nil || schemaErr == nil) {
+			t.Errorf("%s: Decode %v (%v), schema %v; want both to refuse %s", tc.name, err, ev.Data, schemaErr, tc.m.Value)
 		}
 	}
 }
