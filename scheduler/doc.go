@@ -8,8 +8,10 @@
 //
 // It owns the scheduler columns of managed_certificates and the
 // "scheduler" row of leases (schema/migrations/0001 and 0005). It reads
-// issued_certificates (written by certstore) and never writes it; it does not
-// order certificates or spend rate-limit tokens (the issuer-workers do).
+// issued_certificates and issuance_requests (written by certstore) and never
+// writes them: an outcome event is recorded only when it matches what a
+// worker stored there (outcomes.go). It does not order certificates or spend
+// rate-limit tokens (the issuer-workers do).
 //
 // Start with NewInventory to manage certificates and New to run a scheduler
 // (Run: lease, ticks, outcome consumer); see cmd/scheduler.

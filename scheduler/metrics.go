@@ -14,6 +14,11 @@ type Metrics struct {
 	Outcomes     *prometheus.CounterVec // certfleet_scheduler_outcomes_total{type, effect}; effect: planned, retry_scheduled, watchdog_moved, ignored
 	ARIFetches   *prometheus.CounterVec // certfleet_scheduler_ari_fetches_total{result}
 	BudgetTokens prometheus.Gauge       // certfleet_scheduler_budget_tokens
+
+	// EventsRefused is certfleet_scheduler_events_refused_total{type, reason};
+	// reason: unmatched (not what a worker stored) or too_far_ahead (a time
+	// beyond its events bound). Each such event is dead-lettered.
+	EventsRefused *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg unless it is nil.
@@ -44,6 +49,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "certfleet_scheduler_outcomes_total", Help: "Certificate events recorded, by type and effect.",
 		}, []string{"type", "effect"}),
+		EventsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_scheduler_events_refused_total",
+			Help: "Certificate events refused and dead-lettered, by type and reason: unmatched (not what a worker stored), too_far_ahead (a time beyond its bound).",
+		}, []string{"type", "reason"}),
 		ARIFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "certfleet_scheduler_ari_fetches_total", Help: "ARI renewalInfo fetches, by result.",
 		}, []string{"result"}),
@@ -53,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.DueBacklog, m.MostOverdue, m.Emitted, m.Leader, m.LeaseToken, m.Refused, m.TickSeconds,
-			m.Outcomes, m.ARIFetches, m.BudgetTokens)
+			m.Outcomes, m.EventsRefused, m.ARIFetches, m.BudgetTokens)
 	}
 	return m
 }

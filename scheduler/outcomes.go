@@ -27,9 +27,54 @@ import (
 // Anything else on the topic, and events for SAN sets nobody manages, are
 // ignored.
 //
+// The events topic is not trusted beyond what an event proves (anyone who
+// may write it could otherwise make certificates expire). Workers and
+// scheduler share the database, and a worker stores what it reports before
+// it publishes, so an event is recorded only when it matches that:
+//
+//	cert_obtained      the certificate stored for its request id
+//	                   (issued_certificates: SAN set, serial, ARI id,
+//	                   not_before and not_after, all equal).
+//	cert_failed,       a request a worker claimed for the same SAN set
+//	issuance_deferred  (issuance_requests); the time it names at most
+//	                   events.MaxRetryAhead after now (events.CheckHorizon).
+//
+// An event that does not match is refused: Handle returns it permanent, the
+// subscriber dead-letters it at once (a data error from an untrusted writer:
+// retrying cannot help, and dropping it would hide the attempt), and
+// certfleet_scheduler_events_refused_total counts it. A chain that verifies
+// against the CA's roots is not enough: a genuine certificate the fleet did
+// not order (its key is not in the database) must not move the renewal of
+// the one the fleet serves.
+//
 // ARI is asked only after the managed row is found and only of the row's
 // own CA, when it is one of the configured CAs (ARIClient.Directories):
 // never of a URL an event names.
+
+// ErrRefused is wrapped by the error Handle returns for an event it does not
+// trust (see above); that error is also permanent (events.Permanent).
+var ErrRefused = errors.New("event refused")
+
+// Refusal reasons, the reason label of certfleet_scheduler_events_refused_total.
+const (
+	refusedUnmatched = "unmatched"     // not what a worker stored
+	refusedTooFar    = "too_far_ahead" // a time beyond its events bound
+)
+
+type refusedError struct {
+	reason string
+	err    error
+}
+
+func (e *refusedError) Error() string {
+	return "scheduler: event refused (" + e.reason + "): " + e.err.Error()
+}
+
+func (e *refusedError) Unwrap() []error { return []error{ErrRefused, e.err} }
+
+func refuse(reason, format string, args ...any) error {
+	return &refusedError{reason: reason, err: fmt.Errorf(format, args...)}
+}
 
 // Handle is the events.Handler of the certificate events topic.
 func (s *Scheduler) Handle(ctx context.Context, e events.Event) error {
@@ -39,11 +84,17 @@ func (s *Scheduler) Handle(ctx context.Context, e events.Event) error {
 	case *events.CertObtained:
 		effect, err = s.obtained(ctx, p)
 	case *events.CertFailed:
-		effect, err = s.failed(ctx, p)
+		effect, err = s.failed(ctx, e, p)
 	case *events.IssuanceDeferred:
-		effect, err = s.deferred(ctx, p)
+		effect, err = s.deferred(ctx, e, p)
 	default:
 		return nil
+	}
+	if ref := (*refusedError)(nil); errors.As(err, &ref) {
+		s.cfg.Metrics.EventsRefused.WithLabelValues(string(e.Type()), ref.reason).Inc()
+		s.cfg.Logger.Warn("certificate event refused; dead-lettering it", "type", e.Type(), "event_id", e.ID,
+			"source", e.Source, "topic", e.Record.Topic, "partition", e.Record.Partition, "offset", e.Record.Offset, "err", err)
+		return events.Permanent(err)
 	}
 	if err != nil {
 		return err
@@ -61,6 +112,43 @@ SET cert_ari_id = $2, cert_not_before = $3, cert_not_after = $4,
 WHERE identity = $1
   AND (cert_not_after IS NULL OR cert_not_after < $4 OR (cert_not_after = $4 AND cert_ari_id <> $2))`
 
+// storedCertificate is what a worker stored for a request (certstore.Complete,
+// before it published cert_obtained), through issued_certificates_request_idx.
+const storedCertificate = `
+SELECT identity, serial, ari_cert_id, not_before, not_after FROM issued_certificates WHERE request_id = $1`
+
+// matchStored refuses a cert_obtained that is not the certificate a worker
+// stored for its request id.
+func (s *Scheduler) matchStored(ctx context.Context, identity string, p *events.CertObtained) error {
+	var st struct {
+		identity, serial, ariID string
+		notBefore, notAfter     time.Time
+	}
+	err := s.cfg.DB.Pool().QueryRow(ctx, storedCertificate, p.RequestID).Scan(&st.identity, &st.serial, &st.ariID, &st.notBefore, &st.notAfter)
+	differs := func(format string, args ...any) error {
+		return refuse(refusedUnmatched, "cert_obtained for request %q is not the certificate a worker stored: "+format,
+			append([]any{p.RequestID}, args...)...)
+	}
+	rfc := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+	switch {
+	case errors.Is(err, errNoRows):
+		return differs("none is stored for that request")
+	case err != nil:
+		return fmt.Errorf("scheduler: record cert_obtained: stored certificate: %w", err)
+	case st.identity != identity:
+		return differs("the stored one is for another SAN set")
+	case st.serial != p.Serial:
+		return differs("serial %s, stored %s", p.Serial, st.serial)
+	case st.ariID != p.ARICertID:
+		return differs("ari_cert_id %s, stored %s", p.ARICertID, st.ariID)
+	case !sameInstant(st.notBefore, p.NotBefore):
+		return differs("not_before %s, stored %s", rfc(p.NotBefore), rfc(st.notBefore))
+	case !sameInstant(st.notAfter, p.NotAfter):
+		return differs("not_after %s, stored %s", rfc(p.NotAfter), rfc(st.notAfter))
+	}
+	return nil
+}
+
 // sameInstant compares at the database's precision (microseconds).
 func sameInstant(a, b time.Time) bool {
 	return a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond))
@@ -68,6 +156,9 @@ func sameInstant(a, b time.Time) bool {
 
 func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (string, error) {
 	identity := events.Identity(p.SANs)
+	if err := s.matchStored(ctx, identity, p); err != nil {
+		return "", err
+	}
 	// The managed row before anything goes out: a SAN set nobody manages, or
 	// a certificate older than the one recorded, costs no ARI request.
 	var ca string
@@ -128,8 +219,32 @@ func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (strin
 	return "planned", nil
 }
 
-func (s *Scheduler) failed(ctx context.Context, p *events.CertFailed) (string, error) {
+// claimed refuses an event about a request that no worker claimed for the
+// event's SAN set (certstore.Claim comes before every cert_failed and
+// issuance_deferred a worker publishes), and one whose retry time is beyond
+// events' bound.
+func (s *Scheduler) claimed(ctx context.Context, e events.Event, requestID, identity string) error {
+	if err := events.CheckHorizon(e, s.cfg.Clock.Now()); err != nil {
+		return &refusedError{reason: refusedTooFar, err: err}
+	}
+	var stored string
+	err := s.cfg.DB.Pool().QueryRow(ctx, `SELECT identity FROM issuance_requests WHERE request_id = $1`, requestID).Scan(&stored)
+	switch {
+	case errors.Is(err, errNoRows):
+		return refuse(refusedUnmatched, "%s for request %q: no worker has claimed that request", e.Type(), requestID)
+	case err != nil:
+		return fmt.Errorf("scheduler: record %s: claim: %w", e.Type(), err)
+	case stored != identity:
+		return refuse(refusedUnmatched, "%s for request %q: the request was claimed for another SAN set", e.Type(), requestID)
+	}
+	return nil
+}
+
+func (s *Scheduler) failed(ctx context.Context, e events.Event, p *events.CertFailed) (string, error) {
 	identity := events.Identity(p.SANs)
+	if err := s.claimed(ctx, e, p.RequestID, identity); err != nil {
+		return "", err
+	}
 	now := s.cfg.Clock.Now().UTC()
 	detail := p.ProblemType + ": " + p.Detail
 	if p.Retryable {
@@ -172,11 +287,15 @@ WHERE identity = $1 AND request_id = $2 AND failures = $3`, identity, p.RequestI
 	return effect(tag.RowsAffected(), "retry_scheduled"), nil
 }
 
-func (s *Scheduler) deferred(ctx context.Context, p *events.IssuanceDeferred) (string, error) {
+func (s *Scheduler) deferred(ctx context.Context, e events.Event, p *events.IssuanceDeferred) (string, error) {
+	identity := events.Identity(p.SANs)
+	if err := s.claimed(ctx, e, p.RequestID, identity); err != nil {
+		return "", err
+	}
 	tag, err := s.cfg.DB.Pool().Exec(ctx, `UPDATE managed_certificates
 SET next_renewal_at = $3, updated_at = now()
 WHERE identity = $1 AND request_id = $2 AND next_renewal_at < $3`,
-		events.Identity(p.SANs), p.RequestID, p.RetryAt.UTC().Add(s.cfg.Watchdog))
+		identity, p.RequestID, p.RetryAt.UTC().Add(s.cfg.Watchdog))
 	if err != nil {
 		return "", fmt.Errorf("scheduler: record issuance_deferred: %w", err)
 	}

@@ -34,6 +34,7 @@ func TestOutcomesRecorded(t *testing.T) {
 	r.tick()
 	row, _ := r.inv.Get(ctx, m.Identity)
 	req1 := row.RequestID
+	storeClaim(t, r.d, req1, m.Identity) // the worker's claim, before it reports
 	now := r.clk.Now()
 	base := events.CertFailed{RequestID: req1, SANs: m.SANs, Tenant: "t", CA: testCA,
 		ProblemType: "urn:ietf:params:acme:error:serverInternal", Detail: "boom", Attempt: 1}
@@ -79,6 +80,7 @@ func TestOutcomesRecorded(t *testing.T) {
 	nb := r.clk.Now().Truncate(time.Second)
 	ob := &events.CertObtained{RequestID: req2, SANs: m.SANs, Tenant: "t", CA: testCA, Serial: "1a",
 		NotBefore: nb, NotAfter: nb.Add(90 * 24 * time.Hour), ARICertID: "AAAA.Gg", Attempts: 1}
+	storeIssued(t, r.d, m.Identity, req2, ob.Serial, ob.ARICertID, ob.NotBefore, ob.NotAfter) // stored before published
 	handle(t, r.sched, ob)
 	row, _ = r.inv.Get(ctx, m.Identity)
 	lo, hi := nb.Add(57*24*time.Hour), nb.Add(63*24*time.Hour)
@@ -92,14 +94,16 @@ func TestOutcomesRecorded(t *testing.T) {
 	}
 	// An older certificate arriving late does not replace the newer one.
 	old := *ob
-	old.NotBefore, old.NotAfter, old.ARICertID = nb.Add(-24*time.Hour), nb.Add(89*24*time.Hour), "AAAA.Gf"
+	old.RequestID, old.NotBefore, old.NotAfter, old.ARICertID = req2+"-older", nb.Add(-24*time.Hour), nb.Add(89*24*time.Hour), "AAAA.Gf"
+	storeIssued(t, r.d, m.Identity, old.RequestID, old.Serial, old.ARICertID, old.NotBefore, old.NotAfter)
 	handle(t, r.sched, &old)
 	if again, _ := r.inv.Get(ctx, m.Identity); again.CertARIID != "AAAA.Gg" {
 		t.Fatal("an older certificate replaced the newer")
 	}
 	// Events for SAN sets nobody manages are ignored.
 	other := *ob
-	other.SANs = []string{"unmanaged.example.org"}
+	other.RequestID, other.SANs = "req-unmanaged", []string{"unmanaged.example.org"}
+	storeIssued(t, r.d, events.Identity(other.SANs), other.RequestID, other.Serial, other.ARICertID, other.NotBefore, other.NotAfter)
 	handle(t, r.sched, &other)
 }
 
@@ -126,6 +130,7 @@ func TestARIFromPebble(t *testing.T) {
 	}
 	chain, leaf := obtainFromPebble(t, ctx, s, hc, name)
 	ariID := events.ARICertID(leaf)
+	storeIssued(t, r.d, m.Identity, "r1", leaf.SerialNumber.Text(16), ariID, leaf.NotBefore, leaf.NotAfter)
 	handle(t, sched, &events.CertObtained{RequestID: "r1", SANs: m.SANs, Tenant: "t", CA: s.ACMEDirectory,
 		Serial: leaf.SerialNumber.Text(16), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, ChainPEM: chain,
 		ARICertID: ariID, Attempts: 1})
