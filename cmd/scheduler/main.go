@@ -115,10 +115,24 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 	sub, err := events.NewSubscriber(events.SubscriberConfig{
 		Brokers: kc.Brokers(), Dialer: kc.Dialer(), GroupID: cfg.Group, Topics: []string{topics.Events},
 		DeadLetter: producer, DeadLetterTopic: topics.DLQ, Logger: log,
+		// No dedupe by ce_id: ids are predictable (UUIDv5 of the request id)
+		// and anyone who may write the topic may send one, so a forged record
+		// would make the window skip the genuine outcome with the same id, for
+		// as long as its re-publications keep the id in the window. The
+		// handler is idempotent (every update is conditional), which is all
+		// the window saved work for.
+		DedupeWindow: -1,
 	})
 	if err != nil {
 		return fmt.Errorf("kafka subscriber: %w", err)
 	}
+	// Every record the scheduler gives up on: undecodable, refused as not what
+	// a worker stored (certfleet_scheduler_events_refused_total says which),
+	// or failing past its attempts.
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "certfleet_scheduler_events_dead_lettered_total",
+		Help: "Certificate events written to the dead-letter topic by this scheduler's subscriber.",
+	}, func() float64 { return float64(sub.Stats().DeadLettered) }))
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
