@@ -44,3 +44,44 @@ func TestCheckHorizon(t *testing.T) {
 		t.Errorf("reason %q, want %q", err, want)
 	}
 }
+
+// Decode applies the bounds on the wall clock: a request that would hold a
+// worker until year 9999, a deferral or retryable failure that would move a
+// renewal there, do not decode; the same records a week ahead do.
+func TestDecodeRefusesTooFarAhead(t *testing.T) {
+	y9999 := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+	week := time.Now().Add(7 * 24 * time.Hour).UTC().Truncate(time.Second)
+	for _, p := range samplePayloads(t) {
+		var set func(time.Time)
+		var field string
+		switch v := p.(type) {
+		case *IssuanceRequest:
+			set, field = func(at time.Time) { v.NotBefore = at }, "not_before"
+		case *IssuanceDeferred:
+			set, field = func(at time.Time) { v.RetryAt = at }, "retry_at"
+		case *CertFailed:
+			set, field = func(at time.Time) { v.NextAttemptAt = at }, "next_attempt_at"
+		default:
+			continue
+		}
+		for _, at := range []time.Time{week, y9999} {
+			set(at)
+			e, err := New("//t", testTime, p)
+			if err != nil {
+				t.Fatal(err) // Validate does not tell the time: the producer's clock is not the reader's
+			}
+			m, err := Encode(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Decode(m)
+			var fe *FieldError
+			switch {
+			case at.Equal(week) && err != nil:
+				t.Errorf("%s a week ahead: %v", field, err)
+			case at.Equal(y9999) && (!errors.As(err, &fe) || fe.Field != field || !strings.Contains(err.Error(), "9999-12-31T00:00:00Z is more than")):
+				t.Errorf("%s in year 9999: err = %v", field, err)
+			}
+		}
+	}
+}
