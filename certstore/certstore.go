@@ -135,6 +135,9 @@ type Issued struct {
 	ChainPEM  string
 	SealedKey []byte
 	Issuer    string
+	// Tenant is the request's tenant (key delivery matches recipients by
+	// it); empty on rows stored before it was recorded.
+	Tenant string
 }
 
 // Complete stores the certificate and marks the request succeeded with the
@@ -147,9 +150,9 @@ func (s *Store) Complete(ctx context.Context, owner string, c Issued, outcome []
 			return err
 		}
 		_, err := tx.Exec(ctx, `
-INSERT INTO issued_certificates (id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-			id, c.Identity, c.RequestID, c.Serial, c.ARICertID, c.NotBefore, c.NotAfter, c.ChainPEM, c.SealedKey, c.Issuer)
+INSERT INTO issued_certificates (id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer, tenant)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			id, c.Identity, c.RequestID, c.Serial, c.ARICertID, c.NotBefore, c.NotAfter, c.ChainPEM, c.SealedKey, c.Issuer, c.Tenant)
 		return err
 	})
 	if err != nil {
@@ -231,9 +234,9 @@ func (s *Store) Latest(ctx context.Context, identity string) (Certificate, error
 func (s *Store) one(ctx context.Context, where, arg string) (Certificate, error) {
 	var c Certificate
 	err := s.db.Pool().QueryRow(ctx, `
-SELECT id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer, created_at
+SELECT id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer, tenant, created_at
   FROM issued_certificates `+where, arg).
-		Scan(&c.ID, &c.Identity, &c.RequestID, &c.Serial, &c.ARICertID, &c.NotBefore, &c.NotAfter, &c.ChainPEM, &c.SealedKey, &c.Issuer, &c.CreatedAt)
+		Scan(&c.ID, &c.Identity, &c.RequestID, &c.Serial, &c.ARICertID, &c.NotBefore, &c.NotAfter, &c.ChainPEM, &c.SealedKey, &c.Issuer, &c.Tenant, &c.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c, fmt.Errorf("certstore: certificate %s: %w", arg, ErrNotFound)
 	}
@@ -247,6 +250,34 @@ SELECT id, identity, request_id, serial, ari_cert_id, not_before, not_after, cha
 // (RFC 9773), or ErrNotFound: the certificate an ARI renewal replaces.
 func (s *Store) ByARICertID(ctx context.Context, ariCertID string) (Certificate, error) {
 	return s.one(ctx, `WHERE ari_cert_id = $1 ORDER BY not_after DESC LIMIT 1`, ariCertID)
+}
+
+// Current returns up to limit current certificates, by identity after
+// after ("" for the first page): for each identity the newest stored
+// certificate (by NotAfter) that has not expired. Tenant is the row's, or
+// for a row stored before tenants were recorded, the tenant the SAN set is
+// managed under ("" when it is not managed).
+func (s *Store) Current(ctx context.Context, after string, limit int) ([]Certificate, error) {
+	rows, err := s.db.Pool().Query(ctx, `
+SELECT c.id, c.identity, c.request_id, c.serial, c.ari_cert_id, c.not_before, c.not_after, c.chain_pem, c.sealed_key, c.issuer,
+       CASE WHEN c.tenant <> '' THEN c.tenant ELSE COALESCE(m.tenant, '') END, c.created_at
+  FROM issued_certificates c
+  LEFT JOIN managed_certificates m ON m.identity = c.identity
+ WHERE c.identity > $1 AND c.not_after > now()
+   AND NOT EXISTS (SELECT 1 FROM issued_certificates n WHERE n.identity = c.identity AND n.not_after > c.not_after)
+ ORDER BY c.identity, c.id
+ LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("certstore: listing current certificates: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Certificate, error) {
+		var c Certificate
+		return c, r.Scan(&c.ID, &c.Identity, &c.RequestID, &c.Serial, &c.ARICertID, &c.NotBefore, &c.NotAfter, &c.ChainPEM, &c.SealedKey, &c.Issuer, &c.Tenant, &c.CreatedAt)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("certstore: listing current certificates: %w", err)
+	}
+	return out, nil
 }
 
 // ErrNotFound means no certificate is stored for the identity.

@@ -37,6 +37,10 @@ type Config struct {
 	// order names it and the CA can apply its ARI exemption. Nil: renewals
 	// are ordered without "replaces".
 	Previous Previous
+	// Delivery, optional, seals the key of each certificate obtained to its
+	// recipients before the certificate is stored, so a crash in between
+	// delivers again rather than never. Nil: keys are not delivered.
+	Delivery Delivery
 
 	// Concurrency caps orders in flight: a job holds an order slot from its
 	// claim until the CA has issued (storing and publishing run outside it).

@@ -8,6 +8,7 @@ import (
 
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
@@ -63,6 +64,16 @@ type Limits interface {
 // it. Errors are classified with acmeissuer.Classify.
 type Issuer interface {
 	Obtain(ctx context.Context, req acmeissuer.Request) (*acmeissuer.Result, error)
+}
+
+// Delivery hands the key of a certificate just obtained to its recipients,
+// sealed to each of them (*delivery.Deliverer implements it). Contract:
+// Deliver returns nil once c's key is sealed and published to every
+// recipient c matches (none may match); an error means it may not be, and
+// the job retries like any infrastructure call. It never logs, returns or
+// publishes the key in the clear. Safe for concurrent use; honours ctx.
+type Delivery interface {
+	Deliver(ctx context.Context, c delivery.Certificate) error
 }
 
 // Writer writes records synchronously (nil error: durably written, every

@@ -14,7 +14,9 @@
 //	                                           5xx/network -> retry with backoff, then defer with cert_failed(retryable)
 //	                                           other ACME problem -> cert_failed (permanent)
 //	(the order slot, held from the claim on, is given back here: the CA's part is done)
-//	seal the key, store certificate + outcome in one transaction
+//	seal the key; deliver it to its recipients (Config.Delivery, optional:
+//	sealed to each with HPKE, package delivery), retried until published
+//	store certificate + outcome in one transaction
 //	publish cert_obtained
 //	mark the record done; offsets are committed per partition only up to the
 //	lowest unfinished record (offsets.go), so a crash never skips a job.

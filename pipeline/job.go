@@ -13,6 +13,7 @@ import (
 
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/ratelimit"
@@ -371,8 +372,11 @@ func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error)
 	if err != nil {
 		return "", err
 	}
+	if err := j.deliver(ctx, r); err != nil {
+		return "", j.release(ctx, err)
+	}
 	issued := certstore.Issued{Identity: j.identity, RequestID: j.req.RequestID, Serial: r.Serial, ARICertID: r.ARICertID,
-		NotBefore: r.NotBefore, NotAfter: r.NotAfter, ChainPEM: string(r.ChainPEM), SealedKey: sealed, Issuer: ob.Issuer}
+		NotBefore: r.NotBefore, NotAfter: r.NotAfter, ChainPEM: string(r.ChainPEM), SealedKey: sealed, Issuer: ob.Issuer, Tenant: j.req.Tenant}
 	if _, err := retry(ctx, w, "storing certificate", func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, w.cfg.Claims.Complete(ctx, j.owner, issued, stored)
 	}); err != nil {
@@ -391,6 +395,23 @@ func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error)
 	}
 	w.cfg.Logger.Info("certificate obtained", append(j.log(), "serial", r.Serial)...)
 	return OutcomeObtained, nil
+}
+
+// deliver seals the certificate's key to its recipients (Config.Delivery)
+// before the certificate is stored: a crash after storing would re-publish
+// the stored outcome and never deliver, a crash before it resumes or
+// re-orders and delivers again (same delivery ids for the same certificate).
+func (j *job) deliver(ctx context.Context, r *acmeissuer.Result) error {
+	w := j.w
+	if w.cfg.Delivery == nil {
+		return nil
+	}
+	c := delivery.Certificate{Identity: j.identity, RequestID: j.req.RequestID, Tenant: j.req.Tenant, SANs: j.req.SANs,
+		Serial: r.Serial, NotBefore: r.NotBefore, NotAfter: r.NotAfter, ChainPEM: string(r.ChainPEM), Key: r.PrivateKey}
+	_, err := retry(ctx, w, "delivering the key to its recipients", func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, w.cfg.Delivery.Deliver(ctx, c)
+	})
+	return err
 }
 
 // failPermanently records the cert_failed that ends the request on its claim
