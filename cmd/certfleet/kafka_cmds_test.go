@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -144,7 +145,9 @@ func TestDLQCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer prod.Close()
-	orig := kafka.Message{Key: []byte("k"), Value: []byte("{broken"), Headers: []kafka.Header{{Key: "ce_type", Value: []byte("x")}}}
+	// By design (issue 16) replay sends only records that decode: the record
+	// here is a request dead-lettered for an unknown CA.
+	orig := dlqRequest(t, "req-dlq-1", tp.Requests)
 	rec := events.DeadLetterRecord(tp.DLQ, orig, events.DeadLetter{Reason: "malformed JSON", Topic: tp.Requests, Partition: 1, Offset: 42, Group: "worker-3", Time: time.Now()})
 	if err := prod.WriteMessages(ctx, rec); err != nil {
 		t.Fatal(err)
@@ -172,11 +175,12 @@ func TestDLQCommands(t *testing.T) {
 		t.Fatalf("list --quiet: %d %q", code, out.String())
 	}
 	out.Reset()
-	if code := run(ctx, append([]string{"dlq", "replay", "--record", rows[0].Record}, topicArgs(s, tp)...), &out, &errb); code != exitOK {
+	url := migratedDatabase(t)
+	if code := run(ctx, append([]string{"dlq", "replay", "--record", rows[0].Record, "--database-url", url}, topicArgs(s, tp)...), &out, &errb); code != exitOK {
 		t.Fatalf("replay: %d %s", code, errb.String())
 	}
 	back, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
-	if err != nil || len(back) != 1 || string(back[0].Value) != "{broken" {
+	if err != nil || len(back) != 1 || !bytes.Equal(back[0].Value, orig.Value) {
 		t.Fatalf("replayed: %v %v", back, err)
 	}
 	for _, h := range back[0].Headers {
@@ -184,11 +188,170 @@ func TestDLQCommands(t *testing.T) {
 			t.Fatalf("replayed record keeps DLQ header %s", h.Key)
 		}
 	}
-	for _, bad := range [][]string{{"dlq"}, append([]string{"dlq", "replay"}, topicArgs(s, tp)...), append([]string{"dlq", "replay", "--record", "x"}, topicArgs(s, tp)...)} {
+	for _, bad := range [][]string{{"dlq"}, append([]string{"dlq", "replay"}, topicArgs(s, tp)...), append([]string{"dlq", "replay", "--record", "x"}, topicArgs(s, tp)...),
+		append([]string{"dlq", "replay", "--all", "--database-url", ""}, topicArgs(s, tp)...)} {
 		if code := run(ctx, bad, &out, &errb); code != exitUsage {
 			t.Errorf("%v: code %d, want %d", bad[:2], code, exitUsage)
 		}
 	}
+}
+
+// dlqRequest is an encoded issuance request for topic, with a tracing
+// header a replay must not copy back.
+func dlqRequest(t *testing.T, id, topic string) kafka.Message {
+	t.Helper()
+	ev, err := events.New("//test", time.Now(), &events.IssuanceRequest{RequestID: id, SANs: []string{"www.example.org"}, Tenant: "t1",
+		KeyType: events.KeyECDSAP256, CA: "nosuchca", Reason: events.ReasonNew})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := events.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Topic = topic
+	m.Headers = append(m.Headers, kafka.Header{Key: "traceparent", Value: []byte("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")})
+	return m
+}
+
+func migratedDatabase(t *testing.T) string {
+	t.Helper()
+	url := testenv.FreshDatabase(t)
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"migrate", "--database-url", url}, &out, &errb); code != exitOK {
+		t.Fatalf("migrate: %s", errb.String())
+	}
+	return url
+}
+
+// issue 16: replay sends a record only back to the requests or retry topic
+// (never to the topic its own certfleet_dlq_topic header names), only when
+// it still decodes as a request, with its ce_* and content-type headers
+// only, and each DLQ record once: --all run twice sends nothing new. list
+// shows every record's full cause first, sanitised, in partition/offset
+// order.
+func TestDLQReplayIsBounded(t *testing.T) {
+	s, tp := kafkaTopics(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	dl := func(m kafka.Message, reason, from string) kafka.Message {
+		return events.DeadLetterRecord(tp.DLQ, m, events.DeadLetter{Reason: reason, Topic: from, Partition: 0, Offset: 1, Group: "worker-1", Time: time.Now()})
+	}
+	long := "events: sans[0]: invalid SAN: " + strings.Repeat("x", 150) + " THE CAUSE AT THE END"
+	broken := dlqRequest(t, "req-broken", tp.Requests)
+	broken.Value = []byte("{broken")
+	keyed := dlqRequest(t, "req-key", tp.Requests)
+	keyed.Value = []byte(`{"k":"-----BEGIN PRIVATE KEY-----"}`)
+	recs := []kafka.Message{
+		dl(dlqRequest(t, "req-ok", tp.Requests), long, tp.Requests),                     // replayable, to requests
+		dl(dlqRequest(t, "req-retry", tp.Retry), "unknown CA \x1b[31m\u202e", tp.Retry), // replayable, to retry
+		dl(dlqRequest(t, "req-elsewhere", tp.Requests), "forged origin", tp.Events),     // names the events topic
+		dl(dlqRequest(t, "req-far", tp.Requests), "forged origin", "some.other.topic"),  // names a foreign topic
+		dl(broken, "malformed JSON", tp.Requests),                                       // still does not decode
+		dl(keyed, "private key", tp.Requests),                                           // a stub
+	}
+	for _, r := range recs { // one at a time: offsets in the order written
+		if err := prod.WriteMessages(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run(ctx, append([]string{"dlq", "list", "--json"}, topicArgs(s, tp)...), &out, &errb); code != exitOK {
+		t.Fatalf("list: %d %s", code, errb.String())
+	}
+	var rows []dlqRow
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil || len(rows) != len(recs) {
+		t.Fatalf("list --json: %v %q", err, out.String())
+	}
+	byReq := map[string]dlqRow{}
+	for i, r := range rows {
+		if i > 0 {
+			var p0, o0, p1, o1 int
+			fmt.Sscanf(rows[i-1].Record, "%d:%d", &p0, &o0)
+			fmt.Sscanf(r.Record, "%d:%d", &p1, &o1)
+			if p0 > p1 || p0 == p1 && o0 >= o1 {
+				t.Errorf("list not in partition/offset order: %s before %s", rows[i-1].Record, r.Record)
+			}
+		}
+		if strings.ContainsAny(r.Reason, "\x1b\u202e") {
+			t.Errorf("reason %q not sanitised", r.Reason)
+		}
+		switch {
+		case strings.Contains(r.Reason, "THE CAUSE"):
+			byReq["ok"] = r
+		case strings.HasPrefix(r.Reason, "unknown CA"):
+			byReq["retry"] = r
+		case r.Stub != "":
+			byReq["stub"] = r
+		}
+	}
+	if byReq["ok"].Reason != long || byReq["stub"].Stub != events.StubPrivateKey {
+		t.Errorf("rows %+v: want the long reason whole and the stub marked", byReq)
+	}
+	out.Reset()
+	if code := run(ctx, append([]string{"dlq", "list"}, topicArgs(s, tp)...), &out, &errb); code != exitOK ||
+		!strings.Contains(out.String(), byReq["ok"].Record+"  "+long+"\n") || strings.Contains(out.String(), "\x1b") {
+		t.Fatalf("list: want each record's cause first and whole: %q", out.String())
+	}
+
+	url := migratedDatabase(t)
+	replay := func(args ...string) (int, string) {
+		var out, errb bytes.Buffer
+		code := run(ctx, append(append([]string{"dlq", "replay", "--database-url", url, "--topic-retry", tp.Retry}, args...), topicArgs(s, tp)...), &out, &errb)
+		return code, out.String() + errb.String()
+	}
+	// A named record that is refused: exit 1 with the reason, nothing sent.
+	if code, text := replay("--record", byReq["stub"].Record); code != exitError || !strings.Contains(text, "a stub (private_key)") {
+		t.Fatalf("replay of a stub: %d %q", code, text)
+	}
+	code, text := replay("--all")
+	t.Logf("replay --all:\n%s", text)
+	if code != exitOK || !strings.Contains(text, "replayed 2 record(s)") {
+		t.Fatalf("replay --all: %d %q", code, text)
+	}
+	for _, want := range []string{"not the requests (" + tp.Requests, `"some.other.topic"`, "still does not decode", "a stub (private_key)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("replay --all does not say %q", want)
+		}
+	}
+	check := func() {
+		t.Helper()
+		reqs, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
+		if err != nil || len(reqs) != 1 {
+			t.Fatalf("requests topic holds %d records (%v), want the one replayed request", len(reqs), err)
+		}
+		for _, h := range reqs[0].Headers {
+			if !strings.HasPrefix(h.Key, "ce_") && h.Key != "content-type" {
+				t.Errorf("replayed record carries header %s: only ce_* and content-type are copied", h.Key)
+			}
+		}
+		if ev, err := events.Decode(reqs[0]); err != nil || ev.Data.(*events.IssuanceRequest).RequestID != "req-ok" {
+			t.Errorf("replayed to requests: %v %v", ev, err)
+		}
+		retry, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Retry, 0)
+		if err != nil || len(retry) != 1 {
+			t.Fatalf("retry topic holds %d records (%v), want 1", len(retry), err)
+		}
+		for _, topic := range []string{tp.Events, tp.RateLimitChanges} {
+			if other, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, topic, 0); err != nil || len(other) != 0 {
+				t.Errorf("a replayed record reached %s (%d records, %v)", topic, len(other), err)
+			}
+		}
+	}
+	check()
+	// Again: nothing new; a named replayed record says when and by whom.
+	if code, text := replay("--all"); code != exitOK || !strings.Contains(text, "nothing new to replay: 2 already replayed") {
+		t.Fatalf("second replay --all: %d %q", code, text)
+	}
+	if code, text := replay("--record", byReq["ok"].Record); code != exitError || !strings.Contains(text, "already replayed to "+tp.Requests) {
+		t.Fatalf("replay of a replayed record: %d %q", code, text)
+	}
+	check()
 }
 
 // export writes the stored chain and the unsealed key, which belong together.

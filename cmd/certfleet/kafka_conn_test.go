@@ -39,10 +39,13 @@ func aclTopics(prefix string) events.Topics {
 	return events.Topics{Requests: d.Requests + sfx, Retry: d.Retry + sfx, DLQ: d.DLQ + sfx, Events: d.Events + sfx, RateLimitChanges: d.RateLimitChanges + sfx}
 }
 
+// kafkaCommands are the CLI's Kafka commands. dlq replay records what it
+// sends in the database, so it needs a URL before it starts; it asks the
+// broker first, so this one is never opened.
 var kafkaCommands = map[string][]string{
 	"request --wait":   {"request", "--san", "a.example", "--tenant", "t1", "--wait", "1m"},
 	"dlq list":         {"dlq", "list"},
-	"dlq replay --all": {"dlq", "replay", "--all"},
+	"dlq replay --all": {"dlq", "replay", "--all", "--database-url", "postgres://certfleet@127.0.0.1:1/unused"},
 	"topics create":    {"topics", "create"},
 }
 
