@@ -158,11 +158,18 @@ log.flush.interval.messages=9223372036854775807
 	return p.start(cmd)
 }
 
-// clusterID is a random Kafka cluster id (a base64url UUID without padding).
+// clusterID is a random Kafka cluster id (a base64url UUID without padding)
+// that does not start with '-': StorageTool's argument parser takes "-t
+// -abc..." for a missing value and an unknown option (one format in 64
+// failed so; Kafka's own Uuid.randomUuid avoids it the same way).
 func clusterID() string {
 	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
+	for {
+		_, _ = rand.Read(b)
+		if id := base64.RawURLEncoding.EncodeToString(b); id[0] != '-' {
+			return id
+		}
+	}
 }
 
 // kafkaReady means a consumer group can join and commit, not merely that the
