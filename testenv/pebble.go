@@ -63,7 +63,9 @@ type pebbleConfig struct {
 		TLSPort                 int      `json:"tlsPort"`
 		OCSPResponderURL        string   `json:"ocspResponderURL"`
 		ExternalAccountBinding  bool     `json:"externalAccountBindingRequired"`
-		DomainBlocklist         []string `json:"domainBlocklist"`
+		// ExternalAccountMACKeys: key id to base64url MAC key.
+		ExternalAccountMACKeys map[string]string `json:"externalAccountMACKeys,omitempty"`
+		DomainBlocklist        []string          `json:"domainBlocklist"`
 		RetryAfter              struct {
 			Authz int `json:"authz"`
 			Order int `json:"order"`
@@ -81,9 +83,17 @@ type pebbleProfile struct {
 // writePebbleConfig writes Pebble's config: retryAfter 0/0 (the stock 3 s/5 s
 // makes every certificate take ~5 s), named profiles, HTTP-01 on challtestsrv's port.
 func writePebbleConfig(dir, cert, key string) (string, error) {
+	return writePebbleConfigAt(dir, cert, key, pebbleAddr, pebbleMgmtAddr, nil)
+}
+
+// writePebbleConfigAt is writePebbleConfig for a Pebble on other addresses;
+// with eabKeys (key id to base64url MAC key) it requires External Account
+// Binding on every newAccount.
+func writePebbleConfigAt(dir, cert, key, listen, mgmt string, eabKeys map[string]string) (string, error) {
 	var c pebbleConfig
 	p := &c.Pebble
-	p.ListenAddress, p.ManagementListenAddress = pebbleAddr, pebbleMgmtAddr
+	p.ListenAddress, p.ManagementListenAddress = listen, mgmt
+	p.ExternalAccountBinding, p.ExternalAccountMACKeys = len(eabKeys) > 0, eabKeys
 	p.Certificate, p.PrivateKey = cert, key
 	p.HTTPPort, p.TLSPort = challHTTP01, tlsALPNPort
 	p.DomainBlocklist = []string{"blocked-domain.example"}
@@ -97,7 +107,7 @@ func writePebbleConfig(dir, cert, key string) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(dir, "pebble-config.json")
-	return path, os.WriteFile(path, data, 0o644)
+	return path, os.WriteFile(path, data, 0o600) // it may hold MAC keys
 }
 
 // pebbleProcs names the two processes; their markers are the binaries' paths,

@@ -42,6 +42,13 @@ type Settings struct {
 	KafkaTLSCA       string   // CERTFLEET_KAFKA_TLS_CA: PEM CA of both listeners' certificates
 	SecretsDir       string   // CERTFLEET_TESTENV_SECRETS: per principal P.password, P.crt, P.key (0600); database.crt/.key
 	DatabaseTLSURL   string   // CERTFLEET_DATABASE_TLS_URL: the database over TLS, verify-full, certificate auth (PostgreSQL only)
+
+	// The second Pebble, which requires External Account Binding. Optional
+	// when loading: an env file written before it existed lacks them, and
+	// Settings.EAB says to run testenv up.
+	EABACMEDirectory string // CERTFLEET_EAB_ACME_DIRECTORY: its directory URL (HTTPS under ACMETLSCA)
+	EABKeyID         string // CERTFLEET_EAB_KEY_ID: the key id it knows
+	EABKeyFile       string // CERTFLEET_EAB_KEY_FILE: its MAC key, base64url, in a 0600 file
 }
 
 // Environment variable names; kept in one place so the env file, the CLI and
@@ -62,6 +69,9 @@ const (
 	EnvKafkaTLSCA          = "CERTFLEET_KAFKA_TLS_CA"
 	EnvSecretsDir          = "CERTFLEET_TESTENV_SECRETS"
 	EnvDatabaseTLSURL      = "CERTFLEET_DATABASE_TLS_URL"
+	EnvEABACMEDirectory    = "CERTFLEET_EAB_ACME_DIRECTORY"
+	EnvEABKeyID            = "CERTFLEET_EAB_KEY_ID"
+	EnvEABKeyFile          = "CERTFLEET_EAB_KEY_FILE"
 
 	// EnvSwitch set to "off" makes Require skip (pure unit runs). Any other
 	// value, or none, means integration tests must have the stack.
@@ -69,6 +79,10 @@ const (
 	// EnvStateDir overrides where the stack keeps pid files, data and the env file.
 	EnvStateDir = "CERTFLEET_TESTENV_DIR"
 )
+
+// optionalVars may be missing from an env file: a stack started by an older
+// testenv lacks them, and the tests that need them say to run testenv up.
+var optionalVars = map[string]bool{EnvEABACMEDirectory: true, EnvEABKeyID: true, EnvEABKeyFile: true}
 
 // ErrNotRunning means no env file was found: the stack was never started
 // (or was stopped).
@@ -92,6 +106,9 @@ func (s Settings) vars() [][2]string {
 		{EnvKafkaTLSCA, s.KafkaTLSCA},
 		{EnvSecretsDir, s.SecretsDir},
 		{EnvDatabaseTLSURL, s.DatabaseTLSURL},
+		{EnvEABACMEDirectory, s.EABACMEDirectory},
+		{EnvEABKeyID, s.EABKeyID},
+		{EnvEABKeyFile, s.EABKeyFile},
 	}
 	sort.Slice(v, func(i, j int) bool { return v[i][0] < v[j][0] })
 	return v
@@ -169,6 +186,9 @@ func settingsFrom(get func(string) string) (Settings, error) {
 		KafkaTLSCA:          get(EnvKafkaTLSCA),
 		SecretsDir:          get(EnvSecretsDir),
 		DatabaseTLSURL:      get(EnvDatabaseTLSURL),
+		EABACMEDirectory:    get(EnvEABACMEDirectory),
+		EABKeyID:            get(EnvEABKeyID),
+		EABKeyFile:          get(EnvEABKeyFile),
 	}
 	for env, dst := range map[string]*[]string{EnvKafkaBrokers: &s.KafkaBrokers, EnvKafkaSASLBrokers: &s.KafkaSASLBrokers, EnvKafkaMTLSBrokers: &s.KafkaMTLSBrokers} {
 		if b := get(env); b != "" {
@@ -184,6 +204,9 @@ func settingsFrom(get func(string) string) (Settings, error) {
 	for _, kv := range s.vars() {
 		if kv[0] == EnvDatabaseTLSURL && s.DatabaseKind == "cockroach" {
 			continue // cockroach start-single-node runs --insecure here
+		}
+		if optionalVars[kv[0]] {
+			continue
 		}
 		if kv[1] == "" || kv[1] == "0" {
 			missing = append(missing, kv[0])

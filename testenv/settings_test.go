@@ -15,7 +15,8 @@ func TestEnvFileRoundTrip(t *testing.T) {
 		DNSServer: "127.0.0.1:8053", HTTP01Port: 5002,
 		KafkaSASLBrokers: []string{"127.0.0.1:19094"}, KafkaMTLSBrokers: []string{"127.0.0.1:19095"},
 		KafkaTLSCA: "/x/tls/ca.pem", SecretsDir: "/x/secrets",
-		DatabaseTLSURL: "postgres://certfleet@127.0.0.1:15432/certfleet?sslmode=verify-full&sslrootcert=/x/tls/ca.pem",
+		DatabaseTLSURL:   "postgres://certfleet@127.0.0.1:15432/certfleet?sslmode=verify-full&sslrootcert=/x/tls/ca.pem",
+		EABACMEDirectory: "https://127.0.0.1:14010/dir", EABKeyID: PebbleEABKeyID, EABKeyFile: "/x/secrets/pebble-eab.mac",
 	}
 	got, err := ParseEnvFile(s.EnvFile())
 	if err != nil {
@@ -23,6 +24,21 @@ func TestEnvFileRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, s) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
+	}
+	// An env file written before the EAB Pebble existed still loads; what
+	// needs the EAB Pebble says to run testenv up.
+	var old []string
+	for _, line := range strings.Split(s.EnvFile(), "\n") {
+		if !strings.HasPrefix(line, "CERTFLEET_EAB_") {
+			old = append(old, line)
+		}
+	}
+	got, err = ParseEnvFile(strings.Join(old, "\n"))
+	if err != nil {
+		t.Fatalf("an env file without the EAB Pebble: %v", err)
+	}
+	if _, err := got.EAB(); err == nil || !strings.Contains(err.Error(), "testenv up") {
+		t.Fatalf("EAB() of a stack without the EAB Pebble: %v", err)
 	}
 }
 

@@ -145,6 +145,7 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 		},
 		ready: func(ctx context.Context) error { return pebbleReady(ctx, pebbleCA) },
 	})
+	svcs = append(svcs, l.pebbleEABService(func() string { return pebbleBin }, installPebbleOnce, pebbleDir, pebbleCA))
 	return svcs, pebbleCA
 }
 
@@ -207,6 +208,9 @@ func Up(ctx context.Context, out io.Writer) (Settings, error) {
 		KafkaTLSCA:          k.caPath,
 		SecretsDir:          k.secrets,
 		DatabaseTLSURL:      dbTLSURL(l.kind, k),
+		EABACMEDirectory:    "https://" + pebbleEABAddr + "/dir",
+		EABKeyID:            PebbleEABKeyID,
+		EABKeyFile:          eabKeyFile(l.state),
 	}
 	if err := os.WriteFile(filepath.Join(l.state, "env"), []byte(s.EnvFile()), 0o644); err != nil {
 		return Settings{}, fmt.Errorf("testenv: writing env file: %w", err)
@@ -304,7 +308,7 @@ func Down(out io.Writer) error {
 	}
 	procs := []proc{kafkaProc(l.state), dbProc(l.state, "postgres"), dbProc(l.state, "cockroach")}
 	pp, cp := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
-	procs = append(procs, pp, cp)
+	procs = append(procs, pp, cp, proc{name: eabProcName, dir: l.state, marker: filepath.Join(pebbleBuildDir(l.cache, true), "pebble")})
 	var msgs []string
 	for _, p := range procs {
 		pid := p.pid()

@@ -17,6 +17,8 @@ import (
 // than copying Pebble's test certificates means `go install` is all Pebble
 // needs.
 func writeServingCerts(dir string) (caPath, certPath, keyPath string, err error) {
+	servingCertsMu.Lock() // both Pebbles start in parallel and share them
+	defer servingCertsMu.Unlock()
 	caPath, certPath, keyPath = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	if _, err := os.Stat(keyPath); err == nil {
 		return caPath, certPath, keyPath, nil

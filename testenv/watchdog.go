@@ -71,6 +71,16 @@ func (s Settings) probes() []probe {
 			return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 		}},
 		{"pebble", func(ctx context.Context) error { return pebbleAnswersPOST(ctx, s.ACMEDirectory, s.ACMETLSCA) }},
+		{eabProcName, func(ctx context.Context) error {
+			if s.EABACMEDirectory == "" {
+				return nil // an env file from before the EAB Pebble; tests that need it say so (Settings.EAB)
+			}
+			eab, err := s.EAB()
+			if err != nil {
+				return err
+			}
+			return pebbleAnswersPOSTWith(ctx, s.EABACMEDirectory, s.ACMETLSCA, &eab)
+		}},
 		{"challtestsrv", func(ctx context.Context) error {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.ChallTestSrvURL+"/", nil)
 			if err != nil {
@@ -89,6 +99,12 @@ func (s Settings) probes() []probe {
 // pebbleAnswersPOST registers a throwaway account: a POST through the store's
 // write lock, which is what stops answering when Pebble hangs.
 func pebbleAnswersPOST(ctx context.Context, directory, caPath string) error {
+	return pebbleAnswersPOSTWith(ctx, directory, caPath, nil)
+}
+
+// pebbleAnswersPOSTWith is pebbleAnswersPOST with an External Account
+// Binding (the EAB Pebble refuses accounts without one).
+func pebbleAnswersPOSTWith(ctx context.Context, directory, caPath string, eab *acme.EAB) error {
 	c, err := tlsClient(caPath)
 	if err != nil {
 		return err
@@ -98,7 +114,13 @@ func pebbleAnswersPOST(ctx context.Context, directory, caPath string) error {
 		return err
 	}
 	client := &acme.Client{Directory: directory, HTTPClient: c}
-	if _, err := client.NewAccount(ctx, acme.Account{TermsOfServiceAgreed: true, PrivateKey: key}); err != nil {
+	acct := acme.Account{TermsOfServiceAgreed: true, PrivateKey: key}
+	if eab != nil {
+		if err := acct.SetExternalAccountBinding(ctx, client, *eab); err != nil {
+			return fmt.Errorf("binding a probe account: %w", err)
+		}
+	}
+	if _, err := client.NewAccount(ctx, acct); err != nil {
 		return fmt.Errorf("registering a probe account: %w", err)
 	}
 	return nil
