@@ -150,15 +150,26 @@ func (i *Issuer) readAccount(ctx context.Context, tenant string) (url string, ke
 }
 
 // register creates (or finds, for a known key) the account at the CA and
-// records its URL.
+// records its URL. With Config.EAB the new account is bound to the CA's
+// external account.
 func (i *Issuer) register(ctx context.Context, tenant string, key crypto.Signer) (acme.Account, error) {
 	cctx, c := withCapture(ctx)
-	acct, err := i.client.NewAccount(cctx, acme.Account{
+	req := acme.Account{
 		Contact:              i.cfg.Contact,
 		TermsOfServiceAgreed: true,
 		PrivateKey:           key,
-	})
+	}
+	if i.cfg.EAB != nil {
+		if err := req.SetExternalAccountBinding(cctx, i.client, *i.cfg.EAB); err != nil {
+			err = annotate(err, c, i.now(), i.cfg.DefaultPenalty)
+			return acme.Account{}, fmt.Errorf("acmeissuer: registering the account of tenant %q: External Account Binding with key id %q: %w", tenant, i.cfg.EAB.KeyID, err)
+		}
+	}
+	acct, err := i.client.NewAccount(cctx, req)
 	if err != nil {
+		if explained := i.explainEAB(err); explained != nil {
+			return acme.Account{}, fmt.Errorf("acmeissuer: registering the account of tenant %q: %w", tenant, explained)
+		}
 		err = annotate(err, c, i.now(), i.cfg.DefaultPenalty)
 		return acme.Account{}, fmt.Errorf("acmeissuer: registering the account of tenant %q: %w", tenant, err)
 	}
@@ -186,4 +197,28 @@ func (i *Issuer) account(url string, key crypto.Signer) acme.Account {
 		Location:             url,
 		PrivateKey:           key,
 	}
+}
+
+// explainEAB rewrites the CA's refusal of a newAccount that is about External
+// Account Binding so that it says what to fix: a CA that requires a binding
+// when none is configured, or one that refuses the configured binding (an
+// unknown key id, a wrong MAC key). The result is the CA's problem with that
+// explanation in front of its detail, so Classify (Permanent) and the
+// cert_failed it becomes carry it. nil: the refusal is not about EAB.
+func (i *Issuer) explainEAB(err error) error {
+	var p acme.Problem
+	if !errors.As(err, &p) {
+		return nil
+	}
+	switch {
+	case p.Type == acme.ProblemTypeExternalAccountRequired && i.cfg.EAB == nil:
+		p.Detail = "the CA requires External Account Binding: configure the CA's key id and MAC key (-ca NAME=URL,eab-kid=KEYID,eab-key-file=FILE); the CA said: " + p.Detail
+	case i.cfg.EAB != nil && (p.Type == acme.ProblemTypeUnauthorized || p.Type == acme.ProblemTypeMalformed ||
+		p.Type == acme.ProblemTypeBadPublicKey || p.Type == acme.ProblemTypeExternalAccountRequired):
+		p.Detail = fmt.Sprintf("the CA refused the External Account Binding with key id %q: check eab-kid and the MAC key in eab-key-file; the CA said: %s",
+			i.cfg.EAB.KeyID, p.Detail)
+	default:
+		return nil
+	}
+	return p
 }

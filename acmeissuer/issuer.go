@@ -69,6 +69,12 @@ type Config struct {
 	DefaultPenalty time.Duration
 	// Contact lists account contact URLs (mailto:...). Optional.
 	Contact []string
+	// EAB, optional, is the CA's External Account Binding (RFC 8555
+	// §7.3.4): every account this issuer creates is bound with it (MACKey
+	// base64url, as the CA hands it out; caconfig.CA.EAB reads it from its
+	// file). Commercial CAs (ZeroSSL, Google Trust Services, Sectigo)
+	// require one. Accounts already registered are used as they are.
+	EAB *acme.EAB
 	// Profile is the ACME profile used when Request.Profile is empty. Empty:
 	// such an order names no profile and the CA applies its default.
 	Profile string
@@ -113,6 +119,8 @@ func New(cfg Config) (*Issuer, error) {
 		return nil, errors.New("acmeissuer: Config.Solvers needs at least one challenge solver")
 	case cfg.DefaultPenalty < 0, cfg.AccountWait < 0, cfg.AccountPoll < 0, cfg.PollInterval < 0, cfg.PollTimeout < 0:
 		return nil, errors.New("acmeissuer: Config durations must not be negative")
+	case cfg.EAB != nil && (cfg.EAB.KeyID == "" || cfg.EAB.MACKey == ""):
+		return nil, errors.New("acmeissuer: Config.EAB needs a KeyID and a MACKey")
 	}
 	for typ, s := range cfg.Solvers {
 		if s == nil {
