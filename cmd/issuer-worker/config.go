@@ -66,7 +66,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.DatabaseURL, "database-url", "CERTFLEET_DATABASE_URL", "", "database URL; to a host that is not loopback it needs sslmode=verify-full&sslrootcert=FILE (and sslcert, sslkey for certificate auth)")
 	fs.Bool(&c.DatabaseInsecure, "database-insecure", "CERTFLEET_DATABASE_INSECURE", false, "allow a database that is not loopback without verify-full (no server verification)")
 	fs.String(&c.SealKeysFile, "seal-keys-file", "CERTFLEET_SEAL_KEYS_FILE", "", "key-encryption keyring file, no group or other access (mode 0600); else the keyring in env CERTFLEET_SEAL_KEYS (local use only)")
-	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CAs to order from, name=directoryURL, comma separated")
+	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CAs to order from, name=directoryURL, comma separated; eab-kid=KEYID,eab-key-file=FILE after a CA give it an External Account Binding (MAC key base64url in a file only its owner may read)")
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
 	fs.String(&c.Profile, "profile", "CERTFLEET_PROFILE", "", "ACME profile for requests that name none; empty: such orders name none and the CA applies its default profile")

@@ -96,6 +96,7 @@ type secrets struct {
 	kafka   *kafkaconn.Connector
 	keyring *seal.Keyring
 	db      db.Config
+	eab     map[string]*acme.EAB // by CA name: the CAs with External Account Binding
 }
 
 func loadSecrets(cfg config) (secrets, error) {
@@ -110,6 +111,16 @@ func loadSecrets(cfg config) (secrets, error) {
 	s.db = db.Config{URL: cfg.DatabaseURL, Insecure: cfg.DatabaseInsecure, MaxConns: int32(cfg.Concurrency*2 + 8)}
 	if err := s.db.Check(); err != nil {
 		return s, fmt.Errorf("-database-url: %w", err)
+	}
+	s.eab = map[string]*acme.EAB{}
+	for _, ca := range cfg.CAs {
+		kid, key, ok, err := ca.EAB()
+		if err != nil {
+			return s, fmt.Errorf("-ca: %w", err)
+		}
+		if ok {
+			s.eab[ca.Name] = &acme.EAB{KeyID: kid, MACKey: key}
+		}
 	}
 	return s, nil
 }
@@ -180,7 +191,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	for _, ca := range cfg.CAs {
 		iss, err := acmeissuer.New(acmeissuer.Config{
 			Directory: ca.Directory, DB: d, Sealer: keyring, Solvers: solvers, HTTPClient: hc,
-			Profile: cfg.Profile, Logger: caLogger(log, ca.Name),
+			Profile: cfg.Profile, Logger: caLogger(log, ca.Name), EAB: sec.eab[ca.Name],
 		})
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)

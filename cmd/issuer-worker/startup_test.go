@@ -83,6 +83,11 @@ func TestWorkerRefusesAtStart(t *testing.T) {
 	zeroKeyring := write("keyring-zero", "CHANGE-ME=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;active=CHANGE-ME\n", 0o600)
 	pw, _ := os.ReadFile(filepath.Join(s.SecretsDir, "worker.password"))
 	openPassword := write("password-644", string(pw), 0o644)
+	openEAB := write("eab-644", "YWJjZGVm\n", 0o644)
+	badEAB := write("eab-bad", "not a MAC key!\n", 0o600)
+	eabCA := func(file string) string {
+		return "CERTFLEET_CAS=pebble=" + s.ACMEDirectory + ",eab-kid=kid-1,eab-key-file=" + file
+	}
 	base := []string{"CERTFLEET_CAS=pebble=" + s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA=" + s.ACMETLSCA, "CERTFLEET_DATABASE_URL=" + s.DatabaseURL,
 		"CERTFLEET_KAFKA_BROKERS=" + strings.Join(s.KafkaBrokers, ","), "CERTFLEET_SEAL_KEYS_FILE=" + good, "CERTFLEET_KAFKA_TIMEOUT=2s"}
 	with := func(kv ...string) []string { return append(append([]string{}, base...), kv...) }
@@ -101,6 +106,8 @@ func TestWorkerRefusesAtStart(t *testing.T) {
 			[]string{"-kafka-sasl-password-file", openPassword, "mode 0644"}, 10 * time.Second, 0},
 		{"SASL without TLS", with("CERTFLEET_KAFKA_SASL_MECHANISM=plain", "CERTFLEET_KAFKA_SASL_USER=worker", "CERTFLEET_KAFKA_SASL_PASSWORD_FILE="+openPassword), 2,
 			[]string{"-kafka-sasl-mechanism: plain without TLS"}, 10 * time.Second, 0},
+		{"EAB key file readable by others", with(eabCA(openEAB)), 2, []string{"-ca: CA pebble: eab-key-file", openEAB, "mode 0644"}, 10 * time.Second, 0},
+		{"EAB key file without a MAC key", with(eabCA(badEAB)), 2, []string{"-ca: CA pebble: eab-key-file " + badEAB + " does not hold a base64url MAC key"}, 10 * time.Second, 0},
 		{"database without verify-full", with("CERTFLEET_DATABASE_URL=postgresql://certfleet@db.example.invalid:26257/certfleet?sslmode=require"), 2,
 			[]string{"-database-url", "sslmode=verify-full"}, 10 * time.Second, 0},
 		{"wrong password", with(append(sec.kafkaEnv(testenv.PrincipalWorker), "CERTFLEET_KAFKA_SASL_PASSWORD_FILE="+filepath.Join(s.SecretsDir, "nobody.password"))...), 1,
