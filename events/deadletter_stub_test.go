@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,36 +39,6 @@ func TestRecordRefused(t *testing.T) {
 	}
 }
 
-// limitWriter refuses records larger than max bytes (value+key+headers)
-// with the broker's MessageSizeTooLarge, and fails the first down writes as
-// an unreachable broker would.
-type limitWriter struct {
-	mu   sync.Mutex
-	max  int
-	down int
-	msgs []kafka.Message
-}
-
-func (w *limitWriter) WriteMessages(_ context.Context, msgs ...kafka.Message) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.down > 0 {
-		w.down--
-		return kafka.NotEnoughReplicas
-	}
-	for _, m := range msgs {
-		n := len(m.Key) + len(m.Value)
-		for _, h := range m.Headers {
-			n += len(h.Key) + len(h.Value)
-		}
-		if n > w.max {
-			return fmt.Errorf("events: writing 1 messages, 1 failed: %w", errors.Join(kafka.MessageSizeTooLarge))
-		}
-	}
-	w.msgs = append(w.msgs, msgs...)
-	return nil
-}
-
 func sha(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
@@ -86,7 +55,7 @@ func TestWriteDeadLetterStub(t *testing.T) {
 	big.Headers = append(big.Headers, kafka.Header{Key: "traceparent", Value: []byte("00-abc-def-01")})
 	d := DeadLetter{Reason: "events: value: value larger than 64 KiB: 1048594 bytes", Topic: "src", Partition: 3, Offset: 9, Group: "g", Time: time.Unix(0, 0)}
 
-	w := &limitWriter{max: 64 << 10}
+	w := &fakeWriter{max: 64 << 10}
 	rec, err := WriteDeadLetter(ctx, w, "dlq", big, d)
 	if err != nil || len(w.msgs) != 1 {
 		t.Fatalf("WriteDeadLetter: %v (%d written)", err, len(w.msgs))
@@ -109,7 +78,7 @@ func TestWriteDeadLetterStub(t *testing.T) {
 	}
 
 	// Headers too large for the topic as well: the bare stub.
-	w = &limitWriter{max: 8 << 10}
+	w = &fakeWriter{max: 8 << 10}
 	huge := big
 	huge.Headers = nil
 	for i := range 64 {
@@ -127,7 +96,7 @@ func TestWriteDeadLetterStub(t *testing.T) {
 	}
 
 	// Headers are bounded even when the stub fits: at most 64, values cut to 1 KiB.
-	w = &limitWriter{max: 1 << 30}
+	w = &fakeWriter{max: 1 << 30}
 	many := huge
 	many.Headers = append(many.Headers, kafka.Header{Key: "h64", Value: []byte("x")})
 	rec = stubRecord("dlq", many, d, "refused", true)
@@ -141,8 +110,8 @@ func TestWriteDeadLetterStub(t *testing.T) {
 	}
 
 	// An error that holds every record is not the record's fault: returned.
-	w = &limitWriter{max: 1 << 30, down: 1}
-	if _, err := WriteDeadLetter(ctx, w, "dlq", big, d); !errors.Is(err, kafka.NotEnoughReplicas) || len(w.msgs) != 0 {
+	w = &fakeWriter{failures: 1}
+	if _, err := WriteDeadLetter(ctx, w, "dlq", big, d); err == nil || RecordRefused(err) || len(w.msgs) != 0 {
 		t.Fatalf("unreachable DLQ: %v, %d written; want the error, nothing written", err, len(w.msgs))
 	}
 	// A record that fits goes whole, without a stub header.

@@ -69,10 +69,13 @@ func (f *fakeReader) committed() []int64 {
 	return out
 }
 
-// fakeWriter records written messages; its first failures writes fail.
+// fakeWriter records written messages; its first failures writes fail. With
+// max set it refuses a record of more than max bytes (key, value and
+// headers) as the broker does, with MessageSizeTooLarge.
 type fakeWriter struct {
 	mu       sync.Mutex
 	failures int
+	max      int
 	msgs     []kafka.Message
 }
 
@@ -82,6 +85,15 @@ func (w *fakeWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) e
 	if w.failures > 0 {
 		w.failures--
 		return errors.New("broker unavailable")
+	}
+	for _, m := range msgs {
+		n := len(m.Key) + len(m.Value)
+		for _, h := range m.Headers {
+			n += len(h.Key) + len(h.Value)
+		}
+		if w.max > 0 && n > w.max {
+			return fmt.Errorf("events: writing 1 messages, 1 failed: %w", errors.Join(kafka.MessageSizeTooLarge))
+		}
 	}
 	w.msgs = append(w.msgs, msgs...)
 	return nil

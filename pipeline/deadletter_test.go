@@ -25,6 +25,25 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
+// runPartition runs w over msgs (partition 0, in offset order) until it is
+// idle, checks that the partition is committed up to the last record (none
+// holds it), and returns the dead letters, of which it wants dead.
+func runPartition(t *testing.T, h *harness, w *Worker, msgs []kafka.Message, dead int) []kafka.Message {
+	t.Helper()
+	r := h.run(w, 5*time.Second, msgs...)
+	r.waitIdle()
+	r.stop()
+	last := msgs[len(msgs)-1].Offset
+	if got := r.f.committed(0); len(got) == 0 || got[len(got)-1] != last {
+		t.Fatalf("commits %v, want up to offset %d", got, last)
+	}
+	dl := h.writer.on(h.topics.DLQ)
+	if len(dl) != dead {
+		t.Fatalf("%d dead letters, want %d", len(dl), dead)
+	}
+	return dl
+}
+
 // A panic while handling one record is recovered: that record is
 // dead-lettered with the panic's reason and its claim handed back, the
 // metric counts it, and the worker goes on (the next record of the
@@ -43,16 +62,7 @@ func TestPanicIsDeadLettered(t *testing.T) {
 		record(t, h.topics.Requests, 0, 0, newRequest("req-boom", "boom.example.com")),
 		record(t, h.topics.Requests, 0, 1, newRequest("req-ok", "ok.example.com")),
 	}
-	r := h.run(w, 5*time.Second, msgs...)
-	r.waitIdle()
-	r.stop()
-	if got := r.f.committed(0); len(got) == 0 || got[len(got)-1] != 1 {
-		t.Fatalf("commits %v, want up to offset 1", got)
-	}
-	dl := h.writer.on(h.topics.DLQ)
-	if len(dl) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(dl))
-	}
+	dl := runPartition(t, h, w, msgs, 1)
 	d, _ := events.ReadDeadLetter(dl[0])
 	if d.Offset != 0 || !strings.Contains(d.Reason, "panic while handling the record") || !strings.Contains(d.Reason, "nil map") {
 		t.Errorf("dead letter %+v: want offset 0 and the panic's reason", d)
@@ -92,16 +102,7 @@ func TestRefusedDeadLetterIsStubbed(t *testing.T) {
 	keyed.Value = []byte(`{"request_id":"-----BEGIN PRIVATE KEY-----MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg"}`)
 	msgs := []kafka.Message{huge, keyed, record(t, h.topics.Requests, 0, 2, newRequest("req-ok", "ok.example.com"))}
 	w := h.worker(nil)
-	r := h.run(w, 5*time.Second, msgs...)
-	r.waitIdle()
-	r.stop()
-	if got := r.f.committed(0); len(got) == 0 || got[len(got)-1] != 2 {
-		t.Fatalf("commits %v, want up to offset 2", got)
-	}
-	dl := h.writer.on(h.topics.DLQ)
-	if len(dl) != 2 {
-		t.Fatalf("%d dead letters, want 2", len(dl))
-	}
+	dl := runPartition(t, h, w, msgs, 2)
 	byOffset := map[int64]kafka.Message{}
 	for _, m := range dl {
 		d, _ := events.ReadDeadLetter(m)
