@@ -115,8 +115,7 @@ func inUTC(p Payload) Payload {
 // other headers (tracing, DLQ metadata) are ignored. An optional field that
 // is null is absent; a required one that is null, or present but empty, is
 // invalid (not missing); a value of the wrong JSON type is reported with the
-// type wanted and the type found. A time the record asks its reader to wait
-// for beyond its bound, on the wall clock, is refused (CheckHorizon).
+// type wanted and the type found.
 func Decode(m kafka.Message) (Event, error) {
 	if len(m.Value) > MaxValueSize {
 		return Event{}, fieldErrf("value", ErrTooLarge, "%d bytes", len(m.Value))
@@ -168,9 +167,6 @@ func Decode(m kafka.Message) (Event, error) {
 	}
 	if string(m.Key) != e.Key() {
 		return Event{}, fieldErrf("key", ErrKeyMismatch, "got %s, want %s", quote(string(m.Key)), e.Key())
-	}
-	if err := CheckHorizon(e, time.Now()); err != nil {
-		return Event{}, err
 	}
 	return e, nil
 }
