@@ -56,6 +56,11 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	if !ok {
 		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs", req.CA))
 	}
+	// A not_before beyond events' bound would hold this record, and its
+	// partition's commits, until then: refused on the worker's clock.
+	if err := events.CheckHorizon(ev, w.cfg.Clock.Now()); err != nil {
+		return w.deadLetter(jobCtx, m, err.Error())
+	}
 	if err := clock.Sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
 		return err
 	}
