@@ -20,10 +20,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/scheduler"
-	"github.com/certfleet/certfleet/schema"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -41,15 +39,7 @@ func TestForgedEventsDeadLettered(t *testing.T) {
 	s := testenv.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	url := testenv.FreshDatabase(t)
-	d, err := db.Open(ctx, db.Config{URL: url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	url, d := migratedDatabase(t, ctx)
 	sfx := randSuffix()
 	topics := events.Topics{Requests: "fg.req." + sfx, Events: "fg.events." + sfx, DLQ: "fg.dlq." + sfx}
 	for _, tp := range []string{topics.Requests, topics.Events, topics.DLQ} {

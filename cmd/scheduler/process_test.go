@@ -12,10 +12,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/scheduler"
-	"github.com/certfleet/certfleet/schema"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -32,15 +30,7 @@ func TestSchedulerProcesses(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	url := testenv.FreshDatabase(t)
-	d, err := db.Open(ctx, db.Config{URL: url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	url, d := migratedDatabase(t, ctx)
 	sfx := fmt.Sprint(time.Now().UnixNano())
 	def := events.DefaultTopics() // testenv's ACLs are granted on the default names as prefixes
 	topics := events.Topics{Requests: def.Requests + ".sch-" + sfx, Events: def.Events + ".sch-" + sfx, DLQ: def.DLQ + ".sch-" + sfx}

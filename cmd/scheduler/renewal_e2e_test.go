@@ -17,10 +17,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/scheduler"
-	"github.com/certfleet/certfleet/schema"
 	"github.com/certfleet/certfleet/seal"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -56,15 +54,7 @@ func TestRenewalEndToEnd(t *testing.T) {
 	}
 	t.Logf("built scheduler and issuer-worker in %v", time.Since(built).Round(time.Millisecond))
 
-	dbURL := testenv.FreshDatabase(t)
-	d, err := db.Open(ctx, db.Config{URL: dbURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	dbURL, d := migratedDatabase(t, ctx)
 	sfx := randSuffix()
 	topics := events.Topics{Requests: "rn.req." + sfx, Retry: "rn.retry." + sfx, DLQ: "rn.dlq." + sfx,
 		Events: "rn.events." + sfx, RateLimitChanges: "rn.rl." + sfx}
