@@ -60,11 +60,14 @@ type ClaimResult struct {
 	Order *Order
 }
 
-// Order is an order in flight at the CA: its URL and the certificate key it is
-// to be finalised with, sealed by package seal (never stored in the clear).
+// Order is an order in flight at the CA: its URL, the certificate key it is
+// to be finalised with, sealed by package seal (never stored in the clear),
+// and the directory URL of the CA it was placed at (empty for an order
+// recorded before schema 0009: the request's own CA).
 type Order struct {
 	URL       string
 	SealedKey []byte
+	CA        string
 }
 
 // Store is the request and certificate store over the database. Safe for
@@ -84,7 +87,7 @@ var ErrNotOwner = errors.New("certstore: request is not owned by this worker")
 // reports why a claim was refused.
 func (s *Store) Claim(ctx context.Context, requestID, identity, owner string, lease time.Duration) (ClaimResult, error) {
 	var r ClaimResult
-	var orderURL *string
+	var orderURL, orderCA *string
 	var orderKey []byte
 	err := s.db.Pool().QueryRow(ctx, `
 INSERT INTO issuance_requests (request_id, identity, state, owner, owner_until, attempts)
@@ -94,11 +97,14 @@ ON CONFLICT (request_id) DO UPDATE
        attempts = issuance_requests.attempts + 1, updated_at = now()
  WHERE issuance_requests.state = 'released'
     OR (issuance_requests.state = 'ordering' AND issuance_requests.owner_until < now())
-RETURNING attempts, owner_until, order_url, order_key`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil, &orderURL, &orderKey)
+RETURNING attempts, owner_until, order_url, order_key, order_ca`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil, &orderURL, &orderKey, &orderCA)
 	if err == nil {
 		r.Acquired, r.State = true, StateOrdering
 		if orderURL != nil && *orderURL != "" && len(orderKey) > 0 {
 			r.Order = &Order{URL: *orderURL, SealedKey: orderKey}
+			if orderCA != nil {
+				r.Order.CA = *orderCA
+			}
 		}
 		return r, nil
 	}
@@ -177,8 +183,8 @@ func (s *Store) Fail(ctx context.Context, requestID, owner string, outcome []byt
 // recording nothing, when owner no longer owns the request.
 func (s *Store) RecordOrder(ctx context.Context, requestID, owner string, o Order) error {
 	tag, err := s.db.Pool().Exec(ctx, `
-UPDATE issuance_requests SET order_url = $3, order_key = $4, updated_at = now()
- WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, o.URL, o.SealedKey)
+UPDATE issuance_requests SET order_url = $3, order_key = $4, order_ca = NULLIF($5, ''), updated_at = now()
+ WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, o.URL, o.SealedKey, o.CA)
 	if err != nil {
 		return fmt.Errorf("certstore: recording the order of request %q: %w", requestID, err)
 	}
@@ -206,7 +212,7 @@ UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL,
 func finish(ctx context.Context, tx pgx.Tx, requestID, owner string, state State, outcome []byte) error {
 	tag, err := tx.Exec(ctx, `
 UPDATE issuance_requests SET state = $3, outcome = $4, owner = '', owner_until = NULL,
-       order_url = NULL, order_key = NULL, updated_at = now()
+       order_url = NULL, order_key = NULL, order_ca = NULL, updated_at = now()
  WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, string(state), outcome)
 	if err != nil {
 		return err

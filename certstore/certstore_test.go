@@ -160,7 +160,7 @@ func TestRecordedOrderGoesToTheNextOwner(t *testing.T) {
 	if err != nil || !first.Acquired || first.Order != nil {
 		t.Fatalf("first claim: %+v, %v", first, err)
 	}
-	o := certstore.Order{URL: "https://ca.test/order/1", SealedKey: []byte("sealed")}
+	o := certstore.Order{URL: "https://ca.test/order/1", SealedKey: []byte("sealed"), CA: "https://ca.test/dir"}
 	if err := s.RecordOrder(ctx, "r5", "dead", o); err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +169,8 @@ func TestRecordedOrderGoesToTheNextOwner(t *testing.T) {
 	}
 
 	next, err := s.Claim(ctx, "r5", "id-r5", "alive", time.Minute)
-	if err != nil || !next.Acquired || next.Order == nil || next.Order.URL != o.URL || string(next.Order.SealedKey) != "sealed" {
-		t.Fatalf("takeover claim: %+v, %v; want the recorded order", next, err)
+	if err != nil || !next.Acquired || next.Order == nil || next.Order.URL != o.URL || string(next.Order.SealedKey) != "sealed" || next.Order.CA != o.CA {
+		t.Fatalf("takeover claim: %+v, %v; want the recorded order, at its CA", next, err)
 	}
 	if err := s.Release(ctx, "r5", "alive"); err != nil {
 		t.Fatal(err)
@@ -182,9 +182,20 @@ func TestRecordedOrderGoesToTheNextOwner(t *testing.T) {
 	if err := s.Complete(ctx, "third", issued("r5"), []byte("ok")); err != nil {
 		t.Fatal(err)
 	}
-	var url *string
+	var url, ca *string
 	var key []byte
-	if err := d.Pool().QueryRow(ctx, `SELECT order_url, order_key FROM issuance_requests WHERE request_id = 'r5'`).Scan(&url, &key); err != nil || url != nil || key != nil {
-		t.Fatalf("ended request keeps its order (%v, %d key bytes, %v)", url, len(key), err)
+	if err := d.Pool().QueryRow(ctx, `SELECT order_url, order_key, order_ca FROM issuance_requests WHERE request_id = 'r5'`).Scan(&url, &key, &ca); err != nil || url != nil || key != nil || ca != nil {
+		t.Fatalf("ended request keeps its order (%v, %d key bytes, CA %v, %v)", url, len(key), ca, err)
+	}
+	// An order recorded without its CA (as before schema 0009) comes back
+	// with an empty CA: the request's own.
+	if _, err := s.Claim(ctx, "r6", "id-r6", "dead", -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordOrder(ctx, "r6", "dead", certstore.Order{URL: "https://ca.test/order/3", SealedKey: []byte("k")}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.Claim(ctx, "r6", "id-r6", "alive", time.Minute); err != nil || c.Order == nil || c.Order.CA != "" {
+		t.Fatalf("claim of an order without its CA: %+v, %v", c, err)
 	}
 }
