@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"syscall"
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
@@ -180,4 +184,47 @@ func annotate(err error, c *capture, now time.Time, defaultPenalty time.Duration
 		e.Problem, e.Detail = p, p.Detail
 	}
 	return e
+}
+
+// Unavailable reports whether err says the CA itself is unavailable rather
+// than refusing the request: a 5xx (a *CAError or a problem with a 5xx
+// status or type serverInternal), a connection that failed (refused, reset,
+// a TLS or DNS failure on the way to the CA), or an operation that timed out
+// (the caller's deadline, a network timeout). A problem about the request or
+// its validation (connection and dns problems are the CA failing to reach
+// the name, not the CA being down), a 429 and ErrInvalidRequest are not.
+// The pipeline counts these in the CA's circuit breaker.
+func Unavailable(err error) bool {
+	if err == nil || errors.Is(err, ErrInvalidRequest) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var ce *CAError
+	if errors.As(err, &ce) {
+		return !ce.RateLimited() && ce.Status >= 500
+	}
+	var p acme.Problem
+	if errors.As(err, &p) {
+		return p.Type == acme.ProblemTypeServerInternal || p.Status >= 500
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	var oe *net.OpError
+	var ue *url.Error
+	var de *net.DNSError
+	return errors.As(err, &ne) || errors.As(err, &oe) || errors.As(err, &ue) || errors.As(err, &de) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// Answered reports whether err carries an answer of the CA below 500: a
+// problem document or a *CAError (a 429). The CA is up, whatever it thought
+// of the request.
+func Answered(err error) bool {
+	var ce *CAError
+	if errors.As(err, &ce) {
+		return ce.Status < 500
+	}
+	var p acme.Problem
+	return errors.As(err, &p) && p.Type != acme.ProblemTypeServerInternal && p.Status < 500
 }

@@ -135,3 +135,34 @@ func TestCAErrorReportsWhatTheCASaid(t *testing.T) {
 		t.Errorf("503: %v (%+v)", err, ce)
 	}
 }
+
+// Unavailable is what the CA's circuit breaker counts: the CA down or
+// failing, never the CA refusing the request; Answered is the CA up.
+func TestUnavailable(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("acmeissuer: obtaining a certificate for [a.test]: %w", err) }
+	refused := &url.Error{Op: "Post", URL: "https://ca/new-order", Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}}
+	for _, tc := range []struct {
+		name                  string
+		err                   error
+		unavailable, answered bool
+	}{
+		{"nil", nil, false, false},
+		{"connection refused", wrap(refused), true, false},
+		{"order timeout", wrap(context.DeadlineExceeded), true, false},
+		{"unexpected EOF", wrap(io.ErrUnexpectedEOF), true, false},
+		{"500 problem", wrap(problem("serverInternal", 500)), true, false},
+		{"503 CAError", wrap(&CAError{Status: 503, Err: errors.New("HTTP 503")}), true, false},
+		{"429 CAError", wrap(&CAError{Status: 429, Err: problem("rateLimited", 429)}), false, true},
+		{"unauthorized", wrap(problem("unauthorized", 403)), false, true},
+		{"validation could not connect", wrap(problem("connection", 400)), false, true},
+		{"invalid request", fmt.Errorf("%w: SANs", ErrInvalidRequest), false, false},
+		{"shutdown", wrap(context.Canceled), false, false},
+	} {
+		if got := Unavailable(tc.err); got != tc.unavailable {
+			t.Errorf("%s: Unavailable = %v, want %v", tc.name, got, tc.unavailable)
+		}
+		if got := Answered(tc.err); got != tc.answered {
+			t.Errorf("%s: Answered = %v, want %v", tc.name, got, tc.answered)
+		}
+	}
+}
