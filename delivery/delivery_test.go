@@ -135,7 +135,7 @@ func TestEncodeDecode(t *testing.T) {
 		if err := schema.Validate(inst); err != nil {
 			t.Fatalf("the schema refuses an encoded record: %v", err)
 		}
-		if bytes.Contains(m.Value, []byte("PRIVATE KEY")) || string(m.Key) != c.Identity || Header(m, HeaderRecipientKeyID) != k.Public().KeyID() {
+		if bytes.Contains(m.Value, []byte("PRIVATE KEY")) || string(m.Key) != c.Identity+"/"+k.Public().KeyID() || Header(m, HeaderRecipientKeyID) != k.Public().KeyID() {
 			t.Fatalf("record key %q, headers %v", m.Key, m.Headers)
 		}
 		got, err := Decode(m)
@@ -171,16 +171,16 @@ func TestEncodeDecode(t *testing.T) {
 		m    kafka.Message
 		want error
 	}{
-		"an events record":   {setHeader(good, "ce_type", "dev.certfleet.cert.obtained"), ErrNotDelivery},
-		"version 2":          {setHeader(good, "ce_dataschema", strings.Replace(SchemaURI, "/v1/", "/v2/", 1)), ErrUnknownVersion},
-		"spec version":       {setHeader(good, "ce_specversion", "0.3"), ErrUnknownVersion},
-		"unknown field":      {withValue(func(v map[string]any) { v["private_key"] = "x" }), ErrInvalid},
-		"another suite":      {withValue(func(v map[string]any) { v["aead_id"] = 3 }), ErrUnknownVersion},
-		"key not identity":   {func() kafka.Message { m := good; m.Key = []byte("x"); return m }(), ErrInvalid},
-		"sans not the leaf":  {withValue(func(v map[string]any) { v["sans"] = []string{"b.example.com"} }), ErrInvalid},
-		"bad recipient":      {withValue(func(v map[string]any) { v["recipient"] = "Edge 1" }), ErrInvalid},
-		"short enc":          {withValue(func(v map[string]any) { v["enc"] = "AAAA" }), ErrInvalid},
-		"header key id lies": {setHeader(good, HeaderRecipientKeyID, strings.Repeat("a", 64)), ErrInvalid},
+		"an events record":    {setHeader(good, "ce_type", "dev.certfleet.cert.obtained"), ErrNotDelivery},
+		"version 2":           {setHeader(good, "ce_dataschema", strings.Replace(SchemaURI, "/v1/", "/v2/", 1)), ErrUnknownVersion},
+		"spec version":        {setHeader(good, "ce_specversion", "0.3"), ErrUnknownVersion},
+		"unknown field":       {withValue(func(v map[string]any) { v["private_key"] = "x" }), ErrInvalid},
+		"another suite":       {withValue(func(v map[string]any) { v["aead_id"] = 3 }), ErrUnknownVersion},
+		"key not identity/id": {func() kafka.Message { m := good; m.Key = []byte("x"); return m }(), ErrInvalid},
+		"sans not the leaf":   {withValue(func(v map[string]any) { v["sans"] = []string{"b.example.com"} }), ErrInvalid},
+		"bad recipient":       {withValue(func(v map[string]any) { v["recipient"] = "Edge 1" }), ErrInvalid},
+		"short enc":           {withValue(func(v map[string]any) { v["enc"] = "AAAA" }), ErrInvalid},
+		"header key id lies":  {setHeader(good, HeaderRecipientKeyID, strings.Repeat("a", 64)), ErrInvalid},
 	} {
 		if _, err := Decode(tc.m); !errors.Is(err, tc.want) {
 			t.Errorf("%s: Decode = %v, want %v", name, err, tc.want)

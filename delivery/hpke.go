@@ -67,7 +67,9 @@ func GenerateKey() (*PrivateKey, error) {
 func (k *PrivateKey) Public() PublicKey { return PublicKey{k.k.PublicKey()} }
 
 // String never shows key material.
-func (k *PrivateKey) String() string { return "delivery.PrivateKey{" + k.Public().KeyID()[:16] + "...}" }
+func (k *PrivateKey) String() string {
+	return "delivery.PrivateKey{" + k.Public().KeyID()[:16] + "...}"
+}
 
 // GoString is String, so %#v shows no key either.
 func (k *PrivateKey) GoString() string { return k.String() }

@@ -6,7 +6,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
-		"fmt"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -171,9 +172,34 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && e.Equal(b)
 }
 
+// RecordKey is a delivery's Kafka key: the certificate identity and the
+// recipient key id, "identity/recipient_key_id". The delivery topic is
+// compacted on it, so it keeps the latest delivery of each certificate
+// identity to each recipient key: what an agent starting from scratch needs.
+func RecordKey(identity, keyID string) string { return identity + "/" + keyID }
+
+// Retention of the delivery topic: compacted (the latest delivery per
+// RecordKey stays) and deleted after this long, longer than a public CA's
+// longest certificate lifetime (Let's Encrypt: 90 days), so a current
+// certificate's delivery is always there for a new agent.
+const Retention = 100 * 24 * time.Hour
+
+// TopicSpec is how the delivery topic is created: o's partitions,
+// replication and min.insync.replicas, cleanup.policy compact,delete with
+// retention.ms Retention.
+func TopicSpec(name string, o events.ProvisionOptions) events.TopicSpec {
+	s := events.TopicSpec{Name: name, Partitions: o.Partitions, ReplicationFactor: o.ReplicationFactor, Configs: map[string]string{
+		"cleanup.policy": "compact,delete",
+		"retention.ms":   strconv.FormatInt(Retention.Milliseconds(), 10),
+	}}
+	if o.MinInsyncReplicas > 0 {
+		s.Configs["min.insync.replicas"] = strconv.Itoa(o.MinInsyncReplicas)
+	}
+	return s
+}
+
 // Encode renders r as a Kafka record: CloudEvents headers, the JSON value,
-// the certificate identity as the key (so a certificate's deliveries share
-// a partition). Topic is left to the caller.
+// RecordKey as the key. Topic is left to the caller.
 func Encode(r Record, source string, at time.Time) (kafka.Message, error) {
 	if err := r.validate(); err != nil {
 		return kafka.Message{}, err
@@ -191,7 +217,7 @@ func Encode(r Record, source string, at time.Time) (kafka.Message, error) {
 	if bytes.Contains(v, []byte("PRIVATE KEY")) {
 		return kafka.Message{}, errors.New("delivery: refusing a record that contains PRIVATE KEY")
 	}
-	return kafka.Message{Key: []byte(r.Identity), Value: v, Headers: []kafka.Header{
+	return kafka.Message{Key: []byte(RecordKey(r.Identity, r.RecipientKeyID)), Value: v, Headers: []kafka.Header{
 		{Key: "ce_specversion", Value: []byte(events.SpecVersion)},
 		{Key: "ce_id", Value: []byte(r.DeliveryID)},
 		{Key: "ce_source", Value: []byte(source)},
@@ -256,8 +282,8 @@ func Decode(m kafka.Message) (Record, error) {
 	if len(r.Enc) != encLen || len(r.Ciphertext) == 0 || len(r.Ciphertext) > maxCiphertext {
 		return Record{}, fmt.Errorf("%w: enc of %d bytes (want %d), ciphertext of %d (1 to %d)", ErrInvalid, len(r.Enc), encLen, len(r.Ciphertext), maxCiphertext)
 	}
-	if string(m.Key) != r.Identity {
-		return Record{}, fmt.Errorf("%w: the record key is not the identity", ErrInvalid)
+	if string(m.Key) != RecordKey(r.Identity, r.RecipientKeyID) {
+		return Record{}, fmt.Errorf("%w: the record key is not identity/recipient_key_id", ErrInvalid)
 	}
 	if h := Header(m, HeaderRecipientKeyID); h != "" && h != r.RecipientKeyID {
 		return Record{}, fmt.Errorf("%w: header %s differs from recipient_key_id", ErrInvalid, HeaderRecipientKeyID)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/internal/envflag"
@@ -44,6 +45,8 @@ type config struct {
 	ChallengeTypes   []string
 	Owner            string
 	Relay            bool
+	DeliverKeys      bool   // -deliver-keys: seal keys to recipients (package delivery)
+	TopicDeliveries  string // -topic-deliveries
 	LogLevel         string
 	Names            names.Policy // -allow-special-names; strict by default
 }
@@ -83,6 +86,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	host, _ := os.Hostname()
 	fs.String(&c.Owner, "owner", "CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid()), "this worker's name in claims and logs")
 	fs.Bool(&c.Relay, "relay", "CERTFLEET_RELAY", true, "relay the rate-limit override outbox to Kafka")
+	fs.Bool(&c.DeliverKeys, "deliver-keys", "CERTFLEET_DELIVER_KEYS", false, "seal each certificate's key to the recipients it matches ('certfleet recipient add') and publish it on -topic-deliveries; also deliver the current certificates to recipients added or rotated (one worker at a time)")
+	fs.String(&c.TopicDeliveries, "topic-deliveries", "CERTFLEET_TOPIC_DELIVERIES", delivery.DefaultTopic, "key delivery topic (with -deliver-keys)")
 	fs.String(&c.LogLevel, "log-level", "CERTFLEET_LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -180,6 +185,9 @@ func (c config) validate() error {
 	}
 	if c.Owner == "" {
 		bad("owner", "must not be empty")
+	}
+	if c.DeliverKeys && c.TopicDeliveries == "" {
+		bad("topic-deliveries", "must not be empty with -deliver-keys")
 	}
 	return errors.Join(errs...)
 }

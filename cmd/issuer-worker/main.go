@@ -31,6 +31,7 @@ import (
 	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/kafkaconn"
@@ -138,19 +139,29 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	keyring, kc := sec.keyring, sec.kafka
 	defer kc.Close()
 	topics := cfg.Topics.WithDefaults()
+	// Every topic the worker uses: the five, and the delivery topic when it
+	// delivers keys.
+	used := topics.All()
+	if cfg.DeliverKeys {
+		used = append(used, cfg.TopicDeliveries)
+	}
 	if cfg.ProvisionTopics {
-		if err := events.Provision(startCtx, kc.Client(topics.All()...), topics.SpecsWith(*cfg.Provision)...); err != nil {
+		specs := topics.SpecsWith(*cfg.Provision)
+		if cfg.DeliverKeys {
+			specs = append(specs, delivery.TopicSpec(cfg.TopicDeliveries, *cfg.Provision))
+		}
+		if err := events.Provision(startCtx, kc.Client(used...), specs...); err != nil {
 			return fmt.Errorf("provisioning topics: %w", kc.Explain(err, "create topics"))
 		}
 	}
 	// An untrusted certificate, a wrong password, a missing ACL or a silent
 	// broker ends the worker here, named, instead of an endless retry inside
 	// kafka-go.
-	if err := kc.Check(startCtx, topics.All()...); err != nil {
+	if err := kc.Check(startCtx, used...); err != nil {
 		return err
 	}
 	producer, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers(), Topics: cfg.Topics,
-		Transport: kc.Transport(topics.All()...)})
+		Transport: kc.Transport(used...)})
 	if err != nil {
 		return err
 	}
@@ -203,11 +214,23 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
 	store := certstore.New(d)
-	worker, err := pipeline.New(pipeline.Config{
+	pcfg := pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Previous: store, Tokens: limiter, Limits: cat,
 		Writer: producer, Sealer: keyring, CAs: cas, Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, Logger: log, Metrics: metrics,
-	})
+	}
+	// Key delivery: each certificate's key sealed to its recipients (read
+	// from the database for every certificate), and a backfill for
+	// recipients added or rotated.
+	var backfill *delivery.Backfill
+	if cfg.DeliverKeys {
+		recipients := delivery.NewStore(d)
+		deliverer := &delivery.Deliverer{Recipients: recipients, Writer: producer, Topic: cfg.TopicDeliveries,
+			Logger: log, Metrics: delivery.NewMetrics(reg)}
+		pcfg.Delivery = deliverer
+		backfill = &delivery.Backfill{Store: recipients, Certs: store, Sealer: keyring, Deliverer: deliverer, Owner: cfg.Owner}
+	}
+	worker, err := pipeline.New(pcfg)
 	if err != nil {
 		return err
 	}
@@ -227,6 +250,9 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 			log.Error("override change consumer stopped", "err", err)
 		}
 	}()
+	if backfill != nil {
+		go backfill.Run(bg)
+	}
 	if cfg.Relay {
 		relay := ratelimit.NewRelay(d, changefeed.NewPublisher(producer, cfg.Topics.RateLimitChanges))
 		go relay.Run(bg, 200*time.Millisecond, func(err error) { log.Warn("override outbox relay", "err", err) })
@@ -275,7 +301,8 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 		go srv.Serve(l)
 		defer srv.Close()
 	}
-	log.Info("issuer-worker running", "owner", cfg.Owner, "group", cfg.Group, "cas", len(cas), "concurrency", cfg.Concurrency, "listen", cfg.Listen)
+	log.Info("issuer-worker running", "owner", cfg.Owner, "group", cfg.Group, "cas", len(cas), "concurrency", cfg.Concurrency, "listen", cfg.Listen,
+		"deliver_keys", cfg.DeliverKeys)
 
 	runErr := worker.Run(ctx, reader, cfg.ShutdownTimeout)
 	// Orders are done or handed back: stop the rest, leave the group.

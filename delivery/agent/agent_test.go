@@ -343,7 +343,7 @@ func TestKeysAwaited(t *testing.T) {
 	ch := make(chan kafka.Message, 4)
 	ch <- obtained(c2, "eu")
 	ch <- obtained(cert(t, "eu", now, 72*time.Hour, "b.example.com"), "eu") // not held
-	ch <- obtained(c1, "eu")                                            // the one held
+	ch <- obtained(c1, "eu")                                                // the one held
 	close(ch)
 	a.Events(ch)
 	if got := a.Awaited(); !slices.Equal(got, []string{"a.example.com"}) {
