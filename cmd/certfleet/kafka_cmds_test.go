@@ -44,6 +44,17 @@ func kafkaTopics(t *testing.T) (testenv.Settings, events.Topics) {
 	return s, tp
 }
 
+// testProducer is a producer on testenv's brokers, closed at cleanup.
+func testProducer(t *testing.T, s testenv.Settings, tp events.Topics) *events.Producer {
+	t.Helper()
+	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prod.Close() })
+	return prod
+}
+
 func topicArgs(s testenv.Settings, tp events.Topics) []string {
 	return []string{"--brokers", strings.Join(s.KafkaBrokers, ","), "--topic-requests", tp.Requests, "--topic-events", tp.Events, "--topic-dlq", tp.DLQ}
 }
@@ -74,11 +85,7 @@ func TestRequestCommand(t *testing.T) {
 	}
 
 	// --wait: answer the second request with a permanent failure.
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := testProducer(t, s, tp)
 	go func() {
 		for ctx.Err() == nil {
 			msgs, _ := events.ReadTopic(ctx, nil, s.KafkaBrokers, tp.Requests, 0)
@@ -140,11 +147,7 @@ func TestDLQCommands(t *testing.T) {
 	s, tp := kafkaTopics(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := testProducer(t, s, tp)
 	// By design (issue 16) replay sends only records that decode: the record
 	// here is a request dead-lettered for an unknown CA.
 	orig := dlqRequest(t, "req-dlq-1", tp.Requests)
@@ -234,11 +237,7 @@ func TestDLQReplayIsBounded(t *testing.T) {
 	s, tp := kafkaTopics(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: s.KafkaBrokers, Topics: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := testProducer(t, s, tp)
 	dl := func(m kafka.Message, reason, from string) kafka.Message {
 		return events.DeadLetterRecord(tp.DLQ, m, events.DeadLetter{Reason: reason, Topic: from, Partition: 0, Offset: 1, Group: "worker-1", Time: time.Now()})
 	}
