@@ -397,16 +397,13 @@ func dlqList(w io.Writer, msgs []kafka.Message, asJSON, quiet bool) error {
 		if r.Stub != "" {
 			reason = "[stub: " + r.Stub + "] " + reason
 		}
+		owner := r.Owner
+		if owner == "" {
+			owner = "-"
+		}
 		fmt.Fprintf(w, "%s  %s\n", r.Record, reason)
-		fmt.Fprintf(w, "%s  from %s at %s, %d bytes, by %s after %d attempt(s)\n", strings.Repeat(" ", len(r.Record)), r.Source, fmtTime(r.Time), r.Size, orDash(r.Owner), r.Attempts)
+		fmt.Fprintf(w, "%s  from %s at %s, %d bytes, by %s after %d attempt(s)\n", strings.Repeat(" ", len(r.Record)), r.Source, fmtTime(r.Time), r.Size, owner, r.Attempts)
 	}
 	fmt.Fprintf(w, "%d record(s)\n", len(rows))
 	return nil
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
