@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
@@ -82,9 +83,15 @@ func installPostgres(ctx context.Context) error {
 	return aptInstall(ctx, "postgresql-15")
 }
 
+// aptMu serialises aptInstall: services install in parallel, and a second
+// apt-get fails on dpkg's lock while the first runs.
+var aptMu sync.Mutex
+
 // aptInstall installs Debian packages with apt-get (through sudo when not
 // root), for the parts of the stack the Makefile promises to install itself.
 func aptInstall(ctx context.Context, pkgs ...string) error {
+	aptMu.Lock()
+	defer aptMu.Unlock()
 	args := append([]string{"apt-get", "install", "-y", "--no-install-recommends"}, pkgs...)
 	update := []string{"apt-get", "update"}
 	if os.Geteuid() != 0 {

@@ -21,7 +21,8 @@ import (
 )
 
 // Pebble, the ACME test CA from Let's Encrypt, and pebble-challtestsrv, its
-// DNS and HTTP-01 challenge server.
+// HTTP-01 challenge server and the DNS server behind BIND (bind.go) for every
+// name outside the DNS-01 test zones.
 //
 // testenv builds Pebble from its module source with a patch that removes the
 // lock-order deadlock of its in-memory store (pebblebuild.go and
@@ -55,18 +56,18 @@ var (
 
 type pebbleConfig struct {
 	Pebble struct {
-		ListenAddress           string   `json:"listenAddress"`
-		ManagementListenAddress string   `json:"managementListenAddress"`
-		Certificate             string   `json:"certificate"`
-		PrivateKey              string   `json:"privateKey"`
-		HTTPPort                int      `json:"httpPort"`
-		TLSPort                 int      `json:"tlsPort"`
-		OCSPResponderURL        string   `json:"ocspResponderURL"`
-		ExternalAccountBinding  bool     `json:"externalAccountBindingRequired"`
+		ListenAddress           string `json:"listenAddress"`
+		ManagementListenAddress string `json:"managementListenAddress"`
+		Certificate             string `json:"certificate"`
+		PrivateKey              string `json:"privateKey"`
+		HTTPPort                int    `json:"httpPort"`
+		TLSPort                 int    `json:"tlsPort"`
+		OCSPResponderURL        string `json:"ocspResponderURL"`
+		ExternalAccountBinding  bool   `json:"externalAccountBindingRequired"`
 		// ExternalAccountMACKeys: key id to base64url MAC key.
 		ExternalAccountMACKeys map[string]string `json:"externalAccountMACKeys,omitempty"`
 		DomainBlocklist        []string          `json:"domainBlocklist"`
-		RetryAfter              struct {
+		RetryAfter             struct {
 			Authz int `json:"authz"`
 			Order int `json:"order"`
 		} `json:"retryAfter"`
@@ -112,9 +113,11 @@ func writePebbleConfigAt(dir, cert, key, listen, mgmt string, eabKeys map[string
 
 // pebbleProcs names the two processes; their markers are the binaries' paths,
 // which hold the build (version and patch), so a Pebble left running from
-// another build is found stale and restarted by `testenv up`.
+// another build is found stale and restarted by `testenv up`. Pebble's
+// fingerprint is its resolver: one started resolving through challtestsrv
+// (before BIND) is stale too.
 func pebbleProcs(dir, bin string) (pebble, chall proc) {
-	return proc{name: "pebble", dir: dir, marker: filepath.Join(bin, "pebble")},
+	return proc{name: "pebble", dir: dir, marker: filepath.Join(bin, "pebble"), fingerprint: "dnsserver=" + bindAddr},
 		proc{name: "challtestsrv", dir: dir, marker: filepath.Join(bin, "pebble-challtestsrv")}
 }
 
@@ -127,8 +130,10 @@ func challCmd(bin string) *exec.Cmd {
 		"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "")
 }
 
+// pebbleCmd starts Pebble resolving through BIND, which answers the DNS-01
+// test zones itself and forwards every other name to challtestsrv.
 func pebbleCmd(bin, config string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(bin, "pebble"), "-config", config, "-dnsserver", challDNSAddr)
+	cmd := exec.Command(filepath.Join(bin, "pebble"), "-config", config, "-dnsserver", bindAddr)
 	cmd.Dir = filepath.Dir(config)
 	// PEBBLE_VA_NOSLEEP: no random 0-15 s pause before each validation.
 	// Other PEBBLE_* variables in the caller's environment pass through.

@@ -28,6 +28,21 @@ type proc struct {
 	dir    string         // state directory
 	marker string         // substring of the command line that identifies our process
 	signal syscall.Signal // graceful stop signal (postgres wants SIGINT for a fast shutdown)
+	// fingerprint, optional, stands for what the process was started with
+	// beyond its marker (BIND: its configuration; Pebble: its resolver); a
+	// process started with another one is stale.
+	fingerprint string
+}
+
+// readPidFile returns the pid file's pid line, marker and fingerprint.
+func (p proc) readPidFile() (pidStr, marker, fingerprint string, err error) {
+	data, err := os.ReadFile(p.pidFile())
+	if err != nil {
+		return "", "", "", err
+	}
+	lines := strings.SplitN(strings.TrimSpace(string(data)), "\n", 3)
+	lines = append(lines, "", "")
+	return lines[0], lines[1], lines[2], nil
 }
 
 func (p proc) pidFile() string { return filepath.Join(p.dir, p.name+".pid") }
@@ -38,11 +53,10 @@ func (p proc) logFile() string { return filepath.Join(p.dir, p.name+".log") }
 // pid returns the pid of our live process, or 0 when there is none (no pid
 // file, a dead process, or a pid now used by something else).
 func (p proc) pid() int {
-	data, err := os.ReadFile(p.pidFile())
+	pidStr, marker, _, err := p.readPidFile()
 	if err != nil {
 		return 0
 	}
-	pidStr, marker, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
 	pid, err := strconv.Atoi(pidStr)
 	if err != nil || pid <= 0 {
 		return 0
@@ -77,15 +91,14 @@ func (p proc) pid() int {
 }
 
 // stale reports whether the running process was started as something other
-// than p describes now (its pid file holds another marker: for Pebble, a
-// binary of another version or patch).
+// than p describes now (its pid file holds another marker, for Pebble a
+// binary of another version or patch, or another fingerprint).
 func (p proc) stale() bool {
-	data, err := os.ReadFile(p.pidFile())
+	_, marker, fingerprint, err := p.readPidFile()
 	if err != nil {
 		return false
 	}
-	_, marker, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
-	return marker != p.marker
+	return marker != p.marker || fingerprint != p.fingerprint
 }
 
 // start launches cmd in its own session (so it outlives `testenv up` and can
@@ -122,7 +135,7 @@ func (p proc) start(cmd *exec.Cmd) error {
 		}
 		exits.Store(pid, how)
 	}()
-	if err := os.WriteFile(p.pidFile(), []byte(fmt.Sprintf("%d\n%s\n", pid, p.marker)), 0o644); err != nil {
+	if err := os.WriteFile(p.pidFile(), []byte(fmt.Sprintf("%d\n%s\n%s\n", pid, p.marker, p.fingerprint)), 0o644); err != nil {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		return fmt.Errorf("testenv: %s: writing pid file: %w", p.name, err)
 	}
@@ -183,8 +196,7 @@ func (e *exitedError) Error() string {
 // howExited describes how the process named in the pid file ended: the
 // status its parent saw when that parent is this program, else "not running".
 func (p proc) howExited() string {
-	data, _ := os.ReadFile(p.pidFile())
-	pidStr, _, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	pidStr, _, _, _ := p.readPidFile()
 	pid, err := strconv.Atoi(pidStr)
 	if err != nil {
 		return "no pid file"

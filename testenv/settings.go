@@ -1,6 +1,6 @@
 // Package testenv starts, checks and stops certfleet's real local stack on loopback
 // (Apache Kafka in KRaft mode, PostgreSQL or CockroachDB, Pebble with
-// pebble-challtestsrv) and hands its connection settings to tests.
+// pebble-challtestsrv, BIND 9 for DNS-01) and hands its connection settings to tests.
 //
 // It owns the processes it starts (tracked by pid files under its state
 // directory, `.testenv/` at the repository root by default) and the env file
@@ -33,8 +33,10 @@ type Settings struct {
 	PebbleRoot          string   // CERTFLEET_PEBBLE_ROOT, PEM file with Pebble's current issuing root
 	PebbleManagementURL string   // CERTFLEET_PEBBLE_MANAGEMENT_URL, Pebble's management API (roots, ARI)
 	ChallTestSrvURL     string   // CERTFLEET_CHALLTESTSRV_URL, pebble-challtestsrv's management API
-	DNSServer           string   // CERTFLEET_DNS_SERVER, challtestsrv's DNS address used by Pebble
+	DNSServer           string   // CERTFLEET_DNS_SERVER, the resolver Pebble validates through (BIND: the test zones, challtestsrv behind it)
 	HTTP01Port          int      // CERTFLEET_HTTP01_PORT, where Pebble validates HTTP-01 (served by challtestsrv)
+	DNSUpdateServer     string   // CERTFLEET_DNS_UPDATE_SERVER, the authoritative server of DNSZone and DNSDelegationZone taking RFC 2136 updates
+	DNSTSIGKeyFile      string   // CERTFLEET_DNS_TSIG_KEY_FILE, the TSIG key those updates are signed with (BIND's format, 0600)
 
 	// The production-shaped connections (docs in README, "The local stack").
 	KafkaSASLBrokers []string // CERTFLEET_KAFKA_SASL_BROKERS: SASL_SSL (PLAIN, SCRAM-SHA-256/512) with ACLs
@@ -64,6 +66,8 @@ const (
 	EnvChallTestSrvURL     = "CERTFLEET_CHALLTESTSRV_URL"
 	EnvDNSServer           = "CERTFLEET_DNS_SERVER"
 	EnvHTTP01Port          = "CERTFLEET_HTTP01_PORT"
+	EnvDNSUpdateServer     = "CERTFLEET_DNS_UPDATE_SERVER"
+	EnvDNSTSIGKeyFile      = "CERTFLEET_DNS_TSIG_KEY_FILE"
 	EnvKafkaSASLBrokers    = "CERTFLEET_KAFKA_SASL_BROKERS"
 	EnvKafkaMTLSBrokers    = "CERTFLEET_KAFKA_MTLS_BROKERS"
 	EnvKafkaTLSCA          = "CERTFLEET_KAFKA_TLS_CA"
@@ -82,7 +86,8 @@ const (
 
 // optionalVars may be missing from an env file: a stack started by an older
 // testenv lacks them, and the tests that need them say to run testenv up.
-var optionalVars = map[string]bool{EnvEABACMEDirectory: true, EnvEABKeyID: true, EnvEABKeyFile: true}
+var optionalVars = map[string]bool{EnvEABACMEDirectory: true, EnvEABKeyID: true, EnvEABKeyFile: true,
+	EnvDNSUpdateServer: true, EnvDNSTSIGKeyFile: true}
 
 // ErrNotRunning means no env file was found: the stack was never started
 // (or was stopped).
@@ -101,6 +106,8 @@ func (s Settings) vars() [][2]string {
 		{EnvChallTestSrvURL, s.ChallTestSrvURL},
 		{EnvDNSServer, s.DNSServer},
 		{EnvHTTP01Port, fmt.Sprint(s.HTTP01Port)},
+		{EnvDNSUpdateServer, s.DNSUpdateServer},
+		{EnvDNSTSIGKeyFile, s.DNSTSIGKeyFile},
 		{EnvKafkaSASLBrokers, strings.Join(s.KafkaSASLBrokers, ",")},
 		{EnvKafkaMTLSBrokers, strings.Join(s.KafkaMTLSBrokers, ",")},
 		{EnvKafkaTLSCA, s.KafkaTLSCA},
@@ -183,6 +190,8 @@ func settingsFrom(get func(string) string) (Settings, error) {
 		PebbleManagementURL: get(EnvPebbleManagementURL),
 		ChallTestSrvURL:     get(EnvChallTestSrvURL),
 		DNSServer:           get(EnvDNSServer),
+		DNSUpdateServer:     get(EnvDNSUpdateServer),
+		DNSTSIGKeyFile:      get(EnvDNSTSIGKeyFile),
 		KafkaTLSCA:          get(EnvKafkaTLSCA),
 		SecretsDir:          get(EnvSecretsDir),
 		DatabaseTLSURL:      get(EnvDatabaseTLSURL),

@@ -105,6 +105,15 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 	}
 	svcs = append(svcs, ds)
 
+	bl := bindAt(l)
+	bp := bindProc(l.state, bl)
+	svcs = append(svcs, &service{
+		proc: bp, ports: []string{bindAddr}, data: bl.data,
+		install: installBind,
+		start:   func(context.Context) error { return startBind(bl, bp) },
+		ready:   bindReady,
+	})
+
 	pp, cp := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
 	var once sync.Once
 	var installErr error
@@ -201,7 +210,9 @@ func Up(ctx context.Context, out io.Writer) (Settings, error) {
 		PebbleRoot:          root,
 		PebbleManagementURL: "https://" + pebbleMgmtAddr,
 		ChallTestSrvURL:     "http://" + challMgmtAddr,
-		DNSServer:           challDNSAddr,
+		DNSServer:           bindAddr,
+		DNSUpdateServer:     bindAddr,
+		DNSTSIGKeyFile:      bindAt(l).keyFile,
 		HTTP01Port:          challHTTP01,
 		KafkaSASLBrokers:    []string{kafkaSASLAddr},
 		KafkaMTLSBrokers:    []string{kafkaMTLSAddr},
@@ -308,6 +319,7 @@ func Down(out io.Writer) error {
 	}
 	procs := []proc{kafkaProc(l.state), dbProc(l.state, "postgres"), dbProc(l.state, "cockroach")}
 	pp, cp := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
+	procs = append(procs, bindProc(l.state, bindAt(l)))
 	procs = append(procs, pp, cp, proc{name: eabProcName, dir: l.state, marker: filepath.Join(pebbleBuildDir(l.cache, true), "pebble")})
 	var msgs []string
 	for _, p := range procs {

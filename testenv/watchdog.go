@@ -38,7 +38,8 @@ const (
 
 // probe is one real request to one service, the kind its users make: Kafka
 // answers a metadata request, the database a query, Pebble a POST (a stuck
-// Pebble still answers GETs), challtestsrv its management API.
+// Pebble still answers GETs), BIND the test zone's SOA, challtestsrv its
+// management API.
 type probe struct {
 	service string // a process name of the stack ("kafka", "pebble", ...)
 	check   func(ctx context.Context) error
@@ -71,6 +72,12 @@ func (s Settings) probes() []probe {
 			return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 		}},
 		{"pebble", func(ctx context.Context) error { return pebbleAnswersPOST(ctx, s.ACMEDirectory, s.ACMETLSCA) }},
+		{"bind", func(ctx context.Context) error {
+			if s.DNSUpdateServer == "" {
+				return nil // an env file from before BIND; tests that need it say so (Settings.DNS01Config)
+			}
+			return dnsSOAAnswers(ctx, s.DNSUpdateServer)
+		}},
 		{eabProcName, func(ctx context.Context) error {
 			if s.EABACMEDirectory == "" {
 				return nil // an env file from before the EAB Pebble; tests that need it say so (Settings.EAB)
