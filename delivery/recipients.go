@@ -272,12 +272,13 @@ func (s *Store) List(ctx context.Context) ([]Recipient, error) {
 
 // AuditEntry is one change to a recipient.
 type AuditEntry struct {
-	Action, Actor string
-	Version       int64
-	KeyID         string
-	Tenants       []string
-	SANsPatterns  []string
-	At            time.Time
+	Action       string    `json:"action"` // add, rotate, remove
+	Actor        string    `json:"actor"`
+	Version      int64     `json:"version"`
+	KeyID        string    `json:"key_id"`
+	Tenants      []string  `json:"tenants"`
+	SANsPatterns []string  `json:"sans_patterns"`
+	At           time.Time `json:"at"`
 }
 
 // History returns a recipient's changes, oldest first (also after Remove).

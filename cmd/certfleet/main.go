@@ -12,6 +12,8 @@
 //	certfleet manage    keep a SAN set's certificate valid (idempotent)
 //	certfleet unmanage  stop managing a SAN set
 //	certfleet import    manage many SAN sets from a file, in batches
+//	certfleet recipient keygen, add, list, rotate, remove the recipients of sealed key deliveries
+//	certfleet agent     keep the certificates and keys delivered to a recipient in a directory
 //
 // Configuration comes from flags, falling back to environment variables
 // (CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...). -h or --help on any
@@ -60,6 +62,8 @@ commands:
   manage    keep a certificate (a SAN set) valid from now on
   unmanage  stop managing a certificate
   import    manage many certificates from a file (one SAN set per line)
+  recipient keygen, add, list, rotate, remove recipients of sealed key delivery
+  agent     keep the certificates and keys delivered to a recipient in a directory
 
 Run 'certfleet <command> -h' for a command's flags (-h and --help print the
 usage and exit 0). Read commands take --json.
@@ -180,6 +184,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = unmanage(ctx, args[1:], stdout, stderr)
 	case "import":
 		err = importCmd(ctx, args[1:], stdout, stderr)
+	case "recipient":
+		err = recipient(ctx, args[1:], stdout, stderr)
+	case "agent":
+		err = agentCmd(ctx, args[1:], stdout, stderr)
 	default:
 		if isHelp(args[0]) {
 			fmt.Fprint(stdout, usage)
