@@ -175,9 +175,10 @@ func (c *Config) Validate() error {
 		bad("kafka-tls-cert", "required with -kafka-tls-key")
 	}
 	if !c.TLS {
-		for flag, v := range map[string]string{"kafka-tls-cert": c.TLSCert, "kafka-tls-key": c.TLSKey, "kafka-tls-server-name": c.TLSServerName} {
-			if v != "" {
-				bad(flag, "needs -kafka-tls (CERTFLEET_KAFKA_TLS=true)")
+		// In a fixed order, so the error reads the same every time.
+		for _, f := range []struct{ flag, v string }{{"kafka-tls-cert", c.TLSCert}, {"kafka-tls-key", c.TLSKey}, {"kafka-tls-server-name", c.TLSServerName}} {
+			if f.v != "" {
+				bad(f.flag, "needs -kafka-tls (CERTFLEET_KAFKA_TLS=true)")
 			}
 		}
 	}
