@@ -29,6 +29,21 @@ type Config struct {
 	Writer Writer      // required
 	Sealer seal.Sealer // required
 	CAs    []CA        // required, at least one
+	// Groups, optional, are the CA groups requests may name in their "ca"
+	// field, each an ordered list of CAs' names (failover.go): a group's
+	// request is ordered from the first of its CAs the Breaker lets through
+	// and whose limits do not defer it beyond FailoverAfter.
+	Groups []caconfig.Group
+	// Breaker, optional, is the fleet's circuit breaker per CA: a CA it
+	// holds open gets no new orders; a group's request goes to the next CA,
+	// a request for that CA alone (or whose order is in flight there) waits
+	// until the breaker lets a probe through. Nil: every CA is always tried.
+	Breaker Breaker
+	// FailoverAfter: a group's request leaves a CA whose limits (tokens
+	// denied, the CA's 429) defer it longer than this for the next CA of the
+	// group; a shorter deferral is waited out for the preferred CA. Default
+	// 10 minutes.
+	FailoverAfter time.Duration
 	// Orders, optional, records each order as the CA creates it, so a worker
 	// that claims the request after this one died continues that order
 	// rather than placing another. Nil: a crash mid-order costs a second order.
@@ -104,6 +119,13 @@ func (c *Config) validate() error {
 		}
 		seen = append(seen, ca.CA)
 	}
+	var plain []caconfig.CA
+	for _, ca := range c.CAs {
+		plain = append(plain, ca.CA)
+	}
+	if err := caconfig.CheckGroups(c.Groups, plain); err != nil {
+		errs = append(errs, fmt.Errorf("pipeline: config field Groups: %w", err))
+	}
 	for _, n := range []struct {
 		v    int
 		name string
@@ -144,6 +166,7 @@ func (c *Config) defaults() {
 	dur(&c.RetryDelay, 30*time.Second)
 	dur(&c.MaxRetryDelay, time.Hour)
 	dur(&c.InfraBackoffMax, 5*time.Second)
+	dur(&c.FailoverAfter, 10*time.Minute)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/acmeissuer"
+	"github.com/certfleet/certfleet/cahealth"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/internal/caconfig"
@@ -88,4 +89,20 @@ type Writer interface {
 type CA struct {
 	caconfig.CA
 	Issuer Issuer
+}
+
+// Breaker is the fleet's circuit breaker per CA, by CA name.
+// *cahealth.Breaker implements it; see package cahealth for the states.
+//
+// Contract: Allow says whether a job (owner) may order from the CA now, and
+// hands at most one job at a time the probe of a half-open CA; an error comes
+// with an allowing decision. Failure records an unavailable answer and
+// returns the CA's row after it (open while now < OpenUntil). Success
+// records an answer and closes the breaker. ReleaseProbe gives back a probe
+// owner holds without a verdict. Safe for concurrent use; honours ctx.
+type Breaker interface {
+	Allow(ctx context.Context, ca, owner string) (cahealth.Decision, error)
+	Failure(ctx context.Context, ca, reason string) (cahealth.Status, error)
+	Success(ctx context.Context, ca string) error
+	ReleaseProbe(ctx context.Context, ca, owner string) error
 }

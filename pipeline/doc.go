@@ -9,9 +9,14 @@
 //	claim the request   done before          -> re-publish the stored event (same ce_id), order nothing
 //	                    another worker has it -> defer until its lease ends
 //	                    Attempt >= MaxAttempts -> cert_failed(tooManyAttempts), recorded on the claim
+//	choose the CA (failover.go): the request's CA, or the first of its group
+//	  whose breaker is closed and whose limits do not defer it beyond
+//	  FailoverAfter; an order already placed stays at its CA
+//	                                           none now -> issuance_deferred (CAUnavailable or the limit) + retry topic
 //	spend rate-limit tokens (all or nothing)   denied -> issuance_deferred event + retry topic (not_before = retry-at)
-//	order via acmeissuer                       429 -> shared penalty, refund, defer to Retry-After
-//	                                           5xx/network -> retry with backoff, then defer with cert_failed(retryable)
+//	order via acmeissuer                       429 -> shared penalty, refund, defer to Retry-After (or the group's next CA)
+//	                                           5xx/network -> retry with backoff (the group's next CA once the
+//	                                           CA's breaker opens), then defer with cert_failed(retryable)
 //	                                           other ACME problem -> cert_failed (permanent)
 //	(the order slot, held from the claim on, is given back here: the CA's part is done)
 //	seal the key; deliver it to its recipients (Config.Delivery, optional:

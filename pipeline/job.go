@@ -52,9 +52,9 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	if !ok {
 		return w.deadLetter(jobCtx, m, fmt.Sprintf("record of type %s on an issuance topic; only %s belongs here", ev.Type(), events.TypeIssuanceRequested))
 	}
-	ca, ok := w.cas[req.CA]
+	rt, ok := w.routes[req.CA]
 	if !ok {
-		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs", req.CA))
+		return w.deadLetter(jobCtx, m, fmt.Sprintf("unknown CA %q: this worker orders only from its configured CAs and CA groups", req.CA))
 	}
 	// A not_before beyond events' bound would hold this record, and its
 	// partition's commits, until then: refused on the worker's clock.
@@ -74,8 +74,8 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	defer releaseSlot()
 	// The owner is per job, not per worker: one worker handling two copies of
 	// a request at once must not let the second take over the first's claim.
-	j = &job{w: w, ca: ca, req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
-		releaseSlot: releaseSlot}
+	j = &job{w: w, route: rt, ca: rt.cas[0], req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
+		releaseSlot: releaseSlot, skip: map[string]bool{}}
 	outcome, err := j.run(jobCtx)
 	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
 	if errors.Is(err, errDataRefused) {
@@ -93,7 +93,8 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 // job is one request being processed.
 type job struct {
 	w        *Worker
-	ca       CA
+	route    route // what the request's "ca" names: one CA or a group's list
+	ca       CA    // the CA ordered from now (failover.go chooses it)
 	req      *events.IssuanceRequest
 	src      kafka.Message
 	identity string
@@ -106,10 +107,18 @@ type job struct {
 	// releaseSlot gives the order slot back once the CA's part is done, so
 	// sealing, storing and publishing overlap the next order (nil: no slot).
 	releaseSlot func()
+	// pinned: pending is an order at ca, placed by an earlier attempt; the
+	// job continues it there and never moves to another CA.
+	pinned bool
+	skip   map[string]bool // CAs this job left (unavailable, limited beyond FailoverAfter)
+	probe  string          // the CA whose half-open probe this job holds
+	// breakerUntil: the last attempt found ca unavailable and its breaker
+	// open until then.
+	breakerUntil time.Time
 }
 
 func (j *job) log() []any {
-	return []any{"request_id", j.req.RequestID, "identity", j.identity, "attempt", j.req.Attempt}
+	return []any{"request_id", j.req.RequestID, "identity", j.identity, "attempt", j.req.Attempt, "ca_name", j.ca.Name}
 }
 
 func (j *job) run(ctx context.Context) (string, error) {
@@ -134,6 +143,10 @@ func (j *job) run(ctx context.Context) (string, error) {
 	}
 	if claim.Order != nil && w.cfg.Orders != nil {
 		j.pending = j.openOrder(ctx, claim.Order)
+		if j.pending != nil && !j.pin(claim.Order.CA) {
+			w.cfg.Logger.Warn("the order a previous attempt left is at a CA no longer configured; ordering again", append(j.log(), "order", claim.Order.URL, "order_ca", claim.Order.CA)...)
+			j.pending = nil
+		}
 	}
 	// Give up only once the claim is ours: a request that succeeded meanwhile
 	// (through a duplicate) is re-published above, not contradicted, and the
@@ -149,42 +162,15 @@ func (j *job) run(ctx context.Context) (string, error) {
 			kind = ratelimit.ARIRenewal
 		}
 	}
-	txns, err := w.cfg.Limits.OrderTransactions(ratelimit.Order{Directory: j.ca.Directory, Account: j.req.Tenant, SANs: j.req.SANs, Kind: kind})
-	if err != nil {
-		return j.failPermanently(ctx, problemBadRequest, err.Error())
-	}
-	for {
-		res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
-			return w.cfg.Tokens.Spend(ctx, txns)
-		})
-		if err != nil {
-			return "", j.release(ctx, err)
-		}
-		if res.Allowed {
-			break
-		}
-		limit, key := "unknown", "unknown"
-		if res.Limiting != nil {
-			limit, key = string(res.Limiting.Name), res.Limiting.Key()
-		}
-		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
-		if res.RetryIn > w.cfg.MaxInlineWait {
-			return OutcomeDeferred, j.deferUntil(ctx, w.cfg.Clock.Now().Add(res.RetryIn), limit, key, true)
-		}
-		// A short wait (the fleet's orders-per-second budget): wait here,
-		// holding the order slot, so the budget gates how fast this worker
-		// pulls work instead of churning records through the retry topic.
-		if err := clock.Sleep(ctx, res.RetryIn); err != nil {
-			return "", j.release(ctx, err)
-		}
-	}
-	j.txns = txns
-	return j.order(ctx)
+	// Choose the CA (failover.go), spend its tokens, order.
+	return j.issue(ctx, kind)
 }
 
-// order runs the ACME order, retrying retryable failures in place, and ends
-// the job by the outcome: succeed, defer to the CA's Retry-After, fail for
-// good, or (retryable failures persisted) retry later.
+// order runs the ACME order at j.ca, retrying retryable failures in place,
+// and ends the job by the outcome: succeed, defer to the CA's Retry-After,
+// fail for good, or (retryable failures persisted) retry later. It returns
+// errReroute, tokens refunded, when the job should leave the CA for the next
+// of its group (moveOn).
 func (j *job) order(ctx context.Context) (string, error) {
 	areq := j.acmeRequest(ctx)
 	var last acmeissuer.Classification
@@ -200,6 +186,8 @@ func (j *job) order(ctx context.Context) (string, error) {
 			return j.succeed(ctx, result)
 		case ctx.Err() != nil:
 			return "", j.release(ctx, ctx.Err())
+		case j.moveOn(ctx, c, err):
+			return "", errReroute
 		case c.Class == acmeissuer.RateLimited:
 			return j.deferToCA(ctx, c, err)
 		case c.Class == acmeissuer.Permanent:
@@ -210,6 +198,9 @@ func (j *job) order(ctx context.Context) (string, error) {
 			return j.failPermanently(ctx, problem, events.Sanitize(firstNonEmpty(c.Detail, err.Error()), 1000))
 		}
 		last = c
+		if !j.breakerUntil.IsZero() {
+			break // the CA's breaker is open: no more tries until it lets a probe through
+		}
 	}
 	return j.retryLater(ctx, last)
 }
@@ -249,6 +240,9 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	}
 	result, err := j.ca.Issuer.Obtain(octx, areq)
 	cancel()
+	if ctx.Err() == nil {
+		j.health(ctx, err)
+	}
 	if err == nil {
 		w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
 		if result.Resumed {
@@ -291,11 +285,17 @@ func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification, err er
 
 // retryLater ends a job whose retryable failures (5xx, network) persisted:
 // it publishes a retryable cert_failed and re-queues the request with a
-// delay that grows with the attempt, or later if the CA asked so.
+// delay that grows with the attempt, or later if the CA asked so. When the
+// CA's breaker is open, the request comes back when the breaker lets a probe
+// through instead: the breaker's cooldown, which grows with every failed
+// probe, is the backoff.
 func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (string, error) {
 	w := j.w
 	delay := min(w.cfg.RetryDelay<<min(j.req.Attempt, 20), w.cfg.MaxRetryDelay)
 	next := w.cfg.Clock.Now().Add(delay)
+	if !j.breakerUntil.IsZero() {
+		next = j.breakerUntil
+	}
 	if last.RetryAfter.After(next) {
 		next = last.RetryAfter
 	}
@@ -347,7 +347,7 @@ func (j *job) recordOrder(ctx context.Context, o acmeissuer.PendingOrder) {
 	defer cancel()
 	sealed, err := seal.SealPrivateKey(ctx, w.cfg.Sealer, o.Key, j.keyAAD())
 	if err == nil {
-		err = w.cfg.Orders.RecordOrder(ctx, j.req.RequestID, j.owner, certstore.Order{URL: o.URL, SealedKey: sealed})
+		err = w.cfg.Orders.RecordOrder(ctx, j.req.RequestID, j.owner, certstore.Order{URL: o.URL, SealedKey: sealed, CA: j.ca.Directory})
 	}
 	if err != nil {
 		w.cfg.Logger.Warn("could not record the order; a crash now would cost a second order", append(j.log(), "order", o.URL, "err", err)...)
@@ -363,7 +363,7 @@ func (j *job) succeed(ctx context.Context, r *acmeissuer.Result) (string, error)
 		return "", j.release(ctx, fmt.Errorf("sealing the certificate key: %w", err))
 	}
 	ob := &events.CertObtained{
-		RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.req.CA,
+		RequestID: j.req.RequestID, SANs: j.req.SANs, Tenant: j.req.Tenant, CA: j.issuedBy(),
 		Serial: r.Serial, NotBefore: r.NotBefore.UTC(), NotAfter: r.NotAfter.UTC(), ChainPEM: string(r.ChainPEM),
 		ARICertID: r.ARICertID, Issuer: r.Leaf.Issuer.String(), Replaces: j.req.Replaces, Attempts: j.req.Attempt + 1,
 	}

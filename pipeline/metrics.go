@@ -20,6 +20,9 @@ type Metrics struct {
 	// JobPanics counts records whose handling panicked; each was
 	// dead-lettered with the panic's reason and the worker went on.
 	JobPanics prometheus.Counter // certfleet_worker_job_panics_total
+	// Failovers counts orders placed at a later CA of the request's group
+	// than its first (the earlier ones unavailable or limited).
+	Failovers *prometheus.CounterVec // certfleet_worker_ca_failovers_total{from,to}
 }
 
 // Job outcomes, the label values of certfleet_worker_jobs_total.
@@ -62,9 +65,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		JobPanics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "certfleet_worker_job_panics_total", Help: "Records whose handling panicked; each was dead-lettered with the panic's reason.",
 		}),
+		Failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_worker_ca_failovers_total", Help: "Orders placed at a later CA of the request's group than its first (from: the group's first CA, to: the CA ordered from).",
+		}, []string{"from", "to"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.ConsumerLag, m.DLQStubs, m.JobPanics)
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.ConsumerLag, m.DLQStubs, m.JobPanics, m.Failovers)
 	}
 	return m
 }

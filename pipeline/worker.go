@@ -14,9 +14,9 @@ import (
 // Worker processes issuance records. Safe for concurrent use: Run calls
 // Handle from many goroutines.
 type Worker struct {
-	cfg   Config
-	cas   map[string]CA // by name and by directory
-	slots chan struct{} // order slots (Concurrency)
+	cfg    Config
+	routes map[string]route // by CA name, CA directory and group name
+	slots  chan struct{}    // order slots (Concurrency)
 }
 
 // New validates cfg (errors name the field) and returns a Worker.
@@ -25,9 +25,18 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	cfg.defaults()
-	w := &Worker{cfg: cfg, cas: map[string]CA{}, slots: make(chan struct{}, cfg.Concurrency)}
+	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: make(chan struct{}, cfg.Concurrency)}
+	byName := map[string]CA{}
 	for _, ca := range cfg.CAs {
-		w.cas[ca.Name], w.cas[ca.Directory] = ca, ca
+		byName[ca.Name] = ca
+		w.routes[ca.Name], w.routes[ca.Directory] = route{cas: []CA{ca}}, route{cas: []CA{ca}}
+	}
+	for _, g := range cfg.Groups {
+		rt := route{group: g.Name}
+		for _, name := range g.CAs {
+			rt.cas = append(rt.cas, byName[name])
+		}
+		w.routes[g.Name] = rt
 	}
 	return w, nil
 }
