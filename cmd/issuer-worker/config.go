@@ -31,6 +31,9 @@ type config struct {
 	SealKeysFile     string
 	SealKeysEnv      string
 	CAs              []caconfig.CA
+	CAGroups         []caconfig.Group
+	Breaker          breakerConfig // -ca-breaker-*
+	FailoverAfter    time.Duration
 	ACMETLSCA        string
 	LimitsFile       string
 	Profile          string
@@ -55,7 +58,7 @@ type config struct {
 func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var c config
 	fs := envflag.New(flag.NewFlagSet("issuer-worker", flag.ContinueOnError), getenv)
-	var cas, challengeTypes, allowSpecial string
+	var cas, groups, challengeTypes, allowSpecial string
 	c.Kafka = kafkaconn.RegisterFlags(fs)
 	fs.String(&c.Group, "group", "CERTFLEET_WORKER_GROUP", "certfleet-issuer-workers", "Kafka consumer group shared by all workers")
 	def := events.DefaultTopics()
@@ -70,6 +73,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.Bool(&c.DatabaseInsecure, "database-insecure", "CERTFLEET_DATABASE_INSECURE", false, "allow a database that is not loopback without verify-full (no server verification)")
 	fs.String(&c.SealKeysFile, "seal-keys-file", "CERTFLEET_SEAL_KEYS_FILE", "", "key-encryption keyring file, no group or other access (mode 0600); else the keyring in env CERTFLEET_SEAL_KEYS (local use only)")
 	fs.String(&cas, "ca", "CERTFLEET_CAS", "", "CAs to order from, name=directoryURL, comma separated; eab-kid=KEYID,eab-key-file=FILE after a CA give it an External Account Binding (MAC key base64url in a file only its owner may read)")
+	fs.String(&groups, "ca-group", "CERTFLEET_CA_GROUPS", "", "CA groups requests may name in their ca field, NAME=CA1+CA2[+...], comma separated: each request is ordered from the first CA of its group that is available (its breaker closed) and whose limits do not defer it beyond -ca-failover-after")
+	fs.Int(&c.Breaker.Failures, "ca-breaker-failures", "CERTFLEET_CA_BREAKER_FAILURES", 5, "consecutive unavailable answers of a CA (5xx, timeouts, refused connections) that open its breaker, fleet-wide: no new orders to it until a probe succeeds")
+	fs.Duration(&c.Breaker.Cooldown, "ca-breaker-cooldown", "CERTFLEET_CA_BREAKER_COOLDOWN", 30*time.Second, "how long an opened breaker keeps new orders off its CA before one probe; doubled after each failed probe")
+	fs.Duration(&c.Breaker.MaxCooldown, "ca-breaker-max-cooldown", "CERTFLEET_CA_BREAKER_MAX_COOLDOWN", 10*time.Minute, "the longest a breaker stays open between probes")
+	fs.Duration(&c.FailoverAfter, "ca-failover-after", "CERTFLEET_CA_FAILOVER_AFTER", 10*time.Minute, "a group's request moves to the group's next CA when the limits of the current one (tokens, the CA's 429) defer it longer than this")
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
 	fs.String(&c.Profile, "profile", "CERTFLEET_PROFILE", "", "ACME profile for requests that name none; empty: such orders name none and the CA applies its default profile")
@@ -98,6 +106,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	var err error
 	if c.CAs, err = caconfig.Parse(cas); err != nil {
 		return c, fmt.Errorf("-ca %w", err)
+	}
+	if c.CAGroups, err = caconfig.ParseGroups(groups); err != nil {
+		return c, fmt.Errorf("-ca-group %w", err)
 	}
 	if c.Names, err = names.ParsePolicy(allowSpecial); err != nil {
 		return c, fmt.Errorf("-allow-special-names: %w", err)
@@ -129,6 +140,18 @@ func (c config) validate() error {
 	}
 	if err := caconfig.CheckAll(c.CAs); err != nil {
 		bad("ca", "%v", err)
+	}
+	if err := caconfig.CheckGroups(c.CAGroups, c.CAs); err != nil {
+		bad("ca-group", "%v", err)
+	}
+	if c.Breaker.Failures < 1 {
+		bad("ca-breaker-failures", "%d must be at least 1", c.Breaker.Failures)
+	}
+	if c.Breaker.Cooldown <= 0 || c.Breaker.MaxCooldown < c.Breaker.Cooldown {
+		bad("ca-breaker-cooldown", "%v must be positive and at most -ca-breaker-max-cooldown (%v)", c.Breaker.Cooldown, c.Breaker.MaxCooldown)
+	}
+	if c.FailoverAfter <= 0 {
+		bad("ca-failover-after", "%v must be positive", c.FailoverAfter)
 	}
 	solvable := 0
 	for _, ct := range c.ChallengeTypes {
@@ -190,4 +213,10 @@ func (c config) validate() error {
 		bad("topic-deliveries", "must not be empty with -deliver-keys")
 	}
 	return errors.Join(errs...)
+}
+
+// breakerConfig is the CAs' circuit breaker (package cahealth), -ca-breaker-*.
+type breakerConfig struct {
+	Failures              int
+	Cooldown, MaxCooldown time.Duration
 }

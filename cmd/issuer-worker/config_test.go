@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -24,6 +25,13 @@ func TestParseConfig(t *testing.T) {
 	}
 	if c.Concurrency != 8 || c.Group != "certfleet-issuer-workers" || len(c.CAs) != 1 || c.CAs[0].Name != "pebble" {
 		t.Fatalf("defaults: %+v", c)
+	}
+	if c.Breaker.Failures != 5 || c.Breaker.Cooldown != 30*time.Second || c.FailoverAfter != 10*time.Minute || len(c.CAGroups) != 0 {
+		t.Fatalf("failover defaults: %+v %v %v", c.Breaker, c.FailoverAfter, c.CAGroups)
+	}
+	two := map[string]string{"CERTFLEET_CAS": "le=https://le.test/dir,zs=https://zs.test/dir,eab-kid=k,eab-key-file=/zs.eab", "CERTFLEET_CA_GROUPS": "any=le+zs"}
+	if c, err := parseConfig(nil, env(two)); err != nil || len(c.CAGroups) != 1 || c.CAGroups[0].Name != "any" || c.CAs[1].EABKeyID != "k" {
+		t.Fatalf("a group of two CAs: %+v, %v", c.CAGroups, err)
 	}
 	if len(c.Names.AllowedSpecialUse) != 0 {
 		t.Fatalf("default names policy %s; want strict", c.Names)
@@ -48,6 +56,12 @@ func TestParseConfig(t *testing.T) {
 		{"http CA", []string{"-ca", "le=http://acme.test/dir"}, nil, "want a name and an https directory URL"},
 		{"CA without name", []string{"-ca", "https://acme.test/dir"}, nil, "want name=directoryURL"},
 		{"CA twice", []string{"-ca", "a=https://x.test/d,a=https://y.test/d"}, nil, `"a" configured twice`},
+		{"group of an unknown CA", []string{"-ca-group", "any=pebble+gts"}, nil, `-ca-group: group "any": CA "gts" is not configured (-ca)`},
+		{"group named like a CA", []string{"-ca-group", "pebble=pebble"}, nil, `-ca-group: group "pebble": a CA has that name`},
+		{"EAB key id without key file", []string{"-ca", "zs=https://zs.test/dir,eab-kid=k"}, nil, "zs: eab-kid and eab-key-file go together"},
+		{"breaker never opens", []string{"-ca-breaker-failures", "0"}, nil, "-ca-breaker-failures: 0 must be at least 1"},
+		{"cooldown beyond its cap", []string{"-ca-breaker-cooldown", "1h"}, nil, "-ca-breaker-cooldown: 1h0m0s must be positive and at most -ca-breaker-max-cooldown"},
+		{"zero failover bound", []string{"-ca-failover-after", "0s"}, nil, "-ca-failover-after: 0s must be positive"},
 		{"zero concurrency", []string{"-concurrency", "0"}, nil, "-concurrency: 0 is not between 1 and 1000"},
 		{"env not a number", nil, map[string]string{"CERTFLEET_CONCURRENCY": "many"}, `-concurrency: CERTFLEET_CONCURRENCY="many" is not an integer`},
 		{"pending below concurrency", []string{"-concurrency", "10", "-max-pending", "5"}, nil, "-max-pending: 5"},

@@ -29,6 +29,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/acmeissuer"
+	"github.com/certfleet/certfleet/cahealth"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/delivery"
@@ -213,10 +214,21 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
+	// The CAs' circuit breaker, shared by the fleet through the database.
+	var caNames []string
+	for _, ca := range cfg.CAs {
+		caNames = append(caNames, ca.Name)
+	}
+	breaker, err := cahealth.New(cahealth.Config{DB: d, Threshold: cfg.Breaker.Failures, Cooldown: cfg.Breaker.Cooldown,
+		MaxCooldown: cfg.Breaker.MaxCooldown, Metrics: cahealth.NewMetrics(reg), CAs: caNames})
+	if err != nil {
+		return err
+	}
 	store := certstore.New(d)
 	pcfg := pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Previous: store, Tokens: limiter, Limits: cat,
-		Writer: producer, Sealer: keyring, CAs: cas, Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
+		Writer: producer, Sealer: keyring, CAs: cas, Groups: cfg.CAGroups, Breaker: breaker, FailoverAfter: cfg.FailoverAfter,
+		Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, Logger: log, Metrics: metrics,
 	}
 	// Key delivery: each certificate's key sealed to its recipients (read
@@ -257,6 +269,18 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 		relay := ratelimit.NewRelay(d, changefeed.NewPublisher(producer, cfg.Topics.RateLimitChanges))
 		go relay.Run(bg, 200*time.Millisecond, func(err error) { log.Warn("override outbox relay", "err", err) })
 	}
+	go func() {
+		// Each CA's breaker state in the metrics, also while no job asks.
+		for bg.Err() == nil {
+			if err := breaker.Refresh(bg); err != nil && bg.Err() == nil {
+				log.Warn("reading the CAs' breakers", "err", err)
+			}
+			select {
+			case <-bg.Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}()
 	go func() {
 		for bg.Err() == nil {
 			metrics.ConsumerLag.Set(float64(reader.Stats().Lag))
