@@ -30,9 +30,10 @@ type DNSProvider interface {
 	libdns.RecordDeleter
 }
 
-// DNS01Solver is the acmez.Solver for dns-01 over a DNSProvider. It does not
-// wait for propagation: providers whose changes are not visible at once need
-// a solver that also implements acmez.Waiter.
+// DNS01Solver is the acmez.Solver for dns-01 over one DNSProvider for every
+// name (pebble-challtestsrv in tests). It follows no CNAME, keeps no record
+// of what it wrote and does not wait for propagation; RoutedDNS01Solver
+// does all three, with providers chosen by configuration.
 type DNS01Solver struct {
 	Provider DNSProvider
 	// Zone returns the zone (absolute, trailing dot) that holds fqdn. nil

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/certfleet/certfleet/dns01"
 )
 
 // ErrInvalidRequest means a Request (or the configuration it needs) is
@@ -103,6 +105,9 @@ func (e *CAError) RateLimited() bool {
 //   - a rate-limited *CAError, a problem of type rateLimited or status 429:
 //     RateLimited.
 //   - ErrInvalidRequest: Permanent.
+//   - a *dns01.Error (DNS-01's lookups, provider or propagation check
+//     failed): Permanent when it says so, else Retry, with its problem type
+//     (urn:certfleet:error:dns01Provider, ...) and message as the detail.
 //   - badNonce, serverInternal, any 5xx (problem or *CAError): Retry.
 //   - connection and dns validation problems (the CA could not reach or
 //     resolve the name): Retry, bounded by the caller's attempts.
@@ -130,6 +135,17 @@ func Classify(err error) Classification {
 	}
 	if errors.Is(err, ErrInvalidRequest) {
 		out.Class = Permanent
+		return out
+	}
+	var de *dns01.Error
+	if errors.As(err, &de) {
+		// The DNS side of a dns-01 challenge failed before the CA looked:
+		// permanent when no retry can help (refused credentials, no
+		// provider, a record that never propagated), else retried.
+		out.Class, out.ProblemType, out.Detail = Retry, de.ProblemType(), de.Error()
+		if de.Permanent() {
+			out.Class = Permanent
+		}
 		return out
 	}
 	if hasStatus {

@@ -5,8 +5,10 @@
 // Retry-After of a 429 that acmez drops, and the classification of every error
 // into retry, rate-limited or permanent.
 //
-// It owns the acme_accounts rows of its CA directory (schema 0001) and the
-// acme_http01_challenges table (schema 0003), and touches no other table. It
+// It owns the acme_accounts rows of its CA directory (schema 0001), the
+// acme_http01_challenges table (schema 0003) and the acme_dns01_records table
+// (schema 0010: DNS-01 records written through providers, so a crashed
+// worker's are removed by the next), and touches no other table. It
 // does not spend rate-limit tokens, record penalties, store certificates,
 // seal certificate keys or talk to Kafka: those belong to the pipeline, which
 // calls Obtain and seals Result.PrivateKey (seal.SealPrivateKey). It only
@@ -31,6 +33,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -244,6 +247,7 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx = WithTenant(ctx, req.Tenant) // the DNS-01 solver picks the tenant's provider
 	profile := req.Profile
 	if profile == "" {
 		profile = i.cfg.Profile
@@ -314,16 +318,26 @@ func (i *Issuer) check(req Request) (map[string]acmez.Solver, error) {
 	if !req.KeyType.Valid() {
 		return nil, fmt.Errorf("%w: unknown key type %q", ErrInvalidRequest, string(req.KeyType))
 	}
-	if len(req.Challenges) == 0 {
-		return i.cfg.Solvers, nil
-	}
-	solvers := make(map[string]acmez.Solver, len(req.Challenges))
-	for _, typ := range req.Challenges {
-		s, ok := i.cfg.Solvers[typ]
-		if !ok {
-			return nil, fmt.Errorf("%w: no solver for challenge type %q", ErrInvalidRequest, typ)
+	solvers := i.cfg.Solvers
+	if len(req.Challenges) > 0 {
+		solvers = make(map[string]acmez.Solver, len(req.Challenges))
+		for _, typ := range req.Challenges {
+			s, ok := i.cfg.Solvers[typ]
+			if !ok {
+				return nil, fmt.Errorf("%w: no solver for challenge type %q", ErrInvalidRequest, typ)
+			}
+			solvers[typ] = s
 		}
-		solvers[typ] = s
+	}
+	// A wildcard is validated with dns-01 only (RFC 8555 §7.1.3): refuse
+	// here rather than let the order fail at the CA.
+	if _, ok := solvers[acme.ChallengeTypeDNS01]; !ok {
+		for _, san := range req.SANs {
+			if strings.HasPrefix(san, "*.") {
+				return nil, fmt.Errorf("%w: wildcard %s can only be validated with dns-01, and this issuer may use only %v (configure a DNS-01 provider)",
+					ErrInvalidRequest, san, sortedKeys(solvers))
+			}
+		}
 	}
 	return solvers, nil
 }
@@ -351,7 +365,7 @@ func (i *Issuer) checkProfile(ctx context.Context, profile string) (acme.Directo
 	return dir, nil
 }
 
-func sortedKeys(m map[string]string) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
 		ks = append(ks, k)

@@ -216,8 +216,9 @@ func TestObtainFailedValidationIsPermanent(t *testing.T) {
 	t.Logf("problem: %s: %s", cl.ProblemType, cl.Detail)
 }
 
-// DNS-01 end to end: Pebble resolves through challtestsrv, which the
-// ChallTestSrvDNS provider fills; a wildcard and its base name share one TXT
+// DNS-01 end to end: Pebble resolves through testenv's BIND, which forwards
+// names outside its test zones to challtestsrv, which the ChallTestSrvDNS
+// provider fills; a wildcard and its base name share one TXT
 // name, so removing one value must keep the other.
 func TestObtainDNS01Wildcard(t *testing.T) {
 	s := testenv.Require(t)
