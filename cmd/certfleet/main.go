@@ -4,6 +4,7 @@
 //	certfleet override  set, get, list, disable and delete rate-limit overrides
 //	certfleet bucket    inspect one rate-limit bucket
 //	certfleet penalty   list and clear CA penalties
+//	certfleet ca        show each CA's circuit breaker (failover), close one by hand
 //	certfleet keys      generate a key-encryption key for sealing private keys
 //	certfleet request   publish an issuance request (and wait for its outcome)
 //	certfleet dlq       list and replay dead-lettered records
@@ -54,6 +55,7 @@ commands:
   override  set, get, list, disable, delete rate-limit overrides
   bucket    inspect one rate-limit bucket
   penalty   list and clear CA penalties (429s with Retry-After)
+  ca        show each CA's circuit breaker (status), close one by hand (reset)
   keys      generate a key-encryption key for sealing private keys
   request   publish an issuance request (and wait for its outcome)
   dlq       list and replay dead-lettered records
@@ -168,6 +170,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = bucket(ctx, args[1:], stdout, stderr)
 	case "penalty":
 		err = penalty(ctx, args[1:], stdout, stderr)
+	case "ca":
+		err = caCmd(ctx, args[1:], stdout, stderr)
 	case "keys":
 		err = keys(args[1:], stdout, stderr)
 	case "request":

@@ -56,7 +56,7 @@ func TestHelpExitsZero(t *testing.T) {
 	commands := [][]string{
 		{}, {"migrate"}, {"request"}, {"export"}, {"manage"}, {"unmanage"}, {"import"},
 		{"override"}, {"override", "set"}, {"override", "get"}, {"override", "list"}, {"override", "disable"}, {"override", "delete"},
-		{"bucket"}, {"bucket", "inspect"}, {"penalty"}, {"penalty", "list"}, {"penalty", "clear"},
+		{"bucket"}, {"bucket", "inspect"}, {"penalty"}, {"penalty", "list"}, {"penalty", "clear"}, {"ca"}, {"ca", "status"}, {"ca", "reset"},
 		{"dlq"}, {"dlq", "list"}, {"dlq", "replay"}, {"keys"}, {"keys", "generate"}, {"topics"}, {"topics", "create"},
 	}
 	for _, cmd := range commands {
