@@ -52,7 +52,11 @@ type Proxy struct {
 	transport *http.Transport
 	nonces    *http.Client
 	rp        *httputil.ReverseProxy
-	srv       *http.Server
+	tlsConfig *tls.Config
+	addr      string // the address it listens on (kept across Stop and Start)
+
+	srvMu sync.Mutex
+	srv   *http.Server // nil while stopped (Stop)
 
 	base      context.Context // cancelled by Close: ends held and forwarded requests
 	cancel    context.CancelFunc
@@ -186,14 +190,24 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 		ErrorLog:       quiet,
 	}
 	p.base, p.cancel = context.WithCancel(context.Background())
-	p.srv = &http.Server{
-		Handler:           p,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          quiet, // TLS handshakes of clients that do not trust CAFile, dropped connections
-	}
-	go func() { _ = p.srv.ServeTLS(ln, "", "") }()
+	p.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	p.addr = ln.Addr().String()
+	p.serve(ln)
 	return p, nil
+}
+
+// serve serves on ln until the server is stopped or closed.
+func (p *Proxy) serve(ln net.Listener) {
+	srv := &http.Server{
+		Handler:           p,
+		TLSConfig:         p.tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0), // TLS handshakes of clients that do not trust CAFile, dropped connections
+	}
+	p.srvMu.Lock()
+	p.srv = srv
+	p.srvMu.Unlock()
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
 }
 
 // newDice is the fault dice for a seed: a PCG whose two words derive from it.
@@ -306,7 +320,12 @@ func (p *Proxy) Close() error {
 		p.closed = true
 		p.mu.Unlock()
 		p.cancel()
-		err := p.srv.Close()
+		var err error
+		p.srvMu.Lock()
+		if p.srv != nil {
+			err = p.srv.Close()
+		}
+		p.srvMu.Unlock()
 		p.handlers.Wait()
 		p.transport.CloseIdleConnections()
 		if rmErr := os.RemoveAll(p.tmpDir); rmErr != nil {
