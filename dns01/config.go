@@ -29,7 +29,7 @@ import (
 //
 //	{
 //	  "resolvers": ["127.0.0.1:53"],
-//	  "propagation_timeout": "2m",
+//	  "propagation_timeout": "60s",
 //	  "providers": {
 //	    "lab":  {"type": "rfc2136", "server": "ns1.example.net:53", "tsig_key_file": "lab.key"},
 //	    "cf":   {"type": "cloudflare", "api_token_file": "cf.token"},
@@ -54,9 +54,10 @@ type Config struct {
 	// lookup, where a record's propagation is checked. Default 53.
 	NameserverPort int `json:"nameserver_port"`
 	// PropagationTimeout bounds the wait for a record to be visible on every
-	// authoritative server of its zone (default 2m); PropagationInterval is
-	// the time between checks (default 2s). A timeout of "0s" is refused: set
-	// skip_propagation_check to skip the check.
+	// authoritative server of its zone (default 60s; it must fit in the
+	// worker's -order-timeout); PropagationInterval is
+	// the time between checks (default 2s). skip_propagation_check skips the
+	// check (for a provider whose writes are visible at once).
 	PropagationTimeout   Duration `json:"propagation_timeout"`
 	PropagationInterval  Duration `json:"propagation_interval"`
 	SkipPropagationCheck bool     `json:"skip_propagation_check"`
@@ -181,7 +182,7 @@ func (c *Config) check() error {
 		c.NameserverPort = 53
 	}
 	if c.PropagationTimeout == 0 && !c.SkipPropagationCheck {
-		c.PropagationTimeout = Duration(2 * time.Minute)
+		c.PropagationTimeout = Duration(time.Minute)
 	}
 	if c.PropagationInterval == 0 {
 		c.PropagationInterval = Duration(2 * time.Second)

@@ -217,7 +217,7 @@ func TestWaitPropagatedTimesOutNamingRecordAndServers(t *testing.T) {
 	if el := time.Since(t0); el < time.Second || el > 5*time.Second {
 		t.Fatalf("waited %s for a 1.5s bound", el)
 	}
-	for _, want := range []string{"_acme-challenge.www.example.net.", "zone example.net.", fmt.Sprintf("127.0.0.1:%d (ns1.example.net.): NXDOMAIN", f.port)} {
+	for _, want := range []string{"_acme-challenge.www.example.net.", "zone example.net.", "bound of 1.5s", fmt.Sprintf("127.0.0.1:%d (ns1.example.net.): NXDOMAIN", f.port)} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}

@@ -35,6 +35,7 @@ type Error struct {
 	Zone     string        // its zone, when known
 	Provider string        // the configuration's provider name, when chosen
 	Servers  []string      // propagation: the authoritative servers still without the record, with what they answered
+	Bound    time.Duration // propagation: the configured bound (propagation_timeout)
 	Waited   time.Duration // propagation: how long it waited
 	Err      error
 
@@ -55,7 +56,7 @@ func (e *Error) ProblemType() string {
 func (e *Error) Error() string {
 	switch e.Kind {
 	case KindPropagation:
-		msg := fmt.Sprintf("dns-01: TXT record %s was not served by every authoritative server of zone %s within %s", e.Record, e.Zone, e.Waited)
+		msg := fmt.Sprintf("dns-01: TXT record %s was not served by every authoritative server of zone %s within the propagation bound of %s", e.Record, e.Zone, e.Bound)
 		if len(e.Servers) > 0 {
 			msg += ": " + strings.Join(e.Servers, "; ")
 		}

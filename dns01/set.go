@@ -86,6 +86,15 @@ func hostPort(host, port string) string {
 // Resolver is the set's resolver.
 func (s *Set) Resolver() *Resolver { return s.resolver }
 
+// PropagationTimeout is the bound of WaitPropagated (0 when the check is
+// skipped).
+func (s *Set) PropagationTimeout() time.Duration {
+	if s.cfg.SkipPropagationCheck {
+		return 0
+	}
+	return time.Duration(s.cfg.PropagationTimeout)
+}
+
 // TTL is the TTL of the records written.
 func (s *Set) TTL() time.Duration { return time.Duration(s.cfg.TTL) }
 
@@ -224,7 +233,7 @@ func (s *Set) WaitPropagated(ctx context.Context, t Target, value string) error 
 			return ctx.Err()
 		}
 		if !time.Now().Add(interval).Before(deadline) {
-			e := &Error{Kind: KindPropagation, Record: t.Name, Zone: t.Zone, Provider: t.ProviderName, Waited: time.Since(start).Round(time.Millisecond), permanent: true}
+			e := &Error{Kind: KindPropagation, Record: t.Name, Zone: t.Zone, Provider: t.ProviderName, Bound: timeout, Waited: time.Since(start).Round(time.Millisecond), permanent: true}
 			if servers == nil {
 				e.Err = lastErr
 			}

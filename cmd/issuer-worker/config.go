@@ -45,6 +45,8 @@ type config struct {
 	Listen           string
 	HTTP01Listen     string
 	DNS01ChallTest   string
+	DNS01Config      string        // -dns01-config: DNS providers by zone or tenant (package dns01)
+	OrderTimeout     time.Duration // -order-timeout
 	ChallengeTypes   []string
 	Owner            string
 	Relay            bool
@@ -90,6 +92,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9090", "address of /healthz, /readyz and /metrics")
 	fs.String(&c.HTTP01Listen, "http01-listen", "CERTFLEET_HTTP01_LISTEN", "", "address serving /.well-known/acme-challenge/ from the database; empty: none")
 	fs.String(&c.DNS01ChallTest, "dns01-challtestsrv", "CERTFLEET_DNS01_CHALLTESTSRV", "", "solve dns-01 through pebble-challtestsrv at this management URL (tests only)")
+	fs.String(&c.DNS01Config, "dns01-config", "CERTFLEET_DNS01_CONFIG", "", "DNS-01 configuration file (JSON, package dns01): DNS providers (rfc2136, cloudflare, route53) by zone, tenant or default, credentials in files only their owner may read, resolvers and the propagation bound")
+	fs.Duration(&c.OrderTimeout, "order-timeout", "CERTFLEET_ORDER_TIMEOUT", 2*time.Minute, "bound of one ACME order, DNS-01's propagation wait included")
 	fs.String(&challengeTypes, "challenge-types", "CERTFLEET_CHALLENGE_TYPES", "http-01,dns-01", "challenge types the worker may solve, comma separated; dns-01 needs a DNS provider")
 	host, _ := os.Hostname()
 	fs.String(&c.Owner, "owner", "CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid()), "this worker's name in claims and logs")
@@ -159,7 +163,7 @@ func (c config) validate() error {
 		case "http-01":
 			solvable++
 		case "dns-01":
-			if c.DNS01ChallTest != "" {
+			if c.DNS01ChallTest != "" || c.DNS01Config != "" {
 				solvable++
 			}
 		default:
@@ -167,7 +171,13 @@ func (c config) validate() error {
 		}
 	}
 	if solvable == 0 {
-		bad("challenge-types", "no challenge type can be solved (dns-01 needs -dns01-challtestsrv)")
+		bad("challenge-types", "no challenge type can be solved (dns-01 needs -dns01-config, or -dns01-challtestsrv in tests)")
+	}
+	if c.DNS01ChallTest != "" && c.DNS01Config != "" {
+		bad("dns01-config", "and -dns01-challtestsrv exclude each other")
+	}
+	if c.OrderTimeout < 10*time.Second || c.OrderTimeout >= c.Lease {
+		bad("order-timeout", "%v must be at least 10s and below -lease (%v), which must outlast the longest order", c.OrderTimeout, c.Lease)
 	}
 	if c.Group == "" {
 		bad("group", "must not be empty")

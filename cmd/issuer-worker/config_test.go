@@ -26,6 +26,12 @@ func TestParseConfig(t *testing.T) {
 	if c.Concurrency != 8 || c.Group != "certfleet-issuer-workers" || len(c.CAs) != 1 || c.CAs[0].Name != "pebble" {
 		t.Fatalf("defaults: %+v", c)
 	}
+	if c.OrderTimeout != 2*time.Minute || c.DNS01Config != "" {
+		t.Fatalf("order timeout %v, dns01 config %q", c.OrderTimeout, c.DNS01Config)
+	}
+	if c, err := parseConfig([]string{"-challenge-types", "dns-01", "-dns01-config", "/etc/certfleet/dns01.json"}, env(nil)); err != nil || c.DNS01Config != "/etc/certfleet/dns01.json" {
+		t.Fatalf("dns-01 through a configuration: %v", err)
+	}
 	if c.Breaker.Failures != 5 || c.Breaker.Cooldown != 30*time.Second || c.FailoverAfter != 10*time.Minute || len(c.CAGroups) != 0 {
 		t.Fatalf("failover defaults: %+v %v %v", c.Breaker, c.FailoverAfter, c.CAGroups)
 	}
@@ -71,6 +77,8 @@ func TestParseConfig(t *testing.T) {
 		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
 		{"unknown challenge type", []string{"-challenge-types", "tls-alpn-01"}, nil, `-challenge-types: "tls-alpn-01"`},
 		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
+		{"two dns-01 providers", []string{"-dns01-config", "/d.json", "-dns01-challtestsrv", "http://127.0.0.1:8055"}, nil, "-dns01-config: and -dns01-challtestsrv exclude each other"},
+		{"order outlasting the lease", []string{"-order-timeout", "6m"}, nil, "-order-timeout: 6m0s must be at least 10s and below -lease"},
 		{"delegated TLD allowed", []string{"-allow-special-names", "test,com"}, nil, `-allow-special-names: names: allowed special-use TLD "com": it is delegated`},
 		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
 		{"unknown flag", []string{"-bogus"}, nil, "flag provided but not defined"},

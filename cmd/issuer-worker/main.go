@@ -33,6 +33,7 @@ import (
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/delivery"
+	"github.com/certfleet/certfleet/dns01"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/kafkaconn"
@@ -99,6 +100,7 @@ type secrets struct {
 	keyring *seal.Keyring
 	db      db.Config
 	eab     map[string]*acme.EAB // by CA name: the CAs with External Account Binding
+	dns01   *dns01.Set           // -dns01-config, with its providers' credentials read
 }
 
 func loadSecrets(cfg config) (secrets, error) {
@@ -113,6 +115,14 @@ func loadSecrets(cfg config) (secrets, error) {
 	s.db = db.Config{URL: cfg.DatabaseURL, Insecure: cfg.DatabaseInsecure, MaxConns: int32(cfg.Concurrency*2 + 8)}
 	if err := s.db.Check(); err != nil {
 		return s, fmt.Errorf("-database-url: %w", err)
+	}
+	if cfg.DNS01Config != "" {
+		if s.dns01, err = dns01.Load(cfg.DNS01Config); err != nil {
+			return s, fmt.Errorf("-dns01-config: %w", err)
+		}
+		if p := s.dns01.PropagationTimeout(); p >= cfg.OrderTimeout {
+			return s, fmt.Errorf("-dns01-config: propagation_timeout %v must be below -order-timeout (%v): the order would end first", p, cfg.OrderTimeout)
+		}
 	}
 	s.eab = map[string]*acme.EAB{}
 	for _, ca := range cfg.CAs {
@@ -184,19 +194,26 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	}
 
 	// ACME: one issuer per CA, HTTP-01 from the database (any worker serves
-	// any worker's challenges), DNS-01 through challtestsrv when configured.
+	// any worker's challenges), DNS-01 through the providers of
+	// -dns01-config (or challtestsrv in tests).
 	challenges := acmeissuer.NewChallengeStore(d, 15*time.Minute)
 	hc, err := acmeissuer.NewHTTPClient(cfg.ACMETLSCA, 30*time.Second)
 	if err != nil {
 		return err
 	}
 	solvers := map[string]acmez.Solver{}
+	var routed *acmeissuer.RoutedDNS01Solver
 	for _, ct := range cfg.ChallengeTypes {
 		switch {
 		case ct == acme.ChallengeTypeHTTP01:
 			solvers[ct] = acmeissuer.HTTP01Solver{Store: challenges}
 		case ct == acme.ChallengeTypeDNS01 && cfg.DNS01ChallTest != "":
 			solvers[ct] = &acmeissuer.DNS01Solver{Provider: &acmeissuer.ChallTestSrvDNS{URL: cfg.DNS01ChallTest}}
+		case ct == acme.ChallengeTypeDNS01 && sec.dns01 != nil:
+			// Records outlive the longest order; a crashed worker's are
+			// removed once expired (below).
+			routed = acmeissuer.NewRoutedDNS01Solver(sec.dns01, acmeissuer.NewDNS01Records(d, max(30*time.Minute, 3*cfg.OrderTimeout)))
+			solvers[ct] = routed
 		}
 	}
 	var cas []pipeline.CA
@@ -229,7 +246,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Previous: store, Tokens: limiter, Limits: cat,
 		Writer: producer, Sealer: keyring, CAs: cas, Groups: cfg.CAGroups, Breaker: breaker, FailoverAfter: cfg.FailoverAfter,
 		Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
-		Lease: cfg.Lease, Logger: log, Metrics: metrics,
+		Lease: cfg.Lease, OrderTimeout: cfg.OrderTimeout, Logger: log, Metrics: metrics,
 	}
 	// Key delivery: each certificate's key sealed to its recipients (read
 	// from the database for every certificate), and a backfill for
@@ -294,6 +311,13 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 		for bg.Err() == nil {
 			if _, err := challenges.DeleteExpired(bg); err != nil && bg.Err() == nil {
 				log.Warn("deleting expired challenges", "err", err)
+			}
+			if routed != nil {
+				if n, err := routed.RemoveExpired(bg, 100); err != nil && bg.Err() == nil {
+					log.Warn("removing expired dns-01 records", "removed", n, "err", err)
+				} else if n > 0 {
+					log.Info("removed dns-01 records a previous order left", "removed", n)
+				}
 			}
 			select {
 			case <-bg.Done():
