@@ -79,6 +79,20 @@ func txtAt(t *testing.T, s testenv.Settings, name string) []string {
 	return out
 }
 
+// nothingLeft checks that no TXT record is left at names and no row in
+// the table.
+func nothingLeft(t *testing.T, s testenv.Settings, records *DNS01Records, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if left := txtAt(t, s, name); len(left) != 0 {
+			t.Errorf("TXT values left at %s: %v", name, left)
+		}
+	}
+	if n, err := records.Count(context.Background(), ""); err != nil || n != 0 {
+		t.Errorf("rows left: %d %v", n, err)
+	}
+}
+
 // The stack's own key, as a customer's tooling would use it to create the
 // delegating CNAME in its zone.
 func stackProvider(t *testing.T, s testenv.Settings) *rfc2136.Provider {
@@ -106,12 +120,7 @@ func TestRoutedDNS01Wildcard(t *testing.T) {
 		t.Fatal(err)
 	}
 	verify(t, s, res, base, "anything."+base)
-	if left := txtAt(t, s, "_acme-challenge."+base); len(left) != 0 {
-		t.Errorf("TXT values left in DNS: %v", left)
-	}
-	if n, err := records.Count(ctx, ""); err != nil || n != 0 {
-		t.Errorf("rows left: %d %v", n, err)
-	}
+	nothingLeft(t, s, records, "_acme-challenge."+base)
 }
 
 // A name whose _acme-challenge is a CNAME into the delegation zone (the
@@ -147,12 +156,7 @@ func TestRoutedDNS01FollowsCNAMEIntoDelegationZone(t *testing.T) {
 		t.Fatal(err)
 	}
 	verify(t, s, res, name)
-	if left := txtAt(t, s, target); len(left) != 0 {
-		t.Errorf("TXT values left at %s: %v", target, left)
-	}
-	if n, err := records.Count(ctx, ""); err != nil || n != 0 {
-		t.Errorf("rows left: %d %v", n, err)
-	}
+	nothingLeft(t, s, records, target)
 }
 
 // An update signed with a wrong key is refused by BIND: the order ends at
@@ -184,9 +188,7 @@ func TestRoutedDNS01WrongTSIGKey(t *testing.T) {
 			t.Errorf("detail %q does not say %q", cl.Detail, want)
 		}
 	}
-	if n, err := records.Count(ctx, ""); err != nil || n != 0 {
-		t.Errorf("rows left for a refused record: %d %v", n, err)
-	}
+	nothingLeft(t, s, records)
 }
 
 // lostWrites accepts records and writes nothing: a provider whose changes
@@ -291,12 +293,7 @@ func TestRoutedDNS01RemovesWhatACrashLeft(t *testing.T) {
 	if err := solver.CleanUp(ctx, ch); err != nil {
 		t.Fatal(err)
 	}
-	if got := txtAt(t, s, c.Name); len(got) != 0 {
-		t.Fatalf("TXT at %s after CleanUp = %v", c.Name, got)
-	}
-	if n, err := records.Count(ctx, ""); err != nil || n != 0 {
-		t.Errorf("rows left: %d %v", n, err)
-	}
+	nothingLeft(t, s, records, c.Name)
 }
 
 // A wildcard cannot be validated over HTTP-01: refused before any order.

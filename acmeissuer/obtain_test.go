@@ -327,7 +327,7 @@ func TestObtainThroughput(t *testing.T) {
 // canonical form or a repeated name is an invalid request before anything
 // goes to the CA, and an IP address says why.
 func TestObtainChecksSANsWithNames(t *testing.T) {
-	i := &Issuer{cfg: Config{Solvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: HTTP01Solver{}}}}
+	i := &Issuer{cfg: Config{Solvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: HTTP01Solver{}, acme.ChallengeTypeDNS01: DNS01Solver{}}}}
 	for _, sans := range [][]string{{"a.example.com", "192.0.2.1"}, {"2001:db8::1"}, {"A.example.com"}, {"a.example.com", "a.example.com"}, nil,
 		{"a.invalid"}, {"x.onion"}, {"printer.local"}, {"host.internal"}, {"a.alt"}, {"a.localhost"}, {"xn--ls8h.example.com"}} {
 		_, err := i.check(Request{SANs: sans})
