@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net"
@@ -19,10 +17,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/dns01"
 	"github.com/certfleet/certfleet/events"
-	"github.com/certfleet/certfleet/schema"
 	"github.com/certfleet/certfleet/seal"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -63,26 +59,8 @@ func TestWorkerDNS01Providers(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	bin, err := testenv.BuildCommand(ctx, t.TempDir(), "issuer-worker", ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbURL := testenv.FreshDatabase(t)
-	d, err := db.Open(ctx, db.Config{URL: dbURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	suffix := hex.EncodeToString(b)
-	topics := aclTopics(".d-" + suffix)
-	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, topics.Specs(2, 1)...); err != nil {
-		t.Fatal(err)
-	}
+	f := newFixture(t, ctx, s, "d", 2)
+	bin, dbURL, d, suffix, topics := f.bin, f.dbURL, f.d, f.suffix, f.topics
 
 	// Providers: the stack's BIND, the same with a wrong key, and a hidden
 	// primary with the right key. Routing: the delegation zone by zone, two

@@ -37,26 +37,8 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	sec := productionConnections(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	bin, err := testenv.BuildCommand(ctx, t.TempDir(), "issuer-worker", ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbURL := testenv.FreshDatabase(t)
-	d, err := db.Open(ctx, db.Config{URL: dbURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	suffix := hex.EncodeToString(b)
-	topics := aclTopics(".p-" + suffix)
-	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, topics.Specs(4, 1)...); err != nil {
-		t.Fatal(err)
-	}
+	f := newFixture(t, ctx, s, "p", 4)
+	bin, dbURL, d, suffix, topics := f.bin, f.dbURL, f.d, f.suffix, f.topics
 	keyring := sec.keyringFile(t)
 	http01 := fmt.Sprintf("%s:%d", testenv.HTTP01AddrWorkerTests, s.HTTP01Port)
 	type proc struct {
@@ -173,6 +155,38 @@ func TestTwoWorkerProcesses(t *testing.T) {
 			t.Errorf("%s logged key material", name)
 		}
 	}
+}
+
+// fixture is what a process test starts workers with: the binary, a fresh
+// migrated database, and fresh topics under the ACL prefixes.
+type fixture struct {
+	bin, dbURL, suffix string
+	d                  *db.DB
+	topics             events.Topics
+}
+
+func newFixture(t *testing.T, ctx context.Context, s testenv.Settings, prefix string, partitions int) fixture {
+	t.Helper()
+	bin, err := testenv.BuildCommand(ctx, t.TempDir(), "issuer-worker", ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fixture{bin: bin, dbURL: testenv.FreshDatabase(t)}
+	if f.d, err = db.Open(ctx, db.Config{URL: f.dbURL}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.d.Close)
+	if _, err := schema.Migrate(ctx, f.d, schema.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	f.suffix = hex.EncodeToString(b)
+	f.topics = aclTopics("." + prefix + "-" + f.suffix)
+	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, f.topics.Specs(partitions, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // waitTopic polls topic until done accepts its records or ctx ends.
