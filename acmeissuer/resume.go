@@ -37,7 +37,7 @@ var ErrNotResumable = errors.New("acmeissuer: order cannot be resumed")
 // resume continues p for req: it downloads the certificate of a valid order,
 // waits for a processing one, finalises a ready one, and solves the pending
 // authorizations of a pending one first. It never creates an order. Errors
-// that are not about the connection wrap ErrNotResumable.
+// that are not about reaching the CA (see notResumable) wrap ErrNotResumable.
 func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, solvers map[string]acmez.Solver, p PendingOrder) (*Result, error) {
 	if p.URL == "" || p.Key == nil {
 		return nil, fmt.Errorf("%w: no order URL or key", ErrNotResumable)
@@ -177,10 +177,18 @@ func (i *Issuer) waitProcessing(ctx context.Context, acct acme.Account, order ac
 }
 
 // notResumable wraps err as ErrNotResumable unless ctx ended, which the
-// caller must see as such.
+// caller must see as such, or the CA could not be asked (Unavailable: a
+// refused connection, a timeout, a 5xx) or refused for a rate limit: the
+// order may well be there, and placing another would order twice; the
+// caller retries the resume later.
 func notResumable(ctx context.Context, doing string, err error) error {
-	if ctx.Err() != nil {
+	var ce *CAError
+	var p acme.Problem
+	switch {
+	case ctx.Err() != nil:
 		return fmt.Errorf("acmeissuer: resuming an order: %s: %w", doing, ctx.Err())
+	case Unavailable(err), errors.As(err, &ce) && ce.RateLimited(), errors.As(err, &p) && p.Type == acme.ProblemTypeRateLimited:
+		return fmt.Errorf("acmeissuer: resuming an order: %s: %w", doing, err)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrNotResumable, doing, err)
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -203,5 +205,53 @@ func TestResumeHonoursContext(t *testing.T) {
 	}
 	if n := ct.newOrders.Load(); n != 1 {
 		t.Errorf("%d orders, want 1", n)
+	}
+}
+
+// downTransport refuses every connection while down is set: the CA is
+// unreachable.
+type downTransport struct {
+	next http.RoundTripper
+	down atomic.Bool
+}
+
+func (d *downTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if d.down.Load() {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	}
+	return d.next.RoundTrip(req)
+}
+
+// A CA that cannot be reached while an order is resumed does not make the
+// order unresumable (that would place a second one): the error is the CA
+// being unavailable, and once it is back the same order is continued.
+func TestResumeWhileTheCAIsDown(t *testing.T) {
+	s := testenv.Require(t)
+	d := freshDB(t)
+	ct := &crashTransport{next: pebbleHTTPClient(t, s, nil).Transport}
+	dt := &downTransport{next: ct}
+	iss := newTestIssuer(t, s, d, func(c *Config) { c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: dt} })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	names := []string{"down-" + randomSuffix() + ".certfleet.test"}
+	dying, die := context.WithCancel(ctx)
+	ct.arm("/chalZ/", false, die)
+	var left *PendingOrder
+	if _, err := iss.Obtain(dying, Request{Tenant: "t", SANs: names, OnOrder: func(_ context.Context, o PendingOrder) { left = &o }}); err == nil || left == nil {
+		t.Fatalf("first attempt: err %v, order %v", err, left)
+	}
+	dt.down.Store(true)
+	_, err := iss.Obtain(ctx, Request{Tenant: "t", SANs: names, Resume: left})
+	if err == nil || errors.Is(err, ErrNotResumable) || !Unavailable(err) {
+		t.Fatalf("resume while the CA is down: %v; want the CA unavailable, not ErrNotResumable", err)
+	}
+	dt.down.Store(false)
+	res, err := iss.Obtain(ctx, Request{Tenant: "t", SANs: names, Resume: left,
+		OnOrder: func(context.Context, PendingOrder) { t.Error("the resume placed a new order") }})
+	if err != nil || !res.Resumed {
+		t.Fatalf("resume once the CA is back: %v, %v", res, err)
+	}
+	if n := ct.newOrders.Load(); n != 1 {
+		t.Errorf("the CA saw %d orders, want 1", n)
 	}
 }
