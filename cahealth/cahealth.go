@@ -353,11 +353,14 @@ ON CONFLICT (ca) DO UPDATE SET failures = excluded.failures, opens = excluded.op
 	return out, nil
 }
 
-// Success records that ca answered (an order obtained, or any answer below
-// 500): the breaker closes and the count of failures starts again. It
-// writes only when the breaker is not already clean in the worker's last
-// read (at most CacheFor old).
-func (b *Breaker) Success(ctx context.Context, ca string) error {
+// Success records that ca answered an operation that began at since (an
+// order obtained, or any answer below 500): the breaker closes and the count
+// of failures starts again. An answer to an operation that began before the
+// last failure was recorded says nothing of the CA now (an order that got
+// its last answer just before an outage, finishing after it began) and
+// changes nothing. It writes only when the breaker is not already clean in
+// the worker's last read (at most CacheFor old).
+func (b *Breaker) Success(ctx context.Context, ca string, since time.Time) error {
 	s, err := b.status(ctx, ca)
 	if err == nil && s.Failures == 0 && s.OpenUntil.IsZero() && s.ProbeOwner == "" {
 		return nil
@@ -367,7 +370,8 @@ func (b *Breaker) Success(ctx context.Context, ca string) error {
 UPDATE ca_health SET failures = 0, opens = 0, open_until = NULL, probe_owner = '', probe_until = NULL,
        closed_at = CASE WHEN open_until IS NULL THEN closed_at ELSE $2 END, updated_at = $2
  WHERE ca = $1 AND (failures > 0 OR open_until IS NOT NULL OR probe_owner <> '')
-RETURNING `+columns, ca, now)
+   AND (failed_at IS NULL OR failed_at <= $3)
+RETURNING `+columns, ca, now, since)
 	got, err := scan(row)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):

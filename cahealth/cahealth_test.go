@@ -89,7 +89,7 @@ func TestBreakerLifecycle(t *testing.T) {
 
 	fail(w1)
 	fail(w2)
-	if err := w2.Success(ctx, "a"); err != nil {
+	if err := w2.Success(ctx, "a", clk.Now()); err != nil {
 		t.Fatal(err)
 	}
 	fail(w1)
@@ -165,8 +165,17 @@ func TestBreakerLifecycle(t *testing.T) {
 	if dec := allow(w1, "j4"); !dec.Probe {
 		t.Fatalf("after a released probe: %+v, want the probe", dec)
 	}
+	// An answer to an order that began before the last failure is stale:
+	// it closes nothing.
+	if err := w1.Success(ctx, "a", clk.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := w2.List(ctx); list[0].Failures == 0 {
+		t.Fatalf("a stale success reset the breaker: %+v", list[0])
+	}
 	// The probe succeeds: closed, everything reset.
-	if err := w1.Success(ctx, "a"); err != nil {
+	clk.Advance(time.Second)
+	if err := w1.Success(ctx, "a", clk.Now()); err != nil {
 		t.Fatal(err)
 	}
 	list, err := w2.List(ctx)

@@ -98,11 +98,12 @@ type CA struct {
 // hands at most one job at a time the probe of a half-open CA; an error comes
 // with an allowing decision. Failure records an unavailable answer and
 // returns the CA's row after it (open while now < OpenUntil). Success
-// records an answer and closes the breaker. ReleaseProbe gives back a probe
+// records an answer to an operation begun at since and closes the breaker,
+// unless a failure was recorded after since. ReleaseProbe gives back a probe
 // owner holds without a verdict. Safe for concurrent use; honours ctx.
 type Breaker interface {
 	Allow(ctx context.Context, ca, owner string) (cahealth.Decision, error)
 	Failure(ctx context.Context, ca, reason string) (cahealth.Status, error)
-	Success(ctx context.Context, ca string) error
+	Success(ctx context.Context, ca string, since time.Time) error
 	ReleaseProbe(ctx context.Context, ca, owner string) error
 }

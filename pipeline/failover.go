@@ -220,11 +220,12 @@ func (j *job) allow(ctx context.Context, ca CA) decision {
 	return decision{allowed: d.Allowed, probe: d.Probe, retryAt: d.RetryAt}
 }
 
-// health tells the breaker what the order's CA said: err nil or an answer
-// below 500 closes it, an unavailable CA (acmeissuer.Unavailable) counts
-// towards opening it. When the breaker is open after it, j.breakerUntil is
-// when it may be probed again. A probe the job held is spent either way.
-func (j *job) health(ctx context.Context, err error) {
+// health tells the breaker what the order's CA said in the attempt begun
+// at since: err nil or an answer below 500 closes it (unless a failure came
+// after since), an unavailable CA (acmeissuer.Unavailable) counts towards
+// opening it. When the breaker is open after it, j.breakerUntil is when it
+// may be probed again. A probe the job held is spent either way.
+func (j *job) health(ctx context.Context, since time.Time, err error) {
 	b := j.w.cfg.Breaker
 	j.breakerUntil = time.Time{}
 	if b == nil {
@@ -232,7 +233,7 @@ func (j *job) health(ctx context.Context, err error) {
 	}
 	switch {
 	case err == nil || acmeissuer.Answered(err):
-		if berr := b.Success(ctx, j.ca.Name); berr != nil {
+		if berr := b.Success(ctx, j.ca.Name, since); berr != nil {
 			j.w.cfg.Logger.Warn("recording the CA's answer in its breaker", append(j.log(), "err", berr)...)
 		}
 	case acmeissuer.Unavailable(err):

@@ -71,7 +71,7 @@ func (f *fakeBreaker) Failure(_ context.Context, ca, _ string) (cahealth.Status,
 	return cahealth.Status{CA: ca, Failures: f.failures[ca], OpenUntil: f.open[ca]}, nil
 }
 
-func (f *fakeBreaker) Success(_ context.Context, ca string) error {
+func (f *fakeBreaker) Success(_ context.Context, ca string, _ time.Time) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.successes[ca]++

@@ -233,7 +233,7 @@ func (j *job) acmeRequest(ctx context.Context) acmeissuer.Request {
 func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer.Result, acmeissuer.Classification, error) {
 	w := j.w
 	octx, cancel := context.WithTimeout(ctx, w.cfg.OrderTimeout)
-	t0 := time.Now()
+	t0, since := time.Now(), w.cfg.Clock.Now()
 	areq.Resume, areq.OnOrder = j.pending, nil
 	if w.cfg.Orders != nil {
 		areq.OnOrder = j.recordOrder
@@ -241,7 +241,7 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	result, err := j.ca.Issuer.Obtain(octx, areq)
 	cancel()
 	if ctx.Err() == nil {
-		j.health(ctx, err)
+		j.health(ctx, since, err)
 	}
 	if err == nil {
 		w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
