@@ -33,6 +33,10 @@ const (
 	envFriendliness = "CERTFLEET_FRIENDLINESS"
 	caName          = "pebble"
 	tenant          = "chaos"
+	// With fleetConfig.failover: the second CA (its own proxy in front of
+	// the same Pebble) and the group requests name, caName first.
+	caName2   = "pebble2"
+	groupName = "pebbles"
 )
 
 // workerBin is the issuer-worker binary built once by TestMain.
@@ -97,6 +101,10 @@ type fleetConfig struct {
 	faults caproxy.Faults
 	// lease is the workers' claim lease: a killed worker's jobs wait for it.
 	lease time.Duration
+	// failover: a second CA behind a proxy of its own, requests naming the
+	// group caName+caName2, and the workers' breakers quick to open and
+	// probe (3 failures, 2-4 s).
+	failover bool
 }
 
 type limitJSON struct {
@@ -137,7 +145,9 @@ type fleet struct {
 	suffix      string
 	topics      events.Topics
 	proxy       *caproxy.Proxy
-	limits      string // limits file
+	proxy2      *caproxy.Proxy // the second CA, with fleetConfig.failover
+	caFile      string         // the proxies' serving CAs, one PEM file
+	limits      string         // limits file
 	keys        string // keyring file (mode 0600)
 	t0          time.Time
 
@@ -200,8 +210,32 @@ func newFleet(t *testing.T, ctx context.Context, cfg fleetConfig) *fleet {
 		t.Fatalf("starting the CA proxy: %v", err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	f.proxy = p
-	cat, _ := json.Marshal(map[string]any{"cas": []any{map[string]any{"id": caName, "directory": p.DirectoryURL(), "limits": cfg.limits}}})
+	f.proxy, f.caFile = p, p.CAFile()
+	cas := []any{map[string]any{"id": caName, "directory": p.DirectoryURL(), "limits": cfg.limits}}
+	if cfg.failover {
+		p2, err := caproxy.Start(ctx, caproxy.Config{Upstream: s.ACMEDirectory, UpstreamCA: s.ACMETLSCA,
+			Limits: cfg.ca, Faults: cfg.faults, Seed: uint64(time.Now().UnixNano())})
+		if err != nil {
+			t.Fatalf("starting the second CA proxy: %v", err)
+		}
+		t.Cleanup(func() { _ = p2.Close() })
+		f.proxy2 = p2
+		cas = append(cas, map[string]any{"id": caName2, "directory": p2.DirectoryURL(), "limits": cfg.limits})
+		// The workers trust one extra PEM file: both proxies' CAs in it.
+		var pems []byte
+		for _, file := range []string{p.CAFile(), p2.CAFile()} {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pems = append(pems, b...)
+		}
+		f.caFile = filepath.Join(t.TempDir(), "proxies-ca.pem")
+		if err := os.WriteFile(f.caFile, pems, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cat, _ := json.Marshal(map[string]any{"cas": cas})
 	f.limits = filepath.Join(t.TempDir(), "limits.json")
 	if err := os.WriteFile(f.limits, cat, 0o600); err != nil {
 		t.Fatal(err)
@@ -277,15 +311,22 @@ func (f *fleet) startWorker() *worker {
 	if lease == 0 {
 		lease = 15 * time.Second
 	}
-	w.cmd = exec.Command(workerBin,
+	cas := caName + "=" + f.proxy.DirectoryURL()
+	var extra []string
+	if f.proxy2 != nil {
+		cas += "," + caName2 + "=" + f.proxy2.DirectoryURL()
+		extra = []string{"-ca-group", groupName + "=" + caName + "+" + caName2,
+			"-ca-breaker-failures", "3", "-ca-breaker-cooldown", "2s", "-ca-breaker-max-cooldown", "4s"}
+	}
+	w.cmd = exec.Command(workerBin, append([]string{
 		"-owner", name, "-listen", w.listen, "-concurrency", fmt.Sprint(f.cfg.concurrency), "-shutdown-timeout", "20s",
 		"-topic-requests", f.topics.Requests, "-topic-retry", f.topics.Retry, "-topic-dlq", f.topics.DLQ,
 		"-topic-events", f.topics.Events, "-topic-ratelimit-changes", f.topics.RateLimitChanges,
-		"-group", f.group(), "-profile", testenv.PebbleShortProfile, "-lease", lease.String(),
-		"-challenge-types", "dns-01", "-dns01-challtestsrv", f.s.ChallTestSrvURL, "-limits", f.limits)
+		"-group", f.group(), "-profile", testenv.PebbleShortProfile, "-lease", lease.String(), "-order-timeout", (lease * 2 / 3).String(),
+		"-challenge-types", "dns-01", "-dns01-challtestsrv", f.s.ChallTestSrvURL, "-limits", f.limits}, extra...)...)
 	w.cmd.Env = append(append(os.Environ(), f.s.KafkaSASLEnv(testenv.PrincipalWorker)...),
 		"CERTFLEET_DATABASE_URL="+f.workerDBURL, "CERTFLEET_SEAL_KEYS=", "CERTFLEET_SEAL_KEYS_FILE="+f.keys,
-		"CERTFLEET_CAS="+caName+"="+f.proxy.DirectoryURL(), "CERTFLEET_ACME_TLS_CA="+f.proxy.CAFile())
+		"CERTFLEET_CAS="+cas, "CERTFLEET_ACME_TLS_CA="+f.caFile)
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
 	if err := w.cmd.Start(); err != nil {
 		f.t.Fatalf("starting %s: %v", name, err)
@@ -321,10 +362,14 @@ func (f *fleet) killOne() {
 func (f *fleet) requests(n, domains int) []events.Event {
 	f.t.Helper()
 	evs := make([]events.Event, 0, n)
+	ca := caName
+	if f.proxy2 != nil {
+		ca = groupName
+	}
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("j%d.d%d-%s.test", i, i%domains, f.suffix)
 		ev, err := events.New("//chaos", time.Now(), &events.IssuanceRequest{RequestID: fmt.Sprintf("r%d-%s", i, f.suffix),
-			SANs: []string{name}, Tenant: tenant, KeyType: events.KeyECDSAP256, CA: caName, Reason: events.ReasonNew})
+			SANs: []string{name}, Tenant: tenant, KeyType: events.KeyECDSAP256, CA: ca, Reason: events.ReasonNew})
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -364,13 +409,14 @@ func encodeAll(t *testing.T, evs []events.Event) []kafka.Message {
 // outcome is what the topics say after a scenario.
 type outcome struct {
 	obtained map[string]map[string]int // request id → event id → records
+	issuedBy map[string]string         // request id → the CA its cert_obtained names
 	failed   int                       // cert_failed records (retryable ones are normal under faults)
 	dlq      []kafka.Message
 }
 
 // read collects the events and dead-letter topics.
 func (f *fleet) read() (outcome, error) {
-	o := outcome{obtained: map[string]map[string]int{}}
+	o := outcome{obtained: map[string]map[string]int{}, issuedBy: map[string]string{}}
 	msgs, err := events.ReadTopic(f.ctx, nil, f.s.KafkaBrokers, f.topics.Events, 0)
 	if err != nil {
 		return o, err
@@ -386,6 +432,7 @@ func (f *fleet) read() (outcome, error) {
 				o.obtained[d.RequestID] = map[string]int{}
 			}
 			o.obtained[d.RequestID][ev.ID]++
+			o.issuedBy[d.RequestID] = d.CA
 		case *events.CertFailed:
 			o.failed++
 		}
@@ -400,6 +447,16 @@ func (f *fleet) read() (outcome, error) {
 // are expected and retried.
 func (f *fleet) waitDone(valid []events.Event, wantDLQ int, progress func(obtained int)) outcome {
 	f.t.Helper()
+	return f.waitDoneWith(valid, wantDLQ, func(obtained int, _ outcome) {
+		if progress != nil {
+			progress(obtained)
+		}
+	})
+}
+
+// waitDoneWith is waitDone whose progress also sees what was read.
+func (f *fleet) waitDoneWith(valid []events.Event, wantDLQ int, progress func(obtained int, o outcome)) outcome {
+	f.t.Helper()
 	var o outcome
 	var lastErr error
 	for {
@@ -411,9 +468,7 @@ func (f *fleet) waitDone(valid []events.Event, wantDLQ int, progress func(obtain
 					n++
 				}
 			}
-			if progress != nil {
-				progress(n)
-			}
+			progress(n, o)
 			if n == len(valid) && len(o.dlq) >= wantDLQ {
 				return o
 			}
@@ -452,7 +507,10 @@ type result struct {
 	DLQ             int     `json:"dead_lettered"`
 	DupEvents       int     `json:"duplicate_event_records"`
 	Resumed         int     `json:"orders_resumed"`
-	Seconds         float64 `json:"seconds"`
+	// IssuedBy counts the valid jobs' certificates by the CA their
+	// cert_obtained names (with two CAs: which CA issued how many).
+	IssuedBy map[string]int `json:"issued_by"`
+	Seconds  float64        `json:"seconds"`
 }
 
 // verify checks every invariant of the package doc and reports the row.
@@ -460,10 +518,11 @@ type result struct {
 func (f *fleet) verify(scenario string, sz size, valid []events.Event, hostile int, o outcome) result {
 	t := f.t
 	t.Helper()
-	st := f.proxy.Stats()
+	st := f.caStats()
 	r := result{Scenario: scenario, Size: sz.name, Jobs: len(valid), Hostile: hostile, Kills: f.kills,
 		CAOrders: st.Orders, CA429: st.RateLimited, Injected429: st.InjectedRateLimited,
-		Injected5xx: st.InjectedServerErrors, Violations: len(st.PenaltyViolations), Seconds: time.Since(f.t0).Seconds()}
+		Injected5xx: st.InjectedServerErrors, Violations: len(st.PenaltyViolations), Seconds: time.Since(f.t0).Seconds(),
+		IssuedBy: map[string]int{}}
 
 	// Every valid job ends with cert_obtained; duplicates only with the same id.
 	validIDs := map[string]bool{}
@@ -480,6 +539,7 @@ func (f *fleet) verify(scenario string, sz size, valid []events.Event, hostile i
 			for _, n := range ids {
 				r.DupEvents += n - 1
 			}
+			r.IssuedBy[o.issuedBy[id]]++
 		}
 	}
 	for id := range o.obtained {
@@ -511,8 +571,9 @@ func (f *fleet) verify(scenario string, sz size, valid []events.Event, hostile i
 		r.Resumed += strings.Count(w.log.String(), "continued the order a previous attempt left")
 	}
 	f.mu.Unlock()
-	// The CA's view: orders at most jobs plus kills, no 429 of its own, no
-	// order for a key under a Retry-After.
+	// The CA's view (with two CAs, both proxies' counts together: a SAN
+	// set ordered at each is a duplicate too): orders at most jobs plus
+	// kills, no 429 of its own, no order for a key under a Retry-After.
 	for _, n := range st.OrdersBySANSet {
 		r.DuplicateOrders += n - 1
 	}
@@ -620,4 +681,27 @@ func waitReady(t *testing.T, ctx context.Context, w *worker) {
 		}
 	}
 	t.Fatalf("%s not ready within 90s\n%s", w.name, testenv.Tail(w.log.String(), 30))
+}
+
+// caStats is the CA's view: the proxy's counters, or with a second CA both
+// proxies' summed (orders by SAN set across both, so a request ordered at
+// each CA counts as a duplicate).
+func (f *fleet) caStats() caproxy.Stats {
+	st := f.proxy.Stats()
+	if f.proxy2 == nil {
+		return st
+	}
+	st2 := f.proxy2.Stats()
+	st.Orders += st2.Orders
+	st.RateLimited += st2.RateLimited
+	st.InjectedRateLimited += st2.InjectedRateLimited
+	st.InjectedServerErrors += st2.InjectedServerErrors
+	st.PenaltyViolations = append(st.PenaltyViolations, st2.PenaltyViolations...)
+	for k, n := range st2.OrdersBySANSet {
+		st.OrdersBySANSet[k] += n
+	}
+	for k, n := range st2.RateLimitedByLimit {
+		st.RateLimitedByLimit[k] += n
+	}
+	return st
 }
