@@ -148,7 +148,7 @@ type fleet struct {
 	proxy2      *caproxy.Proxy // the second CA, with fleetConfig.failover
 	caFile      string         // the proxies' serving CAs, one PEM file
 	limits      string         // limits file
-	keys        string // keyring file (mode 0600)
+	keys        string         // keyring file (mode 0600)
 	t0          time.Time
 
 	mu      sync.Mutex
@@ -492,21 +492,21 @@ func (f *fleet) waitDoneWith(valid []events.Event, wantDLQ int, progress func(ob
 
 // result is one scenario's row of the closing table.
 type result struct {
-	Scenario        string  `json:"scenario"`
-	Size            string  `json:"size"`
-	Jobs            int     `json:"jobs"`
-	Hostile         int     `json:"hostile"`
-	Kills           int     `json:"kills"`
-	Lost            int     `json:"lost"`
-	CAOrders        int     `json:"ca_orders"`
-	DuplicateOrders int     `json:"duplicate_orders"`
-	CA429           int     `json:"ca_429"`
-	Injected429     int     `json:"injected_429"`
-	Injected5xx     int     `json:"injected_5xx"`
-	Violations      int     `json:"penalty_violations"`
-	DLQ             int     `json:"dead_lettered"`
-	DupEvents       int     `json:"duplicate_event_records"`
-	Resumed         int     `json:"orders_resumed"`
+	Scenario        string `json:"scenario"`
+	Size            string `json:"size"`
+	Jobs            int    `json:"jobs"`
+	Hostile         int    `json:"hostile"`
+	Kills           int    `json:"kills"`
+	Lost            int    `json:"lost"`
+	CAOrders        int    `json:"ca_orders"`
+	DuplicateOrders int    `json:"duplicate_orders"`
+	CA429           int    `json:"ca_429"`
+	Injected429     int    `json:"injected_429"`
+	Injected5xx     int    `json:"injected_5xx"`
+	Violations      int    `json:"penalty_violations"`
+	DLQ             int    `json:"dead_lettered"`
+	DupEvents       int    `json:"duplicate_event_records"`
+	Resumed         int    `json:"orders_resumed"`
 	// IssuedBy counts the valid jobs' certificates by the CA their
 	// cert_obtained names (with two CAs: which CA issued how many).
 	IssuedBy map[string]int `json:"issued_by"`
