@@ -19,6 +19,9 @@ import (
 func writeServingCerts(dir string) (caPath, certPath, keyPath string, err error) {
 	servingCertsMu.Lock() // both Pebbles start in parallel and share them
 	defer servingCertsMu.Unlock()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", "", fmt.Errorf("testenv: creating %s: %w", dir, err)
+	}
 	caPath, certPath, keyPath = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	if _, err := os.Stat(keyPath); err == nil {
 		return caPath, certPath, keyPath, nil
