@@ -81,15 +81,11 @@ type pebbleProfile struct {
 	ValidityPeriod int    `json:"validityPeriod"`
 }
 
-// writePebbleConfig writes Pebble's config: retryAfter 0/0 (the stock 3 s/5 s
-// makes every certificate take ~5 s), named profiles, HTTP-01 on challtestsrv's port.
-func writePebbleConfig(dir, cert, key string) (string, error) {
-	return writePebbleConfigAt(dir, cert, key, pebbleAddr, pebbleMgmtAddr, nil)
-}
-
-// writePebbleConfigAt is writePebbleConfig for a Pebble on other addresses;
-// with eabKeys (key id to base64url MAC key) it requires External Account
-// Binding on every newAccount.
+// writePebbleConfigAt writes the config of a Pebble serving on listen and
+// mgmt: retryAfter 0/0 (the stock 3 s/5 s makes every certificate take
+// ~5 s), named profiles, HTTP-01 on challtestsrv's port; with eabKeys (key id
+// to base64url MAC key) it requires External Account Binding on every
+// newAccount.
 func writePebbleConfigAt(dir, cert, key, listen, mgmt string, eabKeys map[string]string) (string, error) {
 	var c pebbleConfig
 	p := &c.Pebble

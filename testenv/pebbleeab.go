@@ -63,31 +63,28 @@ func ensureEABKey(state string) (string, error) {
 	return key, nil
 }
 
+// pebbleEABProc is the EAB Pebble's process: pebble's marker (its build) and
+// fingerprint (its resolver), its own pid file.
+func (l layout) pebbleEABProc() proc {
+	p, _ := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
+	p.name = eabProcName
+	return p
+}
+
 // pebbleEABService is the EAB Pebble: same build and serving certificate as
 // pebble (whose directory, pebbleDir, holds them), its own config and pid.
 func (l layout) pebbleEABService(bin func() string, install func(context.Context) error, pebbleDir, pebbleCA string) *service {
 	dir := filepath.Join(l.state, eabProcName)
-	p := proc{name: eabProcName, dir: l.state, marker: filepath.Join(pebbleBuildDir(l.cache, true), "pebble")}
+	p := l.pebbleEABProc()
 	return &service{
 		proc: p, ports: []string{pebbleEABAddr, pebbleEABMgmtAddr},
 		install: install,
 		start: func(context.Context) error {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			_, cert, key, err := writeServingCerts(pebbleDir)
-			if err != nil {
-				return err
-			}
 			mac, err := ensureEABKey(l.state)
 			if err != nil {
 				return err
 			}
-			conf, err := writePebbleConfigAt(dir, cert, key, pebbleEABAddr, pebbleEABMgmtAddr, map[string]string{PebbleEABKeyID: mac})
-			if err != nil {
-				return err
-			}
-			return p.start(pebbleCmd(bin(), conf))
+			return startPebble(p, bin(), pebbleDir, dir, pebbleEABAddr, pebbleEABMgmtAddr, map[string]string{PebbleEABKeyID: mac})
 		},
 		ready: func(ctx context.Context) error {
 			mac, err := ensureEABKey(l.state)
@@ -110,4 +107,23 @@ func (s Settings) EAB() (acme.EAB, error) {
 		return acme.EAB{}, fmt.Errorf("testenv: reading the EAB MAC key: %w", err)
 	}
 	return acme.EAB{KeyID: s.EABKeyID, MACKey: strings.TrimSpace(string(b))}, nil
+}
+
+// startPebble starts a Pebble of the build in bin as p, its config in dir,
+// serving on listen and mgmt with the serving certificate kept in certDir
+// (made there once; both Pebbles share it), requiring External Account
+// Binding when eabKeys is set (see writePebbleConfigAt).
+func startPebble(p proc, bin, certDir, dir, listen, mgmt string, eabKeys map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	_, cert, key, err := writeServingCerts(certDir)
+	if err != nil {
+		return err
+	}
+	conf, err := writePebbleConfigAt(dir, cert, key, listen, mgmt, eabKeys)
+	if err != nil {
+		return err
+	}
+	return p.start(pebbleCmd(bin, conf))
 }

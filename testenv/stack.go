@@ -139,18 +139,7 @@ func (l layout) services() (svcs []*service, pebbleCA string) {
 		proc: pp, ports: []string{pebbleAddr, pebbleMgmtAddr},
 		install: installPebbleOnce,
 		start: func(context.Context) error {
-			if err := os.MkdirAll(pebbleDir, 0o755); err != nil {
-				return err
-			}
-			_, cert, key, err := writeServingCerts(pebbleDir)
-			if err != nil {
-				return err
-			}
-			conf, err := writePebbleConfig(pebbleDir, cert, key)
-			if err != nil {
-				return err
-			}
-			return pp.start(pebbleCmd(pebbleBin, conf))
+			return startPebble(pp, pebbleBin, pebbleDir, pebbleDir, pebbleAddr, pebbleMgmtAddr, nil)
 		},
 		ready: func(ctx context.Context) error { return pebbleReady(ctx, pebbleCA) },
 	})
@@ -320,7 +309,7 @@ func Down(out io.Writer) error {
 	procs := []proc{kafkaProc(l.state), dbProc(l.state, "postgres"), dbProc(l.state, "cockroach")}
 	pp, cp := pebbleProcs(l.state, pebbleBuildDir(l.cache, true))
 	procs = append(procs, bindProc(l.state, bindAt(l)))
-	procs = append(procs, pp, cp, proc{name: eabProcName, dir: l.state, marker: filepath.Join(pebbleBuildDir(l.cache, true), "pebble")})
+	procs = append(procs, pp, cp, l.pebbleEABProc())
 	var msgs []string
 	for _, p := range procs {
 		pid := p.pid()
