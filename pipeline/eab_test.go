@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/certfleet/certfleet/acmeissuer"
@@ -48,19 +46,7 @@ func TestPipelineEAB(t *testing.T) {
 			name := "eab-" + st.suffix + ".test"
 			st.pointAt(t, ctx, name)
 			onEABPebble := func(c *pipeline.Config) {
-				tr, err := st.s.ACMETransport()
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(tr.CloseIdleConnections)
-				iss, err := acmeissuer.New(acmeissuer.Config{
-					Directory: st.s.EABACMEDirectory, DB: st.db, Sealer: st.keyring, HTTPClient: &http.Client{Timeout: 30 * time.Second, Transport: tr},
-					Solvers: map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: st.chall}},
-					Profile: testenv.PebbleShortProfile, PollInterval: 10 * time.Millisecond, EAB: &tc.eab,
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
+				iss := st.issuer(t, st.s.EABACMEDirectory, func(ic *acmeissuer.Config) { ic.Profile, ic.EAB = testenv.PebbleShortProfile, &tc.eab })
 				c.CAs = []pipeline.CA{{CA: caconfig.CA{Name: "pebble", Directory: st.s.EABACMEDirectory}, Issuer: iss}}
 				limits := ratelimit.LetsEncryptLimits()
 				limits[ratelimit.FleetOrdersPerSecond] = ratelimit.LimitConfig{Limit: ratelimit.Limit{Count: 1000, Period: time.Second, Burst: 1000}}
@@ -73,20 +59,7 @@ func TestPipelineEAB(t *testing.T) {
 			}
 			st.run(t, st.worker(t, "worker-eab", onEABPebble), "g-eab-"+st.suffix)
 			st.publish(t, ctx, request("eab-"+st.suffix, name))
-			var outcome events.Event
-			for outcome.Data == nil {
-				all, _ := events.ReadTopic(ctx, nil, st.s.KafkaBrokers, st.topics.Events, 0)
-				for _, m := range all {
-					if ev, err := events.Decode(m); err == nil && ev.Type() != events.TypeIssuanceDeferred {
-						outcome = ev
-					}
-				}
-				select {
-				case <-ctx.Done():
-					t.Fatalf("no outcome on %s: %v", st.topics.Events, ctx.Err())
-				case <-time.After(250 * time.Millisecond):
-				}
-			}
+			outcome := st.firstOutcome(t, ctx)
 			if outcome.Type() != tc.want {
 				t.Fatalf("outcome %s %+v; want %s", outcome.Type(), outcome.Data, tc.want)
 			}

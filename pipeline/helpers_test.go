@@ -150,6 +150,56 @@ func (st *stack) worker(t testing.TB, name string, mods ...func(*pipeline.Config
 	return w
 }
 
+// issuer builds an issuer of directory over the stack's database, HTTP-01
+// through the stack's challenge store, without a default profile; mod, when
+// set, changes its configuration.
+func (st *stack) issuer(t testing.TB, directory string, mod func(*acmeissuer.Config)) *acmeissuer.Issuer {
+	t.Helper()
+	tr, err := st.s.ACMETransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	cfg := acmeissuer.Config{
+		Directory: directory, DB: st.db, Sealer: st.keyring, HTTPClient: &http.Client{Timeout: 30 * time.Second, Transport: tr},
+		Solvers:      map[string]acmez.Solver{acme.ChallengeTypeHTTP01: acmeissuer.HTTP01Solver{Store: st.chall}},
+		PollInterval: 10 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	iss, err := acmeissuer.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss
+}
+
+// firstOutcome polls the events topic until it holds an outcome (an event
+// other than issuance_deferred) and returns the last one read, failing the
+// test at ctx's end.
+func (st *stack) firstOutcome(t testing.TB, ctx context.Context) events.Event {
+	t.Helper()
+	for {
+		// A topic this young may still answer "not leader": read again.
+		all, _ := events.ReadTopic(ctx, nil, st.s.KafkaBrokers, st.topics.Events, 0)
+		var outcome events.Event
+		for _, m := range all {
+			if ev, err := events.Decode(m); err == nil && ev.Type() != events.TypeIssuanceDeferred {
+				outcome = ev
+			}
+		}
+		if outcome.Data != nil {
+			return outcome
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no outcome on %s: %v", st.topics.Events, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 // serveHTTP01 serves the database-backed HTTP-01 responder where Pebble
 // validates names pointed at 127.0.0.2 (see pointAt): the production path,
 // any worker's store answers for every worker's orders.

@@ -77,15 +77,11 @@ func caStatus(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("%w: %s: --ca %v", errUsage, cmd, err)
 	}
-	d, ctx, done, err := f.open(ctx)
+	b, ctx, done, err := openBreaker(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	b, err := cahealth.New(cahealth.Config{DB: d})
-	if err != nil {
-		return err
-	}
 	list, err := b.List(ctx)
 	if err != nil {
 		return explainCA(cmd, err)
@@ -143,15 +139,11 @@ func caReset(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	d, ctx, done, err := f.open(ctx)
+	b, ctx, done, err := openBreaker(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	b, err := cahealth.New(cahealth.Config{DB: d})
-	if err != nil {
-		return err
-	}
 	reset, err := b.Reset(ctx, pos[0])
 	if err != nil {
 		return explainCA(cmd, err)
@@ -162,6 +154,21 @@ func caReset(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "closed the breaker of %s; workers order from it again (if it still fails, its breaker opens again)\n", pos[0])
 	return nil
+}
+
+// openBreaker connects to the database (f.open) and returns the CAs'
+// breakers over it.
+func openBreaker(ctx context.Context, f *adminFlags) (*cahealth.Breaker, context.Context, func(), error) {
+	d, ctx, done, err := f.open(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	b, err := cahealth.New(cahealth.Config{DB: d})
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return b, ctx, done, nil
 }
 
 // explainCA says to migrate when ca_health does not exist.
