@@ -12,12 +12,17 @@
 //   - TestCAFaults: the CA answers 30% of orders with 429 rateLimited and a
 //     Retry-After, and 10% with 500;
 //   - TestHostileInput: ten hostile records (malformed, oversized, invalid or
-//     hostile names, bad headers, unknown fields, duplicates) per valid one.
+//     hostile names, bad headers, unknown fields, duplicates) per valid one;
+//   - TestCAFailover: two CAs (a proxy each) and requests naming the group
+//     of both; the preferred CA's proxy stops mid-run (connections refused)
+//     and starts again: requests move to the second CA while it is down, the
+//     orders the outage caught are continued at the first, and new requests
+//     return to it once its breaker closes.
 //
 // Every scenario asserts the same invariants (see verify): every valid job
 // ends with a cert_obtained event, duplicates only with the same event id;
 // nothing is lost (valid jobs obtained, hostile records dead-lettered once);
-// CA orders at most jobs plus kills (the orders a killed worker had in flight
+// CA orders (with two CAs, both together) at most jobs plus kills (the orders a killed worker had in flight
 // are continued by the next owner of their requests, so only one killed
 // between the CA's 201 and its record could be placed twice); no order
 // reaches the CA for a key while
