@@ -29,10 +29,11 @@ const (
 	PrincipalWorker    = "worker"
 	PrincipalScheduler = "scheduler"
 	PrincipalOperator  = "operator"
+	PrincipalAgent     = "agent" // certfleet agent: reads key deliveries
 	PrincipalNobody    = "nobody"
 )
 
-var principals = []string{PrincipalAdmin, PrincipalProducer, PrincipalWorker, PrincipalScheduler, PrincipalOperator, PrincipalNobody}
+var principals = []string{PrincipalAdmin, PrincipalProducer, PrincipalWorker, PrincipalScheduler, PrincipalOperator, PrincipalAgent, PrincipalNobody}
 
 var pkiMu sync.Mutex
 
@@ -67,6 +68,26 @@ func (k pki) password(p string) (string, error) {
 	return string(b), nil
 }
 
+// newPassword is a principal's random password.
+func newPassword() []byte {
+	pw := make([]byte, 18)
+	_, _ = rand.Read(pw)
+	return []byte(hex.EncodeToString(pw))
+}
+
+// addMissingPasswords writes a password for every principal that has none.
+func (k pki) addMissingPasswords() error {
+	for _, p := range principals {
+		path := filepath.Join(k.secrets, p+".password")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			if err := os.WriteFile(path, newPassword(), 0o600); err != nil {
+				return fmt.Errorf("testenv: writing the password of %s: %w", p, err)
+			}
+		}
+	}
+	return nil
+}
+
 // ensurePKI makes the CA, the serving certificates and the principals'
 // secrets unless they exist (files are written 0600, directories 0700).
 func ensurePKI(state string) (pki, error) {
@@ -75,7 +96,11 @@ func ensurePKI(state string) (pki, error) {
 	k := pkiAt(state)
 	done := filepath.Join(filepath.Dir(k.caPath), "complete")
 	if _, err := os.Stat(done); err == nil {
-		return k, nil
+		// A principal added since the material was made gets a password
+		// (ensureKafkaUsers makes its SCRAM users); a client certificate
+		// needs the CA's key, which is not kept: only a fresh state
+		// directory gives it one.
+		return k, k.addMissingPasswords()
 	}
 	for _, d := range []string{filepath.Dir(k.caPath), k.secrets} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -111,9 +136,7 @@ func ensurePKI(state string) (pki, error) {
 	clients := map[string]string{"database": dbTLSUser}
 	for _, p := range principals {
 		clients[p] = p
-		pw := make([]byte, 18)
-		_, _ = rand.Read(pw)
-		errs = append(errs, os.WriteFile(filepath.Join(k.secrets, p+".password"), []byte(hex.EncodeToString(pw)), 0o600))
+		errs = append(errs, os.WriteFile(filepath.Join(k.secrets, p+".password"), newPassword(), 0o600))
 	}
 	for file, cn := range clients {
 		der, key, err := ca.Client(cn, now, validity)

@@ -201,3 +201,48 @@ func TestDatabaseTLS(t *testing.T) {
 		t.Error("verify-full accepted a server certificate from another CA")
 	}
 }
+
+// Key delivery's rights: the worker writes deliveries; the agent reads
+// deliveries (in a certfleet-agent* group) and outcomes, and writes nothing,
+// neither deliveries nor requests; the scheduler may not read deliveries.
+func TestKafkaDeliveryACLs(t *testing.T) {
+	s := testenv.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	suffix := "." + randomSuffix()
+	deliveries, requests := "certfleet.certificates.deliveries"+suffix, "certfleet.issuance.requests"+suffix
+	for _, topic := range []string{deliveries, requests} {
+		if err := testenv.CreateTopic(ctx, s.KafkaBrokers, topic, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trusted := &tls.Config{RootCAs: trustStack(t, s)}
+	as := func(p string) sasl.Mechanism {
+		return scramAs(t, s, scram.SHA512, p, secret(t, s, p+".password"))
+	}
+	if err := produce(ctx, s, trusted, as(testenv.PrincipalWorker), deliveries); err != nil {
+		t.Fatalf("worker writes deliveries: %v", err)
+	}
+	for _, tc := range []struct{ principal, topic string }{
+		{testenv.PrincipalAgent, deliveries}, {testenv.PrincipalAgent, requests}, {testenv.PrincipalProducer, deliveries},
+	} {
+		if err := produce(ctx, s, trusted, as(tc.principal), tc.topic); !denied(err) {
+			t.Errorf("%s writing %s: want the topic refused, got %v", tc.principal, tc.topic, err)
+		}
+	}
+	read := func(principal, group string) error {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.KafkaSASLBrokers, GroupID: group, Topic: deliveries, StartOffset: kafka.FirstOffset,
+			Dialer: &kafka.Dialer{TLS: trusted, SASLMechanism: as(principal), Timeout: 5 * time.Second}, MaxWait: 100 * time.Millisecond})
+		defer r.Close()
+		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		_, err := r.FetchMessage(rctx)
+		return err
+	}
+	if err := read(testenv.PrincipalAgent, "certfleet-agent-"+randomSuffix()); err != nil {
+		t.Errorf("agent reads deliveries in its group: %v", err)
+	}
+	if err := read(testenv.PrincipalScheduler, "certfleet-sched-"+randomSuffix()); err == nil {
+		t.Error("the scheduler read key deliveries")
+	}
+}

@@ -190,6 +190,10 @@ func Up(ctx context.Context, out io.Writer) (Settings, error) {
 	if err != nil {
 		return Settings{}, err
 	}
+	// After readiness, so a failure here stops up and restarts nothing.
+	if err := ensureKafkaUsers(ctx, l.state); err != nil {
+		return Settings{}, err
+	}
 	s := Settings{
 		KafkaBrokers:        []string{kafkaAddr},
 		DatabaseURL:         dbURL(l.kind),
