@@ -15,6 +15,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -180,9 +181,9 @@ func TestKafkaCommandsOverSASLAndMTLS(t *testing.T) {
 	}
 }
 
-// topics create provisions the five topics with the given replication,
-// min.insync.replicas and retention as a principal that may create topics;
-// one that may not is told which ACL it lacks.
+// topics create provisions the five topics and the delivery topic with the
+// given replication, min.insync.replicas and retention as a principal that
+// may create topics; one that may not is told which ACL it lacks.
 func TestTopicsCreate(t *testing.T) {
 	clearKafkaEnv(t)
 	s := testenv.Require(t)
@@ -190,17 +191,18 @@ func TestTopicsCreate(t *testing.T) {
 		t.Fatalf("testenv has no SASL_SSL listener: restart it with `go run ./cmd/testenv up`")
 	}
 	tp := aclTopics("create")
+	deliveries := delivery.DefaultTopic + strings.TrimPrefix(tp.Requests, events.DefaultTopics().Requests)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	t.Cleanup(func() {
 		client := &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...), Timeout: 10 * time.Second}
-		_, _ = client.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: tp.All()})
+		_, _ = client.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: append(tp.All(), deliveries)})
 	})
 	as := func(user string) []string {
 		return []string{"topics", "create", "--brokers", strings.Join(s.KafkaSASLBrokers, ","), "--kafka-tls", "--kafka-tls-ca", s.KafkaTLSCA,
 			"--kafka-sasl-mechanism", "scram-sha-256", "--kafka-sasl-user", user, "--kafka-sasl-password-file", filepath.Join(s.SecretsDir, user+".password"),
 			"--topic-requests", tp.Requests, "--topic-retry", tp.Retry, "--topic-dlq", tp.DLQ, "--topic-events", tp.Events,
-			"--topic-ratelimit-changes", tp.RateLimitChanges, "--partitions", "3", "--replication-factor", "1", "--min-insync-replicas", "1",
+			"--topic-ratelimit-changes", tp.RateLimitChanges, "--topic-deliveries", deliveries, "--partitions", "3", "--replication-factor", "1", "--min-insync-replicas", "1",
 			"--dlq-retention", "48h"}
 	}
 	var out, errb bytes.Buffer
@@ -227,6 +229,17 @@ func TestTopicsCreate(t *testing.T) {
 	}
 	if got["retention.ms"] != "172800000" || got["min.insync.replicas"] != "1" {
 		t.Fatalf("DLQ configs %v", got)
+	}
+	resp, err = client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{
+		{ResourceType: kafka.ResourceTypeTopic, ResourceName: deliveries, ConfigNames: []string{"cleanup.policy", "retention.ms"}}}})
+	if err != nil || len(resp.Resources) != 1 {
+		t.Fatalf("the delivery topic: %v", err)
+	}
+	for _, e := range resp.Resources[0].ConfigEntries {
+		got[e.ConfigName] = e.ConfigValue
+	}
+	if got["cleanup.policy"] != "compact,delete" || got["retention.ms"] != "8640000000" {
+		t.Fatalf("delivery topic configs %v", got)
 	}
 }
 
