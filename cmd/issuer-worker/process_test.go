@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/schema"
 	"github.com/certfleet/certfleet/testenv"
@@ -25,7 +26,9 @@ import (
 // The issue's end-to-end check with real processes: requests through two
 // issuer-worker processes in one group, HTTP-01 validated by Pebble against
 // the database-backed responder that only one of them serves; every request
-// ends as cert_obtained; keys sealed; no key material on any topic; SIGTERM
+// ends as cert_obtained; keys sealed; every key delivered, sealed to the
+// one recipient registered (-deliver-keys); no key material on any topic,
+// the delivery topic included, nor in any log; SIGTERM
 // stops both cleanly (exit 0) within the shutdown deadline. Every
 // connection is production-shaped: the workers reach Kafka on the SASL_SSL
 // listener as the worker principal (SCRAM-SHA-512, its ACLs only) and the
@@ -39,6 +42,18 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	defer cancel()
 	f := newFixture(t, ctx, s, "p", 4)
 	bin, dbURL, d, suffix, topics := f.bin, f.dbURL, f.d, f.suffix, f.topics
+	deliveries := delivery.DefaultTopic + ".p-" + suffix
+	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)},
+		delivery.TopicSpec(deliveries, events.ProvisionOptions{Partitions: 4, ReplicationFactor: 1})); err != nil {
+		t.Fatal(err)
+	}
+	recipientKey, err := delivery.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := delivery.NewStore(d).Add(ctx, delivery.Recipient{Name: "edge", Key: recipientKey.Public(), Tenants: []string{"tenant-" + suffix}}, "test"); err != nil {
+		t.Fatal(err)
+	}
 	keyring := sec.keyringFile(t)
 	http01 := fmt.Sprintf("%s:%d", testenv.HTTP01AddrWorkerTests, s.HTTP01Port)
 	type proc struct {
@@ -52,7 +67,8 @@ func TestTwoWorkerProcesses(t *testing.T) {
 		args := []string{"-owner", name, "-listen", p.listen, "-concurrency", fmt.Sprint(testenv.MaxConcurrentOrdersPerPackage / 2), "-shutdown-timeout", "20s",
 			"-topic-requests", topics.Requests, "-topic-retry", topics.Retry, "-topic-dlq", topics.DLQ,
 			"-topic-events", topics.Events, "-topic-ratelimit-changes", topics.RateLimitChanges,
-			"-group", "certfleet-p-" + suffix, "-profile", testenv.PebbleShortProfile, "-seal-keys-file", keyring}
+			"-group", "certfleet-p-" + suffix, "-profile", testenv.PebbleShortProfile, "-seal-keys-file", keyring,
+			"-deliver-keys", "-topic-deliveries", deliveries}
 		if serveHTTP01 {
 			args = append(args, "-http01-listen", http01)
 		}
@@ -124,7 +140,7 @@ func TestTwoWorkerProcesses(t *testing.T) {
 	if err := d.Pool().QueryRow(ctx, `SELECT count(*) FROM issued_certificates WHERE position('PRIVATE KEY' in encode(sealed_key, 'escape')) = 0`).Scan(&stored); err != nil || stored != n {
 		t.Fatalf("%d sealed certificates stored (%v), want %d", stored, err, n)
 	}
-	for _, topic := range []string{topics.Requests, topics.Retry, topics.DLQ, topics.Events} {
+	for _, topic := range []string{topics.Requests, topics.Retry, topics.DLQ, topics.Events, deliveries} {
 		msgs, err := events.ReadTopic(ctx, nil, s.KafkaBrokers, topic, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -133,6 +149,23 @@ func TestTwoWorkerProcesses(t *testing.T) {
 			if strings.Contains(string(m.Value), "PRIVATE KEY") {
 				t.Fatalf("key material on %s", topic)
 			}
+		}
+		if topic != deliveries {
+			continue
+		}
+		opened := map[string]bool{}
+		for _, m := range msgs {
+			r, err := delivery.Decode(m)
+			if err == nil {
+				_, err = delivery.Open(recipientKey, r)
+			}
+			if err != nil {
+				t.Fatalf("delivery at %d/%d: %v", m.Partition, m.Offset, err)
+			}
+			opened[r.RequestID] = true
+		}
+		if len(opened) != n {
+			t.Errorf("%d certificates delivered to the recipient, want %d", len(opened), n)
 		}
 	}
 	metrics := httpGet(t, ctx, "http://"+a.listen+"/metrics")
