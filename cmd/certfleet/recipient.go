@@ -137,6 +137,16 @@ func readPublicKey(cmd, path string) (delivery.PublicKey, error) {
 	return k, nil
 }
 
+// openRecipients opens the database of f's flags and the recipient store
+// over it; the context carries --timeout.
+func openRecipients(ctx context.Context, f *adminFlags) (*delivery.Store, context.Context, context.CancelFunc, error) {
+	d, ctx, done, err := f.open(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return delivery.NewStore(d), ctx, done, nil
+}
+
 // explainRecipient turns a delivery error into one that says what to do.
 func explainRecipient(cmd string, err error) error {
 	var fe *delivery.FieldError
@@ -180,12 +190,12 @@ func recipientAdd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := r.Check(); err != nil {
 		return explainRecipient(cmd, err)
 	}
-	d, ctx, done, err := f.open(ctx)
+	store, ctx, done, err := openRecipients(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err = delivery.NewStore(d).Add(ctx, r, *actor)
+	r, err = store.Add(ctx, r, *actor)
 	if err != nil {
 		return explainRecipient(cmd, err)
 	}
@@ -232,12 +242,12 @@ func recipientList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if _, err := f.parse(args, 0, 0, "only flags"); err != nil {
 		return err
 	}
-	d, ctx, done, err := f.open(ctx)
+	store, ctx, done, err := openRecipients(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	rs, err := delivery.NewStore(d).List(ctx)
+	rs, err := store.List(ctx)
 	if err != nil {
 		return explainRecipient(cmd, err)
 	}
@@ -286,12 +296,12 @@ func recipientRotate(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	d, ctx, done, err := f.open(ctx)
+	store, ctx, done, err := openRecipients(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err := delivery.NewStore(d).Rotate(ctx, pos[0], key, *actor)
+	r, err := store.Rotate(ctx, pos[0], key, *actor)
 	if err != nil {
 		return explainRecipient(cmd, err)
 	}
@@ -308,12 +318,12 @@ func recipientRemove(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	d, ctx, done, err := f.open(ctx)
+	store, ctx, done, err := openRecipients(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err := delivery.NewStore(d).Remove(ctx, pos[0], *actor)
+	r, err := store.Remove(ctx, pos[0], *actor)
 	if err != nil {
 		return explainRecipient(cmd, err)
 	}
@@ -328,12 +338,12 @@ func recipientHistory(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	d, ctx, done, err := f.open(ctx)
+	store, ctx, done, err := openRecipients(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	h, err := delivery.NewStore(d).History(ctx, pos[0])
+	h, err := store.History(ctx, pos[0])
 	if err != nil {
 		return explainRecipient(cmd, err)
 	}
