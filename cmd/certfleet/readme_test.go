@@ -20,6 +20,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/testenv"
 )
@@ -216,12 +217,14 @@ func TestReadmeOperatorExamples(t *testing.T) {
 	sfx := hex.EncodeToString(b)
 	tp := events.Topics{Requests: "readme.req." + sfx, Retry: "readme.retry." + sfx, DLQ: "readme.dlq." + sfx,
 		Events: "readme.events." + sfx, RateLimitChanges: "readme.rl." + sfx}
-	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)}, tp.Specs(2, 1)...); err != nil {
+	deliveries := "readme.deliveries." + sfx
+	if err := events.Provision(ctx, &kafka.Client{Addr: kafka.TCP(s.KafkaBrokers...)},
+		append(tp.Specs(2, 1), delivery.TopicSpec(deliveries, events.ProvisionOptions{Partitions: 2, ReplicationFactor: 1}))...); err != nil {
 		t.Fatal(err)
 	}
 	s.DatabaseURL = testenv.FreshDatabase(t)
-	env := s.EnvFile() + fmt.Sprintf("CERTFLEET_TOPIC_REQUESTS=%s\nCERTFLEET_TOPIC_RETRY=%s\nCERTFLEET_TOPIC_DLQ=%s\nCERTFLEET_TOPIC_EVENTS=%s\nCERTFLEET_TOPIC_RATELIMIT_CHANGES=%s\nCERTFLEET_WORKER_GROUP=readme-%s\n",
-		tp.Requests, tp.Retry, tp.DLQ, tp.Events, tp.RateLimitChanges, sfx)
+	env := s.EnvFile() + fmt.Sprintf("CERTFLEET_TOPIC_REQUESTS=%s\nCERTFLEET_TOPIC_RETRY=%s\nCERTFLEET_TOPIC_DLQ=%s\nCERTFLEET_TOPIC_EVENTS=%s\nCERTFLEET_TOPIC_RATELIMIT_CHANGES=%s\nCERTFLEET_WORKER_GROUP=readme-%s\nCERTFLEET_TOPIC_DELIVERIES=%s\n",
+		tp.Requests, tp.Retry, tp.DLQ, tp.Events, tp.RateLimitChanges, sfx, deliveries)
 	if err := os.MkdirAll(filepath.Join(dir, ".testenv"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +252,7 @@ func TestReadmeOperatorExamples(t *testing.T) {
 		if strings.Contains(ex.cmd, "./bin/certfleet ") {
 			certfleetCmds++
 		}
-		if strings.HasPrefix(ex.cmd, "./bin/issuer-worker ") {
+		if strings.HasPrefix(ex.cmd, "./bin/issuer-worker ") || strings.HasPrefix(ex.cmd, "./bin/certfleet agent ") {
 			ex.cmd = listen.ReplaceAllString(ex.cmd, "-listen "+testenv.FreeAddr(t, "127.0.0.1"))
 		}
 		run = append(run, ex)

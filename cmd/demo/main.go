@@ -41,6 +41,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/ratelimit"
@@ -92,8 +93,10 @@ func run(ctx context.Context, n int, timeout time.Duration, bin string) error {
 		return err
 	}
 	defer operator.Close()
-	if err := events.Provision(ctx, operator.Client(topics.All()...),
-		topics.SpecsWith(events.ProvisionOptions{Partitions: 6, ReplicationFactor: 1, MinInsyncReplicas: 1})...); err != nil {
+	// The five, and the key delivery topic the README's walkthrough uses.
+	provision := events.ProvisionOptions{Partitions: 6, ReplicationFactor: 1, MinInsyncReplicas: 1}
+	if err := events.Provision(ctx, operator.Client(append(topics.All(), delivery.DefaultTopic)...),
+		append(topics.SpecsWith(provision), delivery.TopicSpec(delivery.DefaultTopic, provision))...); err != nil {
 		return fmt.Errorf("provisioning topics: %w", operator.Explain(err, "create topics"))
 	}
 	keys := filepath.Join(state, "demo-keys")
