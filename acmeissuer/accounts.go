@@ -189,6 +189,40 @@ func (i *Issuer) register(ctx context.Context, tenant string, key crypto.Signer)
 	return i.account(acct.Location, key), nil
 }
 
+// reregister registers tenant's key again after the CA answered that the
+// stored account (gone) does not exist, and replaces gone's URL in the row
+// and in this process's cache. Workers doing it at once are safe: a key the
+// CA knows again maps to one account (RFC 8555 §7.3.1), and the row keeps
+// whichever new URL is written.
+func (i *Issuer) reregister(ctx context.Context, tenant string, gone acme.Account) (acme.Account, error) {
+	cctx, c := withCapture(ctx)
+	acct, err := i.client.NewAccount(cctx, acme.Account{Contact: i.cfg.Contact, TermsOfServiceAgreed: true, PrivateKey: gone.PrivateKey})
+	if err != nil {
+		err = annotate(err, c, i.now(), i.cfg.DefaultPenalty)
+		return acme.Account{}, fmt.Errorf("acmeissuer: registering the account of tenant %q again (the CA no longer knows %s): %w", tenant, gone.Location, err)
+	}
+	if acct.Location == "" || acct.Status != acme.StatusValid {
+		return acme.Account{}, fmt.Errorf("acmeissuer: registering the account of tenant %q again: status %q, URL %q", tenant, acct.Status, acct.Location)
+	}
+	i.registrations.Add(1)
+	if _, err := i.cfg.DB.Pool().Exec(ctx, `
+		UPDATE acme_accounts SET account_url = $4
+		WHERE ca_directory = $1 AND tenant = $2 AND account_url = $3`,
+		i.cfg.Directory, tenant, gone.Location, acct.Location); err != nil {
+		return acme.Account{}, fmt.Errorf("acmeissuer: recording the new account URL of tenant %q: %w", tenant, err)
+	}
+	fresh := i.account(acct.Location, gone.PrivateKey)
+	e := &accountEntry{ready: make(chan struct{}), acct: fresh}
+	close(e.ready)
+	i.mu.Lock()
+	i.accounts[tenant] = e
+	i.mu.Unlock()
+	if i.cfg.Logger != nil {
+		i.cfg.Logger.Warn("the CA no longer knew the account; registered it again", "tenant", tenant, "old", gone.Location, "new", acct.Location)
+	}
+	return fresh, nil
+}
+
 func (i *Issuer) account(url string, key crypto.Signer) acme.Account {
 	return acme.Account{
 		Status:               acme.StatusValid,

@@ -137,3 +137,39 @@ func TestAccountWaitHonoursContext(t *testing.T) {
 		t.Errorf("took %v", el)
 	}
 }
+
+// A CA that no longer knows the stored account (it lost its state, as a
+// restarted Pebble does) answers accountDoesNotExist: the issuer registers
+// the tenant's key again, records the new URL for the fleet and issues,
+// instead of failing every request of the tenant for good.
+func TestObtainRegistersAgainWhenTheCALostTheAccount(t *testing.T) {
+	s := testenv.Require(t)
+	d := freshDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	first := newTestIssuer(t, s, d, nil)
+	if _, err := first.Obtain(ctx, Request{Tenant: "t", SANs: []string{"lost1-" + randomSuffix() + ".certfleet.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	// An account URL the CA never issued stands for one it forgot.
+	var old string
+	if err := d.Pool().QueryRow(ctx, `UPDATE acme_accounts SET account_url = account_url || 'gone'
+		WHERE tenant = 't' RETURNING account_url`).Scan(&old); err != nil {
+		t.Fatal(err)
+	}
+	second := newTestIssuer(t, s, d, nil) // another process: reads the row
+	res, err := second.Obtain(ctx, Request{Tenant: "t", SANs: []string{"lost2-" + randomSuffix() + ".certfleet.test"}})
+	if err != nil {
+		t.Fatalf("after the CA lost the account: %v", err)
+	}
+	var now string
+	if err := d.Pool().QueryRow(ctx, `SELECT account_url FROM acme_accounts WHERE tenant = 't'`).Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	if now == old || now != res.AccountURL {
+		t.Errorf("row holds %q (was %q), the certificate was ordered as %q", now, old, res.AccountURL)
+	}
+	if n := second.registrations.Load(); n != 1 {
+		t.Errorf("%d registrations, want 1", n)
+	}
+}

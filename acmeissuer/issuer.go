@@ -260,6 +260,28 @@ func (i *Issuer) Obtain(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	res, err := i.obtainAs(ctx, acct, req, solvers, profile, dir)
+	if !accountGone(err) {
+		return res, err
+	}
+	// The CA no longer knows the stored account (a CA that lost its state,
+	// an account deactivated by its operator): register the tenant's key
+	// again, record the new URL for the fleet, and try once more.
+	if acct, err = i.reregister(ctx, req.Tenant, acct); err != nil {
+		return nil, err
+	}
+	return i.obtainAs(ctx, acct, req, solvers, profile, dir)
+}
+
+// accountGone reports whether the CA answered that the account does not exist.
+func accountGone(err error) bool {
+	var p acme.Problem
+	return errors.As(err, &p) && p.Type == acme.ProblemTypeAccountDoesNotExist
+}
+
+// obtainAs is Obtain with the account known: resume the recorded order or
+// place a new one.
+func (i *Issuer) obtainAs(ctx context.Context, acct acme.Account, req Request, solvers map[string]acmez.Solver, profile string, dir acme.Directory) (*Result, error) {
 	if req.Resume != nil {
 		res, err := i.resume(ctx, acct, req, solvers, *req.Resume)
 		if err == nil {
