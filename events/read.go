@@ -2,11 +2,14 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/internal/clock"
 )
 
 // ReadTopic returns the records of topic from each partition's first offset
@@ -117,8 +120,24 @@ type offsets struct {
 }
 
 // partitionOffsets reads the offsets of every partition of topic from the
-// partition's leader.
+// partition's leader. A leadership that is moving (a topic just created, a
+// broker failing over: "Not Leader For Partition", "Leader Not Available",
+// any error Kafka marks temporary) is asked again, 20 times at most, 100 ms
+// apart, within ctx.
 func partitionOffsets(ctx context.Context, dialer *kafka.Dialer, brokers []string, topic string) ([]offsets, error) {
+	for attempt := 1; ; attempt++ {
+		out, err := partitionOffsetsOnce(ctx, dialer, brokers, topic)
+		var ke kafka.Error
+		if err == nil || !errors.As(err, &ke) || !ke.Temporary() || attempt == 20 {
+			return out, err
+		}
+		if err := clock.Sleep(ctx, 100*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("events: offsets of %s: %w", topic, err)
+		}
+	}
+}
+
+func partitionOffsetsOnce(ctx context.Context, dialer *kafka.Dialer, brokers []string, topic string) ([]offsets, error) {
 	conn, err := dialer.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
 		return nil, fmt.Errorf("events: dialing Kafka: %w", err)
