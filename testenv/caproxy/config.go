@@ -17,7 +17,9 @@ type Limit struct {
 	Period time.Duration
 }
 
-// Limits are the CA's newOrder limits, named as Boulder names them.
+// Limits are the CA's order and certificate limits, named as Boulder names
+// them. NewOrdersPerAccount is spent at newOrder; the two certificate limits
+// are checked at newOrder and spent at issuance (see the package doc).
 type Limits struct {
 	OrdersPerAccount Limit // NewOrdersPerAccount, keyed by the JWS kid (account URL)
 	OrdersPerDomain  Limit // CertificatesPerDomain, keyed by each registered domain (eTLD+1, "*." stripped)
@@ -54,6 +56,13 @@ type Faults struct {
 	// then see refused finalizes, polls and challenge answers, and may create
 	// orders again to recover: orders per certificate are no longer one.
 	AllPOSTs bool
+	// UnavailablePolls, when positive, answers that many polls of each
+	// authorization 503 serverInternal without reaching Pebble: every
+	// POST-as-GET of an authorization of an order made through the proxy
+	// after its first (the fetch before a challenge is answered), up to
+	// UnavailablePolls of them. acmez gives up a poll after three 5xx in a
+	// row, so 3 makes one poll fail. Independent of the dice.
+	UnavailablePolls int
 }
 
 // Config configures Start.
@@ -114,6 +123,9 @@ func (f Faults) Validate() error {
 	}
 	if sum > 1+1e-9 {
 		return fmt.Errorf("caproxy: Faults fractions RateLimited+ServerError+Timeout+Slow sum to %v; want at most 1", sum)
+	}
+	if f.UnavailablePolls < 0 {
+		return fmt.Errorf("caproxy: Faults.UnavailablePolls is %d; want 0 or more", f.UnavailablePolls)
 	}
 	for _, d := range []struct {
 		name string

@@ -9,13 +9,26 @@
 //
 // The proxy behaves like Let's Encrypt's Boulder where a client can see it:
 //
-//   - Three GCRA limits on newOrder (Boulder's ratelimits package): new orders
-//     per account (keyed by the JWS "kid"), certificates per registered domain
-//     (publicsuffix eTLD+1 of every identifier, "*." stripped; an IP address
-//     counts as its /32 or /64 prefix, as Boulder does), and certificates per
-//     exact set of identifiers (sorted, lower-cased, de-duplicated). Each is a
-//     burst of Count refilled one every Period/Count. The three are checked
-//     together and nothing is spent unless all allow (Boulder's BatchSpend).
+//   - Three GCRA limits, counted where Boulder counts them. NewOrdersPerAccount
+//     (keyed by the JWS "kid") is checked and spent at newOrder.
+//     CertificatesPerDomain (publicsuffix eTLD+1 of every identifier, "*."
+//     stripped; an IP address counts as its /32 or /64 prefix, as Boulder
+//     does) and CertificatesPerFQDNSet (the sorted, lower-cased,
+//     de-duplicated identifier set) are only checked at newOrder and spent
+//     when the certificate is issued. That is Boulder's split: its WFE's
+//     checkNewOrderLimits runs the ratelimits package's
+//     NewOrderLimitTransactions (NewOrdersPerAccount check-and-spend, the
+//     certificate limits as check-only transactions) in one BatchSpend, and
+//     its RA's countCertificateIssued, called right after the CA signs the
+//     certificate, spends CertificatesPerDomainSpendOnlyTransactions and
+//     CertificatesPerFQDNSetSpendOnlyTransaction, best effort: a spend-only
+//     transaction is written only when it fits, never refuses anything, and
+//     the excess of orders admitted together is not counted
+//     (Stats.IssuedBeyondLimit). Each limit is a burst of Count refilled one
+//     every Period/Count; the checks at newOrder pass or fail together
+//     (Boulder's BatchSpend). The proxy sees issuance as a finalize Pebble
+//     accepts (Pebble signs right after answering it) or the first answer
+//     showing the order valid, whichever comes first, once per order.
 //   - Denials are answered exactly as Boulder's WFE answers them: 429,
 //     application/problem+json, type urn:ietf:params:acme:error:rateLimited,
 //     Boulder's detail texts (DetailNewOrdersPerAccount and friends, taken from
@@ -29,19 +42,18 @@
 // It differs from Boulder on purpose in a few places, all to make assertions
 // exact: Retry-After is rounded up (Boulder rounds to the nearest second) and
 // carries no 0–3% jitter, so a client that honours it is never early; a GCRA
-// decision has no rounding slack; CertificatesPerDomain and
-// CertificatesPerFQDNSet are spent when Pebble accepts the order (Boulder
-// spends them at issuance); and there is no renewal exemption (Boulder lets an
-// order for a previously issued identifier set skip the per-account and
-// per-domain limits).
+// decision has no rounding slack; and there is no renewal exemption (Boulder
+// lets an order for a previously issued identifier set skip the per-account
+// and per-domain limits).
 //
 // # Reserve, forward, refund
 //
-// The limiter reserves (spends) the three buckets before forwarding a newOrder
-// and refunds them unless Pebble answers 201. That makes it exact under
-// concurrency: never more orders reach Pebble than the limits allow. The price
-// is that a request checked while another one's reservation is in flight may
-// be refused for capacity that is refunded a moment later.
+// The limiter reserves (spends) NewOrdersPerAccount before forwarding a
+// newOrder and refunds it unless Pebble answers 201, as Boulder's WFE refunds
+// when the order is not created. That makes it exact under concurrency: never
+// more orders reach Pebble than the account limit allows. The price is that a
+// request checked while another one's reservation is in flight may be refused
+// for capacity that is refunded a moment later.
 //
 // # Penalties
 //
@@ -66,6 +78,10 @@
 // 5% of nonces by default (PEBBLE_WFE_NONCEREJECT) and clients resend those:
 // per-request counts (faults, Slowed, PenaltyViolations) include such resends,
 // Orders does not.
+//
+// Faults.UnavailablePolls is a deterministic fault of its own: the polls of
+// every authorization after its first fetch are answered 503 that many
+// times, as a CA's brief outage looks to a client waiting for validation.
 //
 // With Faults.AllPOSTs, faults hit finalize, polling, challenge and account
 // POSTs too; a client retrying those may then create orders again, so counts

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/certfleet/certfleet/internal/clock"
@@ -241,4 +242,46 @@ func (r *http01Responder) CleanUp(_ context.Context, ch acme.Challenge) error {
 	delete(r.keys, ch.Token)
 	r.mu.Unlock()
 	return nil
+}
+
+// finish validates o's authorizations with HTTP-01 through solver and
+// finalises it: the CA issues its certificate, which the proxy counts.
+func finish(ctx context.Context, t *testing.T, c *acme.Client, acct acme.Account, solver *http01Responder, o acme.Order) {
+	t.Helper()
+	for _, authzURL := range o.Authorizations {
+		authz, err := c.GetAuthorization(ctx, acct, authzURL)
+		if err != nil {
+			t.Fatalf("reading %s: %v", authzURL, err)
+		}
+		if authz.Status == acme.StatusValid {
+			continue
+		}
+		var ch acme.Challenge
+		for _, x := range authz.Challenges {
+			if x.Type == acme.ChallengeTypeHTTP01 {
+				ch = x
+			}
+		}
+		if err := solver.Present(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.InitiateChallenge(ctx, acct, ch); err != nil {
+			t.Fatalf("answering the challenge for %s: %v", authz.IdentifierValue(), err)
+		}
+		if _, err := c.PollAuthorization(ctx, acct, authz); err != nil {
+			t.Fatalf("validating %s: %v", authz.IdentifierValue(), err)
+		}
+	}
+	var names []string
+	for _, id := range o.Identifiers {
+		names = append(names, id.Value)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := acmez.NewCSR(key, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FinalizeOrder(ctx, acct, o, csr.Raw); err != nil {
+		t.Fatalf("finalizing the order for %v: %v", names, err)
+	}
 }

@@ -104,6 +104,7 @@ func (k orderKeys) penaltyKeys() []string {
 type jwsInfo struct {
 	kid         string   // protected header "kid" (account URL); empty for jwk-signed requests
 	identifiers []string // payload identifiers[].value, when the payload has any
+	postAsGet   bool     // empty payload (RFC 8555 §6.3 POST-as-GET)
 }
 
 // parseJWS reads a flattened JSON JWS; ok is false when the body is not one.
@@ -123,7 +124,8 @@ func parseJWS(body []byte) (info jwsInfo, ok bool) {
 	}
 	info.kid = header.KID
 	if flat.Payload == "" {
-		return info, true // POST-as-GET
+		info.postAsGet = true
+		return info, true
 	}
 	var payload struct {
 		Identifiers []struct {

@@ -32,8 +32,9 @@ const (
 	// maxOrderBody caps how much of a 201 newOrder answer is read to learn
 	// the order's URLs.
 	maxOrderBody = 1 << 20
-	// maxOrderPaths bounds the remembered order URLs (they only name the
-	// identifier set of injected 429s on later POSTs).
+	// maxOrderPaths bounds the remembered order URLs (they name the
+	// identifier set of injected 429s on later POSTs, and tell which
+	// answers issue a certificate).
 	maxOrderPaths = 1 << 16
 	userAgent     = "certfleet-caproxy"
 )
@@ -69,10 +70,19 @@ type Proxy struct {
 	limits     Limits
 	faults     Faults
 	dice       *rand.Rand
-	buckets    map[string]time.Time // Key(limit, value) → TAT
-	penalties  map[string]time.Time // Key(limit, value) → end of the Retry-After the proxy sent
-	orderPaths map[string]string    // order, finalize and authorization paths → FQDN set
+	buckets    map[string]time.Time    // Key(limit, value) → TAT
+	penalties  map[string]time.Time    // Key(limit, value) → end of the Retry-After the proxy sent
+	orderPaths map[string]*orderRecord // order, finalize and authorization paths → the order
+	authzGets  map[string]int          // authorization path → POST-as-GETs seen (Faults.UnavailablePolls)
 	stats      Stats
+}
+
+// orderRecord is an order Pebble created through the proxy: its keys, the
+// URLs whose answers say it was issued, and whether it was counted so.
+type orderRecord struct {
+	keys                    orderKeys
+	orderPath, finalizePath string
+	issued                  bool
 }
 
 // Stats is the CA's view of what clients did, as counted by the proxy.
@@ -82,10 +92,29 @@ type Stats struct {
 	OrdersByAccount map[string]int // key: account URL (kid)
 	OrdersByDomain  map[string]int // key: registered domain (RegisteredDomain)
 
+	// Issued counts certificates issued (see the package doc: a finalize
+	// Pebble accepted, or an order first seen valid), once per order, by
+	// the order's registered domains and identifier set; IssueTimes are
+	// their instants (Config.Clock), sorted.
+	Issued          int
+	IssuedByDomain  map[string]int
+	IssuedBySANSet  map[string]int
+	IssueTimes      []time.Time
+	// IssuedBeyondLimit counts, per limit (LimitCertificatesPerDomain,
+	// LimitCertificatesPerFQDNSet), issuances that found their bucket
+	// already empty: Boulder checks these limits at newOrder but spends them
+	// only at issuance, best effort, so orders admitted together can issue
+	// more certificates than the limit and the excess is not counted. A
+	// client whose own accounting matches the CA's never causes one.
+	IssuedBeyondLimit map[string]int
+
 	RateLimited        int            // 429s from the proxy's Limits (not injected)
 	RateLimitedByLimit map[string]int // LimitNewOrdersPerAccount, LimitCertificatesPerDomain, LimitCertificatesPerFQDNSet
 
 	InjectedRateLimited, InjectedServerErrors, InjectedTimeouts, Slowed int
+	// InjectedUnavailablePolls counts the authorization polls answered 503
+	// (Faults.UnavailablePolls).
+	InjectedUnavailablePolls int
 
 	// PenaltyViolations are newOrder requests that arrived for a key while
 	// a Retry-After the proxy sent for that key (real or injected 429) was
@@ -136,7 +165,8 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 		dice:       newDice(cfg.Seed),
 		buckets:    map[string]time.Time{},
 		penalties:  map[string]time.Time{},
-		orderPaths: map[string]string{},
+		orderPaths: map[string]*orderRecord{},
+		authzGets:  map[string]int{},
 		stats:      newStats(),
 	}
 	if err := p.readDirectory(ctx, cfg.Upstream); err != nil {
@@ -220,6 +250,9 @@ func newStats() Stats {
 		OrdersBySANSet:     map[string]int{},
 		OrdersByAccount:    map[string]int{},
 		OrdersByDomain:     map[string]int{},
+		IssuedByDomain:     map[string]int{},
+		IssuedBySANSet:     map[string]int{},
+		IssuedBeyondLimit:  map[string]int{},
 		RateLimitedByLimit: map[string]int{},
 	}
 }
@@ -306,9 +339,13 @@ func (p *Proxy) Stats() Stats {
 	s.OrdersBySANSet = copyMap(s.OrdersBySANSet)
 	s.OrdersByAccount = copyMap(s.OrdersByAccount)
 	s.OrdersByDomain = copyMap(s.OrdersByDomain)
+	s.IssuedByDomain = copyMap(s.IssuedByDomain)
+	s.IssuedBySANSet = copyMap(s.IssuedBySANSet)
+	s.IssuedBeyondLimit = copyMap(s.IssuedBeyondLimit)
 	s.RateLimitedByLimit = copyMap(s.RateLimitedByLimit)
 	s.PenaltyViolations = append([]Violation(nil), s.PenaltyViolations...)
 	s.OrderTimes = append([]time.Time(nil), s.OrderTimes...)
+	s.IssueTimes = append([]time.Time(nil), s.IssueTimes...)
 	return s
 }
 
@@ -351,7 +388,7 @@ const (
 type orderState struct {
 	keys    orderKeys
 	keyed   bool        // keys were derived; unkeyed orders are only counted
-	spent   []bucketTxn // buckets reserved for the order
+	spent   []bucketTxn // buckets spent for the order (NewOrdersPerAccount)
 	at      time.Time   // when the limiter admitted it
 	settled bool        // committed or refunded (under Proxy.mu)
 }
@@ -359,6 +396,9 @@ type orderState struct {
 type bucketTxn struct {
 	limitName, value string
 	limit            Limit
+	// checkOnly: judged at newOrder but not spent there (Boulder's
+	// check-only transactions for the certificate limits).
+	checkOnly bool
 }
 
 func (t bucketTxn) key() string { return Key(t.limitName, t.value) }
@@ -385,7 +425,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 
 	newOrder := r.Method == http.MethodPost && r.URL.Path == p.newOrderPath
-	if !newOrder && (r.Method != http.MethodPost || !allPOSTs) {
+	polls := r.Method == http.MethodPost && !newOrder && p.isAuthorization(r.URL.Path)
+	if !newOrder && !polls && (r.Method != http.MethodPost || !allPOSTs) {
 		p.rp.ServeHTTP(w, r)
 		return
 	}
@@ -404,6 +445,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.TransferEncoding = nil
 
 	jws, _ := parseJWS(body) // malformed: Pebble answers it
+	if polls && jws.postAsGet && p.unavailablePoll(r.URL.Path) {
+		p.writeProblem(w, r, http.StatusServiceUnavailable, ProblemServerInternal,
+			"caproxy: injected unavailability of an authorization poll", 0)
+		return
+	}
+	if !newOrder && !allPOSTs {
+		p.rp.ServeHTTP(w, r)
+		return
+	}
 	var keys orderKeys
 	var keyed bool
 	if newOrder {
@@ -510,22 +560,32 @@ type refusal struct {
 func (p *Proxy) txns(k orderKeys) []bucketTxn {
 	var out []bucketTxn
 	if l := p.limits.OrdersPerAccount; l.Count > 0 {
-		out = append(out, bucketTxn{LimitNewOrdersPerAccount, k.account, l})
+		out = append(out, bucketTxn{LimitNewOrdersPerAccount, k.account, l, false})
 	}
+	return append(out, p.certificateTxns(k, true)...)
+}
+
+// certificateTxns are the buckets of the certificate limits
+// (CertificatesPerDomain once per registered domain, CertificatesPerFQDNSet),
+// checked at newOrder (checkOnly) and spent at issuance. Caller holds p.mu.
+func (p *Proxy) certificateTxns(k orderKeys, checkOnly bool) []bucketTxn {
+	var out []bucketTxn
 	if l := p.limits.OrdersPerDomain; l.Count > 0 {
 		for _, d := range k.domains {
-			out = append(out, bucketTxn{LimitCertificatesPerDomain, d, l})
+			out = append(out, bucketTxn{LimitCertificatesPerDomain, d, l, checkOnly})
 		}
 	}
 	if l := p.limits.OrdersPerFQDNSet; l.Count > 0 {
-		out = append(out, bucketTxn{LimitCertificatesPerFQDNSet, k.set, l})
+		out = append(out, bucketTxn{LimitCertificatesPerFQDNSet, k.set, l, checkOnly})
 	}
 	return out
 }
 
-// reserve spends every bucket of the order if all of them allow it, or none
-// and returns the refusal of the one with the longest wait (Boulder's
-// "stricter" decision), penalising its key.
+// reserve judges every bucket of the order and, if all of them allow it,
+// spends NewOrdersPerAccount (the certificate limits are only checked here,
+// as Boulder's WFE checkNewOrderLimits does with NewOrderLimitTransactions);
+// otherwise it spends nothing and returns the refusal of the bucket with the
+// longest wait (Boulder's "stricter" decision), penalising its key.
 func (p *Proxy) reserve(st *orderState) *refusal {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -556,9 +616,20 @@ func (p *Proxy) reserve(st *orderState) *refusal {
 		}
 		return &refusal{detail: Detail(denied.limitName, denied.limit, domain, ceilSecond(until)), retryAfter: secs}
 	}
+	var spent []bucketTxn
 	for i, t := range txns {
-		p.buckets[t.key()] = newTATs[i]
+		if !t.checkOnly {
+			p.buckets[t.key()] = newTATs[i]
+			spent = append(spent, t)
+		}
 	}
+	p.pruneBuckets(now)
+	st.spent, st.at = spent, now
+	return nil
+}
+
+// pruneBuckets forgets full buckets once there are many. Caller holds p.mu.
+func (p *Proxy) pruneBuckets(now time.Time) {
 	if len(p.buckets) > 1<<16 {
 		for k, tat := range p.buckets {
 			if !tat.After(now) {
@@ -566,8 +637,42 @@ func (p *Proxy) reserve(st *orderState) *refusal {
 			}
 		}
 	}
-	st.spent, st.at = txns, now
-	return nil
+}
+
+// issue counts an order's certificate, once, and spends its certificate
+// limits as Boulder's RA countCertificateIssued does once the CA has signed:
+// spend-only transactions, best effort, each spent only if it fits (Boulder's
+// BatchSpend writes a spend-only bucket only when its decision allows it),
+// else counted in IssuedBeyondLimit. Caller holds p.mu.
+func (p *Proxy) issue(rec *orderRecord) {
+	if rec.issued {
+		return
+	}
+	rec.issued = true
+	now := p.clock.Now()
+	p.stats.Issued++
+	insertTime(&p.stats.IssueTimes, now)
+	p.stats.IssuedBySANSet[rec.keys.set]++
+	for _, d := range rec.keys.domains {
+		p.stats.IssuedByDomain[d]++
+	}
+	for _, t := range p.certificateTxns(rec.keys, false) {
+		ok, tat, _ := gcraDecide(t.limit, p.buckets[t.key()], now)
+		if !ok {
+			p.stats.IssuedBeyondLimit[t.limitName]++
+			continue
+		}
+		p.buckets[t.key()] = tat
+	}
+	p.pruneBuckets(now)
+}
+
+// insertTime inserts t into the sorted times.
+func insertTime(times *[]time.Time, t time.Time) {
+	i := sort.Search(len(*times), func(i int) bool { return (*times)[i].After(t) })
+	*times = append(*times, time.Time{})
+	copy((*times)[i+1:], (*times)[i:])
+	(*times)[i] = t
 }
 
 // refund gives back what reserve spent, once.
@@ -611,10 +716,7 @@ func (p *Proxy) commit(st *orderState, location string, body []byte) {
 		at = p.clock.Now()
 	}
 	p.stats.Orders++
-	i := sort.Search(len(p.stats.OrderTimes), func(i int) bool { return p.stats.OrderTimes[i].After(at) })
-	p.stats.OrderTimes = append(p.stats.OrderTimes, time.Time{})
-	copy(p.stats.OrderTimes[i+1:], p.stats.OrderTimes[i:])
-	p.stats.OrderTimes[i] = at
+	insertTime(&p.stats.OrderTimes, at)
 	if !st.keyed {
 		return
 	}
@@ -626,19 +728,67 @@ func (p *Proxy) commit(st *orderState, location string, body []byte) {
 	}
 	if len(p.orderPaths) > maxOrderPaths {
 		clear(p.orderPaths)
+		clear(p.authzGets)
 	}
+	rec := &orderRecord{keys: k, orderPath: urlPath(location), finalizePath: urlPath(order.Finalize)}
 	for _, s := range append([]string{location, order.Finalize}, order.Authorizations...) {
-		if u, err := url.Parse(s); err == nil && u.Path != "" {
-			p.orderPaths[u.Path] = k.set
+		if path := urlPath(s); path != "" {
+			p.orderPaths[path] = rec
+		}
+	}
+	for _, a := range order.Authorizations {
+		if path := urlPath(a); path != "" {
+			p.authzGets[path] = 0
 		}
 	}
 }
 
-// modifyResponse settles a newOrder's reservation on Pebble's answer: a 201
-// counts the order, anything else refunds it.
+// urlPath is the path of a URL the CA sent, or "".
+func urlPath(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return u.Path
+}
+
+// isAuthorization reports whether path is an authorization of an order the
+// proxy saw created.
+func (p *Proxy) isAuthorization(path string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.authzGets[path]
+	return ok && p.faults.UnavailablePolls > 0
+}
+
+// unavailablePoll counts a POST-as-GET of an authorization and reports
+// whether to answer it 503: every one after its first (the fetch before a
+// challenge is answered; the later ones are polls) until UnavailablePolls
+// have been refused for that authorization.
+func (p *Proxy) unavailablePoll(path string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n, ok := p.authzGets[path]
+	if !ok {
+		return false
+	}
+	p.authzGets[path] = n + 1
+	if n >= 1 && n <= p.faults.UnavailablePolls {
+		p.stats.InjectedUnavailablePolls++
+		return true
+	}
+	return false
+}
+
+// modifyResponse settles a newOrder's reservation on Pebble's answer (a 201
+// counts the order, anything else refunds it) and counts issuance from the
+// answers to an order's finalize and order URLs.
 func (p *Proxy) modifyResponse(resp *http.Response) error {
 	st, _ := resp.Request.Context().Value(orderStateKey{}).(*orderState)
 	if st == nil {
+		if resp.Request.Method == http.MethodPost && resp.StatusCode == http.StatusOK {
+			p.watchIssuance(resp)
+		}
 		return nil
 	}
 	if resp.StatusCode != http.StatusCreated {
@@ -654,6 +804,39 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	}{io.MultiReader(bytes.NewReader(body), resp.Body), resp.Body}
 	p.commit(st, resp.Header.Get("Location"), body)
 	return nil
+}
+
+// watchIssuance counts the certificate of an order whose finalize Pebble
+// accepted (200, the order "processing" or "valid": Pebble signs the
+// certificate in the background right after answering, as Boulder's
+// asynchronous finalize does) or whose order or finalize answer first shows
+// it "valid" (a client that lost the finalize answer and polled). That is
+// the closest the proxy sees to the instant the CA issues.
+func (p *Proxy) watchIssuance(resp *http.Response) {
+	path := resp.Request.URL.Path
+	p.mu.Lock()
+	rec := p.orderPaths[path]
+	watch := rec != nil && !rec.issued && (path == rec.orderPath || path == rec.finalizePath)
+	p.mu.Unlock()
+	if !watch {
+		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxOrderBody))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(body), resp.Body), resp.Body}
+	var order struct {
+		Status string `json:"status"`
+	}
+	if json.Unmarshal(body, &order) != nil {
+		return
+	}
+	if order.Status == "valid" || (path == rec.finalizePath && order.Status == "processing") {
+		p.mu.Lock()
+		p.issue(rec)
+		p.mu.Unlock()
+	}
 }
 
 // forwardError answers when Pebble could not be reached (or the client left):
@@ -681,7 +864,11 @@ func (p *Proxy) injectRateLimited(w http.ResponseWriter, r *http.Request, f Faul
 	until := now.Add(time.Duration(secs) * time.Second)
 	var name, value string
 	var lim Limit
-	switch set := p.orderPaths[r.URL.Path]; {
+	set := ""
+	if rec := p.orderPaths[r.URL.Path]; rec != nil {
+		set = rec.keys.set
+	}
+	switch {
 	case keyed || len(j.identifiers) > 0 || set != "":
 		name, lim = LimitCertificatesPerFQDNSet, orDefault(p.limits.OrdersPerFQDNSet, defaultOrdersPerFQDNSet)
 		switch {

@@ -80,49 +80,65 @@ func TestObtainThroughProxy(t *testing.T) {
 	if len(st.OrderTimes) != 1 || st.RateLimited != 0 || len(st.PenaltyViolations) != 0 {
 		t.Errorf("stats %+v; want one order time, no refusals, no violations", st)
 	}
+	if st.Issued != 1 || st.IssuedBySANSet[name] != 1 || st.IssuedByDomain["certfleet.test"] != 1 || len(st.IssueTimes) != 1 ||
+		st.IssueTimes[0].Before(st.OrderTimes[0]) || len(st.IssuedBeyondLimit) != 0 {
+		t.Errorf("stats %+v; want one certificate counted once, after its order", st)
+	}
 	if got := rec.statuses(); got[http.StatusCreated] != 1 || got[http.StatusTooManyRequests]+got[http.StatusInternalServerError] != 0 {
 		t.Errorf("client saw newOrder answers %v; want one 201 (and maybe Pebble's badNonce 400s)", got)
 	}
 }
 
-// CertificatesPerFQDNSet {2, 1h}: the third order for the same set is refused
-// with Boulder's 429 and spends nothing; other sets pass.
+// CertificatesPerFQDNSet {2, 1h} is checked at newOrder and spent at
+// issuance, as Boulder does: orders for a set pass until two of its
+// certificates are issued, then the next order is refused with Boulder's 429
+// and spends nothing; an order admitted before still issues, uncounted
+// (IssuedBeyondLimit). Other sets pass.
 func TestFQDNSetLimit(t *testing.T) {
 	s := testenv.Require(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	clk := newFakeClock()
-	setLimit, acctLimit := Limit{Count: 2, Period: time.Hour}, Limit{Count: 3, Period: time.Hour}
+	setLimit, acctLimit := Limit{Count: 2, Period: time.Hour}, Limit{Count: 4, Period: time.Hour}
 	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: setLimit, OrdersPerAccount: acctLimit}, Clock: clk})
 	c, rec := newClient(t, p)
 	acct := newAccount(ctx, t, c)
+	solver := startHTTP01(t, s)
 
 	base := "fqdn-" + randomLabel() + ".test"
 	setA := []string{"www." + base, base}
-	mustOrder(ctx, t, c, acct, setA...)
-	mustOrder(ctx, t, c, acct, setA[1], setA[0], "WWW."+base) // the same set, however written
+	o1 := mustOrder(ctx, t, c, acct, setA...)
+	o2 := mustOrder(ctx, t, c, acct, setA[1], setA[0], "WWW."+base) // the same set, however written
+	o3 := mustOrder(ctx, t, c, acct, setA...)                       // nothing issued yet: the check passes
+	finish(ctx, t, c, acct, solver, o1)
+	finish(ctx, t, c, acct, solver, o2)
 	_, err := order(ctx, c, acct, setA...)
 	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerFQDNSet, setLimit, "", clk.Now().Add(30*time.Minute)), 1800)
+	finish(ctx, t, c, acct, solver, o3) // admitted before: issued, but the empty bucket cannot count it
 
 	st := p.Stats()
-	if st.Orders != 2 || st.OrdersBySANSet[FQDNSet(setA)] != 2 || st.RateLimited != 1 || st.RateLimitedByLimit[LimitCertificatesPerFQDNSet] != 1 {
-		t.Fatalf("stats %+v; want 2 orders for %s and one CertificatesPerFQDNSet refusal", st, FQDNSet(setA))
+	key := FQDNSet(setA)
+	if st.Orders != 3 || st.OrdersBySANSet[key] != 3 || st.Issued != 3 || st.IssuedBySANSet[key] != 3 || len(st.IssueTimes) != 3 {
+		t.Errorf("stats %+v; want 3 orders and 3 certificates for %s", st, key)
+	}
+	if st.IssuedBeyondLimit[LimitCertificatesPerFQDNSet] != 1 || st.RateLimited != 1 || st.RateLimitedByLimit[LimitCertificatesPerFQDNSet] != 1 {
+		t.Errorf("stats %+v; want one issuance beyond the limit and one CertificatesPerFQDNSet refusal", st)
 	}
 
-	// The refusal spent nothing: the account (3 an hour) still has its third
-	// order, for another set; the fourth is the account's refusal.
+	// The refusal spent nothing: the account (4 an hour) still has its fourth
+	// order, for another set; the fifth is the account's refusal.
 	mustOrder(ctx, t, c, acct, "other."+base)
 	_, err = order(ctx, c, acct, "third."+base)
-	wantRateLimited(t, err, rec, p, Detail(LimitNewOrdersPerAccount, acctLimit, "", clk.Now().Add(20*time.Minute)), 1200)
-
+	wantRateLimited(t, err, rec, p, Detail(LimitNewOrdersPerAccount, acctLimit, "", clk.Now().Add(15*time.Minute)), 900)
 	st = p.Stats()
-	if st.Orders != 3 || st.RateLimited != 2 || st.RateLimitedByLimit[LimitNewOrdersPerAccount] != 1 || st.OrdersByAccount[acct.Location] != 3 {
-		t.Errorf("stats %+v; want 3 orders and one refusal of each limit", st)
+	if st.Orders != 4 || st.RateLimited != 2 || st.RateLimitedByLimit[LimitNewOrdersPerAccount] != 1 || st.OrdersByAccount[acct.Location] != 4 {
+		t.Errorf("stats %+v; want 4 orders and one refusal of each limit", st)
 	}
 	if got := rec.statuses(); got[http.StatusCreated] != st.Orders || got[http.StatusTooManyRequests] != 2 {
 		t.Errorf("client saw %v; want %d 201s and 2 429s", got, st.Orders)
 	}
-	// Time refills the set's bucket: one every 30 minutes.
+	// Time refills the set's bucket: one every 30 minutes (the account's
+	// too, one every 15).
 	clk.Advance(30 * time.Minute)
 	mustOrder(ctx, t, c, acct, setA...)
 }
@@ -154,48 +170,51 @@ func TestAccountLimit(t *testing.T) {
 	}
 }
 
-// CertificatesPerDomain {2, 1h} counts per registered domain, once per order
-// however many of its names share it, and a refusal on one domain spends
-// nothing on the order's other domains.
+// CertificatesPerDomain {2, 1h} counts issued certificates per registered
+// domain, once per certificate however many of its names share it; it is
+// checked at newOrder, and a refusal on one domain spends nothing on the
+// order's other domains.
 func TestDomainLimit(t *testing.T) {
 	s := testenv.Require(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	clk := newFakeClock()
 	lim := Limit{Count: 2, Period: time.Hour}
 	p := startProxy(t, s, Config{Limits: Limits{OrdersPerDomain: lim}, Clock: clk})
 	c, rec := newClient(t, p)
 	acct := newAccount(ctx, t, c)
+	solver := startHTTP01(t, s)
 	d1, d2 := "dom1-"+randomLabel()+".test", "dom2-"+randomLabel()+".test"
 
-	mustOrder(ctx, t, c, acct, "a."+d1)
-	mustOrder(ctx, t, c, acct, "b."+d1, "*.c."+d1) // d1 once
+	finish(ctx, t, c, acct, solver, mustOrder(ctx, t, c, acct, "a."+d1))
+	finish(ctx, t, c, acct, solver, mustOrder(ctx, t, c, acct, "b."+d1, "c."+d1)) // d1 once
 	_, err := order(ctx, c, acct, "x."+d1)
 	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerDomain, lim, d1, clk.Now().Add(30*time.Minute)), 1800)
 	if !strings.Contains(err.Error(), `for "`+d1+`"`) {
 		t.Errorf("refusal %v does not name %s", err, d1)
 	}
 
-	mustOrder(ctx, t, c, acct, "a."+d2)
+	finish(ctx, t, c, acct, solver, mustOrder(ctx, t, c, acct, "a."+d2))
 	_, err = order(ctx, c, acct, "b."+d2, "y."+d1) // d1 refuses: d2 is not spent
 	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerDomain, lim, d1, clk.Now().Add(30*time.Minute)), 1800)
-	mustOrder(ctx, t, c, acct, "c."+d2)
+	finish(ctx, t, c, acct, solver, mustOrder(ctx, t, c, acct, "c."+d2))
 	_, err = order(ctx, c, acct, "e."+d2)
 	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerDomain, lim, d2, clk.Now().Add(30*time.Minute)), 1800)
 
 	st := p.Stats()
-	if st.Orders != 4 || st.OrdersByDomain[d1] != 2 || st.OrdersByDomain[d2] != 2 || st.RateLimited != 3 || st.RateLimitedByLimit[LimitCertificatesPerDomain] != 3 {
-		t.Errorf("stats %+v; want 2 orders per domain and 3 CertificatesPerDomain refusals", st)
+	if st.Orders != 4 || st.Issued != 4 || st.IssuedByDomain[d1] != 2 || st.IssuedByDomain[d2] != 2 || len(st.IssuedBeyondLimit) != 0 ||
+		st.RateLimited != 3 || st.RateLimitedByLimit[LimitCertificatesPerDomain] != 3 {
+		t.Errorf("stats %+v; want 2 certificates per domain, none beyond the limit, and 3 CertificatesPerDomain refusals", st)
 	}
 }
 
-// Concurrent orders for one set: the limiter reserves before forwarding, so
-// exactly Count reach Pebble.
+// Concurrent orders of one account: the limiter reserves NewOrdersPerAccount
+// before forwarding, so exactly Count reach Pebble.
 func TestLimitExactUnderConcurrency(t *testing.T) {
 	s := testenv.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: Limit{Count: 3, Period: time.Hour}}})
+	p := startProxy(t, s, Config{Limits: Limits{OrdersPerAccount: Limit{Count: 3, Period: time.Hour}}})
 	c, rec := newClient(t, p)
 	acct := newAccount(ctx, t, c)
 	name := "race-" + randomLabel() + ".test"
@@ -228,22 +247,22 @@ func TestPenaltyViolations(t *testing.T) {
 	clk := newFakeClock()
 	t0 := clk.Now()
 	lim := Limit{Count: 1, Period: time.Hour}
-	p := startProxy(t, s, Config{Limits: Limits{OrdersPerFQDNSet: lim}, Clock: clk})
+	p := startProxy(t, s, Config{Limits: Limits{OrdersPerAccount: lim}, Clock: clk})
 	c, rec := newClient(t, p)
-	acct := newAccount(ctx, t, c)
+	acct, acct2 := newAccount(ctx, t, c), newAccount(ctx, t, c)
 	setA, setB := "pa-"+randomLabel()+".test", "pb-"+randomLabel()+".test"
-	keyA, keyB := Key(LimitCertificatesPerFQDNSet, setA), Key(LimitCertificatesPerFQDNSet, setB)
+	keyA, keyB := Key(LimitNewOrdersPerAccount, acct.Location), Key(LimitCertificatesPerFQDNSet, setB)
 
 	mustOrder(ctx, t, c, acct, setA)
 	_, err := order(ctx, c, acct, setA)
-	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerFQDNSet, lim, "", t0.Add(time.Hour)), 3600)
+	wantRateLimited(t, err, rec, p, Detail(LimitNewOrdersPerAccount, lim, "", t0.Add(time.Hour)), 3600)
 	if v := p.Stats().PenaltyViolations; len(v) != 0 {
 		t.Fatalf("violations %v before any early order", v)
 	}
 
 	clk.Advance(10 * time.Minute)
 	_, err = order(ctx, c, acct, setA) // 50 minutes early
-	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerFQDNSet, lim, "", t0.Add(time.Hour)), 3000)
+	wantRateLimited(t, err, rec, p, Detail(LimitNewOrdersPerAccount, lim, "", t0.Add(time.Hour)), 3000)
 	want := []Violation{{Key: keyA, At: t0.Add(10 * time.Minute), Until: t0.Add(time.Hour)}}
 	if v := distinctInOrder(p.Stats().PenaltyViolations); !slices.Equal(v, want) {
 		t.Fatalf("violations %v; want %v", v, want)
@@ -255,20 +274,21 @@ func TestPenaltyViolations(t *testing.T) {
 		t.Fatalf("violations %v; an order at the Retry-After instant is not one", v)
 	}
 
-	// An injected 429 penalises the identifier set it names.
+	// An injected 429 penalises the identifier set it names (in Boulder's
+	// wording with the default CertificatesPerFQDNSet, 5 per week).
 	if err := p.SetFaults(Faults{RateLimited: 1, RetryAfter: 90 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	injectedAt := clk.Now()
-	_, err = order(ctx, c, acct, setB)
-	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerFQDNSet, lim, "", injectedAt.Add(90*time.Second)), 90)
+	_, err = order(ctx, c, acct2, setB)
+	wantRateLimited(t, err, rec, p, Detail(LimitCertificatesPerFQDNSet, defaultOrdersPerFQDNSet, "", injectedAt.Add(90*time.Second)), 90)
 	if err := p.SetFaults(Faults{}); err != nil {
 		t.Fatal(err)
 	}
 	clk.Advance(30 * time.Second)
-	mustOrder(ctx, t, c, acct, setB) // the limiter allows it: only the injected penalty was early
+	mustOrder(ctx, t, c, acct2, setB) // the limiter allows it: only the injected penalty was early
 	clk.Advance(2 * time.Minute)
-	_, _ = order(ctx, c, acct, setB) // refused by the limiter, but not early for the injected penalty
+	_, _ = order(ctx, c, acct2, setB) // refused by the limiter, but not early for the injected penalty
 
 	st := p.Stats()
 	want = append(want, Violation{Key: keyB, At: injectedAt.Add(30 * time.Second), Until: injectedAt.Add(90 * time.Second)})
@@ -565,6 +585,41 @@ func TestAllPOSTs(t *testing.T) {
 	}
 	if st.InjectedRateLimited != 5 || st.Orders != 2 {
 		t.Errorf("stats %+v; want 5 injected 429s and 2 orders", st)
+	}
+}
+
+// Faults.UnavailablePolls answers the polls of an authorization 503 after its
+// first fetch, that many times, without reaching Pebble: three make one
+// acmez poll fail; a change to the authorization (a payload) is not a poll.
+func TestUnavailablePolls(t *testing.T) {
+	s := testenv.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := startProxy(t, s, Config{Faults: Faults{UnavailablePolls: 3}})
+	c, _ := newClient(t, p)
+	acct := newAccount(ctx, t, c)
+	o := mustOrder(ctx, t, c, acct, "polls-"+randomLabel()+".test")
+	authz, err := c.GetAuthorization(ctx, acct, o.Authorizations[0])
+	if err != nil {
+		t.Fatalf("the first fetch of the authorization: %v", err)
+	}
+	_, err = c.PollAuthorization(ctx, acct, authz)
+	var prob acme.Problem
+	if !errors.As(err, &prob) || prob.Status != http.StatusServiceUnavailable || prob.Type != ProblemServerInternal {
+		t.Fatalf("poll: %v; want a 503 serverInternal problem", err)
+	}
+	if st := p.Stats(); st.InjectedUnavailablePolls != 3 {
+		t.Errorf("%d polls answered 503; want 3 (acmez tries a 5xx three times)", st.InjectedUnavailablePolls)
+	}
+	if _, err := c.GetAuthorization(ctx, acct, o.Authorizations[0]); err != nil {
+		t.Errorf("the fifth fetch: %v; want Pebble's answer", err)
+	}
+	o2 := mustOrder(ctx, t, c, acct, "polls2-"+randomLabel()+".test")
+	if _, err := c.DeactivateAuthorization(ctx, acct, o2.Authorizations[0]); err != nil {
+		t.Errorf("deactivating an authorization (not a poll): %v", err)
+	}
+	if st := p.Stats(); st.InjectedUnavailablePolls != 3 {
+		t.Errorf("%d polls answered 503 after a deactivation; want still 3", st.InjectedUnavailablePolls)
 	}
 }
 
