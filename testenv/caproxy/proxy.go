@@ -96,10 +96,10 @@ type Stats struct {
 	// Pebble accepted, or an order first seen valid), once per order, by
 	// the order's registered domains and identifier set; IssueTimes are
 	// their instants (Config.Clock), sorted.
-	Issued          int
-	IssuedByDomain  map[string]int
-	IssuedBySANSet  map[string]int
-	IssueTimes      []time.Time
+	Issued         int
+	IssuedByDomain map[string]int
+	IssuedBySANSet map[string]int
+	IssueTimes     []time.Time
 	// IssuedBeyondLimit counts, per limit (LimitCertificatesPerDomain,
 	// LimitCertificatesPerFQDNSet), issuances that found their bucket
 	// already empty: Boulder checks these limits at newOrder but spends them
