@@ -34,7 +34,7 @@ chaos: testenv-up ## full chaos scenarios: worker kills, Kafka and database rest
 	mkdir -p bench-results && rm -f bench-results/chaos.jsonl
 	CERTFLEET_CHAOS=full CERTFLEET_CHAOS_RESULTS=$(CURDIR)/bench-results/chaos.jsonl $(GO) test -count=1 -timeout 120m -v $(TESTFLAGS) ./chaos
 
-friendliness: testenv-up ## CA-friendliness run: 2,000 jobs against Let's Encrypt-shaped limits scaled to minutes; prints 429s and utilisation (about 18 minutes)
+friendliness: testenv-up ## CA-friendliness run: 2,000 jobs, workers at 100% of Let's Encrypt-shaped limits scaled to minutes; 0 429s, utilisation (about 18 minutes)
 	CERTFLEET_FRIENDLINESS=1 $(GO) test -count=1 -timeout 60m -v -run TestCAFriendliness $(TESTFLAGS) ./chaos
 
 test-unit: ## pure unit tests only, no stack (CERTFLEET_TESTENV=off skips integration tests)

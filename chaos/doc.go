@@ -32,10 +32,11 @@
 // crashes, and every worker still running stops cleanly on SIGTERM.
 //
 // TestCAFriendliness is the CA-friendliness run: Let's Encrypt-shaped limits
-// scaled in time (300 orders per 3 minutes per account, 50 per 7 minutes per
-// registered domain) enforced by the CA, 2,000 jobs, the workers configured
-// at 98% of them; it reports the 429s received and the fraction of the
-// allowed rate actually used.
+// scaled in time (300 orders per 3 minutes per account, 50 certificates per 7
+// minutes per registered domain, counted at issuance) enforced by the CA,
+// 2,000 jobs (300 of them under 3 registered domains), the workers configured
+// at exactly those limits; it fails on any 429 the CA sends or certificate it
+// issues beyond a limit, and reports the fraction of the allowed rate used.
 //
 // The scenarios restart services of the shared test stack, so they never run
 // beside other packages: CERTFLEET_CHAOS selects the size ("ci": the small
