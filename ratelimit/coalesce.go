@@ -6,11 +6,12 @@ import (
 )
 
 // coalesceKey groups single-bucket spends that one statement can decide
-// together: same bucket, same limit, same cost.
+// together: same bucket, same limit, same cost, same lead.
 type coalesceKey struct {
 	key   string
 	limit Limit
 	cost  int64
+	lead  time.Duration
 }
 
 type spendQueue struct {
@@ -37,7 +38,7 @@ const coalesceTimeout = 10 * time.Second
 // the same bucket, limit and cost is in flight, callers queue; the runner
 // then decides the whole queue with one statement.
 func (s *DBStore) spendCoalesced(ctx context.Context, now int64, r Request) (Decision, error) {
-	ck := coalesceKey{r.Key, r.Limit, r.Cost}
+	ck := coalesceKey{r.Key, r.Limit, r.Cost, r.Lead}
 	w := &spendWaiter{now: now, done: make(chan spendResult, 1)}
 	s.mu.Lock()
 	q := s.queues[ck]

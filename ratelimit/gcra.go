@@ -90,13 +90,23 @@ func nanos(t time.Time) int64 {
 // When allowed, the decision's NewTAT is the TAT to store; when denied the
 // bucket must be left unchanged. cost must be between 0 and the burst.
 func Spend(l Limit, tat, now time.Time, cost int64) Decision {
-	return decide(l, nanos(tat), nanos(now), cost, true)
+	return decide(l, nanos(tat), nanos(now), cost, 0, true)
+}
+
+// SpendAhead is Spend for a cost the CA counts lead after now (a
+// certificate counted at issuance, an order's latency after the order is
+// placed): whether cost fits is decided at now, exactly as Spend does, but the
+// spend is recorded at now+lead, so the new TAT is max(tat, now+lead) +
+// cost*interval. The bucket then never runs ahead of a CA counting the same
+// limit lead later; with lead 0 it is Spend. lead must not be negative.
+func SpendAhead(l Limit, tat, now time.Time, cost int64, lead time.Duration) Decision {
+	return decide(l, nanos(tat), nanos(now), cost, int64(lead), true)
 }
 
 // Check is Spend without the spend: the decision tells whether cost would
 // fit, and its NewTAT always equals the current TAT.
 func Check(l Limit, tat, now time.Time, cost int64) Decision {
-	return decide(l, nanos(tat), nanos(now), cost, false)
+	return decide(l, nanos(tat), nanos(now), cost, 0, false)
 }
 
 // SpendNoCheck spends cost whether or not it fits ("spend without the check",
@@ -104,7 +114,7 @@ func Check(l Limit, tat, now time.Time, cost int64) Decision {
 // CertificatesPerDomain for renewals). It is always allowed; the bucket may
 // go into debt, which later spends then have to wait out.
 func SpendNoCheck(l Limit, tat, now time.Time, cost int64) Decision {
-	return spendNoCheck(l, nanos(tat), nanos(now), cost)
+	return spendNoCheck(l, nanos(tat), nanos(now), cost, 0)
 }
 
 // Refund gives cost back to a bucket, never leaving it fuller than full
@@ -113,9 +123,12 @@ func Refund(l Limit, tat, now time.Time, cost int64) time.Time {
 	return time.Unix(0, refund(l, nanos(tat), nanos(now), cost))
 }
 
-func decide(l Limit, tat, now, cost int64, spend bool) Decision {
+// decide is the GCRA decision at now; an allowed spend is recorded at
+// now+lead (see SpendAhead).
+func decide(l Limit, tat, now, cost, lead int64, spend bool) Decision {
 	interval := l.Interval()
 	burstOffset := interval * l.Burst
+	counted := max(tat, now+lead) // where the spend is recorded
 	if tat < now {
 		tat = now
 	}
@@ -126,6 +139,7 @@ func decide(l Limit, tat, now, cost int64, spend bool) Decision {
 		if !spend {
 			return describeAllowed(interval, burstOffset, tat, now, tat)
 		}
+		newTAT = counted + interval*cost
 		return describeAllowed(interval, burstOffset, newTAT, now, newTAT)
 	}
 	return Decision{
@@ -137,12 +151,9 @@ func decide(l Limit, tat, now, cost int64, spend bool) Decision {
 	}
 }
 
-func spendNoCheck(l Limit, tat, now, cost int64) Decision {
+func spendNoCheck(l Limit, tat, now, cost, lead int64) Decision {
 	interval := l.Interval()
-	if tat < now {
-		tat = now
-	}
-	newTAT := tat + interval*cost
+	newTAT := max(tat, now+lead) + interval*cost
 	return describeAllowed(interval, l.BurstOffset(), newTAT, now, newTAT)
 }
 

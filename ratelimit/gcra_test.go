@@ -141,7 +141,7 @@ func TestWithPenalty(t *testing.T) {
 	l := Limit{Count: 10, Period: time.Second, Burst: 10}
 	now := nanos(at(0))
 	until := nanos(at(5 * time.Second))
-	allowed := decide(l, 0, now, 1, true)
+	allowed := decide(l, 0, now, 1, 0, true)
 	got := withPenalty(allowed, 0, now, until)
 	if got.Allowed || got.RetryIn != 5*time.Second || got.NewTAT().UnixNano() != now {
 		t.Fatalf("penalised = %+v, want denied for 5s and nothing spent", got)
@@ -149,7 +149,7 @@ func TestWithPenalty(t *testing.T) {
 	if got := withPenalty(allowed, 0, now, now); got != allowed {
 		t.Fatalf("expired penalty changed decision: %+v", got)
 	}
-	denied := decide(l, nanos(at(time.Second)), now, 1, true)
+	denied := decide(l, nanos(at(time.Second)), now, 1, 0, true)
 	if got := withPenalty(denied, nanos(at(time.Second)), now, until); got.RetryIn != 5*time.Second {
 		t.Fatalf("penalty on denied = %+v, want RetryIn 5s", got)
 	}
@@ -173,6 +173,114 @@ func TestLimitValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if err := tt.l.Validate(); (err == nil) != tt.ok {
 				t.Errorf("Validate(%v) = %v, want ok=%v", tt.l, err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestSpendAhead(t *testing.T) {
+	tenPerSec := Limit{Count: 10, Period: time.Second, Burst: 10} // interval 100 ms
+	const ms = time.Millisecond
+	tests := []struct {
+		name    string
+		tat     time.Time
+		cost    int64
+		lead    time.Duration
+		allowed bool
+		newTAT  time.Time
+	}{
+		{"full bucket: recorded at now+lead", time.Time{}, 1, 300 * ms, true, at(400 * ms)},
+		{"TAT within the lead: recorded at now+lead", at(200 * ms), 1, 300 * ms, true, at(400 * ms)},
+		{"TAT beyond the lead: as without a lead", at(500 * ms), 1, 300 * ms, true, at(600 * ms)},
+		{"zero lead is Spend", at(200 * ms), 2, 0, true, at(400 * ms)},
+		{"checked at now, not at now+lead: denied", at(time.Second), 1, 300 * ms, false, at(time.Second)},
+		{"a lead longer than the burst still allows the first", time.Time{}, 10, 5 * time.Second, true, at(6 * time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := SpendAhead(tenPerSec, tt.tat, at(0), tt.cost, tt.lead)
+			if got.Allowed != tt.allowed || !got.NewTAT().Equal(tt.newTAT) {
+				t.Fatalf("SpendAhead = %+v (TAT %v), want allowed %v, TAT %v", got, got.NewTAT(), tt.allowed, tt.newTAT)
+			}
+			if plain := Spend(tenPerSec, tt.tat, at(0), tt.cost); plain.Allowed != got.Allowed {
+				t.Fatalf("a lead changed the decision: Spend %+v, SpendAhead %+v", plain, got)
+			}
+		})
+	}
+}
+
+// TestSpendAheadNeverBehindCA: the worker spends with lead L and the CA
+// counts the same certificates at issuance, L later; at equal limits the
+// CA allows every certificate the worker allowed, and the worker's TAT is
+// the CA's.
+func TestSpendAheadNeverBehindCA(t *testing.T) {
+	l := Limit{Count: 5, Period: time.Second, Burst: 3}
+	const lead = 450 * time.Millisecond
+	var worker, ca time.Time
+	now := at(0)
+	for i := range 200 {
+		now = now.Add(time.Duration(i*37%190) * time.Millisecond)
+		w := SpendAhead(l, worker, now, 1, lead)
+		if !w.Allowed {
+			continue
+		}
+		worker = w.NewTAT()
+		c := Spend(l, ca, now.Add(lead), 1)
+		if !c.Allowed {
+			t.Fatalf("spend %d at %v: the worker allowed it, the CA counting at issuance refuses it", i, now)
+		}
+		ca = c.NewTAT()
+		if !worker.Equal(ca) {
+			t.Fatalf("spend %d: worker TAT %v, CA TAT %v", i, worker, ca)
+		}
+	}
+}
+
+func TestDecideBatchBooking(t *testing.T) {
+	l := Limit{Count: 10, Period: time.Second, Burst: 10} // interval 100 ms
+	const ms = int64(time.Millisecond)
+	now := nanos(at(0))
+	full := bucketState{}
+	empty := bucketState{tat: now + 1000*ms}         // next slot at now+100ms
+	emptier := bucketState{tat: now + 1300*ms}       // next slot at now+400ms
+	penalised := bucketState{penaltyUntil: now + ms} // full but blocked
+	r := func(mode Mode, lead time.Duration) Request {
+		return Request{Key: "k", Limit: l, Cost: 1, Mode: mode, Lead: lead}
+	}
+	tests := []struct {
+		name    string
+		reqs    []Request
+		st      []bucketState
+		book    bool
+		latest  int64
+		at      int64 // 0: nothing written
+		newTATs []int64
+	}{
+		{"spend that fits", []Request{r(ModeSpend, 0)}, []bucketState{full}, false, 0, now, []int64{now + 100*ms}},
+		{"spend denied: nothing", []Request{r(ModeSpend, 0)}, []bucketState{empty}, false, 0, 0, nil},
+		{"book that fits is a spend", []Request{r(ModeSpend, 0)}, []bucketState{full}, true, 0, now, []int64{now + 100*ms}},
+		{"book the next slot", []Request{r(ModeSpend, 0)}, []bucketState{empty}, true, 0, now + 100*ms, []int64{now + 1100*ms}},
+		{"slot of the fullest bucket, all advanced as at that slot",
+			[]Request{r(ModeSpend, 0), r(ModeSpend, 0), r(ModeSpendNoCheck, 0)}, []bucketState{full, emptier, full}, true, 0,
+			now + 400*ms, []int64{now + 500*ms, now + 1400*ms, now + 500*ms}},
+		{"a check bucket sets the slot and is not written", []Request{r(ModeSpend, 0), r(ModeCheck, 0)}, []bucketState{full, emptier}, true, 0,
+			now + 400*ms, []int64{now + 500*ms, 0}},
+		{"lead after the slot", []Request{r(ModeSpend, 250*time.Millisecond), r(ModeSpend, 0)}, []bucketState{full, empty}, true, 0,
+			now + 100*ms, []int64{now + 450*ms, now + 1100*ms}},
+		{"penalised bucket: no booking", []Request{r(ModeSpend, 0), r(ModeCheck, 0)}, []bucketState{empty, penalised}, true, 0, 0, nil},
+		{"slot after latest: no booking", []Request{r(ModeSpend, 0)}, []bucketState{emptier}, true, now + 399*ms, 0, nil},
+		{"slot at latest: booked", []Request{r(ModeSpend, 0)}, []bucketState{emptier}, true, now + 400*ms, now + 400*ms, []int64{now + 1400*ms}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ds, at, write := decideBatch(tt.reqs, tt.st, now, tt.book, tt.latest)
+			if at != tt.at || write != (tt.at != 0) {
+				t.Fatalf("at %d write %v, want at %d", at-now, write, tt.at-now)
+			}
+			for i, want := range tt.newTATs {
+				if tt.reqs[i].Mode != ModeCheck && ds[i].newTAT != want {
+					t.Errorf("request %d: TAT now+%s, want now+%s", i, time.Duration(ds[i].newTAT-now), time.Duration(want-now))
+				}
 			}
 		})
 	}

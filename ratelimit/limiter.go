@@ -47,31 +47,76 @@ type Result struct {
 	Buckets []Decision
 	// Limiting is the transaction with the longest RetryIn when denied.
 	Limiting *Transaction
+	// At is when the transactions are the caller's: the decision's time
+	// when Allowed (spent now), the booked slot when Booked, zero otherwise.
+	At time.Time
+	// Booked reports that Book booked the transactions for At (Allowed is
+	// false: nothing was allowed now, but the spend is made). The caller
+	// goes ahead at At and must not spend them again.
+	Booked bool
 }
 
 // Spend spends every transaction, all or nothing. ctx bounds the call; on
 // error the outcome is unknown (see Store).
 func (l *Limiter) Spend(ctx context.Context, txns []Transaction) (Result, error) {
-	return l.do(ctx, txns, false)
+	return l.do(ctx, txns, opSpend, 0)
 }
 
 // Check evaluates the transactions without spending anything.
 func (l *Limiter) Check(ctx context.Context, txns []Transaction) (Result, error) {
-	return l.do(ctx, txns, true)
+	return l.do(ctx, txns, opCheck, 0)
 }
 
-func (l *Limiter) do(ctx context.Context, txns []Transaction, checkOnly bool) (Result, error) {
+// Book is Spend that queues instead of refusing (Store.Book): when the
+// transactions fit now they are spent and the result is Allowed; when they
+// are denied only because buckets are full (no penalty on a denied bucket)
+// and the slot in which all of them fit is within horizon of now (any slot
+// when horizon is zero), that slot is booked: the spend is made now, as a
+// Spend at Result.At would make it, and the result is Booked. The n-th
+// concurrent waiter on a bucket is told a distinct At, one interval after
+// the (n-1)-th, in arrival order.
+//
+// Contract for the holder of a booking: it redeems the booking by going
+// ahead (placing the order) at or after At, WITHOUT calling Spend or Book
+// for the same transactions again: the booking is the spend. A holder that
+// gives up calls Refund with the same transactions. Otherwise (a penalty, a
+// slot beyond horizon) nothing is written and RetryIn says when to ask
+// again.
+func (l *Limiter) Book(ctx context.Context, txns []Transaction, horizon time.Duration) (Result, error) {
+	return l.do(ctx, txns, opBook, horizon)
+}
+
+type op int
+
+const (
+	opSpend op = iota
+	opCheck
+	opBook
+)
+
+func (l *Limiter) do(ctx context.Context, txns []Transaction, o op, horizon time.Duration) (Result, error) {
 	now := l.clock.Now()
 	reqs, err := l.requests(ctx, now, txns)
 	if err != nil {
 		return Result{}, err
 	}
-	if checkOnly {
+	var ds []Decision
+	var at time.Time
+	switch o {
+	case opCheck:
 		for i := range reqs {
 			reqs[i].Mode = ModeCheck
 		}
+		ds, err = l.store.Spend(ctx, now, reqs)
+	case opSpend:
+		ds, err = l.store.Spend(ctx, now, reqs)
+	case opBook:
+		var latest time.Time
+		if horizon > 0 {
+			latest = now.Add(horizon)
+		}
+		ds, at, err = l.store.Book(ctx, now, reqs, latest)
 	}
-	ds, err := l.store.Spend(ctx, now, reqs)
 	if err != nil {
 		return Result{}, fmt.Errorf("ratelimit: deciding %d buckets: %w", len(reqs), err)
 	}
@@ -87,12 +132,22 @@ func (l *Limiter) do(ctx context.Context, txns []Transaction, checkOnly bool) (R
 		}
 	}
 	res.Remaining = max(res.Remaining, 0)
+	switch {
+	case res.Allowed:
+		res.At = now
+	case !at.IsZero():
+		res.At, res.Booked = at, true
+		res.RetryIn = at.Sub(now)
+	}
 	return res, nil
 }
 
-// Refund gives back what Spend took for txns (for an order that failed
-// before the CA counted it). Spend-without-check and check transactions
-// are skipped: the CA counted the former, the latter spent nothing.
+// Refund gives back what Spend or Book took for txns (for an order that
+// failed before the CA counted it, or a booking given up). Spend-without-check and check transactions
+// are skipped: the CA counted the former, the latter spent nothing. A
+// spend made with a lead gets its cost back, not the lead: the bucket stays
+// up to Lead emptier than before the spend, which only delays, never
+// over-spends.
 func (l *Limiter) Refund(ctx context.Context, txns []Transaction) error {
 	var spent []Transaction
 	for _, t := range txns {
@@ -159,7 +214,7 @@ func (l *Limiter) requests(ctx context.Context, now time.Time, txns []Transactio
 		if ovs != nil && ovs[i] != nil {
 			lim = ovs[i].Limit
 		}
-		reqs[i] = Request{Key: t.Key(), Limit: lim, Cost: t.Cost, Mode: t.Mode}
+		reqs[i] = Request{Key: t.Key(), Limit: lim, Cost: t.Cost, Mode: t.Mode, Lead: t.Lead}
 	}
 	return reqs, nil
 }

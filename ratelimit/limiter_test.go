@@ -174,3 +174,72 @@ func TestLimiterSpendFailedAuthorizations(t *testing.T) {
 		t.Fatalf("CA without the limit: %v", err)
 	}
 }
+
+func TestWithIssuanceLead(t *testing.T) {
+	txns := order(t, catalogue(t), ratelimit.NewOrder, "www.example.com", "example.org")
+	got := ratelimit.WithIssuanceLead(txns, time.Minute)
+	counted := 0
+	for i, x := range got {
+		want := time.Duration(0)
+		if x.Name == ratelimit.CertificatesPerDomain || x.Name == ratelimit.CertificatesPerFQDNSet {
+			want, counted = time.Minute, counted+1
+		}
+		if x.Lead != want || txns[i].Lead != 0 {
+			t.Errorf("%s: lead %s (original %s), want %s and the original untouched", x.Key(), x.Lead, txns[i].Lead, want)
+		}
+	}
+	if counted != 3 { // two registered domains and the SAN set
+		t.Fatalf("%d issuance-counted transactions, want 3", counted)
+	}
+}
+
+// TestLimiterBook: orders for one registered domain beyond its limit are
+// booked one interval apart, a booking's holder goes ahead at its slot
+// without spending again, and the lead of the issuance-counted limits
+// delays the next slot by the order latency once, as the CA's count would.
+func TestLimiterBook(t *testing.T) {
+	hourly := ratelimit.Limit{Count: 6, Period: time.Hour, Burst: 2} // interval 10 min
+	cat, err := ratelimit.NewCatalogue(ratelimit.CA{ID: "b", Directory: leDir, Limits: map[ratelimit.Name]ratelimit.LimitConfig{
+		ratelimit.CertificatesPerDomain: {Limit: hourly},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clock.NewFake(t0)
+	l := ratelimit.NewLimiter(ratelimit.LimiterConfig{Store: ratelimit.NewMemStore(), Catalogue: cat, Clock: clk})
+	ctx := tctx(t)
+	const latency = 3 * time.Minute
+	var got []string
+	for i := range 5 {
+		r, err := l.Book(ctx, ratelimit.WithIssuanceLead(order(t, cat, ratelimit.NewOrder, fmt.Sprintf("h%d.example.com", i)), latency), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("allowed=%v booked=%v at=+%s retry=%s", r.Allowed, r.Booked, r.At.Sub(t0), r.RetryIn))
+	}
+	// Burst 2: the first now, recorded at +3m (TAT +13m), which leaves one
+	// token at now+3m, not at now: the second is booked for +3m (TAT +23m),
+	// then one every 10 minutes.
+	want := []string{
+		"allowed=true booked=false at=+0s retry=0s",
+		"allowed=false booked=true at=+3m0s retry=3m0s",
+		"allowed=false booked=true at=+13m0s retry=13m0s",
+		"allowed=false booked=true at=+23m0s retry=23m0s",
+		"allowed=false booked=true at=+33m0s retry=33m0s",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Book results:\n%s\nwant\n%s", got, want)
+	}
+	// A horizon shorter than the next slot (+43m) books nothing.
+	r, err := l.Book(ctx, order(t, cat, ratelimit.NewOrder, "late.example.com"), 40*time.Minute)
+	if err != nil || r.Allowed || r.Booked || !r.At.IsZero() || r.RetryIn != 43*time.Minute {
+		t.Fatalf("Book beyond the horizon = %+v, %v; want neither allowed nor booked, retry in 43m", r, err)
+	}
+	// The holder of the +3m booking goes ahead then without spending: at
+	// +3m the bucket holds nothing more than the bookings left it.
+	clk.Advance(3 * time.Minute)
+	if r, err := l.Check(ctx, order(t, cat, ratelimit.NewOrder, "h1.example.com")); err != nil || r.Allowed {
+		t.Fatalf("check at the first booked slot = %+v, %v; want denied (the slot is taken)", r, err)
+	}
+}

@@ -23,3 +23,11 @@ var Names = []Name{NewOrdersPerAccount, CertificatesPerDomain, CertificatesPerFQ
 
 // Valid reports whether n is a known limit name.
 func (n Name) Valid() bool { return slices.Contains(Names, n) }
+
+// CountedAtIssuance reports whether the CA counts limit n when it issues a
+// certificate rather than when the order is placed (Let's Encrypt's
+// CertificatesPerDomain and CertificatesPerFQDNSet): spends of these may
+// carry a lead (Transaction.Lead, WithIssuanceLead).
+func (n Name) CountedAtIssuance() bool {
+	return n == CertificatesPerDomain || n == CertificatesPerFQDNSet
+}

@@ -75,29 +75,50 @@ func (s *DBStore) Spend(ctx context.Context, now time.Time, reqs []Request) ([]D
 	if checkOnly {
 		return s.check(ctx, nanos(now), reqs)
 	}
-	return s.spendMany(ctx, nanos(now), reqs)
+	ds, _, err := s.spendMany(ctx, nanos(now), reqs, false, 0)
+	return ds, err
+}
+
+// Book implements Store: one short transaction that locks every key, as a
+// multi-bucket spend does.
+func (s *DBStore) Book(ctx context.Context, now time.Time, reqs []Request, latest time.Time) ([]Decision, time.Time, error) {
+	if err := validateRequests(reqs); err != nil {
+		return nil, time.Time{}, err
+	}
+	if len(reqs) == 0 {
+		return nil, now, nil
+	}
+	ds, at, err := s.spendMany(ctx, nanos(now), reqs, true, nanos(latest))
+	if err != nil || at == 0 {
+		return ds, time.Time{}, err
+	}
+	return ds, time.Unix(0, at), nil
 }
 
 // spendSingleSQL decides up to $5 spends of cost increment $3 in one
-// statement. The update path counts how many of the $5 prefixes fit
-// (tat' + j*inc - burstOffset <= now, no penalty), or grants all of them when
-// $6 (no check) is set, advances the TAT by that many increments and records
-// the count in last_granted for RETURNING. The insert path (a new bucket,
-// TAT = now) is decided by the client and passed as $7 (granted) and $8
-// (TAT). Only +, -, *, GREATEST and comparisons on INT8: no division, whose
+// statement. The update path counts how many of the $5 prefixes fit, or
+// grants all of them when $6 (no check) is set, advances the TAT by that
+// many increments and records the count in last_granted for RETURNING. The
+// j-th spend fits when, after the j-1 before it, the bucket allows it at now
+// ($2), no penalty running: the first spend is checked against
+// GREATEST(tat, now), and each later one against the TAT the ones before
+// recorded at now+lead ($9, see Request.Lead). The insert path (a new
+// bucket) is decided by the client and passed as $7 (granted) and $8 (TAT).
+// Only +, -, *, GREATEST, LEAST and comparisons on INT8: no division, whose
 // semantics differ between PostgreSQL and CockroachDB.
 const spendSingleSQL = `
 INSERT INTO ratelimit_buckets AS b (bucket_key, tat_ns, penalty_until_ns, last_granted, updated_at)
 VALUES ($1, $8::INT8, 0, $7::INT8, now())
 ON CONFLICT (bucket_key) DO UPDATE SET
-  tat_ns = GREATEST(b.tat_ns, $2::INT8) + $3::INT8 * (
-    SELECT count(*) FROM generate_series(1, $5::INT8) AS g(j)
-    WHERE $6::BOOL OR (b.penalty_until_ns <= $2::INT8 AND GREATEST(b.tat_ns, $2::INT8) + g.j * $3::INT8 - $4::INT8 <= $2::INT8)),
-  last_granted = (
-    SELECT count(*) FROM generate_series(1, $5::INT8) AS g(j)
-    WHERE $6::BOOL OR (b.penalty_until_ns <= $2::INT8 AND GREATEST(b.tat_ns, $2::INT8) + g.j * $3::INT8 - $4::INT8 <= $2::INT8)),
+  tat_ns = GREATEST(b.tat_ns, $2::INT8 + $9::INT8 * LEAST(` + grantedSQL + `, 1)) + $3::INT8 * ` + grantedSQL + `,
+  last_granted = ` + grantedSQL + `,
   updated_at = now()
 RETURNING tat_ns, penalty_until_ns, last_granted`
+
+const grantedSQL = `(
+    SELECT count(*) FROM generate_series(1, $5::INT8) AS g(j)
+    WHERE $6::BOOL OR (b.penalty_until_ns <= $2::INT8 AND
+      GREATEST(b.tat_ns, $2::INT8 + CASE WHEN g.j = 1 THEN 0 ELSE $9::INT8 END) + g.j * $3::INT8 - $4::INT8 <= $2::INT8))`
 
 // spendSingle spends r.Cost for m callers asking for the same thing in one
 // statement and returns one decision per caller, in arrival order: the
@@ -106,14 +127,19 @@ func (s *DBStore) spendSingle(ctx context.Context, now int64, r Request, m int) 
 	inc := r.Limit.Interval() * r.Cost
 	burstOffset := r.Limit.BurstOffset()
 	noCheck := r.Mode == ModeSpendNoCheck
-	insGranted := int64(0) // for a fresh bucket, whose TAT is now
+	lead := int64(r.Lead)
+	insGranted := int64(0) // for a fresh bucket, whose TAT is now: the same condition as grantedSQL
 	for j := int64(1); j <= int64(m); j++ {
-		if noCheck || j*inc <= burstOffset {
+		if noCheck || j*inc <= burstOffset && (j == 1 || lead+j*inc <= burstOffset) {
 			insGranted = j
 		}
 	}
+	insTAT := now
+	if insGranted > 0 {
+		insTAT = now + lead + insGranted*inc
+	}
 	var tat, penalty, granted int64
-	err := s.pool.QueryRow(ctx, spendSingleSQL, r.Key, now, inc, burstOffset, int64(m), noCheck, insGranted, now+insGranted*inc).
+	err := s.pool.QueryRow(ctx, spendSingleSQL, r.Key, now, inc, burstOffset, int64(m), noCheck, insGranted, insTAT, lead).
 		Scan(&tat, &penalty, &granted)
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: spending bucket %s: %w", r.Key, err)
@@ -126,7 +152,7 @@ func (s *DBStore) spendSingle(ctx context.Context, now int64, r Request, m int) 
 			ds[i] = describeAllowed(r.Limit.Interval(), burstOffset, after, now, after)
 			continue
 		}
-		d := withPenalty(decide(r.Limit, tat, now, r.Cost, true), tat, now, penalty)
+		d := withPenalty(decide(r.Limit, tat, now, r.Cost, lead, true), tat, now, penalty)
 		if d.Allowed { // only if the server's clock arithmetic disagreed; never report a spend that did not happen
 			d = Decision{Allowed: false, RetryIn: time.Duration(r.Limit.Interval()), ResetIn: time.Duration(max(tat-now, 0)), newTAT: tat}
 		}
@@ -185,32 +211,34 @@ const writeSQL = `
 UPDATE ratelimit_buckets AS b SET tat_ns = u.tat, updated_at = now()
 FROM unnest($1::TEXT[], $2::INT8[]) AS u(k, tat) WHERE b.bucket_key = u.k`
 
-// spendMany is the all-or-nothing multi-bucket spend.
-func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request) ([]Decision, error) {
+// spendMany is the all-or-nothing multi-bucket spend, and Book.
+func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request, book bool, latest int64) ([]Decision, int64, error) {
 	keys := make([]string, len(reqs))
 	for i, r := range reqs {
 		keys[i] = r.Key
 	}
 	slices.Sort(keys)
 	var ds []Decision
+	var at int64
 	err := s.runTx(ctx, func(tx pgx.Tx) error {
 		state, err := s.read(ctx, tx, lockSQL, keys)
 		if err != nil {
 			return fmt.Errorf("locking: %w", err)
 		}
-		ds = make([]Decision, len(reqs))
-		all := true
+		st := make([]bucketState, len(reqs))
+		for i, r := range reqs {
+			st[i] = bucketState{state[r.Key][0], state[r.Key][1]}
+		}
+		var write bool
+		ds, at, write = decideBatch(reqs, st, now, book, latest)
 		var wk []string
 		var wt []int64
 		for i, r := range reqs {
-			st := state[r.Key]
-			ds[i] = evaluate(r, st[0], st[1], now)
-			all = all && ds[i].Allowed
 			if r.Mode != ModeCheck {
 				wk, wt = append(wk, r.Key), append(wt, ds[i].newTAT)
 			}
 		}
-		if !all || len(wk) == 0 {
+		if !write || len(wk) == 0 {
 			return nil
 		}
 		if _, err := tx.Exec(ctx, writeSQL, wk, wt); err != nil {
@@ -219,9 +247,9 @@ func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request) ([]D
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(reqs), keys[0], err)
+		return nil, 0, fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(reqs), keys[0], err)
 	}
-	return ds, nil
+	return ds, at, nil
 }
 
 // runTx runs fn in one transaction. On CockroachDB it is db.ExecuteTx

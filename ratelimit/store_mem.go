@@ -30,21 +30,33 @@ func (s *MemStore) Spend(ctx context.Context, now time.Time, reqs []Request) ([]
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	n := nanos(now)
+	ds, _, err := s.decide(now, reqs, false, time.Time{})
+	return ds, err
+}
+
+// Book implements Store.
+func (s *MemStore) Book(ctx context.Context, now time.Time, reqs []Request, latest time.Time) ([]Decision, time.Time, error) {
+	if err := validateRequests(reqs); err != nil {
+		return nil, time.Time{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, time.Time{}, err
+	}
+	return s.decide(now, reqs, true, latest)
+}
+
+func (s *MemStore) decide(now time.Time, reqs []Request, book bool, latest time.Time) ([]Decision, time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ds := make([]Decision, len(reqs))
-	all := true
+	st := make([]bucketState, len(reqs))
 	for i, r := range reqs {
-		b := s.buckets[r.Key]
-		if b == nil {
-			b = &memBucket{}
+		if b := s.buckets[r.Key]; b != nil {
+			st[i] = bucketState{b.tat, b.penaltyUntil}
 		}
-		ds[i] = evaluate(r, b.tat, b.penaltyUntil, n)
-		all = all && ds[i].Allowed
 	}
-	if !all {
-		return ds, nil
+	ds, at, write := decideBatch(reqs, st, nanos(now), book, nanos(latest))
+	if !write {
+		return ds, time.Time{}, nil
 	}
 	for i, r := range reqs {
 		if r.Mode == ModeCheck {
@@ -57,7 +69,7 @@ func (s *MemStore) Spend(ctx context.Context, now time.Time, reqs []Request) ([]
 		}
 		b.tat = ds[i].newTAT
 	}
-	return ds, nil
+	return ds, time.Unix(0, at), nil
 }
 
 // Refund implements Store.

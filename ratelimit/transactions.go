@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/mholt/acmez/v3/acme"
 
@@ -70,12 +71,34 @@ type Transaction struct {
 	Domain  string
 	Cost    int64
 	Mode    Mode
+	// Lead says the CA counts this spend Lead after the worker makes it
+	// (see Request.Lead): set it, for instance with WithIssuanceLead, on the
+	// limits the CA counts at issuance to an order's expected latency. Zero
+	// records a spend when it is made.
+	Lead time.Duration
 
 	caID string
 }
 
 // Key is the bucket key: CA id, limit name and value.
 func (t Transaction) Key() string { return t.caID + ":" + string(t.Name) + ":" + t.Value }
+
+// WithIssuanceLead returns a copy of txns in which the transactions of the
+// limits the CA counts at issuance (Name.CountedAtIssuance:
+// CertificatesPerDomain and CertificatesPerFQDNSet) carry lead, the time
+// between placing an order and the CA issuing its certificate; the others
+// are unchanged. Spending the copy keeps the worker's certificate buckets
+// from running ahead of the CA's at equal limits: Let's Encrypt counts a
+// certificate when it issues it, not when the order is created.
+func WithIssuanceLead(txns []Transaction, lead time.Duration) []Transaction {
+	out := slices.Clone(txns)
+	for i := range out {
+		if out[i].Name.CountedAtIssuance() {
+			out[i].Lead = lead
+		}
+	}
+	return out
+}
 
 // maxSANs is the most names one order may carry (Let's Encrypt's limit).
 const maxSANs = 100

@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	mrand "math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,6 +38,12 @@ func Run(t *testing.T, s ratelimit.Store) {
 		{"InvalidRequests", testInvalid},
 		{"ConcurrentHotBucket", testConcurrentHot},
 		{"ConcurrentOverlappingBatches", testConcurrentBatches},
+		{"Lead", testLead},
+		{"ConcurrentLead", testConcurrentLead},
+		{"Book", testBook},
+		{"BookRefusals", testBookRefusals},
+		{"ConcurrentBookingsQueue", testConcurrentBookings},
+		{"NeverOverSpent", testNeverOverSpent},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -244,7 +252,28 @@ func testConcurrentHot(t *testing.T, s ratelimit.Store) {
 	k := key(t)
 	l := ratelimit.Limit{Count: 100, Period: time.Hour, Burst: 100}
 	r := ratelimit.Request{Key: k, Limit: l, Cost: 1}
-	const workers, per = 16, 20
+	const workers = 16
+	if got := concurrentSpends(t, s, r, workers, 20); got != 100 {
+		t.Fatalf("granted %d spends of a burst of 100", got)
+	}
+	// Refund 30 concurrently, then exactly 30 more fit.
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Go(func() {
+			if err := s.Refund(ctx(t), at(0), []ratelimit.Request{r}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := concurrentSpends(t, s, r, workers, 4); got != 30 {
+		t.Fatalf("after 30 refunds, granted %d, want 30", got)
+	}
+}
+
+// concurrentSpends spends r per times from each of workers goroutines, all
+// at time 0, and returns how many were granted.
+func concurrentSpends(t *testing.T, s ratelimit.Store, r ratelimit.Request, workers, per int) int64 {
 	var granted atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
@@ -262,37 +291,7 @@ func testConcurrentHot(t *testing.T, s ratelimit.Store) {
 		})
 	}
 	wg.Wait()
-	if got := granted.Load(); got != 100 {
-		t.Fatalf("granted %d spends of a burst of 100", got)
-	}
-	// Refund 30 concurrently, then exactly 30 more fit.
-	for range 30 {
-		wg.Go(func() {
-			if err := s.Refund(ctx(t), at(0), []ratelimit.Request{r}); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	granted.Store(0)
-	for range workers {
-		wg.Go(func() {
-			for range 4 {
-				ds, err := s.Spend(ctx(t), at(0), []ratelimit.Request{r})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if ds[0].Allowed {
-					granted.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if got := granted.Load(); got != 30 {
-		t.Fatalf("after 30 refunds, granted %d, want 30", got)
-	}
+	return granted.Load()
 }
 
 // testConcurrentBatches: goroutines spend overlapping 2- and 3-bucket
@@ -343,6 +342,231 @@ func testConcurrentBatches(t *testing.T, s ratelimit.Store) {
 		}
 		if got := 40 - ds[0].Remaining; got != spent[i] {
 			t.Errorf("bucket %d: store shows %d spent, callers were granted %d", i, got, spent[i])
+		}
+	}
+}
+
+func lead(k string, cost int64, mode ratelimit.Mode, lead time.Duration) ratelimit.Request {
+	r := req(k, cost, mode)
+	r.Lead = lead
+	return r
+}
+
+// testLead: a spend with a lead is decided at now and recorded at now+lead,
+// alone and in a batch, and a lead outside 0-MaxLead is refused.
+func testLead(t *testing.T, s ratelimit.Store) {
+	const ms = time.Millisecond
+	k := key(t)
+	d := spend(t, s, at(0), lead(k, 1, ratelimit.ModeSpend, 300*ms))[0]
+	if !d.Allowed || !d.NewTAT().Equal(at(400*ms)) || d.Remaining != 6 {
+		t.Fatalf("first spend with lead 300ms = %+v (TAT %v), want allowed, TAT at 400ms, 6 remaining", d, d.NewTAT())
+	}
+	// A busy bucket (TAT beyond now+lead) records as without a lead.
+	if d := spend(t, s, at(0), lead(k, 1, ratelimit.ModeSpend, 300*ms))[0]; !d.Allowed || !d.NewTAT().Equal(at(500*ms)) {
+		t.Fatalf("second spend = %+v (TAT %v), want TAT at 500ms", d, d.NewTAT())
+	}
+	// In a batch, with spend-without-check, the check stays at now.
+	a, b, c := key(t), key(t), key(t)
+	ds := spend(t, s, at(0), lead(a, 10, ratelimit.ModeSpend, 0), lead(b, 10, ratelimit.ModeSpend, 2*time.Second), lead(c, 1, ratelimit.ModeSpendNoCheck, time.Second))
+	if !ds[0].Allowed || !ds[1].Allowed || !ds[2].Allowed {
+		t.Fatalf("batch with leads = %+v, want all allowed (a lead does not change the check)", ds)
+	}
+	for i, want := range []time.Time{at(time.Second), at(3 * time.Second), at(1100 * ms)} {
+		if !ds[i].NewTAT().Equal(want) {
+			t.Errorf("batch bucket %d TAT %v, want %v", i, ds[i].NewTAT(), want)
+		}
+	}
+	if d := spend(t, s, at(2*time.Second), req(b, 1, ratelimit.ModeSpend))[0]; d.Allowed || d.RetryIn != 100*ms {
+		t.Fatalf("spend of b at 2s = %+v, want denied until 2.1s (its 10 were recorded at 2s)", d)
+	}
+	for _, l := range []time.Duration{-time.Nanosecond, ratelimit.MaxLead + time.Nanosecond} {
+		if _, err := s.Spend(ctx(t), at(0), []ratelimit.Request{lead(key(t), 1, ratelimit.ModeSpend, l)}); !errors.Is(err, ratelimit.ErrInvalidRequest) {
+			t.Errorf("lead %s: err = %v, want ErrInvalidRequest", l, err)
+		}
+	}
+}
+
+// testConcurrentLead: concurrent single-bucket spends with a lead of three
+// intervals at one instant grant exactly burst-3: the first records at
+// now+lead, the others queue behind it.
+func testConcurrentLead(t *testing.T, s ratelimit.Store) {
+	k := key(t)
+	r := lead(k, 1, ratelimit.ModeSpend, 300*time.Millisecond)
+	if got := concurrentSpends(t, s, r, 16, 2); got != 7 {
+		t.Fatalf("granted %d spends with lead 3 intervals of a burst of 10, want 7", got)
+	}
+}
+
+func book(t *testing.T, s ratelimit.Store, now, latest time.Time, reqs ...ratelimit.Request) ([]ratelimit.Decision, time.Time) {
+	t.Helper()
+	ds, at, err := s.Book(ctx(t), now, reqs, latest)
+	if err != nil {
+		t.Fatalf("Book: %v", err)
+	}
+	if len(ds) != len(reqs) {
+		t.Fatalf("Book returned %d decisions for %d requests", len(ds), len(reqs))
+	}
+	return ds, at
+}
+
+// testBook: a batch that fits is spent at now; a full batch is booked all or
+// nothing at the slot of its fullest bucket, and later waiters queue one
+// interval apart, in arrival order.
+func testBook(t *testing.T, s ratelimit.Store) {
+	const ms = time.Millisecond
+	a, b, c := key(t), key(t), key(t)
+	if _, got := book(t, s, at(0), time.Time{}, req(a, 5, ratelimit.ModeSpend)); !got.Equal(at(0)) {
+		t.Fatalf("Book of a fitting batch at %v, want now", got)
+	}
+	spend(t, s, at(0), req(b, 10, ratelimit.ModeSpend))                                      // b empty until 100ms
+	spend(t, s, at(0), req(c, 10, ratelimit.ModeSpend), req(key(t), 0, ratelimit.ModeCheck)) // c too
+	// a has 5 left, b frees one at 100ms, c is checked only.
+	var slots []time.Time
+	for range 3 {
+		ds, got := book(t, s, at(0), time.Time{}, req(a, 1, ratelimit.ModeSpend), req(b, 1, ratelimit.ModeSpend), req(c, 1, ratelimit.ModeCheck))
+		if ds[1].Allowed {
+			t.Fatalf("Book on a full bucket reports it allowed now: %+v", ds)
+		}
+		slots = append(slots, got)
+	}
+	if want := []time.Time{at(100 * ms), at(200 * ms), at(300 * ms)}; !slices.EqualFunc(slots, want, time.Time.Equal) {
+		t.Fatalf("booked slots %v, want %v", slots, want)
+	}
+	// The booking is the spend: a spent 3 (5+3 of 10), b is booked to 1.3s,
+	// c was only checked.
+	if got := remaining(t, s, at(0), a); got != 2 {
+		t.Errorf("a holds %d after 3 bookings, want 2", got)
+	}
+	if d := spend(t, s, at(300*ms), req(b, 1, ratelimit.ModeSpend))[0]; d.Allowed || d.RetryIn != 100*ms {
+		t.Errorf("spend of b at the last booked slot = %+v, want denied until the next slot (400ms)", d)
+	}
+	if got := remaining(t, s, at(300*ms), c); got != 3 {
+		t.Errorf("c holds %d at 300ms, want 3: bookings must not spend a check-only bucket", got)
+	}
+	// A booking with a lead records at its slot plus the lead.
+	e := key(t)
+	spend(t, s, at(0), req(e, 10, ratelimit.ModeSpend))
+	ds, got := book(t, s, at(0), time.Time{}, lead(e, 1, ratelimit.ModeSpend, 250*ms))
+	if !got.Equal(at(100*ms)) || !ds[0].NewTAT().Equal(at(1100*ms)) {
+		t.Fatalf("booking with lead: slot %v TAT %v, want slot 100ms, TAT 1.1s (max(1s, 350ms) + 100ms)", got, ds[0].NewTAT())
+	}
+}
+
+// testBookRefusals: a penalised bucket, or a slot after latest, books
+// nothing.
+func testBookRefusals(t *testing.T, s ratelimit.Store) {
+	a, b := key(t), key(t)
+	spend(t, s, at(0), req(a, 10, ratelimit.ModeSpend))
+	if err := s.Penalize(ctx(t), b, at(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := book(t, s, at(0), time.Time{}, req(a, 1, ratelimit.ModeSpend), req(b, 1, ratelimit.ModeCheck)); !got.IsZero() {
+		t.Fatalf("batch with a penalised bucket booked at %v", got)
+	}
+	if _, got := book(t, s, at(0), at(50*time.Millisecond), req(a, 1, ratelimit.ModeSpend)); !got.IsZero() {
+		t.Fatalf("slot 100ms booked although latest is 50ms: %v", got)
+	}
+	if d := spend(t, s, at(100*time.Millisecond), req(a, 1, ratelimit.ModeSpend))[0]; !d.Allowed {
+		t.Fatalf("refused bookings spent a: %+v", d)
+	}
+}
+
+// testConcurrentBookings: k waiters booking one full bucket at once are told
+// k distinct slots, one interval apart, and the bucket accounts for them all.
+func testConcurrentBookings(t *testing.T, s ratelimit.Store) {
+	k := key(t)
+	spend(t, s, at(0), req(k, 10, ratelimit.ModeSpend))
+	const waiters = 24
+	slots := make([]time.Time, waiters)
+	var wg sync.WaitGroup
+	for i := range waiters {
+		wg.Go(func() {
+			_, got, err := s.Book(ctx(t), at(0), []ratelimit.Request{req(k, 1, ratelimit.ModeSpend)}, time.Time{})
+			if err != nil {
+				t.Error(err)
+			}
+			slots[i] = got
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(slots, time.Time.Compare)
+	for i, got := range slots {
+		if want := at(time.Duration(i+1) * 100 * time.Millisecond); !got.Equal(want) {
+			t.Fatalf("slot %d of %d waiters = %v, want %v (all: %v)", i, waiters, got, want, slots)
+		}
+	}
+	if d := spend(t, s, at(2400*time.Millisecond), req(k, 1, ratelimit.ModeSpend))[0]; d.Allowed {
+		t.Fatalf("a spend at the last booked slot was allowed: %+v", d)
+	}
+}
+
+// testNeverOverSpent is the GCRA property over random spends, spends with
+// leads and bookings at advancing times: with each event placed where the CA
+// counts it (a spend at now+Lead, a booking at its slot+Lead), no window
+// [t1, t2] holds more than burst + (t2-t1)/interval units of cost.
+func testNeverOverSpent(t *testing.T, s ratelimit.Store) {
+	l := ratelimit.Limit{Count: 5, Period: time.Second, Burst: 5} // interval 200ms
+	keys := []string{key(t), key(t)}
+	type event struct {
+		at   time.Time
+		cost int64
+	}
+	events := make([][]event, len(keys))
+	r := mrand.New(mrand.NewPCG(1, 2))
+	now := t0
+	for range 150 {
+		now = now.Add(time.Duration(r.IntN(150)) * time.Millisecond)
+		var reqs []ratelimit.Request
+		var idx []int
+		for i, k := range keys {
+			if r.IntN(3) > 0 {
+				reqs = append(reqs, ratelimit.Request{Key: k, Limit: l, Cost: int64(1 + r.IntN(2)),
+					Lead: time.Duration(r.IntN(3)) * 300 * time.Millisecond})
+				idx = append(idx, i)
+			}
+		}
+		if len(reqs) == 0 {
+			continue
+		}
+		var when time.Time
+		if r.IntN(2) == 0 {
+			ds := spend(t, s, now, reqs...)
+			if all := !slices.ContainsFunc(ds, func(d ratelimit.Decision) bool { return !d.Allowed }); all {
+				when = now
+			}
+		} else {
+			_, when = book(t, s, now, now.Add(3*time.Second), reqs...)
+			if !when.IsZero() && when.Before(now) {
+				t.Fatalf("booked at %v, before now %v", when, now)
+			}
+		}
+		if when.IsZero() {
+			continue
+		}
+		for j, rq := range reqs {
+			events[idx[j]] = append(events[idx[j]], event{when.Add(rq.Lead), rq.Cost})
+		}
+	}
+	interval := int64(l.Period) / l.Count
+	for b, evs := range events {
+		if len(evs) < 10 {
+			t.Fatalf("bucket %d: only %d events, the property saw too little", b, len(evs))
+		}
+		for _, e1 := range evs {
+			for _, e2 := range evs {
+				if e2.at.Before(e1.at) {
+					continue
+				}
+				var sum int64
+				for _, e := range evs {
+					if !e.at.Before(e1.at) && !e.at.After(e2.at) {
+						sum += e.cost
+					}
+				}
+				if limit := l.Burst + int64(e2.at.Sub(e1.at))/interval; sum > limit {
+					t.Fatalf("bucket %d: %d units counted in [%v, %v], at most %d allowed", b, sum, e1.at, e2.at, limit)
+				}
+			}
 		}
 	}
 }
