@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,10 +28,24 @@ import (
 	"github.com/certfleet/certfleet/testenv"
 )
 
-// benchConcurrency is the orders in flight on each side, one side at a time.
-// Other packages' tests may share Pebble and the 2 cores: stay within one
-// package's share.
+// benchConcurrency is the orders in flight on each side of
+// BenchmarkIssuance, one side at a time. Other packages' tests may share
+// Pebble and the 2 cores: stay within one package's share.
 const benchConcurrency = testenv.MaxConcurrentOrdersPerPackage
+
+// The fleet's shape in BenchmarkFleetIssuance: fleetWorkers workers of
+// fleetPerWorker orders in flight each, against a bare acmez loop of
+// fleetWorkers*fleetPerWorker. Above 16 in flight only the patched Pebble
+// testenv builds keeps answering.
+const (
+	fleetWorkers   = 2
+	fleetPerWorker = 24
+)
+
+// EnvBenchRuns is how many times BenchmarkIssuance measures the pipeline
+// and the acmez loop (default 1): run_1, run_2, ... each with its own
+// comparison, the order of the two sides alternating from run to run.
+const EnvBenchRuns = "CERTFLEET_BENCH_RUNS"
 
 // BenchmarkIssuance compares certificates per second through the pipeline
 // (requests published to Kafka, one Worker with Concurrency 6 claiming,
@@ -42,10 +58,31 @@ const benchConcurrency = testenv.MaxConcurrentOrdersPerPackage
 // real on both sides. b.N certificates per sub-benchmark; an op is one
 // certificate, so B/op and allocs/op are per certificate.
 //
+// Both sides are warmed up the same way before anything is timed (6
+// certificates: the pipeline's consumer group joined and its ACME account
+// registered, the loop's account registered and connections open). With
+// CERTFLEET_BENCH_RUNS=N the two sides are measured N times, alternating
+// which goes first (pipeline first in odd runs), so neither side always
+// meets the Pebble that the other has made bigger (Pebble scans every
+// authorization it holds on each new order) or the same phase of the
+// machine's other load.
+//
+// The CertMagic peer (bench/certmagic, its own module) runs after the last
+// run's two sides, in its group, when CERTFLEET_BENCH_CERTMAGIC names its
+// binary (make bench builds it): the same number of certificates from the
+// same Pebble at the same concurrency, certmagic_defaults as released and
+// certmagic_throttle_off without its internal throttle.
+//
 // Both sides report, with the same definitions:
+//   - certs/s: b.N over the time from the start of the batch to its last
+//     certificate;
 //   - ttc-p50-ms, ttc-p99-ms: time from the start of the batch to each
-//     certificate (for the pipeline: to its cert_obtained event), so a
-//     request's wait for a free slot counts;
+//     certificate, so a request's wait for a free slot counts. A pipeline
+//     certificate is done when its cert_obtained record goes to Kafka: the
+//     record's timestamp, which the worker's producer sets as it sends it
+//     (after the certificate is stored), not when the benchmark's own
+//     reader happens to fetch it (that reader lagged by up to a second on a
+//     loaded machine, which made the pipeline's figures noisy);
 //   - worker memory: heap-idle-MiB (heap in use after a GC, just before the
 //     batch), peak-heap-MiB (heap in use, sampled every 20 ms) and
 //     peak-RSS-MiB (the kernel's VmHWM, reset before the batch) while the
@@ -53,12 +90,92 @@ const benchConcurrency = testenv.MaxConcurrentOrdersPerPackage
 //
 // The memory figures are the whole test process: the worker, its Kafka
 // reader and writer, the benchmark's own event readers, and the idle worker
-// during the baseline too (it keeps running: both sides carry it).
+// during the baseline too (it keeps running: both sides carry it). The
+// CertMagic rows, another process, report no memory.
 func BenchmarkIssuance(b *testing.B) {
+	st, obtained := benchStack(b)
+	pipe := st.pipelineSide(b, obtained, 1, benchConcurrency)
+	loop := st.acmezLoopSide(b, benchConcurrency)
+	runs := 1
+	if v := os.Getenv(EnvBenchRuns); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("%s=%q: want a whole number >= 1", EnvBenchRuns, v)
+		}
+		runs = n
+	}
+	for r := 1; r <= runs; r++ {
+		group := fmt.Sprintf("in_flight_%d/", benchConcurrency)
+		if runs > 1 {
+			group += fmt.Sprintf("run_%d/", r)
+		}
+		sides := []issuanceSide{pipe, loop}
+		if r%2 == 0 {
+			slices.Reverse(sides)
+		}
+		for _, s := range sides {
+			b.Run(group+s.name, s.measure)
+		}
+		if r == runs {
+			for _, throttle := range []string{"defaults", "throttle_off"} {
+				b.Run(group+"certmagic_"+throttle, st.certmagicSide(throttle, benchConcurrency).measure)
+			}
+		}
+	}
+}
+
+// BenchmarkFleetIssuance compares the pipeline at fleet concurrency (2
+// workers of 24 orders in flight each, one consumer group, as two
+// issuer-worker processes would run) with a bare acmez loop of 48
+// goroutines, against the same Pebble in the same run, with
+// BenchmarkIssuance's definitions (certs/s, time to certificate from the
+// start of the batch). Both workers hold partitions of the requests topic
+// (the group is stable with both members assigned) and both sides are
+// warmed up with 48 certificates before anything is timed.
+func BenchmarkFleetIssuance(b *testing.B) {
+	st, obtained := benchStack(b)
+	pipe := st.pipelineSide(b, obtained, fleetWorkers, fleetPerWorker)
+	loop := st.acmezLoopSide(b, fleetWorkers*fleetPerWorker)
+	group := fmt.Sprintf("in_flight_%d/", fleetWorkers*fleetPerWorker)
+	pipe.name = fmt.Sprintf("pipeline_%dx%d", fleetWorkers, fleetPerWorker)
+	b.Run(group+pipe.name, pipe.measure)
+	b.Run(group+loop.name, loop.measure)
+}
+
+// issuanceSide is one side of an issuance comparison. prepare does, outside
+// the timer, what the side needs before its batch of n certificates (names,
+// DNS records, a child process) and returns the batch; the batch returns
+// its elapsed time and each certificate's time from its start.
+type issuanceSide struct {
+	name    string
+	memory  bool // report this process's memory (false: the side runs elsewhere)
+	prepare func(tb testing.TB, n int) (batch func() (elapsed time.Duration, ttc []time.Duration))
+}
+
+func (s issuanceSide) measure(b *testing.B) {
+	batch := s.prepare(b, b.N)
+	var mem *benchmem.Peak
+	if s.memory {
+		mem = benchmem.Start()
+	}
+	b.ResetTimer()
+	elapsed, ttc := batch()
+	b.StopTimer()
+	slices.Sort(ttc)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
+	b.ReportMetric(ms(percentile(ttc, 0.50)), "ttc-p50-ms")
+	b.ReportMetric(ms(percentile(ttc, 0.99)), "ttc-p99-ms")
+	if mem != nil {
+		mem.Report(b, true)
+	}
+}
+
+// benchStack is a stack whose limits never deny (the pipeline still spends,
+// and so writes, every order's tokens), the database-backed HTTP-01
+// responder serving, and the outcomes of its events topic watched.
+func benchStack(b *testing.B) (*stack, <-chan outcome) {
 	limits := ratelimit.LetsEncryptLimits()
 	for name, l := range limits {
-		// This measures the pipeline, not the limits: nothing is ever denied,
-		// but every order still spends (and so writes) its tokens.
 		l.Limit = ratelimit.Limit{Count: 1_000_000, Period: time.Second, Burst: 1_000_000}
 		limits[name] = l
 	}
@@ -66,15 +183,21 @@ func BenchmarkIssuance(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
 	st.serveHTTP01(b)
+	return st, st.watchOutcomes(b, ctx)
+}
 
-	// The pipeline side: one worker, one consumer-group member, warmed up
-	// (group joined, ACME account registered) before anything is timed.
-	w := st.worker(b, "bench-worker", func(c *pipeline.Config) { c.Concurrency = benchConcurrency })
-	st.run(b, w, "g-bench-"+st.suffix)
-	obtained := st.watchOutcomes(b, ctx)
+// pipelineSide starts workers workers of perWorker orders in flight in one
+// consumer group, waits until every one holds partitions, warms them up
+// with workers*perWorker certificates and returns the side.
+func (st *stack) pipelineSide(b *testing.B, obtained <-chan outcome, workers, perWorker int) issuanceSide {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	group := "g-bench-" + st.suffix
+	for i := range workers {
+		w := st.worker(b, fmt.Sprintf("bench-worker-%d", i), func(c *pipeline.Config) { c.Concurrency = perWorker })
+		st.run(b, w, group)
+	}
 	var seq atomic.Int64
-	// prepare makes n requests for new names that Pebble resolves to the
-	// database-backed responder.
 	prepare := func(tb testing.TB, n int) []*events.IssuanceRequest {
 		reqs := make([]*events.IssuanceRequest, n)
 		names := make([]string, n)
@@ -105,50 +228,81 @@ func BenchmarkIssuance(b *testing.B) {
 					tb.Fatalf("request %s failed: %s", o.requestID, o.failed)
 				}
 				delete(want, o.requestID)
-				// From the start of publishing the batch: each request's wait
-				// for a free order slot is part of its time to certificate.
-				ttc = append(ttc, o.at.Sub(start))
+				// Sent (the record's timestamp, a millisecond clock) from
+				// the start of publishing the batch: each request's wait for
+				// a free order slot is part of its time to certificate.
+				ttc = append(ttc, max(o.sent.Sub(start), 0))
 			case <-deadline:
 				tb.Fatalf("%d of %d certificates still missing", len(want), len(reqs))
 			}
 		}
-		return time.Since(start), ttc
+		return slices.Max(ttc), ttc
 	}
-	issue(b, prepare(b, benchConcurrency)) // warm-up
+	st.waitGroupStable(b, ctx, group, workers)
+	issue(b, prepare(b, workers*perWorker)) // warm-up
+	return issuanceSide{name: "pipeline", memory: true, prepare: func(tb testing.TB, n int) func() (time.Duration, []time.Duration) {
+		reqs := prepare(tb, n)
+		return func() (time.Duration, []time.Duration) { return issue(tb, reqs) }
+	}}
+}
 
-	group := fmt.Sprintf("in_flight_%d/", benchConcurrency)
-	b.Run(group+"pipeline", func(b *testing.B) {
-		reqs := prepare(b, b.N)
-		mem := benchmem.Start()
-		b.ResetTimer()
-		elapsed, ttc := issue(b, reqs)
-		b.StopTimer()
-		reportIssuance(b, elapsed, ttc, mem)
-	})
+// waitGroupStable waits until group is stable with members members, each
+// assigned partitions: a member still joining would rebalance the group in
+// the middle of a measured batch.
+func (st *stack) waitGroupStable(b *testing.B, ctx context.Context, group string, members int) {
+	b.Helper()
+	client := &kafka.Client{Addr: kafka.TCP(st.s.KafkaBrokers...)}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+		if err == nil && len(resp.Groups) == 1 && resp.Groups[0].GroupState == "Stable" && len(resp.Groups[0].Members) == members {
+			assigned := 0
+			for _, m := range resp.Groups[0].Members {
+				for _, t := range m.MemberAssignments.Topics {
+					if len(t.Partitions) > 0 {
+						assigned++
+						break
+					}
+				}
+			}
+			if assigned == members {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("consumer group %s not stable with %d assigned members after 2 minutes (last: %+v, %v)", group, members, resp, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
 
-	// The baseline: the same orders without the pipeline.
-	client, account := plainACMEClient(b, ctx, st.s)
-	var bseq atomic.Int64
-	b.Run(group+"baseline_acmez_loop", func(b *testing.B) {
+// acmezLoopSide is the baseline: the same orders without the pipeline,
+// concurrency goroutines calling ObtainCertificate with one client, warmed
+// up with concurrency certificates.
+func (st *stack) acmezLoopSide(b *testing.B, concurrency int) issuanceSide {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	// The pipeline's workers keep up to 16 idle connections to the CA each.
+	client, account := plainACMEClient(b, ctx, st.s, 16*max(1, concurrency/fleetPerWorker))
+	var seq atomic.Int64
+	batch := func(n int) (time.Duration, []time.Duration, error) {
 		var next atomic.Int64
 		var wg sync.WaitGroup
-		errs := make(chan error, benchConcurrency)
+		errs := make(chan error, concurrency)
 		var mu sync.Mutex
 		var ttc []time.Duration
-		mem := benchmem.Start()
-		b.ResetTimer()
 		start := time.Now()
-		for g := 0; g < benchConcurrency; g++ {
+		for range concurrency {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for next.Add(1) <= int64(b.N) {
+				for next.Add(1) <= int64(n) {
 					key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 					if err != nil {
 						errs <- err
 						return
 					}
-					name := fmt.Sprintf("plain%d-%s.certfleet.test", bseq.Add(1), st.suffix)
+					name := fmt.Sprintf("plain%d-%s.certfleet.test", seq.Add(1), st.suffix)
 					csr, err := acmez.NewCSR(key, []string{name})
 					if err != nil {
 						errs <- err
@@ -172,30 +326,28 @@ func BenchmarkIssuance(b *testing.B) {
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
-		b.StopTimer()
 		close(errs)
-		for err := range errs {
-			b.Fatal(err)
+		return elapsed, ttc, <-errs
+	}
+	if _, _, err := batch(concurrency); err != nil {
+		b.Fatalf("warming up the acmez loop: %v", err)
+	}
+	return issuanceSide{name: "baseline_acmez_loop", memory: true, prepare: func(tb testing.TB, n int) func() (time.Duration, []time.Duration) {
+		return func() (time.Duration, []time.Duration) {
+			elapsed, ttc, err := batch(n)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return elapsed, ttc
 		}
-		reportIssuance(b, elapsed, ttc, mem)
-	})
-}
-
-// reportIssuance reports one side's throughput, time-to-certificate
-// percentiles and memory.
-func reportIssuance(b *testing.B, elapsed time.Duration, ttc []time.Duration, mem *benchmem.Peak) {
-	slices.Sort(ttc)
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
-	b.ReportMetric(ms(percentile(ttc, 0.50)), "ttc-p50-ms")
-	b.ReportMetric(ms(percentile(ttc, 0.99)), "ttc-p99-ms")
-	mem.Report(b, true)
+	}}
 }
 
 // outcome is a cert_obtained (or cert_failed) seen on the events topic.
 type outcome struct {
 	requestID string
-	failed    string // problem of a cert_failed; empty for cert_obtained
-	at        time.Time
+	failed    string    // problem of a cert_failed; empty for cert_obtained
+	sent      time.Time // the record's timestamp: when the worker's producer sent it
 }
 
 // watchOutcomes reads every partition of the events topic from the start
@@ -227,7 +379,6 @@ func (st *stack) watchOutcomes(b *testing.B, ctx context.Context) <-chan outcome
 				if err != nil {
 					return
 				}
-				at := time.Now()
 				switch header(m, "ce_type") {
 				case string(events.TypeCertObtained), string(events.TypeCertFailed):
 				default:
@@ -237,7 +388,7 @@ func (st *stack) watchOutcomes(b *testing.B, ctx context.Context) <-chan outcome
 				if err != nil {
 					continue
 				}
-				o := outcome{at: at}
+				o := outcome{sent: m.Time}
 				switch p := ev.Data.(type) {
 				case *events.CertObtained:
 					o.requestID = p.RequestID
@@ -257,14 +408,15 @@ func (st *stack) watchOutcomes(b *testing.B, ctx context.Context) <-chan outcome
 
 // plainACMEClient is the baseline's acmez client: Pebble's serving CA
 // trusted, a fresh account, HTTP-01 answered by pebble-challtestsrv, and the
-// same connection reuse and poll interval as the workers' issuer.
-func plainACMEClient(b *testing.B, ctx context.Context, s testenv.Settings) (acmez.Client, acme.Account) {
+// same poll interval as the workers' issuer, keeping up to idle connections
+// to the CA.
+func plainACMEClient(b *testing.B, ctx context.Context, s testenv.Settings, idle int) (acmez.Client, acme.Account) {
 	b.Helper()
 	tr, err := s.ACMETransport()
 	if err != nil {
 		b.Fatal(err)
 	}
-	tr.MaxIdleConnsPerHost = 16
+	tr.MaxIdleConnsPerHost = idle
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: tr}
 	client := acmez.Client{
 		Client:           &acme.Client{Directory: s.ACMEDirectory, HTTPClient: hc, PollInterval: 10 * time.Millisecond},
