@@ -14,9 +14,10 @@ import (
 // Worker processes issuance records. Safe for concurrent use: Run calls
 // Handle from many goroutines.
 type Worker struct {
-	cfg    Config
-	routes map[string]route // by CA name, CA directory and group name
-	slots  chan struct{}    // order slots (Concurrency)
+	cfg      Config
+	routes   map[string]route // by CA name, CA directory and group name
+	slots    chan struct{}    // order slots (Concurrency)
+	progress progress         // records held, for Stalled (progress.go)
 }
 
 // New validates cfg (errors name the field) and returns a Worker.
@@ -87,8 +88,10 @@ fetch:
 		tracker.fetched(m.Topic, m.Partition, m.Offset)
 		w.cfg.Metrics.Pending.Inc()
 		wg.Add(1)
+		finish := w.track(m)
 		go func() {
 			defer wg.Done()
+			defer finish()
 			defer func() { <-pending; w.cfg.Metrics.Pending.Dec() }()
 			if err := w.handle(ctx, jobCtx, m); err != nil {
 				// Not finished: never committed, so redelivered after a restart or rebalance.
