@@ -201,6 +201,13 @@ type Request struct {
 	// 201 to newOrder), before any challenge is answered, with the order's URL
 	// and the certificate key it will be finalised with. The caller keeps
 	// both (the key sealed) so a successor can Resume if this worker dies.
+	// It is called for every order Obtain places, so it is also how the
+	// caller counts them (NewOrdersPerAccount): none when Obtain continues
+	// Resume's order, one for a new order, and one more for each new order
+	// after a failed validation that falls back to another challenge type
+	// (at most three per call). A transient failure (the CA answering 5xx or
+	// unreachable, ctx ending) never places another order: the order is left
+	// as it is, authorizations untouched, for a later Obtain to Resume.
 	// It runs synchronously inside the order, so it should be quick; its
 	// failures are the caller's to log (the order goes on regardless).
 	OnOrder func(ctx context.Context, o PendingOrder)
@@ -238,7 +245,8 @@ func (r *Result) LogValue() slog.Value {
 
 // Obtain orders, validates, finalises and downloads a certificate for req. It
 // blocks until the certificate is issued, the order fails, or ctx ends
-// (cancellation abandons the order at the CA; the caller retries). Errors wrap
+// (cancellation leaves the order at the CA as it is; the caller retries,
+// with Resume to continue it). Errors wrap
 // *CAError (what the CA answered: a 429 or a final 5xx), acme.Problem or
 // ErrInvalidRequest; use Classify. Penalties for a 429 are the caller's to
 // record.
@@ -299,34 +307,18 @@ func (i *Issuer) obtainAs(ctx context.Context, acct acme.Account, req Request, s
 	if err != nil {
 		return nil, fmt.Errorf("acmeissuer: generating the certificate key: %w", err)
 	}
-	csr, err := acmez.NewCSR(key, req.SANs)
-	if err != nil {
+	if _, err := acmez.NewCSR(key, req.SANs); err != nil {
 		return nil, fmt.Errorf("%w: making a CSR for %v: %v", ErrInvalidRequest, req.SANs, err)
 	}
-	params, err := acmez.OrderParametersFromCSR(acct, csr)
-	if err != nil {
-		return nil, fmt.Errorf("%w: order parameters for %v: %v", ErrInvalidRequest, req.SANs, err)
-	}
-	params.Profile = profile
-	params.Replaces = req.Replaces
-
 	cctx, c := withCapture(ctx)
 	if req.OnOrder != nil {
 		c.newOrderURL = dir.NewOrder
 		c.onOrder = func(url string) { req.OnOrder(ctx, PendingOrder{URL: url, Key: key}) }
 	}
-	client := acmez.Client{Client: i.client, ChallengeSolvers: solvers}
-	certs, err := client.ObtainCertificate(cctx, params)
+	res, err := i.orderNew(cctx, acct, req, solvers, profile, key)
 	if err != nil {
 		err = annotate(err, c, i.now(), i.cfg.DefaultPenalty)
 		return nil, fmt.Errorf("acmeissuer: obtaining a certificate for %v: %w", req.SANs, err)
-	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("acmeissuer: obtaining a certificate for %v: the CA offered no chain", req.SANs)
-	}
-	res, err := resultFrom(certs[0], key)
-	if err != nil {
-		return nil, fmt.Errorf("acmeissuer: certificate for %v: %w", req.SANs, err)
 	}
 	res.AccountURL = acct.Location
 	return res, nil

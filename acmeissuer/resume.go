@@ -36,8 +36,9 @@ var ErrNotResumable = errors.New("acmeissuer: order cannot be resumed")
 
 // resume continues p for req: it downloads the certificate of a valid order,
 // waits for a processing one, finalises a ready one, and solves the pending
-// authorizations of a pending one first. It never creates an order. Errors
-// that are not about reaching the CA (see notResumable) wrap ErrNotResumable.
+// authorizations of a pending one first (orderRun.complete). It never
+// creates an order. Errors that are not about reaching the CA (see
+// notResumable) wrap ErrNotResumable.
 func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, solvers map[string]acmez.Solver, p PendingOrder) (*Result, error) {
 	if p.URL == "" || p.Key == nil {
 		return nil, fmt.Errorf("%w: no order URL or key", ErrNotResumable)
@@ -55,102 +56,14 @@ func (i *Issuer) resume(ctx context.Context, acct acme.Account, req Request, sol
 	if !sameNames(order.Identifiers, req.SANs) {
 		return nil, fmt.Errorf("%w: the order is for %v, the request for %v", ErrNotResumable, identifierValues(order.Identifiers), req.SANs)
 	}
-	if order.Status == acme.StatusPending {
-		for _, authzURL := range order.Authorizations {
-			if err := i.solveAuthorization(ctx, acct, solvers, authzURL); err != nil {
-				return nil, err
-			}
-		}
-		if order, err = i.client.GetOrder(ctx, acct, order); err != nil {
-			return nil, notResumable(ctx, "reading the order after its authorizations", err)
-		}
-		order.Location = p.URL
-	}
-	if order.Status == acme.StatusReady {
-		csr, err := acmez.NewCSR(p.Key, req.SANs)
-		if err != nil {
-			return nil, fmt.Errorf("%w: making the CSR: %v", ErrNotResumable, err)
-		}
-		if order, err = i.client.FinalizeOrder(ctx, acct, order, csr.Raw); err != nil {
-			return nil, notResumable(ctx, "finalizing the order", err)
-		}
-	}
-	if order.Status == acme.StatusProcessing {
-		if order, err = i.waitProcessing(ctx, acct, order); err != nil {
-			return nil, err
-		}
-	}
-	if order.Status != acme.StatusValid || order.Certificate == "" {
-		return nil, fmt.Errorf("%w: the order is %q", ErrNotResumable, order.Status)
-	}
-	chains, err := i.client.GetCertificateChain(ctx, acct, order.Certificate)
-	if err != nil {
-		return nil, notResumable(ctx, "downloading the certificate", err)
-	}
-	if len(chains) == 0 {
-		return nil, fmt.Errorf("%w: the CA offered no chain", ErrNotResumable)
-	}
-	res, err := resultFrom(chains[0], p.Key)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotResumable, err)
-	}
-	if !slices.Equal(sortedCopy(res.Leaf.DNSNames), sortedCopy(req.SANs)) {
-		return nil, fmt.Errorf("%w: the certificate is for %v", ErrNotResumable, res.Leaf.DNSNames)
-	}
-	return res, nil
-}
-
-// solveAuthorization brings one authorization of a resumed order to valid
-// with the first offered challenge type there is a solver for.
-func (i *Issuer) solveAuthorization(ctx context.Context, acct acme.Account, solvers map[string]acmez.Solver, authzURL string) error {
-	authz, err := i.client.GetAuthorization(ctx, acct, authzURL)
-	if err != nil {
-		return notResumable(ctx, "reading an authorization", err)
-	}
-	switch authz.Status {
-	case acme.StatusValid:
-		return nil
-	case acme.StatusPending:
-	default:
-		return fmt.Errorf("%w: authorization for %s is %q", ErrNotResumable, authz.IdentifierValue(), authz.Status)
-	}
-	var ch acme.Challenge
-	var solver acmez.Solver
-	for _, c := range authz.Challenges {
-		if s, ok := solvers[c.Type]; ok {
-			ch, solver = c, s
-			break
-		}
-	}
-	if solver == nil {
-		return fmt.Errorf("%w: no solver for the challenges offered for %s", ErrNotResumable, authz.IdentifierValue())
-	}
-	if err := solver.Present(ctx, ch); err != nil {
-		return notResumable(ctx, "presenting a challenge", err)
-	}
-	defer func() { _ = solver.CleanUp(context.WithoutCancel(ctx), ch) }()
-	if w, ok := solver.(acmez.Waiter); ok {
-		if err := w.Wait(ctx, ch); err != nil {
-			return notResumable(ctx, "waiting for the challenge solver", err)
-		}
-	}
-	// A challenge the dead worker already answered is "processing" or
-	// "valid": do not answer it twice, poll.
-	if ch.Status == acme.StatusPending {
-		if _, err := i.client.InitiateChallenge(ctx, acct, ch); err != nil {
-			return notResumable(ctx, "answering a challenge", err)
-		}
-	}
-	if _, err := i.client.PollAuthorization(ctx, acct, authz); err != nil {
-		return notResumable(ctx, "validating an authorization", err)
-	}
-	return nil
+	run := &orderRun{i: i, acct: acct, req: req, solvers: solvers, key: p.Key, resume: true, failed: map[string][]string{}}
+	return run.complete(ctx, order)
 }
 
 // waitProcessing polls an order the CA is issuing until it is valid or
 // invalid, within the client's poll timeout.
-func (i *Issuer) waitProcessing(ctx context.Context, acct acme.Account, order acme.Order) (acme.Order, error) {
-	interval, timeout := i.cfg.PollInterval, i.cfg.PollTimeout
+func (r *orderRun) waitProcessing(ctx context.Context, order acme.Order) (acme.Order, error) {
+	interval, timeout := r.i.cfg.PollInterval, r.i.cfg.PollTimeout
 	if interval == 0 {
 		interval = 250 * time.Millisecond
 	}
@@ -160,7 +73,7 @@ func (i *Issuer) waitProcessing(ctx context.Context, acct acme.Account, order ac
 	loc := order.Location
 	for deadline := time.Now().Add(timeout); order.Status == acme.StatusProcessing; {
 		if time.Now().After(deadline) {
-			return order, fmt.Errorf("%w: the order stayed processing for %s", ErrNotResumable, timeout)
+			return order, r.stop("the order stayed processing for %s", timeout)
 		}
 		select {
 		case <-ctx.Done():
@@ -168,8 +81,8 @@ func (i *Issuer) waitProcessing(ctx context.Context, acct acme.Account, order ac
 		case <-time.After(interval):
 		}
 		var err error
-		if order, err = i.client.GetOrder(ctx, acct, order); err != nil {
-			return order, notResumable(ctx, "polling the order", err)
+		if order, err = r.i.client.GetOrder(ctx, r.acct, order); err != nil {
+			return order, r.fail(ctx, "polling the order", err)
 		}
 		order.Location = loc
 	}
