@@ -89,7 +89,9 @@ type Querier interface {
 }
 
 // Record appends e with the session's identity and the database's time.
-// It returns an error, recording nothing, for an unknown action.
+// An event whose ID is already recorded is not recorded again (so a retried
+// Record of an event with a deterministic ID, such as IssuanceID's, leaves
+// one row). It returns an error, recording nothing, for an unknown action.
 func Record(ctx context.Context, x Execer, e Event) error {
 	if !e.Action.Valid() {
 		return fmt.Errorf("audit: recording: unknown action %q", e.Action)
@@ -111,12 +113,23 @@ func Record(ctx context.Context, x Execer, e Event) error {
 	}
 	_, err = x.Exec(ctx, `
 INSERT INTO audit_events (id, at, action, db_user, db_role, os_user, subject, tenant, sans, ca, account, serial, detail)
-VALUES ($1, now(), $2, session_user, current_user, $3, $4, $5, $6, $7, $8, $9, $10)`,
+VALUES ($1, now(), $2, session_user, current_user, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO NOTHING`,
 		e.ID, string(e.Action), e.OSUser, e.Subject, e.Tenant, sans, e.CA, e.Account, e.Serial, string(dj))
 	if err != nil {
 		return fmt.Errorf("audit: recording %s of %q: %w", e.Action, e.Subject, err)
 	}
 	return nil
+}
+
+// issuanceSpace is the UUIDv5 namespace of IssuanceID.
+var issuanceSpace = uuid.MustParse("5b0c1f0e-4a36-4c55-9f0d-6a8e3c3d2b71")
+
+// IssuanceID is the event ID of the issuance of serial by the CA named ca:
+// one row per certificate however often its recording is retried or its
+// order resumed.
+func IssuanceID(ca, serial string) uuid.UUID {
+	return uuid.NewSHA1(issuanceSpace, []byte(ca+"\n"+serial))
 }
 
 // Filter selects events for List. The zero value lists the newest 100 of

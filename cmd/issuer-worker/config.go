@@ -47,6 +47,7 @@ type config struct {
 	DNS01ChallTest   string
 	DNS01Config      string        // -dns01-config: DNS providers by zone or tenant (package dns01)
 	OrderTimeout     time.Duration // -order-timeout
+	StallTimeout     time.Duration // -stall-timeout: /healthz answers 503 after a stall this long (0: never)
 	ChallengeTypes   []string
 	Owner            string
 	Relay            bool
@@ -94,6 +95,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.DNS01ChallTest, "dns01-challtestsrv", "CERTFLEET_DNS01_CHALLTESTSRV", "", "solve dns-01 through pebble-challtestsrv at this management URL (tests only)")
 	fs.String(&c.DNS01Config, "dns01-config", "CERTFLEET_DNS01_CONFIG", "", "DNS-01 configuration file (JSON, package dns01): DNS providers (rfc2136, cloudflare, route53) by zone, tenant or default, credentials in files only their owner may read, resolvers and the propagation bound")
 	fs.Duration(&c.OrderTimeout, "order-timeout", "CERTFLEET_ORDER_TIMEOUT", 2*time.Minute, "bound of one ACME order, DNS-01's propagation wait included")
+	fs.Duration(&c.StallTimeout, "stall-timeout", "CERTFLEET_STALL_TIMEOUT", 15*time.Minute, "/healthz answers 503 (so the orchestrator restarts the worker) when a record has been due this long with no record finished since; records waiting for their not_before do not count; 0: never")
 	fs.String(&challengeTypes, "challenge-types", "CERTFLEET_CHALLENGE_TYPES", "http-01,dns-01", "challenge types the worker may solve, comma separated; dns-01 needs a DNS provider")
 	host, _ := os.Hostname()
 	fs.String(&c.Owner, "owner", "CERTFLEET_WORKER_ID", fmt.Sprintf("%s:%d", host, os.Getpid()), "this worker's name in claims and logs")
@@ -178,6 +180,9 @@ func (c config) validate() error {
 	}
 	if c.OrderTimeout < 10*time.Second || c.OrderTimeout >= c.Lease {
 		bad("order-timeout", "%v must be at least 10s and below -lease (%v), which must outlast the longest order", c.OrderTimeout, c.Lease)
+	}
+	if c.StallTimeout != 0 && c.StallTimeout <= c.Lease {
+		bad("stall-timeout", "%v must be 0 (never) or longer than -lease (%v): a record may wait that long for a claim and an order", c.StallTimeout, c.Lease)
 	}
 	if c.Group == "" {
 		bad("group", "must not be empty")

@@ -79,6 +79,8 @@ func TestParseConfig(t *testing.T) {
 		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
 		{"two dns-01 providers", []string{"-dns01-config", "/d.json", "-dns01-challtestsrv", "http://127.0.0.1:8055"}, nil, "-dns01-config: and -dns01-challtestsrv exclude each other"},
 		{"order outlasting the lease", []string{"-order-timeout", "6m"}, nil, "-order-timeout: 6m0s must be at least 10s and below -lease"},
+		{"stall within the lease", []string{"-stall-timeout", "5m"}, nil, "-stall-timeout: 5m0s must be 0 (never) or longer than -lease"},
+		{"stall not a duration", nil, map[string]string{"CERTFLEET_STALL_TIMEOUT": "soon"}, "-stall-timeout: CERTFLEET_STALL_TIMEOUT"},
 		{"delegated TLD allowed", []string{"-allow-special-names", "test,com"}, nil, `-allow-special-names: names: allowed special-use TLD "com": it is delegated`},
 		{"stray argument", []string{"extra"}, nil, `unexpected argument "extra"`},
 		{"unknown flag", []string{"-bogus"}, nil, "flag provided but not defined"},

@@ -225,7 +225,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)
 		}
-		cas = append(cas, pipeline.CA{CA: ca, Issuer: iss})
+		cas = append(cas, pipeline.CA{CA: ca, Issuer: auditedIssuer{next: iss, ca: ca.Name, db: d.Pool(), log: log}})
 	}
 
 	reg := prometheus.NewRegistry()
@@ -328,7 +328,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 
 	ops := http.NewServeMux()
 	ops.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	ops.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	ops.HandleFunc("/healthz", healthz(worker, cfg.StallTimeout))
 	ops.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := ready(r.Context(), d, kc.Brokers()); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
