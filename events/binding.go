@@ -103,6 +103,10 @@ func inUTC(p Payload) Payload {
 		c := *v
 		c.RenewAt, c.WindowStart, c.WindowEnd = c.RenewAt.UTC(), c.WindowStart.UTC(), c.WindowEnd.UTC()
 		return &c
+	case *CertRevoked:
+		c := *v
+		c.RevokedAt = c.RevokedAt.UTC()
+		return &c
 	}
 	return p
 }

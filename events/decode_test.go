@@ -96,7 +96,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"value over 64 KiB", func() kafka.Message { m := req; m.Value = bytes.Repeat([]byte(" "), MaxValueSize+1); return m }(), ErrTooLarge, "value"},
 		{"spec version 0.3", setHeader(req, "ce_specversion", "0.3"), ErrUnknownSpecVersion, "ce_specversion"},
 		{"no spec version", dropHeader(req, "ce_specversion"), ErrMissingHeader, "ce_specversion"},
-		{"unknown type", setHeader(req, "ce_type", "dev.certfleet.cert.revoked"), ErrUnknownType, "ce_type"},
+		{"unknown type", setHeader(req, "ce_type", "dev.certfleet.cert.suspended"), ErrUnknownType, "ce_type"},
 		{"no type", dropHeader(req, "ce_type"), ErrMissingHeader, "ce_type"},
 		{"schema v2", setHeader(req, "ce_dataschema", "https://certfleet.dev/schema/events/v2/issuance.requested.json"), ErrUnknownSchemaVersion, "ce_dataschema"},
 		{"schema of another type", setHeader(req, "ce_dataschema", TypeCertFailed.SchemaURI()), ErrInvalidHeader, "ce_dataschema"},

@@ -17,7 +17,7 @@
 //	certfleet.issuance.requests    IssuanceRequest (dev.certfleet.issuance.requested)
 //	certfleet.issuance.retry       IssuanceRequest re-queued after a deferral, later not_before, attempt+1
 //	certfleet.issuance.dlq         records a subscriber gave up on, unchanged plus certfleet_dlq_* headers
-//	certfleet.certificates.events  CertObtained, CertFailed, IssuanceDeferred, RenewalScheduled
+//	certfleet.certificates.events  CertObtained, CertFailed, IssuanceDeferred, RenewalScheduled, CertRevoked
 //	certfleet.ratelimit.changes    owned by package ratelimit, not encoded here
 //
 // # Records
@@ -45,7 +45,8 @@
 //
 // An event id depends only on the request id, the type and the outcome (the
 // attempt number for failures, deferrals and request re-publications; the
-// renewal time for schedules), never on the wall clock or the producing
+// renewal time for schedules; nothing for cert.obtained and cert.revoked,
+// one per certificate), never on the wall clock or the producing
 // instance. A worker that crashes after publishing and re-publishes after
 // redelivery emits the same id, and subscribers drop it as a duplicate.
 //

@@ -117,7 +117,7 @@ var idNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://certfleet.dev/
 // EventID derives a stable event id: the UUIDv5 (RFC 9562) in the namespace
 // UUIDv5(URL, "https://certfleet.dev/events") of
 // requestID + "\n" + type + "\n" + outcome. The outcome part is "" for
-// cert.obtained, "attempt=N" for issuance.requested, cert.failed and
+// cert.obtained and cert.revoked, "attempt=N" for issuance.requested, cert.failed and
 // issuance.deferred, and "renew_at=<RFC 3339 UTC>" for renewal.scheduled.
 // Request ids cannot contain "\n", so distinct inputs never collide by
 // concatenation.

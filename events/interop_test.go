@@ -51,7 +51,7 @@ func TestInteropKcatConsumes(t *testing.T) {
 	kcat := requireKcat(t)
 	k := newKafkaEnv(t, 3)
 	p := k.producer(t)
-	evs := sampleEvents(t)[1:] // the four outcome events
+	evs := sampleEvents(t)[1:] // the outcome events
 	if err := p.Publish(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}

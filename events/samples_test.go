@@ -95,6 +95,19 @@ func samplePayloads(t testing.TB) []Payload {
 			WindowStart: time.Date(2026, 2, 28, 0, 0, 0, 0, time.UTC),
 			WindowEnd:   time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC),
 		},
+		&CertRevoked{
+			RequestID:            "req-0001",
+			SANs:                 sans,
+			Tenant:               "tenant-a",
+			CA:                   "letsencrypt",
+			Serial:               leaf.SerialNumber.Text(16),
+			ARICertID:            ARICertID(leaf),
+			ReasonCode:           RevokeKeyCompromise,
+			Reason:               "keyCompromise",
+			RevokedAt:            time.Date(2026, 1, 2, 7, 0, 0, 0, time.UTC),
+			ReplacementRequested: true,
+			ReplacementRequestID: "reissue-0001",
+		},
 	}
 }
 

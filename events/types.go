@@ -16,11 +16,12 @@ const (
 	TypeCertFailed        Type = "dev.certfleet.cert.failed"
 	TypeIssuanceDeferred  Type = "dev.certfleet.issuance.deferred"
 	TypeRenewalScheduled  Type = "dev.certfleet.renewal.scheduled"
+	TypeCertRevoked       Type = "dev.certfleet.cert.revoked"
 )
 
 // Types lists every message type, in a fixed order.
 func Types() []Type {
-	return []Type{TypeIssuanceRequested, TypeCertObtained, TypeCertFailed, TypeIssuanceDeferred, TypeRenewalScheduled}
+	return []Type{TypeIssuanceRequested, TypeCertObtained, TypeCertFailed, TypeIssuanceDeferred, TypeRenewalScheduled, TypeCertRevoked}
 }
 
 // SchemaVersion is the version of the JSON Schemas this package writes.
@@ -91,7 +92,8 @@ const (
 
 // Payload is the body of one message. It is implemented only by the types in
 // this package (*IssuanceRequest, *CertObtained, *CertFailed,
-// *IssuanceDeferred, *RenewalScheduled); handlers switch on the concrete type.
+// *IssuanceDeferred, *RenewalScheduled, *CertRevoked); handlers switch on the
+// concrete type.
 type Payload interface {
 	// EventType is the ce_type of the message.
 	EventType() Type
@@ -255,6 +257,8 @@ func requestID(p Payload) string {
 		return p.RequestID
 	case *RenewalScheduled:
 		return p.RequestID
+	case *CertRevoked:
+		return p.RequestID
 	}
 	return ""
 }
@@ -266,4 +270,5 @@ var registry = map[Type]func() Payload{
 	TypeCertFailed:        func() Payload { return new(CertFailed) },
 	TypeIssuanceDeferred:  func() Payload { return new(IssuanceDeferred) },
 	TypeRenewalScheduled:  func() Payload { return new(RenewalScheduled) },
+	TypeCertRevoked:       func() Payload { return new(CertRevoked) },
 }

@@ -72,15 +72,16 @@ func pattern(re *regexp.Regexp, required bool) func(string) error {
 }
 
 var (
-	checkRequestID = pattern(idPattern, true)
-	checkTenant    = pattern(idPattern, true)
-	checkIdemKey   = pattern(idPattern, false)
-	checkProfile   = pattern(namePattern, false)
-	checkARI       = pattern(ariPattern, true)
-	checkARIOpt    = pattern(ariPattern, false)
-	checkSerial    = pattern(serialPattern, true)
-	checkProblem   = pattern(problemPattern, true)
-	checkLimit     = pattern(limitPattern, true)
+	checkRequestID    = pattern(idPattern, true)
+	checkRequestIDOpt = pattern(idPattern, false)
+	checkTenant       = pattern(idPattern, true)
+	checkIdemKey      = pattern(idPattern, false)
+	checkProfile      = pattern(namePattern, false)
+	checkARI          = pattern(ariPattern, true)
+	checkARIOpt       = pattern(ariPattern, false)
+	checkSerial       = pattern(serialPattern, true)
+	checkProblem      = pattern(problemPattern, true)
+	checkLimit        = pattern(limitPattern, true)
 )
 
 // checkText rejects invalid UTF-8, control characters (C0, DEL, C1 and the
