@@ -23,9 +23,10 @@ import (
 // single-bucket spends of the same key, limit and cost inside one process are
 // coalesced: while one statement for the key is in flight, later callers
 // queue, and the queue is then decided by one statement that grants as many
-// of them, in arrival order, as fit. A multi-bucket spend is one short
-// transaction that locks every key in sorted order with one statement, decides
-// in Go with the pure GCRA, and writes the new TATs with a second statement.
+// of them, in arrival order, as fit. A multi-bucket spend (and Book) is one
+// round trip: a pipelined batch of two statements that the server runs as
+// one implicit transaction, the first locking every key in sorted order, the
+// second deciding the whole batch in SQL and writing it, all or nothing.
 type DBStore struct {
 	db   *db.DB
 	pool *pgxpool.Pool
@@ -79,8 +80,7 @@ func (s *DBStore) Spend(ctx context.Context, now time.Time, reqs []Request) ([]D
 	return ds, err
 }
 
-// Book implements Store: one short transaction that locks every key, as a
-// multi-bucket spend does.
+// Book implements Store, in one round trip as a multi-bucket spend.
 func (s *DBStore) Book(ctx context.Context, now time.Time, reqs []Request, latest time.Time) ([]Decision, time.Time, error) {
 	if err := validateRequests(reqs); err != nil {
 		return nil, time.Time{}, err
@@ -207,47 +207,105 @@ SELECT k, 0, 0, 0, now() FROM unnest($1::TEXT[]) AS u(k) ORDER BY k
 ON CONFLICT (bucket_key) DO UPDATE SET last_granted = b.last_granted
 RETURNING bucket_key, tat_ns, penalty_until_ns`
 
-const writeSQL = `
-UPDATE ratelimit_buckets AS b SET tat_ns = u.tat, updated_at = now()
-FROM unnest($1::TEXT[], $2::INT8[]) AS u(k, tat) WHERE b.bucket_key = u.k`
+// decideSQL decides a whole batch in SQL and writes it, all or nothing, on
+// rows lockSQL has just created and locked in the same implicit
+// transaction. $1-$5 are the requests (key, cost*interval, burst offset,
+// mode, lead), $6 now, $7 the number of requests, $8 whether to book, $9
+// latest (0: none). The decision is decideBatch's: every request fits at
+// now (ModeSpendNoCheck always does; a penalty denies the others); else,
+// when booking and no denied bucket is penalised, the slot at is the latest
+// time a ModeSpend or ModeCheck bucket allows its cost, within latest. Every
+// spend bucket then gets GREATEST(tat, at + lead) + inc (at is now when all
+// fit). The command tag counts the rows written. Only +, -, *, GREATEST,
+// comparisons and aggregates on INT8: the same arithmetic as gcra.go.
+const decideSQL = `
+WITH r AS (
+  SELECT * FROM unnest($1::TEXT[], $2::INT8[], $3::INT8[], $4::INT8[], $5::INT8[]) AS r(k, inc, bo, mode, lead)
+), d AS (
+  SELECT r.k, r.inc, r.mode, r.lead, b.tat_ns AS tat,
+    (r.mode = 1 OR (b.penalty_until_ns <= $6::INT8 AND GREATEST(b.tat_ns, $6::INT8) + r.inc - r.bo <= $6::INT8)) AS ok,
+    b.penalty_until_ns <= $6::INT8 AS unpenalised,
+    CASE WHEN r.mode = 1 THEN $6::INT8 ELSE GREATEST(b.tat_ns, $6::INT8) + r.inc - r.bo END AS allow_at
+  FROM r JOIN ratelimit_buckets AS b ON b.bucket_key = r.k
+), v AS (
+  SELECT count(*) = $7::INT8 AS present, bool_and(ok) AS all_ok, bool_and(ok OR unpenalised) AS bookable,
+    GREATEST($6::INT8, max(allow_at)) AS slot
+  FROM d
+)
+UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(d.tat, v.slot + d.lead) + d.inc, updated_at = now()
+FROM d, v
+WHERE b.bucket_key = d.k AND d.mode <> 2 AND v.present
+  AND (v.all_ok OR ($8::BOOL AND v.bookable AND ($9::INT8 = 0 OR v.slot <= $9::INT8)))`
 
-// spendMany is the all-or-nothing multi-bucket spend, and Book.
+// spendMany is the all-or-nothing multi-bucket spend, and Book, in one
+// round trip: a pipelined batch of lockSQL (create missing buckets, lock
+// every key in sorted order, return their state) and decideSQL (decide and
+// write in SQL), run by the server as one implicit transaction. The
+// decisions are computed in Go from the state lockSQL returned, with the
+// same arithmetic; a disagreement about what was written is an error (an
+// unknown outcome), never a wrong answer.
 func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request, book bool, latest int64) ([]Decision, int64, error) {
 	keys := make([]string, len(reqs))
+	incs := make([]int64, len(reqs))
+	bos := make([]int64, len(reqs))
+	modes := make([]int64, len(reqs))
+	leads := make([]int64, len(reqs))
+	var writes int64
 	for i, r := range reqs {
-		keys[i] = r.Key
+		keys[i], incs[i], bos[i], modes[i], leads[i] = r.Key, r.Limit.Interval()*r.Cost, r.Limit.BurstOffset(), int64(r.Mode), int64(r.Lead)
+		if r.Mode != ModeCheck {
+			writes++
+		}
 	}
-	slices.Sort(keys)
+	sorted := slices.Sorted(slices.Values(keys))
 	var ds []Decision
 	var at int64
-	err := s.runTx(ctx, func(tx pgx.Tx) error {
-		state, err := s.read(ctx, tx, lockSQL, keys)
-		if err != nil {
-			return fmt.Errorf("locking: %w", err)
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		ds, at, err = s.spendBatch(ctx, now, reqs, sorted, [5]any{keys, incs, bos, modes, leads}, book, latest, writes)
+		if err == nil || !db.Retryable(err) {
+			break
 		}
-		st := make([]bucketState, len(reqs))
-		for i, r := range reqs {
-			st[i] = bucketState{state[r.Key][0], state[r.Key][1]}
-		}
-		var write bool
-		ds, at, write = decideBatch(reqs, st, now, book, latest)
-		var wk []string
-		var wt []int64
-		for i, r := range reqs {
-			if r.Mode != ModeCheck {
-				wk, wt = append(wk, r.Key), append(wt, ds[i].newTAT)
-			}
-		}
-		if !write || len(wk) == 0 {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, writeSQL, wk, wt); err != nil {
-			return fmt.Errorf("writing: %w", err)
-		}
-		return nil
-	})
+	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(reqs), keys[0], err)
+		return nil, 0, fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(reqs), sorted[0], err)
+	}
+	return ds, at, nil
+}
+
+func (s *DBStore) spendBatch(ctx context.Context, now int64, reqs []Request, sorted []string, args [5]any, book bool, latest, writes int64) ([]Decision, int64, error) {
+	b := &pgx.Batch{}
+	b.Queue(lockSQL, sorted)
+	b.Queue(decideSQL, args[0], args[1], args[2], args[3], args[4], now, int64(len(reqs)), book, latest)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
+	if err != nil {
+		return nil, 0, fmt.Errorf("locking: %w", err)
+	}
+	state := make(map[string]bucketState, len(reqs))
+	var k string
+	var st bucketState
+	if _, err := pgx.ForEachRow(rows, []any{&k, &st.tat, &st.penaltyUntil}, func() error {
+		state[k] = st
+		return nil
+	}); err != nil {
+		return nil, 0, fmt.Errorf("locking: %w", err)
+	}
+	tag, err := br.Exec()
+	if err != nil {
+		return nil, 0, fmt.Errorf("deciding: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return nil, 0, fmt.Errorf("committing: %w", err)
+	}
+	sts := make([]bucketState, len(reqs))
+	for i, r := range reqs {
+		sts[i] = state[r.Key]
+	}
+	ds, at, write := decideBatch(reqs, sts, now, book, latest)
+	if wrote := tag.RowsAffected(); (write && wrote != writes) || (!write && wrote != 0) {
+		return nil, 0, fmt.Errorf("the database wrote %d buckets where the limiter's arithmetic says %v for %d: outcome unknown", wrote, write, writes)
 	}
 	return ds, at, nil
 }
