@@ -16,7 +16,9 @@ import (
 	"github.com/certfleet/certfleet/seal"
 )
 
-// Accounts: one per (CA directory, tenant) across the whole fleet.
+// Accounts: one per (CA directory, tenant) across the whole fleet, or one
+// per CA directory for every tenant with AccountShared (its row's tenant is
+// AccountKey's "*", which no tenant can be called).
 //
 // The acme_accounts row is the lock. A worker needing an account:
 //
@@ -47,8 +49,10 @@ type accountEntry struct {
 // Account returns the ACME account for tenant at this issuer's CA, registering
 // it once across the fleet when it does not exist yet. It blocks until the
 // account is known or ctx ends. Concurrent calls for one tenant share the work;
-// a failure is not cached.
+// a failure is not cached. With AccountShared every tenant gets the one
+// shared account (row key AccountKey).
 func (i *Issuer) Account(ctx context.Context, tenant string) (acme.Account, error) {
+	tenant = i.AccountKey(tenant)
 	i.mu.Lock()
 	e, ok := i.accounts[tenant]
 	if !ok {
@@ -86,6 +90,11 @@ func (i *Issuer) loadOrRegister(ctx context.Context, tenant string) (acme.Accoun
 		return i.account(url, key), nil
 	}
 	if !found {
+		// A registration is spent before the row is claimed, so a
+		// deferred one leaves no row for the next caller to wait on.
+		if err := i.spendRegistration(ctx); err != nil {
+			return acme.Account{}, fmt.Errorf("acmeissuer: registering %s: %w", describeAccount(tenant), err)
+		}
 		newKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return acme.Account{}, fmt.Errorf("acmeissuer: generating an account key: %w", err)
@@ -121,6 +130,9 @@ func (i *Issuer) loadOrRegister(ctx context.Context, tenant string) (acme.Accoun
 		if time.Now().After(deadline) {
 			// The winner is slow or dead: register its key ourselves
 			// (idempotent at the CA, see above).
+			if err := i.spendRegistration(ctx); err != nil {
+				return acme.Account{}, fmt.Errorf("acmeissuer: registering %s: %w", describeAccount(tenant), err)
+			}
 			return i.register(ctx, tenant, key)
 		}
 		select {
@@ -195,6 +207,10 @@ func (i *Issuer) register(ctx context.Context, tenant string, key crypto.Signer)
 // CA knows again maps to one account (RFC 8555 §7.3.1), and the row keeps
 // whichever new URL is written.
 func (i *Issuer) reregister(ctx context.Context, tenant string, gone acme.Account) (acme.Account, error) {
+	tenant = i.AccountKey(tenant)
+	if err := i.spendRegistration(ctx); err != nil {
+		return acme.Account{}, fmt.Errorf("acmeissuer: registering %s again: %w", describeAccount(tenant), err)
+	}
 	cctx, c := withCapture(ctx)
 	acct, err := i.client.NewAccount(cctx, acme.Account{Contact: i.cfg.Contact, TermsOfServiceAgreed: true, PrivateKey: gone.PrivateKey})
 	if err != nil {

@@ -104,6 +104,8 @@ func (e *CAError) RateLimited() bool {
 //
 //   - a rate-limited *CAError, a problem of type rateLimited or status 429:
 //     RateLimited.
+//   - a *RegistrationLimitedError (the fleet's registration limits deferred
+//     a new account; the CA was not asked): RateLimited until its RetryAt.
 //   - ErrInvalidRequest: Permanent.
 //   - a *dns01.Error (DNS-01's lookups, provider or propagation check
 //     failed): Permanent when it says so, else Retry, with its problem type
@@ -136,6 +138,10 @@ func Classify(err error) Classification {
 	if errors.Is(err, ErrInvalidRequest) {
 		out.Class = Permanent
 		return out
+	}
+	var re *RegistrationLimitedError
+	if errors.As(err, &re) {
+		return registrationProblem(re)
 	}
 	var de *dns01.Error
 	if errors.As(err, &de) {

@@ -72,6 +72,12 @@ type Config struct {
 	DefaultPenalty time.Duration
 	// Contact lists account contact URLs (mailto:...). Optional.
 	Contact []string
+	// AccountMode maps tenants to ACME accounts: AccountPerTenant (the
+	// default, "") or AccountShared (one account for every tenant).
+	AccountMode AccountMode
+	// Registrations, optional, is asked before every newAccount (the CA's
+	// registration limits; see RegistrationLimiter).
+	Registrations RegistrationLimiter
 	// EAB, optional, is the CA's External Account Binding (RFC 8555
 	// §7.3.4): every account this issuer creates is bound with it (MACKey
 	// base64url, as the CA hands it out; caconfig.CA.EAB reads it from its
@@ -125,6 +131,11 @@ func New(cfg Config) (*Issuer, error) {
 	case cfg.EAB != nil && (cfg.EAB.KeyID == "" || cfg.EAB.MACKey == ""):
 		return nil, errors.New("acmeissuer: Config.EAB needs a KeyID and a MACKey")
 	}
+	mode, err := ParseAccountMode(string(cfg.AccountMode))
+	if err != nil {
+		return nil, fmt.Errorf("acmeissuer: Config.AccountMode: %w", err)
+	}
+	cfg.AccountMode = mode
 	for typ, s := range cfg.Solvers {
 		if s == nil {
 			return nil, fmt.Errorf("acmeissuer: Config.Solvers[%q] is nil", typ)
