@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certfleet/certfleet/acmeissuer"
 	"github.com/certfleet/certfleet/delivery"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
@@ -37,6 +38,7 @@ type config struct {
 	ACMETLSCA        string
 	LimitsFile       string
 	Profile          string
+	AccountMode      acmeissuer.AccountMode // -account-mode: one ACME account per tenant or one shared per CA
 	Concurrency      int
 	MaxPending       int
 	Lease            time.Duration
@@ -84,6 +86,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
 	fs.String(&c.Profile, "profile", "CERTFLEET_PROFILE", "", "ACME profile for requests that name none; empty: such orders name none and the CA applies its default profile")
+	var accountMode string
+	fs.String(&accountMode, "account-mode", "CERTFLEET_ACCOUNT_MODE", string(acmeissuer.AccountPerTenant), "ACME accounts: per-tenant (one per CA and tenant) or shared (one per CA for every tenant, as Let's Encrypt asks of large integrators; tenants stay apart in certfleet's own buckets)")
 	fs.String(&allowSpecial, "allow-special-names", "CERTFLEET_ALLOW_SPECIAL_NAMES", "", "special-use or undelegated TLDs whose names are accepted, comma separated, e.g. test,example for a lab CA such as Pebble; empty (production): only names under a TLD delegated in the ICANN section of the public suffix list")
 	fs.Int(&c.Concurrency, "concurrency", "CERTFLEET_CONCURRENCY", 8, "orders in flight per worker")
 	fs.Int(&c.MaxPending, "max-pending", "CERTFLEET_MAX_PENDING", 1024, "fetched records held at once, including those waiting for not_before")
@@ -115,6 +119,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if c.CAGroups, err = caconfig.ParseGroups(groups); err != nil {
 		return c, fmt.Errorf("-ca-group %w", err)
+	}
+	if c.AccountMode, err = acmeissuer.ParseAccountMode(accountMode); err != nil {
+		return c, fmt.Errorf("-account-mode: %w", err)
 	}
 	if c.Names, err = names.ParsePolicy(allowSpecial); err != nil {
 		return c, fmt.Errorf("-allow-special-names: %w", err)

@@ -39,6 +39,12 @@ func TestParseConfig(t *testing.T) {
 	if c, err := parseConfig(nil, env(two)); err != nil || len(c.CAGroups) != 1 || c.CAGroups[0].Name != "any" || c.CAs[1].EABKeyID != "k" {
 		t.Fatalf("a group of two CAs: %+v, %v", c.CAGroups, err)
 	}
+	if c.AccountMode != "per-tenant" {
+		t.Fatalf("default account mode %q; want per-tenant", c.AccountMode)
+	}
+	if c, err := parseConfig(nil, env(map[string]string{"CERTFLEET_ACCOUNT_MODE": "shared"})); err != nil || c.AccountMode != "shared" {
+		t.Fatalf("CERTFLEET_ACCOUNT_MODE=shared: %q, %v", c.AccountMode, err)
+	}
 	if len(c.Names.AllowedSpecialUse) != 0 {
 		t.Fatalf("default names policy %s; want strict", c.Names)
 	}
@@ -75,6 +81,7 @@ func TestParseConfig(t *testing.T) {
 		{"session too short", []string{"-session-timeout", "1s"}, nil, "-session-timeout: 1s is not between 6s and 5m"},
 		{"bad listen", []string{"-listen", "9090"}, nil, `-listen: "9090" is not host:port`},
 		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
+		{"unknown account mode", []string{"-account-mode", "per-ca"}, nil, `-account-mode: account mode "per-ca": want per-tenant or shared`},
 		{"unknown challenge type", []string{"-challenge-types", "tls-alpn-01"}, nil, `-challenge-types: "tls-alpn-01"`},
 		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
 		{"two dns-01 providers", []string{"-dns01-config", "/d.json", "-dns01-challtestsrv", "http://127.0.0.1:8055"}, nil, "-dns01-config: and -dns01-challtestsrv exclude each other"},
