@@ -35,7 +35,7 @@ var certmagicRuns atomic.Int64
 // the timed batch is what it measures between our go line and its result,
 // with the same definitions as the other sides.
 func (st *stack) certmagicSide(throttle string, concurrency int) issuanceSide {
-	return issuanceSide{name: "certmagic_" + throttle, prepare: func(tb testing.TB, n int) func() (time.Duration, []time.Duration) {
+	return issuanceSide{name: "certmagic_" + throttle, prepare: func(tb testing.TB, n int) func() batchResult {
 		bin := os.Getenv(EnvBenchCertMagic)
 		if bin == "" {
 			tb.Skipf("%s is not set: no CertMagic peer (make bench builds it from bench/certmagic)", EnvBenchCertMagic)
@@ -77,7 +77,7 @@ func (st *stack) certmagicSide(throttle string, concurrency int) issuanceSide {
 		if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
 			fail("warming up", fmt.Errorf("read %q, %v", line, err))
 		}
-		return func() (time.Duration, []time.Duration) {
+		return func() batchResult {
 			if _, err := io.WriteString(stdin, "go\n"); err != nil {
 				fail("starting the batch", err)
 			}
@@ -85,6 +85,7 @@ func (st *stack) certmagicSide(throttle string, concurrency int) issuanceSide {
 			var res struct {
 				ElapsedNS int64   `json:"elapsed_ns"`
 				TTCNS     []int64 `json:"ttc_ns"`
+				CPUNS     int64   `json:"cpu_ns"`
 			}
 			if err == nil {
 				err = json.Unmarshal([]byte(line), &res)
@@ -104,7 +105,7 @@ func (st *stack) certmagicSide(throttle string, concurrency int) issuanceSide {
 			for i, d := range res.TTCNS {
 				ttc[i] = time.Duration(d)
 			}
-			return time.Duration(res.ElapsedNS), ttc
+			return batchResult{elapsed: time.Duration(res.ElapsedNS), ttc: ttc, childCPU: time.Duration(res.CPUNS)}
 		}
 	}}
 }

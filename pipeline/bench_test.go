@@ -83,6 +83,10 @@ const EnvBenchRuns = "CERTFLEET_BENCH_RUNS"
 //     (after the certificate is stored), not when the benchmark's own
 //     reader happens to fetch it (that reader lagged by up to a second on a
 //     loaded machine, which made the pipeline's figures noisy);
+//   - cpu-per-cert-ms: CPU time per certificate of the test process and
+//     every service of the stack beyond what they spend idle (and of the
+//     CertMagic peer's process), what the side costs the machine
+//     (bench_cpu_test.go); each part's share is logged;
 //   - worker memory: heap-idle-MiB (heap in use after a GC, just before the
 //     batch), peak-heap-MiB (heap in use, sampled every 20 ms) and
 //     peak-RSS-MiB (the kernel's VmHWM, reset before the batch) while the
@@ -149,7 +153,16 @@ func BenchmarkFleetIssuance(b *testing.B) {
 type issuanceSide struct {
 	name    string
 	memory  bool // report this process's memory (false: the side runs elsewhere)
-	prepare func(tb testing.TB, n int) (batch func() (elapsed time.Duration, ttc []time.Duration))
+	prepare func(tb testing.TB, n int) (batch func() batchResult)
+}
+
+// batchResult is what one side's batch measured.
+type batchResult struct {
+	elapsed time.Duration
+	ttc     []time.Duration
+	// childCPU is CPU the side spent in a process of its own during the
+	// batch (the CertMagic peer), beyond this process and the stack.
+	childCPU time.Duration
 }
 
 func (s issuanceSide) measure(b *testing.B) {
@@ -158,13 +171,17 @@ func (s issuanceSide) measure(b *testing.B) {
 	if s.memory {
 		mem = benchmem.Start()
 	}
+	idle := idleCPU(time.Second)
+	cpu0 := sampleCPU()
 	b.ResetTimer()
-	elapsed, ttc := batch()
+	res := batch()
 	b.StopTimer()
-	slices.Sort(ttc)
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "certs/s")
-	b.ReportMetric(ms(percentile(ttc, 0.50)), "ttc-p50-ms")
-	b.ReportMetric(ms(percentile(ttc, 0.99)), "ttc-p99-ms")
+	cpu1 := sampleCPU()
+	slices.Sort(res.ttc)
+	b.ReportMetric(float64(b.N)/res.elapsed.Seconds(), "certs/s")
+	b.ReportMetric(ms(percentile(res.ttc, 0.50)), "ttc-p50-ms")
+	b.ReportMetric(ms(percentile(res.ttc, 0.99)), "ttc-p99-ms")
+	reportCPU(b, cpu0, cpu1, idle, res.elapsed, res.childCPU, s.name)
 	if mem != nil {
 		mem.Report(b, true)
 	}
@@ -240,9 +257,12 @@ func (st *stack) pipelineSide(b *testing.B, obtained <-chan outcome, workers, pe
 	}
 	st.waitGroupStable(b, ctx, group, workers)
 	issue(b, prepare(b, workers*perWorker)) // warm-up
-	return issuanceSide{name: "pipeline", memory: true, prepare: func(tb testing.TB, n int) func() (time.Duration, []time.Duration) {
+	return issuanceSide{name: "pipeline", memory: true, prepare: func(tb testing.TB, n int) func() batchResult {
 		reqs := prepare(tb, n)
-		return func() (time.Duration, []time.Duration) { return issue(tb, reqs) }
+		return func() batchResult {
+			elapsed, ttc := issue(tb, reqs)
+			return batchResult{elapsed: elapsed, ttc: ttc}
+		}
 	}}
 }
 
@@ -332,13 +352,13 @@ func (st *stack) acmezLoopSide(b *testing.B, concurrency int) issuanceSide {
 	if _, _, err := batch(concurrency); err != nil {
 		b.Fatalf("warming up the acmez loop: %v", err)
 	}
-	return issuanceSide{name: "baseline_acmez_loop", memory: true, prepare: func(tb testing.TB, n int) func() (time.Duration, []time.Duration) {
-		return func() (time.Duration, []time.Duration) {
+	return issuanceSide{name: "baseline_acmez_loop", memory: true, prepare: func(tb testing.TB, n int) func() batchResult {
+		return func() batchResult {
 			elapsed, ttc, err := batch(n)
 			if err != nil {
 				tb.Fatal(err)
 			}
-			return elapsed, ttc
+			return batchResult{elapsed: elapsed, ttc: ttc}
 		}
 	}}
 }

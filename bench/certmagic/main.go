@@ -22,10 +22,11 @@
 // first (the account registered, the challenge server started: the same
 // warm-up the pipeline and the acmez loop get), prints "ready", waits for
 // one line on stdin, then obtains -n certificates and prints one JSON line,
-// a result: the batch's elapsed time and each certificate's time from the
-// start of the batch (so a name's wait for a free goroutine, or for the
-// throttle, counts, as it does on the other sides). Any failure ends it with
-// a non-zero status and the error on stderr.
+// a result: the batch's elapsed time, the peer's CPU time during it, and
+// each certificate's time from the start of the batch (so a name's wait for
+// a free goroutine, or for the throttle, counts, as it does on the other
+// sides). Any failure ends it with a non-zero status and the error on
+// stderr.
 package main
 
 import (
@@ -43,6 +44,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -52,6 +54,7 @@ import (
 type result struct {
 	ElapsedNS int64   `json:"elapsed_ns"`
 	TTCNS     []int64 `json:"ttc_ns"` // per certificate, from the start of the batch, in completion order
+	CPUNS     int64   `json:"cpu_ns"` // this process's CPU time (user + system) during the batch
 }
 
 type options struct {
@@ -175,15 +178,25 @@ func run(ctx context.Context, o options) error {
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		return fmt.Errorf("waiting for the go line on stdin: %w", err)
 	}
+	cpu0 := cpuTime()
 	elapsed, ttc, err := batch(o.n)
 	if err != nil {
 		return err
 	}
-	res := result{ElapsedNS: int64(elapsed)}
+	res := result{ElapsedNS: int64(elapsed), CPUNS: int64(cpuTime() - cpu0)}
 	for _, d := range ttc {
 		res.TTCNS = append(res.TTCNS, int64(d))
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// cpuTime is this process's CPU time so far (user + system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // pointAt makes challtestsrv's DNS answer name with addr, where CertMagic's
