@@ -60,6 +60,29 @@ type Ages struct {
 	Audit time.Duration
 }
 
+// Check refuses ages that would lose what is still needed; errors name the
+// field (Ages.X).
+func (a Ages) Check() error {
+	var errs []error
+	bad := func(f string, v ...any) { errs = append(errs, fmt.Errorf("retention: config field Ages."+f, v...)) }
+	for _, x := range []struct {
+		name string
+		d    time.Duration
+	}{{"IdleBuckets", a.IdleBuckets}, {"EndedRequests", a.EndedRequests}, {"KeyGrace", a.KeyGrace}, {"ExpiredCerts", a.ExpiredCerts},
+		{"RelayedOutbox", a.RelayedOutbox}, {"DLQReplays", a.DLQReplays}, {"DNS01Records", a.DNS01Records}, {"Audit", a.Audit}} {
+		if x.d < 0 {
+			bad("%s is negative (%v); 0 turns it off", x.name, x.d)
+		}
+	}
+	if a.EndedRequests > 0 && a.EndedRequests < MinEndedRequests {
+		bad("EndedRequests %v is below %v: a replayed dead letter would find no outcome and order again", a.EndedRequests, MinEndedRequests)
+	}
+	if a.ExpiredCerts > 0 && a.ExpiredCerts < a.KeyGrace {
+		bad("ExpiredCerts %v is below Ages.KeyGrace %v: rows would go before their keys' grace", a.ExpiredCerts, a.KeyGrace)
+	}
+	return errors.Join(errs...)
+}
+
 // MinEndedRequests is the least EndedRequests may be: longer than the
 // dead-letter topic keeps a record (30 days), so a replayed request finds
 // its outcome.
@@ -105,21 +128,8 @@ func New(cfg Config) (*Pruner, error) {
 	if cfg.DB == nil {
 		bad("DB is nil")
 	}
-	a := cfg.Ages
-	for _, x := range []struct {
-		name string
-		d    time.Duration
-	}{{"IdleBuckets", a.IdleBuckets}, {"EndedRequests", a.EndedRequests}, {"KeyGrace", a.KeyGrace}, {"ExpiredCerts", a.ExpiredCerts},
-		{"RelayedOutbox", a.RelayedOutbox}, {"DLQReplays", a.DLQReplays}, {"DNS01Records", a.DNS01Records}, {"Audit", a.Audit}} {
-		if x.d < 0 {
-			bad("Ages.%s is negative (%v); 0 turns it off", x.name, x.d)
-		}
-	}
-	if a.EndedRequests > 0 && a.EndedRequests < MinEndedRequests {
-		bad("Ages.EndedRequests %v is below %v: a replayed dead letter would find no outcome and order again", a.EndedRequests, MinEndedRequests)
-	}
-	if a.ExpiredCerts > 0 && a.ExpiredCerts < a.KeyGrace {
-		bad("Ages.ExpiredCerts %v is below Ages.KeyGrace %v", a.ExpiredCerts, a.KeyGrace)
+	if err := cfg.Ages.Check(); err != nil {
+		errs = append(errs, err)
 	}
 	if cfg.Batch < 0 || cfg.Batch > 10_000 {
 		bad("Batch %d is not between 1 and 10000 (0: 500)", cfg.Batch)

@@ -48,7 +48,8 @@ type config struct {
 	ShutdownTimeout  time.Duration
 	Listen           string
 	LogLevel         string
-	Names            names.Policy // -allow-special-names; strict by default
+	Names            names.Policy     // -allow-special-names; strict by default
+	Retention        *retentionConfig // -retention-*: the leader-only retention job
 
 	budgetText string
 	caList     []caconfig.CA // -ca as given; CAs is its directories by name
@@ -94,6 +95,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9091", "address of /healthz, /readyz and /metrics")
 	fs.String(&c.LogLevel, "log-level", "CERTFLEET_LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.String(&allowSpecial, "allow-special-names", "CERTFLEET_ALLOW_SPECIAL_NAMES", "", "special-use or undelegated TLDs whose names are accepted, comma separated, e.g. test,example for a lab CA such as Pebble; empty (production): only names under a TLD delegated in the ICANN section of the public suffix list")
+	c.Retention = registerRetentionFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -131,6 +133,9 @@ func (c *config) validate() error {
 	}
 	if c.DatabaseURL == "" {
 		bad("database-url", "required (or CERTFLEET_DATABASE_URL)")
+	}
+	if err := c.Retention.check(); err != nil {
+		errs = append(errs, err)
 	}
 	for flag, v := range map[string]string{"group": c.Group, "holder": c.Holder, "topic-requests": c.Topics.Requests,
 		"topic-events": c.Topics.Events, "topic-dlq": c.Topics.DLQ} {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/ratelimit"
+	"github.com/certfleet/certfleet/retention"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -19,6 +20,9 @@ func TestParseConfig(t *testing.T) {
 	if c.Budget != (ratelimit.Limit{Count: 10, Period: time.Second, Burst: 10}) || c.TickInterval != 5*time.Second || !c.ARI ||
 		c.ARIRecheckMin != time.Minute || c.ARIRecheckMax != 24*time.Hour {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c.Retention.Ages != retention.DefaultAges() || c.Retention.Interval != time.Hour || c.Retention.Batch != 500 {
+		t.Errorf("retention defaults: %+v; want retention.DefaultAges, every hour, batches of 500", *c.Retention)
 	}
 	c, err = parseConfig([]string{"-budget", "300/1m/50", "-ca", "pebble=https://127.0.0.1:14000/dir"}, getenv, io.Discard)
 	if err != nil || c.Budget != (ratelimit.Limit{Count: 300, Period: time.Minute, Burst: 50}) || c.CAs["pebble"] == "" {
@@ -58,6 +62,9 @@ func TestParseConfig(t *testing.T) {
 		{[]string{"-ari-recheck-min", "10ms"}, nil, []string{"-ari-recheck-min: 10ms is below 1s"}},
 		{[]string{"-ca", "x=http://a/dir"}, nil, []string{"-ca:"}},
 		{[]string{"-ca", "nodir"}, nil, []string{"-ca"}},
+		{[]string{"-retention-ended-requests", "168h"}, nil, []string{"-retention-*:", "Ages.EndedRequests 168h0m0s is below"}},
+		{nil, map[string]string{"CERTFLEET_RETENTION_KEY_GRACE": "9700h"}, []string{"Ages.ExpiredCerts 9600h0m0s is below Ages.KeyGrace 9700h0m0s"}},
+		{[]string{"-retention-batch", "0"}, nil, []string{"-retention-batch: 0 is not between 1 and 10000"}},
 		{[]string{"-log-level", "loud"}, nil, []string{"-log-level:"}},
 		{[]string{"-listen", "9091"}, nil, []string{"-listen:"}},
 		{[]string{"-budget-ca", "https://unknown.example/dir"}, nil, []string{"-budget-ca:"}},

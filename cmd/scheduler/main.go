@@ -163,13 +163,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 	}()
 	log.Info("scheduler started", "holder", cfg.Holder, "budget", cfg.Budget.String(), "listen", ln.Addr().String())
 
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	// The retention job, leader-only on its own lease (-retention-*).
+	retentionDone, err := startRetention(runCtx, d, cfg.Holder, cfg.Retention, log, reg)
+	if err != nil {
+		return err
+	}
 	// The subscriber runs on its own context: at shutdown it is stopped with
 	// Shutdown (finish the event in hand, commit, leave the group) rather
 	// than by cancellation, which would leave the record in hand uncommitted.
 	subErr := make(chan error, 1)
 	go func() { subErr <- sub.Run(context.Background(), sched.Handle) }()
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
 	schedErr := make(chan error, 1)
 	go func() { schedErr <- sched.Run(runCtx) }()
 
@@ -188,6 +193,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger, listening chan<- str
 	if err := <-schedErr; err != nil {
 		log.Warn("scheduler run", "err", err)
 	}
+	<-retentionDone
 	if err := sub.Shutdown(sctx); err != nil {
 		log.Warn("subscriber shutdown", "err", err)
 	}
