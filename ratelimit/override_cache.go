@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"container/list"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,15 +20,26 @@ import (
 // notification can keep a stale answer, and how late an override whose
 // valid_from was in the future at lookup time starts to apply. Cached
 // overrides whose valid_until passes stop applying without a refresh.
+//
+// It holds at most MaxEntries answers, evicting the least recently used, so
+// a worker's memory stays flat however many tenants' buckets it looks up.
 type OverrideCache struct {
+	// MaxEntries bounds the cached answers (default DefaultOverrideCacheSize).
+	// Set before first use.
+	MaxEntries int
+
 	src   OverrideSource
 	clock clock.Clock
 	ttl   time.Duration
 
 	mu      sync.Mutex
-	entries map[cacheKey]cacheEntry
-	gen     map[Name]uint64 // bumped by invalidation; fills from older lookups are dropped
+	entries map[cacheKey]*list.Element // of *cacheEntry
+	lru     list.List                  // most recently used first
+	gen     map[Name]uint64            // bumped by invalidation; fills from older lookups are dropped
 }
+
+// DefaultOverrideCacheSize is OverrideCache.MaxEntries when not set.
+const DefaultOverrideCacheSize = 10_000
 
 type cacheKey struct {
 	name                   Name
@@ -35,6 +47,7 @@ type cacheKey struct {
 }
 
 type cacheEntry struct {
+	key     cacheKey
 	o       *Override
 	fetched time.Time
 }
@@ -47,7 +60,41 @@ func NewOverrideCache(src OverrideSource, ttl time.Duration, clk clock.Clock) *O
 	if ttl <= 0 {
 		ttl = 30 * time.Second
 	}
-	return &OverrideCache{src: src, clock: clock.Or(clk), ttl: ttl, entries: map[cacheKey]cacheEntry{}, gen: map[Name]uint64{}}
+	return &OverrideCache{MaxEntries: DefaultOverrideCacheSize, src: src, clock: clock.Or(clk), ttl: ttl,
+		entries: map[cacheKey]*list.Element{}, gen: map[Name]uint64{}}
+}
+
+// Len is how many answers the cache holds.
+func (c *OverrideCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// lookup returns k's entry, marking it most recently used. c.mu is held.
+func (c *OverrideCache) lookup(k cacheKey) (*cacheEntry, bool) {
+	el, ok := c.entries[k]
+	if !ok {
+		return nil, false
+	}
+	c.lru.MoveToFront(el)
+	return el.Value.(*cacheEntry), true
+}
+
+// store records an answer, evicting the least recently used beyond
+// MaxEntries. c.mu is held.
+func (c *OverrideCache) store(e *cacheEntry) {
+	if el, ok := c.entries[e.key]; ok {
+		el.Value = e
+		c.lru.MoveToFront(el)
+		return
+	}
+	c.entries[e.key] = c.lru.PushFront(e)
+	for limit := max(c.MaxEntries, 1); len(c.entries) > limit; {
+		old := c.lru.Back()
+		c.lru.Remove(old)
+		delete(c.entries, old.Value.(*cacheEntry).key)
+	}
 }
 
 // Find implements OverrideSource, asking src in one batch for the misses.
@@ -60,7 +107,7 @@ func (c *OverrideCache) Find(ctx context.Context, now time.Time, txns []Transact
 	gens := make(map[Name]uint64, len(txns))
 	for i, t := range txns {
 		k := cacheKey{t.Name, t.Value, t.Account, t.Domain}
-		e, ok := c.entries[k]
+		e, ok := c.lookup(k)
 		if ok && wall.Sub(e.fetched) < c.ttl && (e.o == nil || e.o.activeAt(now) || now.Before(e.o.ValidFrom)) {
 			if e.o != nil && e.o.activeAt(now) {
 				out[i] = e.o
@@ -84,7 +131,7 @@ func (c *OverrideCache) Find(ctx context.Context, now time.Time, txns []Transact
 		out[i] = found[j]
 		t := miss[j]
 		if c.gen[t.Name] == gens[t.Name] {
-			c.entries[cacheKey{t.Name, t.Value, t.Account, t.Domain}] = cacheEntry{o: found[j], fetched: wall}
+			c.store(&cacheEntry{key: cacheKey{t.Name, t.Value, t.Account, t.Domain}, o: found[j], fetched: wall})
 		}
 	}
 	return out, nil
@@ -95,8 +142,9 @@ func (c *OverrideCache) Find(ctx context.Context, now time.Time, txns []Transact
 func (c *OverrideCache) Invalidate(n Name) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k := range c.entries {
+	for k, el := range c.entries {
 		if n == "" || k.name == n {
+			c.lru.Remove(el)
 			delete(c.entries, k)
 		}
 	}
