@@ -14,6 +14,11 @@
 // (N >= 1): how many times higher a better rate, or lower a better time or
 // memory figure, the candidate's is than the baseline's.
 //
+// A comparison measured several times in one run (groups ending in /run_N,
+// as the pipeline's issuance benchmark does with CERTFLEET_BENCH_RUNS) is
+// also summed up under the table: each candidate's primary ratio (its gain,
+// > 1 better) run by run, with the lowest and highest.
+//
 // benchtable exits non-zero when the input holds no results or reports a
 // failure (the table is still printed and written), and lists benchmarks
 // that have no baseline.
@@ -87,13 +92,27 @@ type Row struct {
 
 // Report is what the JSON file holds.
 type Report struct {
-	When       time.Time `json:"when"`    // end of the run
-	Elapsed    string    `json:"elapsed"` // from benchtable's start to the end of its input
-	Machine    Machine   `json:"machine"`
-	Settings   string    `json:"settings,omitempty"`
-	Rows       []Row     `json:"rows"`
-	NoBaseline []string  `json:"no_baseline,omitempty"` // benchmarks without a baseline in this run
-	Failures   []string  `json:"failures,omitempty"`    // FAIL and panic lines of the input
+	When       time.Time    `json:"when"`    // end of the run
+	Elapsed    string       `json:"elapsed"` // from benchtable's start to the end of its input
+	Machine    Machine      `json:"machine"`
+	Settings   string       `json:"settings,omitempty"`
+	Rows       []Row        `json:"rows"`
+	Runs       []RunSummary `json:"runs,omitempty"`        // comparisons measured more than once
+	NoBaseline []string     `json:"no_baseline,omitempty"` // benchmarks without a baseline in this run
+	Failures   []string     `json:"failures,omitempty"`    // FAIL and panic lines of the input
+}
+
+// RunSummary is one candidate's primary comparison over the runs of a
+// group measured more than once (GROUP/run_1, GROUP/run_2, ...).
+type RunSummary struct {
+	Package   string    `json:"package"`
+	Group     string    `json:"group"` // without /run_N
+	Candidate string    `json:"candidate"`
+	Baseline  string    `json:"baseline"`
+	Metric    string    `json:"metric"`
+	Gains     []float64 `json:"gains"` // primary gain per run, in run order
+	Min       float64   `json:"min"`
+	Max       float64   `json:"max"`
 }
 
 // Machine says where the numbers were measured.
@@ -125,6 +144,7 @@ func main() {
 	rep := Report{When: time.Now().UTC(), Elapsed: time.Since(start).Round(time.Second).String(), Machine: m,
 		Settings: *settings, Rows: rows(in.results), Failures: in.failures}
 	rep.NoBaseline = noBaseline(rep.Rows)
+	rep.Runs = runSummaries(rep.Rows)
 	print(os.Stdout, rep)
 	if *jsonPath != "" {
 		data, err := json.MarshalIndent(rep, "", "  ")
@@ -321,6 +341,59 @@ func compare(c, b Result) []Comparison {
 	return out
 }
 
+// runGroup splits GROUP/run_N into GROUP and N; ok is false for any other
+// group.
+func runGroup(group string) (base string, n int, ok bool) {
+	i := strings.LastIndex(group, "/run_")
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(group[i+len("/run_"):])
+	if err != nil || n < 1 {
+		return "", 0, false
+	}
+	return group[:i], n, true
+}
+
+// runSummaries lists, for every candidate compared in two or more runs of
+// a group, its primary gain run by run.
+func runSummaries(rows []Row) []RunSummary {
+	type key struct{ pkg, group, candidate, baseline, metric string }
+	type run struct {
+		n    int
+		gain float64
+	}
+	byKey := map[key][]run{}
+	var order []key
+	for _, r := range rows {
+		base, n, ok := runGroup(r.Group)
+		if !ok || r.Baseline == "" || r.Metric == "" {
+			continue
+		}
+		k := key{r.Package, base, r.Variant, r.Baseline, r.Metric}
+		if _, seen := byKey[k]; !seen {
+			order = append(order, k)
+		}
+		byKey[k] = append(byKey[k], run{n, r.Ratio})
+	}
+	var out []RunSummary
+	for _, k := range order {
+		runs := byKey[k]
+		if len(runs) < 2 {
+			continue
+		}
+		sort.SliceStable(runs, func(i, j int) bool { return runs[i].n < runs[j].n })
+		s := RunSummary{Package: k.pkg, Group: k.group, Candidate: k.candidate, Baseline: k.baseline, Metric: k.metric,
+			Min: math.Inf(1), Max: math.Inf(-1)}
+		for _, r := range runs {
+			s.Gains = append(s.Gains, r.gain)
+			s.Min, s.Max = min(s.Min, r.gain), max(s.Max, r.gain)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
 // noBaseline names the candidates that had nothing to compare with.
 func noBaseline(rows []Row) []string {
 	var out []string
@@ -384,6 +457,17 @@ func print(w io.Writer, rep Report) {
 		}
 	}
 	tw.Flush()
+	if len(rep.Runs) > 0 {
+		fmt.Fprintln(w, "\nruns of the same comparison (ratio of the primary metric to the baseline, > 1 better):")
+		for _, r := range rep.Runs {
+			gains := make([]string, len(r.Gains))
+			for i, g := range r.Gains {
+				gains[i] = fmt.Sprintf("%.2fx", g)
+			}
+			fmt.Fprintf(w, "  %s %s %s vs %s, %s: %s (lowest %.2fx, highest %.2fx)\n",
+				shortPkg(r.Package), r.Group, r.Candidate, r.Baseline, r.Metric, strings.Join(gains, " "), r.Min, r.Max)
+		}
+	}
 	if len(rep.NoBaseline) > 0 {
 		fmt.Fprintf(w, "\nno baseline in this run: %s\n", strings.Join(rep.NoBaseline, ", "))
 	}

@@ -285,3 +285,56 @@ func TestPrint(t *testing.T) {
 		}
 	}
 }
+
+// The pipeline's issuance benchmark measured three times (run_10 printed
+// before run_2), the CertMagic peer in one run only, and comparisons
+// outside any run.
+const runsSample = `pkg: github.com/certfleet/certfleet/pipeline
+BenchmarkIssuance/in_flight_6/run_1/pipeline-2  1000  1 ns/op  20 certs/s  900 ttc-p99-ms
+BenchmarkIssuance/in_flight_6/run_1/baseline_acmez_loop-2  1000  1 ns/op  25 certs/s  800 ttc-p99-ms
+BenchmarkIssuance/in_flight_6/run_10/pipeline-2  1000  1 ns/op  19 certs/s  800 ttc-p99-ms
+BenchmarkIssuance/in_flight_6/run_10/baseline_acmez_loop-2  1000  1 ns/op  20 certs/s  800 ttc-p99-ms
+BenchmarkIssuance/in_flight_6/run_10/certmagic_defaults-2  1000  1 ns/op  1 certs/s  900 ttc-p99-ms
+BenchmarkIssuance/in_flight_6/run_2/baseline_acmez_loop-2  1000  1 ns/op  20 certs/s  800 ttc-p99-ms
+BenchmarkIssuance/in_flight_6/run_2/pipeline-2  1000  1 ns/op  20 certs/s  800 ttc-p99-ms
+BenchmarkFleetIssuance/in_flight_48/pipeline_2x24-2  1000  1 ns/op  90 certs/s
+BenchmarkFleetIssuance/in_flight_48/baseline_acmez_loop-2  1000  1 ns/op  100 certs/s
+BenchmarkOdd/run_x/a-2  10  1 ns/op
+BenchmarkOdd/run_x/baseline-2  10  2 ns/op
+`
+
+func TestRunSummaries(t *testing.T) {
+	in, err := parse(strings.NewReader(runsSample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := runSummaries(rows(in.results))
+	want := []RunSummary{{Package: "github.com/certfleet/certfleet/pipeline", Group: "BenchmarkIssuance/in_flight_6",
+		Candidate: "pipeline", Baseline: "baseline_acmez_loop", Metric: "certs/s", Gains: []float64{0.8, 1, 0.95}, Min: 0.8, Max: 1}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("runSummaries = %+v\nwant %+v (run_10 after run_2; the peer, in one run only, and groups without /run_N left out)", got, want)
+	}
+	for _, tc := range []struct {
+		group string
+		base  string
+		n     int
+		ok    bool
+	}{
+		{"BenchmarkIssuance/in_flight_6/run_3", "BenchmarkIssuance/in_flight_6", 3, true},
+		{"BenchmarkIssuance/in_flight_6", "", 0, false},
+		{"BenchmarkOdd/run_x", "", 0, false},
+		{"BenchmarkOdd/run_0", "", 0, false},
+	} {
+		base, n, ok := runGroup(tc.group)
+		if base != tc.base || n != tc.n || ok != tc.ok {
+			t.Errorf("runGroup(%q) = %q, %d, %v; want %q, %d, %v", tc.group, base, n, ok, tc.base, tc.n, tc.ok)
+		}
+	}
+	rep := Report{Rows: rows(in.results), Runs: got}
+	var b strings.Builder
+	print(&b, rep)
+	line := "pipeline BenchmarkIssuance/in_flight_6 pipeline vs baseline_acmez_loop, certs/s: 0.80x 1.00x 0.95x (lowest 0.80x, highest 1.00x)"
+	if !strings.Contains(b.String(), line) {
+		t.Errorf("table lacks %q:\n%s", line, b.String())
+	}
+}
