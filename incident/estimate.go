@@ -65,7 +65,7 @@ type Estimate struct {
 	// Finish is when the last order can be placed at the allowed rate: the
 	// latest Finish of any bucket (a lower bound: orders gated by several
 	// buckets at once can take longer). Binding lists every bucket, latest
-	// first.
+	// first (ties: most orders first).
 	Finish  time.Time
 	Binding []BucketEstimate
 	// Deadline (zero: none) and whether Finish meets it.
@@ -132,6 +132,9 @@ func Plan(now time.Time, orders int, loads []Load, deadline time.Time) Estimate 
 	sort.SliceStable(e.Binding, func(i, j int) bool {
 		if !e.Binding[i].Finish.Equal(e.Binding[j].Finish) {
 			return e.Binding[i].Finish.After(e.Binding[j].Finish)
+		}
+		if e.Binding[i].Orders != e.Binding[j].Orders {
+			return e.Binding[i].Orders > e.Binding[j].Orders
 		}
 		return e.Binding[i].Key < e.Binding[j].Key
 	})
