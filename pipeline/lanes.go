@@ -1,0 +1,329 @@
+package pipeline
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/clock"
+)
+
+// Lane is the class of work a request belongs to. A worker's order slots go
+// to the lanes in their order (LaneEmergency first), except that a lower lane
+// left waiting for LanePolicy.StarveAfter without a slot is owed its
+// reserved share from then until its queue empties, so no lane is starved; a lane borrows every slot the lanes
+// above it do not use. Inside a lane, slots go round robin across tenants
+// (deficit round robin with per-tenant weights), and inside a tenant by the
+// request's priority, then in arrival order.
+type Lane int
+
+// The lanes, in the order they are served.
+const (
+	LaneEmergency Lane = iota // reason reissue, or priority >= EmergencyPriority
+	LaneNew                   // reason new
+	LaneRenewal               // reason renewal
+	numLanes
+)
+
+// EmergencyPriority is the lowest request priority that puts a request in
+// LaneEmergency whatever its reason.
+const EmergencyPriority = 8
+
+var laneNames = [numLanes]string{"emergency", "new", "renewal"}
+
+func (l Lane) String() string {
+	if l < 0 || l >= numLanes {
+		return "unknown"
+	}
+	return laneNames[l]
+}
+
+// LaneOf is the lane of a request: the contract's way for a producer to ask
+// for one is the reason and the priority.
+func LaneOf(r *events.IssuanceRequest) Lane {
+	switch {
+	case r.Reason == events.ReasonReissue || r.Priority >= EmergencyPriority:
+		return LaneEmergency
+	case r.Reason == events.ReasonNew:
+		return LaneNew
+	default:
+		return LaneRenewal
+	}
+}
+
+// LanePolicy says how order slots are shared.
+type LanePolicy struct {
+	// Reserved is each lane's share of the slots it is owed once it has
+	// waited StarveAfter without one (LaneEmergency's entry is unused: it is
+	// never behind another lane). Zero values take DefaultLanePolicy's.
+	Reserved [numLanes]float64
+	// StarveAfter is how long a lane with waiting requests may go without a
+	// slot before it is owed its reserved share. A burst in a higher lane
+	// shorter than this (an incident's reissues at the fleet's rate) is served
+	// before any lower-lane request.
+	StarveAfter time.Duration
+	// Weight is a tenant's share inside a lane relative to others (its
+	// deficit round robin quantum); nil or a result below 1 means 1.
+	Weight func(tenant string) int
+}
+
+// DefaultLanePolicy: new issuance is owed 20% and renewals 10% of the slots
+// once they have waited a minute.
+var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute}
+
+func (p LanePolicy) withDefaults() LanePolicy {
+	for i := range p.Reserved {
+		if p.Reserved[i] <= 0 {
+			p.Reserved[i] = DefaultLanePolicy.Reserved[i]
+		}
+	}
+	if p.StarveAfter <= 0 {
+		p.StarveAfter = DefaultLanePolicy.StarveAfter
+	}
+	return p
+}
+
+// shareWindow is how many recent grants a lane's share is measured over.
+const shareWindow = 50
+
+// slotScheduler hands out a fixed number of order slots to waiting jobs by
+// lane, tenant and priority. Safe for concurrent use.
+type slotScheduler struct {
+	policy LanePolicy
+	clock  clock.Clock
+
+	mu     sync.Mutex
+	free   int
+	seq    uint64
+	lanes  [numLanes]laneQueue
+	recent [shareWindow]Lane // ring of the last grants' lanes
+	nRec   int               // grants recorded (saturates at shareWindow)
+	next   int               // ring position of the next grant
+}
+
+type laneQueue struct {
+	tenants    map[string]*tenantQueue
+	ring       []string // tenants with waiters, in round robin order
+	pos        int      // ring position served next
+	waiting    int
+	lastServed time.Time // last grant, or when the lane last went from empty to waiting
+	owed       bool      // starved: served at its reserved share until caught up
+}
+
+type tenantQueue struct {
+	waiters []*slotWaiter // by priority (highest first), then arrival
+	deficit int
+}
+
+type slotWaiter struct {
+	lane     Lane
+	tenant   string
+	priority int
+	seq      uint64
+	granted  chan struct{}
+	done     bool // granted (closed) or withdrawn
+}
+
+func newSlotScheduler(slots int, policy LanePolicy, c clock.Clock) *slotScheduler {
+	s := &slotScheduler{policy: policy.withDefaults(), clock: clock.Or(c), free: slots}
+	for i := range s.lanes {
+		s.lanes[i].tenants = map[string]*tenantQueue{}
+	}
+	return s
+}
+
+// Acquire waits for an order slot for a request of the lane, tenant and
+// priority, or returns ctx's error (holding nothing). The returned release
+// gives the slot back; calling it more than once is harmless.
+func (s *slotScheduler) Acquire(ctx context.Context, lane Lane, tenant string, priority int) (release func(), err error) {
+	if lane < 0 || lane >= numLanes {
+		lane = LaneRenewal
+	}
+	s.mu.Lock()
+	w := &slotWaiter{lane: lane, tenant: tenant, priority: priority, seq: s.seq, granted: make(chan struct{})}
+	s.seq++
+	s.enqueue(w)
+	s.dispatch()
+	s.mu.Unlock()
+	select {
+	case <-w.granted:
+		return sync.OnceFunc(s.release), nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if w.done { // granted while ctx ended: give the slot back
+			s.free++
+			s.dispatch()
+		} else {
+			s.withdraw(w)
+		}
+		return nil, ctx.Err()
+	}
+}
+
+func (s *slotScheduler) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.free++
+	s.dispatch()
+}
+
+// Waiting returns the number of jobs waiting for a slot in each lane.
+func (s *slotScheduler) Waiting() [numLanes]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n [numLanes]int
+	for i := range s.lanes {
+		n[i] = s.lanes[i].waiting
+	}
+	return n
+}
+
+func (s *slotScheduler) enqueue(w *slotWaiter) {
+	lq := &s.lanes[w.lane]
+	if lq.waiting == 0 {
+		lq.lastServed = s.clock.Now()
+	}
+	lq.waiting++
+	tq := lq.tenants[w.tenant]
+	if tq == nil {
+		tq = &tenantQueue{}
+		lq.tenants[w.tenant] = tq
+		lq.ring = append(lq.ring, w.tenant)
+	}
+	i := len(tq.waiters)
+	for i > 0 && tq.waiters[i-1].priority < w.priority {
+		i--
+	}
+	tq.waiters = append(tq.waiters, nil)
+	copy(tq.waiters[i+1:], tq.waiters[i:])
+	tq.waiters[i] = w
+}
+
+func (s *slotScheduler) withdraw(w *slotWaiter) {
+	lq := &s.lanes[w.lane]
+	tq := lq.tenants[w.tenant]
+	for i, x := range tq.waiters {
+		if x == w {
+			tq.waiters = append(tq.waiters[:i], tq.waiters[i+1:]...)
+			break
+		}
+	}
+	w.done = true
+	lq.waiting--
+	if len(tq.waiters) == 0 {
+		s.dropTenant(lq, w.tenant)
+	}
+}
+
+func (s *slotScheduler) dropTenant(lq *laneQueue, tenant string) {
+	delete(lq.tenants, tenant)
+	for i, t := range lq.ring {
+		if t == tenant {
+			lq.ring = append(lq.ring[:i], lq.ring[i+1:]...)
+			if lq.pos > i {
+				lq.pos--
+			}
+			break
+		}
+	}
+	if lq.pos >= len(lq.ring) {
+		lq.pos = 0
+	}
+	if lq.waiting == 0 {
+		lq.owed = false
+	}
+}
+
+// dispatch grants free slots to waiters. Called with mu held.
+func (s *slotScheduler) dispatch() {
+	for s.free > 0 {
+		lane, ok := s.pickLane()
+		if !ok {
+			return
+		}
+		w := s.pickWaiter(lane)
+		s.free--
+		w.done = true
+		close(w.granted)
+		s.recent[s.next] = lane
+		s.next = (s.next + 1) % shareWindow
+		s.nRec = min(s.nRec+1, shareWindow)
+		s.lanes[lane].lastServed = s.clock.Now()
+	}
+}
+
+// pickLane is the lane the next slot goes to: the highest owed lane, else the
+// highest lane with waiters.
+func (s *slotScheduler) pickLane() (Lane, bool) {
+	now := s.clock.Now()
+	top := Lane(-1)
+	for l := LaneEmergency; l < numLanes; l++ {
+		if s.lanes[l].waiting > 0 {
+			top = l
+			break
+		}
+	}
+	if top < 0 {
+		return 0, false
+	}
+	for l := top + 1; l < numLanes; l++ {
+		lq := &s.lanes[l]
+		if lq.waiting == 0 {
+			continue
+		}
+		if !lq.owed && now.Sub(lq.lastServed) >= s.policy.StarveAfter {
+			lq.owed = true
+		}
+		if lq.owed {
+			if s.share(l) < s.policy.Reserved[l] {
+				return l, true
+			}
+		}
+	}
+	return top, true
+}
+
+// share is lane l's fraction of the recent grants.
+func (s *slotScheduler) share(l Lane) float64 {
+	if s.nRec == 0 {
+		return 0
+	}
+	n := 0
+	for i := 0; i < s.nRec; i++ {
+		if s.recent[i] == l {
+			n++
+		}
+	}
+	return float64(n) / float64(s.nRec)
+}
+
+// pickWaiter takes the next waiter of a lane that has some, by deficit round
+// robin over its tenants.
+func (s *slotScheduler) pickWaiter(l Lane) *slotWaiter {
+	lq := &s.lanes[l]
+	tenant := lq.ring[lq.pos]
+	tq := lq.tenants[tenant]
+	if tq.deficit < 1 {
+		tq.deficit += s.weight(tenant)
+	}
+	w := tq.waiters[0]
+	tq.waiters = tq.waiters[1:]
+	tq.deficit--
+	lq.waiting--
+	switch {
+	case len(tq.waiters) == 0:
+		s.dropTenant(lq, tenant)
+	case tq.deficit < 1:
+		lq.pos = (lq.pos + 1) % len(lq.ring)
+	}
+	return w
+}
+
+func (s *slotScheduler) weight(tenant string) int {
+	if s.policy.Weight == nil {
+		return 1
+	}
+	return max(1, s.policy.Weight(tenant))
+}
