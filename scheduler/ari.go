@@ -168,11 +168,18 @@ ORDER BY ari_retry_at LIMIT $2`
 const updateARI = `
 UPDATE managed_certificates
 SET ari_window_start = $3, ari_window_end = $4, ari_retry_at = $5,
-    next_renewal_at = CASE WHEN request_id IS NULL THEN $6 ELSE next_renewal_at END,
+    next_renewal_at = CASE WHEN request_id IS NULL THEN $8 ELSE next_renewal_at END,
     planned_at      = CASE WHEN request_id IS NULL THEN $6 ELSE planned_at END,
     renewal_basis   = CASE WHEN request_id IS NULL THEN $7 ELSE renewal_basis END,
     updated_at = now()
 WHERE identity = $1 AND cert_ari_id = $2`
+
+// sweepIssuer brings forward the ARI re-check of every certificate of one
+// issuer (the authority key identifier part $2 of cert_ari_id) at one CA:
+// one statement, run at most once per issuer and ARIRecheckDefault.
+const sweepIssuer = `
+UPDATE managed_certificates SET ari_retry_at = $3, updated_at = now()
+WHERE ca_directory = $1 AND substr(cert_ari_id, 1, length($2)) = $2 AND ari_retry_at > $3`
 
 // stopARI ends the re-checks of a row whose CA is not configured.
 const stopARI = `
@@ -187,6 +194,17 @@ WHERE identity = $1 AND cert_ari_id = $2`
 // after the CA's Retry-After, or at the earliest after Policy.ARIRecheckMin,
 // so an unreachable CA is not hammered. It returns how many rows it looked
 // at.
+//
+// A window that has entirely passed is the CA asking for a replacement now,
+// as it does to signal an incident revocation: the row goes to the incident
+// lane (BasisIncident, IncidentDue). The first such window of an issuer
+// (the authority key identifier of the ARI id) at a CA is taken for the
+// start of a shift: it is logged and metered
+// (certfleet_scheduler_ari_incident_windows_total,
+// certfleet_scheduler_ari_shift) and the re-check of every certificate of
+// that issuer at that CA is brought forward to now, so the whole fleet's
+// windows are read again within the passes that follow (Run drains due
+// re-checks every tick) rather than over the CA's Retry-After period.
 func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 	if s.cfg.ARI == nil {
 		return 0, nil
@@ -209,6 +227,9 @@ func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("scheduler: ARI re-check: %w", err)
 	}
+	var mu sync.Mutex
+	checked := map[string]bool{}     // CAs answered in this pass
+	incidents := map[[2]string]int{} // (CA, issuer) -> windows in the past
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cmp.Or(s.cfg.ARI.Concurrency, 4))
 	for _, r := range due {
@@ -238,16 +259,66 @@ func (s *Scheduler) RecheckARI(ctx context.Context, limit int) (int, error) {
 				s.cfg.Metrics.ARIFetches.WithLabelValues("ok").Inc()
 				w = resp.Window
 				plan = keepARIPoint(s.cfg.Policy, now, cert, w, r.planned, draw(r.identity, r.ariID))
+				mu.Lock()
+				checked[r.ca] = true
+				if plan.Basis == BasisIncident {
+					aki, _, _ := strings.Cut(r.ariID, ".")
+					incidents[[2]string{r.ca, aki}]++
+				}
+				mu.Unlock()
 			}
 			_, err := s.cfg.DB.Pool().Exec(gctx, updateARI, r.identity, r.ariID, nullTime(w.Start), nullTime(w.End),
-				ariRecheckAt(s.cfg.Policy, now, resp.RetryAfter), plan.RenewAt, string(plan.Basis))
+				ariRecheckAt(s.cfg.Policy, now, resp.RetryAfter), plan.RenewAt, string(plan.Basis), plan.dueAt())
 			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return len(due), fmt.Errorf("scheduler: ARI re-check: %w", err)
 	}
+	if err := s.noticeShift(ctx, now, checked, incidents); err != nil {
+		return len(due), err
+	}
 	return len(due), nil
+}
+
+// noticeShift meters the windows a re-check pass found in the past and, for
+// an issuer not swept within ARIRecheckDefault, brings forward the re-check
+// of all its certificates at that CA (see RecheckARI).
+func (s *Scheduler) noticeShift(ctx context.Context, now time.Time, checked map[string]bool, incidents map[[2]string]int) error {
+	m := s.cfg.Metrics
+	inShift := map[string]bool{}
+	for k, n := range incidents {
+		ca, aki := k[0], k[1]
+		inShift[ca] = true
+		m.ARIIncidents.WithLabelValues(ca).Add(float64(n))
+		s.shiftMu.Lock()
+		last, seen := s.swept[k]
+		fresh := !seen || now.Sub(last) >= s.cfg.Policy.ARIRecheckDefault
+		if fresh {
+			if s.swept == nil {
+				s.swept = map[[2]string]time.Time{}
+			}
+			s.swept[k] = now
+		}
+		s.shiftMu.Unlock()
+		if !fresh {
+			s.cfg.Logger.Info("ARI windows in the past: certificates moved to the incident lane", "ca", ca, "issuer_key_id", aki, "count", n)
+			continue
+		}
+		tag, err := s.cfg.DB.Pool().Exec(ctx, sweepIssuer, ca, aki+".", now)
+		if err != nil {
+			s.shiftMu.Lock()
+			delete(s.swept, k) // try again at the next pass
+			s.shiftMu.Unlock()
+			return fmt.Errorf("scheduler: ARI re-check: bringing the issuer's re-checks forward: %w", err)
+		}
+		s.cfg.Logger.Warn("the CA moved ARI windows into the past (an incident revocation?): reissuing them first, and re-checking every certificate of the issuer now",
+			"ca", ca, "issuer_key_id", aki, "windows_in_the_past", n, "rechecks_brought_forward", tag.RowsAffected())
+	}
+	for ca := range checked {
+		m.ARIShift.WithLabelValues(ca).Set(b2f(inShift[ca]))
+	}
+	return nil
 }
 
 func nullTime(t time.Time) *time.Time {

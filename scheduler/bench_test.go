@@ -119,6 +119,10 @@ func BenchmarkTick(b *testing.B) {
 				b.Fatalf("%+v %v", res, err)
 			}
 			b.ReportMetric(float64(res.Emitted)/time.Since(start).Seconds(), "jobs/s")
+			// Where the time goes: each pipeline stage's busy time.
+			b.ReportMetric(res.Busy.Read.Seconds(), "read-s")
+			b.ReportMetric(res.Busy.Write.Seconds(), "write-s")
+			b.ReportMetric(res.Busy.Mark.Seconds(), "mark-s")
 		}
 		b.StopTimer()
 		mem.Report(b, false)

@@ -14,6 +14,17 @@ type Metrics struct {
 	Outcomes     *prometheus.CounterVec // certfleet_scheduler_outcomes_total{type, effect}; effect: planned, retry_scheduled, watchdog_moved, ignored
 	ARIFetches   *prometheus.CounterVec // certfleet_scheduler_ari_fetches_total{result}
 	BudgetTokens prometheus.Gauge       // certfleet_scheduler_budget_tokens
+	// IncidentBacklog is certfleet_scheduler_incident_backlog: rows in the
+	// incident lane (their CA moved the ARI window into the past) not yet
+	// emitted, at the last tick.
+	IncidentBacklog prometheus.Gauge
+	// ARIIncidents is certfleet_scheduler_ari_incident_windows_total{ca}:
+	// ARI answers whose window had entirely passed.
+	ARIIncidents *prometheus.CounterVec
+	// ARIShift is certfleet_scheduler_ari_shift{ca}: 1 while the CA is
+	// moving windows into the past (an incident: every certificate of the
+	// issuer is re-checked at once), 0 after a re-check pass finds none.
+	ARIShift *prometheus.GaugeVec
 
 	// EventsRefused is certfleet_scheduler_events_refused_total{type, reason};
 	// reason: unmatched (not what a worker stored) or too_far_ahead (a time
@@ -31,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "certfleet_scheduler_most_overdue_seconds", Help: "How long the most overdue certificate has been due, at the last tick (0: none due).",
 		}),
 		Emitted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "certfleet_scheduler_jobs_emitted_total", Help: "Issuance jobs emitted to Kafka, by reason (new, renewal, reemit).",
+			Name: "certfleet_scheduler_jobs_emitted_total", Help: "Issuance jobs emitted to Kafka, by reason (new, renewal, incident, reemit).",
 		}, []string{"reason"}),
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_scheduler_leader", Help: "1 while this process holds the scheduler lease, else 0.",
@@ -59,10 +70,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BudgetTokens: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_scheduler_budget_tokens", Help: "Jobs the fleet budget allows the next tick to emit.",
 		}),
+		IncidentBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "certfleet_scheduler_incident_backlog", Help: "Certificates in the incident lane (ARI window moved into the past) not yet emitted, at the last tick.",
+		}),
+		ARIIncidents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_scheduler_ari_incident_windows_total", Help: "ARI answers whose suggested window had entirely passed (the CA asks for a reissue now), by CA.",
+		}, []string{"ca"}),
+		ARIShift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "certfleet_scheduler_ari_shift", Help: "1 while the CA moves ARI windows into the past (every certificate of that issuer is re-checked at once), by CA.",
+		}, []string{"ca"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.DueBacklog, m.MostOverdue, m.Emitted, m.Leader, m.LeaseToken, m.Refused, m.TickSeconds,
-			m.Outcomes, m.EventsRefused, m.ARIFetches, m.BudgetTokens)
+			m.Outcomes, m.EventsRefused, m.ARIFetches, m.BudgetTokens, m.IncidentBacklog, m.ARIIncidents, m.ARIShift)
 	}
 	return m
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/infraretry"
 )
 
 // Outcomes are recorded by every scheduler instance, leader or standby (one
@@ -77,27 +78,42 @@ func refuse(reason, format string, args ...any) error {
 }
 
 // Handle is the events.Handler of the certificate events topic.
+//
+// An infrastructure failure (the database unreachable or restarting) says
+// nothing about the event: Handle retries it with capped backoff
+// (Config.InfraBackoffMax) until it succeeds or ctx ends (the subscriber's
+// shutdown; the record is then left uncommitted and redelivered), so an
+// outage never dead-letters an outcome. Only data errors are dead-lettered
+// (returned permanent): an event refused as untrusted (above), or one the
+// database refuses for its data (internal/infraretry.ErrData).
 func (s *Scheduler) Handle(ctx context.Context, e events.Event) error {
-	var effect string
-	var err error
+	var handle func(context.Context) (string, error)
 	switch p := e.Data.(type) {
 	case *events.CertObtained:
-		effect, err = s.obtained(ctx, p)
+		handle = func(ctx context.Context) (string, error) { return s.obtained(ctx, p) }
 	case *events.CertFailed:
-		effect, err = s.failed(ctx, e, p)
+		handle = func(ctx context.Context) (string, error) { return s.failed(ctx, e, p) }
 	case *events.IssuanceDeferred:
-		effect, err = s.deferred(ctx, e, p)
+		handle = func(ctx context.Context) (string, error) { return s.deferred(ctx, e, p) }
 	default:
 		return nil
 	}
+	effect, err := infraretry.Do(ctx, infraretry.Policy{Max: s.cfg.InfraBackoffMax, Logger: s.cfg.Logger,
+		IsPermanent: func(err error) bool { return errors.As(err, new(*refusedError)) }},
+		"recording "+string(e.Type()), handle)
 	if ref := (*refusedError)(nil); errors.As(err, &ref) {
 		s.cfg.Metrics.EventsRefused.WithLabelValues(string(e.Type()), ref.reason).Inc()
 		s.cfg.Logger.Warn("certificate event refused; dead-lettering it", "type", e.Type(), "event_id", e.ID,
 			"source", e.Source, "topic", e.Record.Topic, "partition", e.Record.Partition, "offset", e.Record.Offset, "err", err)
 		return events.Permanent(err)
 	}
+	if errors.Is(err, infraretry.ErrData) {
+		s.cfg.Logger.Error("certificate event refused by the database; dead-lettering it", "type", e.Type(), "event_id", e.ID,
+			"topic", e.Record.Topic, "partition", e.Record.Partition, "offset", e.Record.Offset, "err", err)
+		return events.Permanent(err)
+	}
 	if err != nil {
-		return err
+		return err // ctx ended: not handled, not committed
 	}
 	s.cfg.Metrics.Outcomes.WithLabelValues(string(e.Type()), effect).Inc()
 	return nil
@@ -106,7 +122,7 @@ func (s *Scheduler) Handle(ctx context.Context, e events.Event) error {
 const recordObtained = `
 UPDATE managed_certificates
 SET cert_ari_id = $2, cert_not_before = $3, cert_not_after = $4,
-    next_renewal_at = $5, planned_at = $5, renewal_basis = $6,
+    next_renewal_at = $10, planned_at = $5, renewal_basis = $6,
     ari_window_start = $7, ari_window_end = $8, ari_retry_at = $9,
     request_id = NULL, emitted_at = NULL, failures = 0, last_error = '', updated_at = now()
 WHERE identity = $1
@@ -208,7 +224,7 @@ func (s *Scheduler) obtained(ctx context.Context, p *events.CertObtained) (strin
 		ra = &retryAt
 	}
 	tag, err := s.cfg.DB.Pool().Exec(ctx, recordObtained, identity, p.ARICertID, cert.NotBefore, cert.NotAfter,
-		plan.RenewAt, string(plan.Basis), ws, we, ra)
+		plan.RenewAt, string(plan.Basis), ws, we, ra, plan.dueAt())
 	if err != nil {
 		return "", fmt.Errorf("scheduler: record cert_obtained: %w", err)
 	}

@@ -159,18 +159,18 @@ func TestARIFromPebble(t *testing.T) {
 		t.Fatalf("re-check: %d %v", n, err)
 	}
 	row, _ = r.inv.Get(ctx, m.Identity)
-	if row.Basis != scheduler.BasisARI || !row.NextRenewalAt.Equal(r.clk.Now()) {
+	if row.Basis != scheduler.BasisIncident || !row.NextRenewalAt.Equal(scheduler.IncidentDue) || !row.PlannedAt.Equal(r.clk.Now()) {
 		t.Fatalf("after the window moved: %+v (now %v)", row, r.clk.Now())
 	}
-	// The tick emits a renewal replacing the certificate.
+	// The tick emits a reissue replacing the certificate, first in line.
 	insertIssued(t, r.d, m.Identity, ariID, leaf.NotBefore, leaf.NotAfter)
 	res, err := sched.Tick(ctx, func() scheduler.LeaseState { return r.lease })
 	if err != nil || res.Emitted != 1 {
 		t.Fatalf("tick: %+v %v", res, err)
 	}
 	q := r.w.requests(t)[0]
-	if q.Reason != events.ReasonRenewal || q.Replaces != ariID {
-		t.Errorf("renewal job %+v", q)
+	if q.Reason != events.ReasonReissue || q.Priority != events.MaxPriority || q.Replaces != ariID {
+		t.Errorf("reissue job %+v", q)
 	}
 }
 

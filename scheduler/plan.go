@@ -23,6 +23,10 @@ const (
 	BasisLifetime  Basis = "lifetime"  // about two thirds into the lifetime, jittered
 	BasisEmergency Basis = "emergency" // close to expiry: renew now, whatever the plan said
 	BasisRetry     Basis = "retry"     // after a failure, on the escalating retry schedule
+	// BasisIncident: the CA moved the certificate's ARI window into the past,
+	// as it does to signal an incident revocation: reissue at once, in the
+	// incident lane (IncidentDue), ahead of routine renewals.
+	BasisIncident Basis = "incident"
 )
 
 // Policy tunes planning. The zero value of every field means its default.
@@ -107,10 +111,20 @@ type renewalPlan struct {
 	Basis   Basis
 }
 
+// dueAt is the next_renewal_at that carries p: its time, or IncidentDue for
+// the incident lane (p.RenewAt is then the planned_at).
+func (p renewalPlan) dueAt() time.Time {
+	if p.Basis == BasisIncident {
+		return IncidentDue
+	}
+	return p.RenewAt
+}
+
 // planRenewal decides when to renew. cert nil means there is no certificate
 // yet: due now. ari, when valid, is the CA's window: the renewal is at a point
 // r of the way through it (r uniform in [0,1)), or now when that point has
-// passed. Otherwise it is at LifetimeFraction of the lifetime, moved by
+// passed; a window that has ended entirely is an incident (BasisIncident,
+// now). Otherwise it is at LifetimeFraction of the lifetime, moved by
 // jitter derived from r. Either way, once less than EmergencyFraction of the
 // lifetime is left (or the plan would land there), it is now, as an emergency.
 // The result is never before now.
@@ -119,6 +133,11 @@ func planRenewal(p Policy, now time.Time, cert *certLife, ari *Window, r float64
 	r = clamp01(r)
 	if cert == nil || !cert.NotAfter.After(cert.NotBefore) {
 		return renewalPlan{RenewAt: now, Basis: BasisNew}
+	}
+	if ari != nil && ari.Valid() && !ari.End.After(now) {
+		// The whole window has passed: the CA wants the certificate replaced
+		// now (RFC 9773 section 4.2), which is how it signals a revocation.
+		return renewalPlan{RenewAt: now, Basis: BasisIncident}
 	}
 	life := cert.NotAfter.Sub(cert.NotBefore)
 	emergency := cert.NotAfter.Add(-scale(life, p.EmergencyFraction))

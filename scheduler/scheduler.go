@@ -51,6 +51,10 @@ type Config struct {
 	// after the leader dies. The leader renews every LeaseTTL/3. Default 15 s.
 	LeaseTTL time.Duration
 
+	// InfraBackoffMax caps the backoff between retries of an outcome whose
+	// recording failed for the database's sake (Handle). Default 5 s.
+	InfraBackoffMax time.Duration
+
 	Policy  Policy
 	ARI     *ARIClient   // optional: fetches ARI windows; nil plans by lifetime only
 	Logger  *slog.Logger // default slog.Default()
@@ -76,7 +80,7 @@ func (c *Config) validate() error {
 	for _, d := range []struct {
 		v    time.Duration
 		name string
-	}{{c.Horizon, "Horizon"}, {c.TickInterval, "TickInterval"}, {c.Watchdog, "Watchdog"}, {c.LeaseTTL, "LeaseTTL"}} {
+	}{{c.Horizon, "Horizon"}, {c.TickInterval, "TickInterval"}, {c.Watchdog, "Watchdog"}, {c.LeaseTTL, "LeaseTTL"}, {c.InfraBackoffMax, "InfraBackoffMax"}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("scheduler: config field %s is negative", d.name))
 		}
@@ -107,6 +111,7 @@ func (c *Config) defaults() {
 	dur(&c.Horizon, c.TickInterval)
 	dur(&c.Watchdog, 6*time.Hour)
 	dur(&c.LeaseTTL, 15*time.Second)
+	dur(&c.InfraBackoffMax, 5*time.Second)
 	if c.BatchSize == 0 {
 		c.BatchSize = 500
 	}
@@ -129,6 +134,9 @@ type Scheduler struct {
 	budget budget
 	ticks  atomic.Uint64
 	ready  atomic.Bool
+
+	shiftMu sync.Mutex
+	swept   map[[2]string]time.Time // (CA, issuer) -> when its re-checks were last brought forward
 }
 
 // New validates cfg and builds a Scheduler. It does not connect.
@@ -188,14 +196,32 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			}
 		}
 		if s.cfg.ARI != nil {
-			if _, err := s.RecheckARI(ctx, 100); err != nil && ctx.Err() == nil {
-				log.Warn("ARI re-check failed", "err", err)
-			}
+			s.drainARI(ctx)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+	}
+}
+
+// drainARI runs ARI re-check passes of 100 rows while full passes come back
+// (an issuer swept after an incident, a backlog after an outage), for at
+// most one TickInterval.
+func (s *Scheduler) drainARI(ctx context.Context) {
+	const pass = 100
+	start := time.Now()
+	for {
+		n, err := s.RecheckARI(ctx, pass)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.cfg.Logger.Warn("ARI re-check failed", "err", err)
+			}
+			return
+		}
+		if n < pass || time.Since(start) >= s.cfg.TickInterval {
+			return
 		}
 	}
 }

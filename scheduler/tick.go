@@ -6,10 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/certfleet/certfleet/events"
 )
@@ -56,14 +59,22 @@ type TickResult struct {
 	Adopted   int  // new rows whose SAN set already had a valid certificate: planned, not emitted
 	Refused   int  // rows whose mark the database refused (changed meanwhile, or fenced)
 	Remaining bool // the budget ran out with rows still due
+	// Busy is how long each stage of the tick's pipeline (see Tick) spent
+	// in its database or Kafka calls: the stage with the largest share sets
+	// the tick's pace.
+	Busy struct{ Read, Write, Mark time.Duration }
 }
 
-// dueRow is what the tick reads of a due row.
+// dueRow is what the tick reads of a due row, with the newest certificate
+// stored for its SAN set (has false when none).
 type dueRow struct {
 	identity, tenant, ca, profile, keyType, requestID string
+	jobID                                             string // RequestID(identity, planned), set by prepare
 	sans                                              []string
 	due, planned                                      time.Time
 	basis                                             Basis
+	has                                               bool
+	cert                                              issued
 }
 
 // issued is the newest stored certificate of an identity.
@@ -73,6 +84,13 @@ type issued struct {
 }
 
 var epoch = time.Unix(0, 0).UTC()
+
+// IncidentDue is the next_renewal_at of a row in the incident lane: its CA
+// moved the certificate's ARI window into the past (an incident
+// revocation). Due order puts it before every routine row, so the tick takes
+// the lane first through the same indexes (planned_at keeps the real time
+// the reissue was planned for, from which its request id is derived).
+var IncidentDue = time.Unix(1, 0).UTC()
 
 const oldestDue = `SELECT next_renewal_at FROM managed_certificates WHERE next_renewal_at <= $1
 ORDER BY next_renewal_at, identity LIMIT 1`
@@ -88,11 +106,13 @@ WITH RECURSIVE t(tenant) AS (
 )
 SELECT tenant FROM t WHERE tenant IS NOT NULL`
 
-// Up to $5 due rows per tenant, after each tenant's keyset cursor, through
-// managed_certificates_tenant_due_idx.
+// Up to $5 rows due by $4 per tenant, after each tenant's keyset cursor,
+// through managed_certificates_tenant_due_idx, each with the newest stored
+// certificate of its SAN set through issued_certificates_identity_idx.
 const dueByTenant = `
 SELECT m.identity, m.sans, m.tenant, m.ca_directory, m.profile, m.key_type, m.next_renewal_at,
-       COALESCE(m.planned_at, m.next_renewal_at), COALESCE(m.request_id, ''), m.renewal_basis
+       COALESCE(m.planned_at, m.next_renewal_at), COALESCE(m.request_id, ''), m.renewal_basis,
+       ic.ari_cert_id, ic.not_before, ic.not_after
 FROM unnest($1::TEXT[], $2::TIMESTAMPTZ[], $3::TEXT[]) AS c(tenant, after_at, after_id)
 CROSS JOIN LATERAL (
     SELECT * FROM managed_certificates mc
@@ -100,12 +120,11 @@ CROSS JOIN LATERAL (
       AND (mc.next_renewal_at, mc.identity) > (c.after_at, c.after_id)
     ORDER BY mc.next_renewal_at, mc.identity
     LIMIT $5
-) AS m`
-
-const latestIssued = `
-SELECT DISTINCT ON (identity) identity, ari_cert_id, not_before, not_after
-FROM issued_certificates WHERE identity = ANY($1)
-ORDER BY identity, not_after DESC`
+) AS m
+LEFT JOIN LATERAL (
+    SELECT i.ari_cert_id, i.not_before, i.not_after FROM issued_certificates i
+    WHERE i.identity = m.identity ORDER BY i.not_after DESC LIMIT 1
+) AS ic ON true`
 
 // markEmitted records a batch as emitted, fenced: $8/$9/$4 name the lease.
 var markEmitted = `
@@ -128,11 +147,21 @@ WHERE m.identity = u.identity AND m.next_renewal_at = u.due AND m.fence_token <=
   AND ` + fenceCond("$9", "$10", "$2") + `
 RETURNING m.identity`
 
-// Tick emits the due jobs the budget allows, fairly across tenants, in
-// batches. lease returns the current lease state; it is consulted before
-// every batch, so a tick stops as soon as leadership is in doubt. Reads go
-// through indexes only: an idle tick is one index probe whatever the fleet
-// size.
+// Tick emits the due jobs the budget allows, in batches: first the incident
+// lane (IncidentDue), then the routine rows, each fairly across tenants.
+// lease returns the current lease state; it is consulted before every
+// batch is written, so a tick stops as soon as leadership is in doubt.
+// Reads go through indexes only: an idle tick is one index probe whatever
+// the fleet size.
+//
+// A tick is a pipeline of three stages, each one batch at a time: read
+// (the next fair batch by keyset cursors, encoded), write (to Kafka), mark
+// (fenced). Batch n+1 is read while batch n is written and batch n-1
+// marked, so a tick costs about its Kafka writes, and it holds a few
+// batches in memory whatever the number due. A batch is marked only after
+// its write succeeded; a batch may be written before the previous one's
+// mark returns, so a deposed leader can write at most two batches more
+// than before (same request ids as the new leader's, see above).
 func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResult, error) {
 	start := time.Now()
 	defer func() { s.cfg.Metrics.TickSeconds.Observe(time.Since(start).Seconds()) }()
@@ -145,19 +174,26 @@ func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResu
 	if errors.Is(err, errNoRows) {
 		m.DueBacklog.Set(0)
 		m.MostOverdue.Set(0)
+		m.IncidentBacklog.Set(0)
 		res.Idle = true
 		return res, nil
 	}
 	if err != nil {
 		return res, fmt.Errorf("scheduler: tick: %w", err)
 	}
-	m.MostOverdue.Set(now.Sub(oldest).Seconds())
-	var backlog int64
-	if err := s.cfg.DB.Pool().QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM managed_certificates
-		WHERE next_renewal_at <= $1 LIMIT 1000000) AS d`, now).Scan(&backlog); err != nil {
+	var backlog, incidents int64
+	if err := s.cfg.DB.Pool().QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE next_renewal_at <= $2)
+		FROM (SELECT next_renewal_at FROM managed_certificates WHERE next_renewal_at <= $1 LIMIT 1000000) AS d`,
+		now, IncidentDue).Scan(&backlog, &incidents); err != nil {
 		return res, fmt.Errorf("scheduler: tick: backlog: %w", err)
 	}
 	m.DueBacklog.Set(float64(backlog))
+	m.IncidentBacklog.Set(float64(incidents))
+	if !oldest.After(IncidentDue) {
+		m.MostOverdue.Set(0) // the lane has no due time; the routine rows' is not the oldest
+	} else {
+		m.MostOverdue.Set(now.Sub(oldest).Seconds())
+	}
 
 	allowed := s.budget.available(now)
 	m.BudgetTokens.Set(float64(allowed))
@@ -165,167 +201,144 @@ func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResu
 		res.Remaining = true
 		return res, nil
 	}
-	rows, more, err := s.selectFair(ctx, now, allowed)
+	sel, err := s.newSelection(ctx, now, allowed)
 	if err != nil {
 		return res, err
 	}
-	res.Remaining = more
-	for i := 0; i < len(rows); i += s.cfg.BatchSize {
-		batch := rows[i:min(i+s.cfg.BatchSize, len(rows))]
-		ls := lease()
-		if !ls.Held || !s.cfg.Clock.Now().Before(ls.ValidUntil) {
-			return res, ErrNotLeader
-		}
-		em, ad, ref, err := s.emitBatch(ctx, now, ls, batch)
-		res.Emitted += em
-		res.Adopted += ad
-		res.Refused += ref
-		s.budget.spend(em)
-		if err != nil {
-			return res, err
-		}
+	if sel == nil {
+		return res, nil
 	}
+	err = s.pipeline(ctx, now, lease, sel, &res)
+	res.Remaining = sel.more
 	if res.Emitted > 0 || res.Refused > 0 {
-		s.cfg.Logger.Debug("tick", "emitted", res.Emitted, "adopted", res.Adopted, "refused", res.Refused, "backlog", backlog)
+		s.cfg.Logger.Debug("tick", "emitted", res.Emitted, "adopted", res.Adopted, "refused", res.Refused,
+			"backlog", backlog, "incident_lane", incidents)
 	}
-	return res, nil
+	return res, err
 }
 
-// selectFair picks up to n due rows, max-min fair across tenants: each round
-// gives every tenant that still has due rows an equal share of what is left
-// (keyset pagination per tenant), and tenants that had fewer than their
-// share leave theirs to the others. The start tenant rotates per tick, so the
-// remainder of an uneven split does not always favour the same tenants.
-func (s *Scheduler) selectFair(ctx context.Context, now time.Time, n int) ([]dueRow, bool, error) {
-	trows, err := s.cfg.DB.Pool().Query(ctx, listTenants)
-	if err != nil {
-		return nil, false, fmt.Errorf("scheduler: tick: tenants: %w", err)
-	}
-	var tenants []string
-	for trows.Next() {
-		var t string
-		if err := trows.Scan(&t); err != nil {
-			trows.Close()
-			return nil, false, err
-		}
-		tenants = append(tenants, t)
-	}
-	trows.Close()
-	if err := trows.Err(); err != nil {
-		return nil, false, fmt.Errorf("scheduler: tick: tenants: %w", err)
-	}
-	if len(tenants) == 0 {
-		return nil, false, nil
-	}
-	rot := int(s.ticks.Add(1) % uint64(len(tenants)))
-	tenants = append(tenants[rot:], tenants[:rot]...)
+// batch is one batch on its way through a tick's pipeline.
+type batch struct {
+	emit    []dueRow        // rows whose jobs are msgs, in order
+	msgs    []kafka.Message // their jobs
+	reasons map[string]int  // jobs by metric label
+	adopt   []dueRow        // rows planned instead of emitted
+	plans   []renewalPlan   // their plans
+	ls      LeaseState      // the lease the write was made under
+}
 
-	type cursor struct {
-		at time.Time
-		id string
-	}
-	cur := make(map[string]cursor, len(tenants))
-	for _, t := range tenants {
-		cur[t] = cursor{epoch, ""}
-	}
-	var picked []dueRow
-	active := tenants
-	more := false
-	for len(picked) < n && len(active) > 0 {
-		left := n - len(picked)
-		share := (left + len(active) - 1) / len(active)
-		ats := make([]time.Time, len(active))
-		ids := make([]string, len(active))
-		for i, t := range active {
-			ats[i], ids[i] = cur[t].at, cur[t].id
-		}
-		rs, err := s.cfg.DB.Pool().Query(ctx, dueByTenant, active, ats, ids, now, share)
-		if err != nil {
-			return nil, false, fmt.Errorf("scheduler: tick: due rows: %w", err)
-		}
-		got := map[string][]dueRow{}
-		for rs.Next() {
-			var r dueRow
-			var basis string
-			if err := rs.Scan(&r.identity, &r.sans, &r.tenant, &r.ca, &r.profile, &r.keyType, &r.due, &r.planned, &r.requestID, &basis); err != nil {
-				rs.Close()
-				return nil, false, err
+// pipeline runs the read, write and mark stages of a tick (see Tick) and
+// adds up what they did in res. The first error stops every stage.
+func (s *Scheduler) pipeline(ctx context.Context, now time.Time, lease func() LeaseState, sel *selection, res *TickResult) error {
+	g, gctx := errgroup.WithContext(ctx)
+	toWrite, toMark := make(chan *batch, 1), make(chan *batch, 1)
+	g.Go(func() error { // read
+		defer close(toWrite)
+		for {
+			t0 := time.Now()
+			rows, err := sel.next(gctx, s.cfg.BatchSize)
+			if err != nil || len(rows) == 0 {
+				return err
 			}
-			r.basis = Basis(basis)
-			got[r.tenant] = append(got[r.tenant], r)
+			b := s.prepare(now, rows)
+			res.Busy.Read += time.Since(t0)
+			select {
+			case toWrite <- b:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
-			return nil, false, fmt.Errorf("scheduler: tick: due rows: %w", err)
+	})
+	g.Go(func() error { // write
+		defer close(toMark)
+		for b := range toWrite {
+			b.ls = lease()
+			if !b.ls.Held || !s.cfg.Clock.Now().Before(b.ls.ValidUntil) {
+				return ErrNotLeader
+			}
+			if len(b.msgs) > 0 {
+				token := kafka.Header{Key: HeaderFencingToken, Value: []byte(strconv.FormatInt(b.ls.Token, 10))}
+				for i := range b.msgs {
+					b.msgs[i].Headers = append(b.msgs[i].Headers, token)
+				}
+				t0 := time.Now()
+				if err := s.cfg.Writer.WriteMessages(gctx, b.msgs...); err != nil {
+					return fmt.Errorf("scheduler: emit: %w", err)
+				}
+				res.Busy.Write += time.Since(t0)
+				for l, n := range b.reasons {
+					s.cfg.Metrics.Emitted.WithLabelValues(l).Add(float64(n))
+				}
+				res.Emitted += len(b.msgs)
+				s.budget.spend(len(b.msgs))
+				b.msgs = nil // written: not kept while the mark runs
+			}
+			select {
+			case toMark <- b:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 		}
-		// Round-robin over the tenants' rows until the budget is used.
-		var next []string
-		for i := 0; len(picked) < n; i++ {
-			progressed := false
-			for _, t := range active {
-				if i < len(got[t]) && len(picked) < n {
-					picked = append(picked, got[t][i])
-					progressed = true
+		return nil
+	})
+	var adopted, refused int
+	var markBusy time.Duration
+	g.Go(func() error { // mark
+		for b := range toMark {
+			t0 := time.Now()
+			if len(b.adopt) > 0 {
+				n, err := s.markAdopted(gctx, b.ls, b.adopt, b.plans)
+				adopted += n
+				refused += len(b.adopt) - n
+				if err != nil {
+					return err
 				}
 			}
-			if !progressed {
-				break
+			if len(b.emit) == 0 {
+				continue
+			}
+			n, err := s.markEmitted(gctx, now, b.ls, b.emit)
+			markBusy += time.Since(t0)
+			refused += len(b.emit) - n
+			s.cfg.Metrics.Refused.Add(float64(len(b.emit) - n))
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				// Every mark refused: most likely deposed. The jobs went out
+				// with ids a new leader would use too, so nothing is doubled.
+				return ErrNotLeader
 			}
 		}
-		for _, t := range active {
-			rs := got[t]
-			if len(rs) == share {
-				next = append(next, t)
-				last := rs[len(rs)-1]
-				cur[t] = cursor{last.due, last.identity}
-			}
-		}
-		if len(picked) >= n {
-			// Anything fetched but not picked, or any tenant with a full
-			// share, may still have due rows.
-			more = len(next) > 0 || len(picked) < countRows(got)
-			break
-		}
-		active = next
-	}
-	return picked, more, nil
+		return nil
+	})
+	err := g.Wait()
+	// Emitted and Busy.Write are written by the write stage only, Busy.Read
+	// by the read stage: read after Wait.
+	res.Adopted += adopted
+	res.Refused += refused
+	res.Busy.Mark += markBusy
+	return err
 }
 
-func countRows(m map[string][]dueRow) int {
-	n := 0
-	for _, rs := range m {
-		n += len(rs)
-	}
-	return n
-}
-
-// emitBatch writes one batch of jobs to Kafka and then marks it, fenced.
-func (s *Scheduler) emitBatch(ctx context.Context, now time.Time, ls LeaseState, batch []dueRow) (emitted, adopted, refused int, err error) {
-	ids := make([]string, len(batch))
-	for i, r := range batch {
-		ids[i] = r.identity
-	}
-	certs, err := s.latestIssued(ctx, ids)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	var msgs []kafka.Message
-	var emit, adopt []dueRow
-	var adoptPlans []renewalPlan
-	reasons := map[string]int{}
-	for _, r := range batch {
-		c, has := certs[r.identity]
+// prepare turns due rows into jobs (or adoption plans, for rows managed
+// after a certificate was already issued for their SAN set).
+func (s *Scheduler) prepare(now time.Time, rows []dueRow) *batch {
+	b := &batch{msgs: make([]kafka.Message, 0, len(rows)), emit: make([]dueRow, 0, len(rows)), reasons: map[string]int{}}
+	for _, r := range rows {
+		c, has := r.cert, r.has
 		if has && r.basis == BasisNew && r.requestID == "" && c.notAfter.After(now) {
 			// Managed after a certificate was already issued for the SAN set:
 			// plan its renewal instead of ordering a new one now.
 			p := planRenewal(s.cfg.Policy, now, &certLife{c.notBefore, c.notAfter}, nil, draw(r.identity, c.ariID))
 			if p.RenewAt.After(now) {
-				adopt, adoptPlans = append(adopt, r), append(adoptPlans, p)
+				b.adopt, b.plans = append(b.adopt, r), append(b.plans, p)
 				continue
 			}
 		}
+		r.jobID = RequestID(r.identity, r.planned)
 		req := &events.IssuanceRequest{
-			RequestID: RequestID(r.identity, r.planned), SANs: r.sans, Tenant: r.tenant,
+			RequestID: r.jobID, SANs: r.sans, Tenant: r.tenant,
 			KeyType: events.KeyType(r.keyType), CA: r.ca, Profile: r.profile, Reason: events.ReasonNew, Priority: 5,
 		}
 		label := "new"
@@ -334,8 +347,13 @@ func (s *Scheduler) emitBatch(ctx context.Context, now time.Time, ls LeaseState,
 			if c.notAfter.After(now) {
 				req.Replaces = c.ariID
 			}
-			if r.basis == BasisEmergency {
+			switch r.basis {
+			case BasisEmergency:
 				req.Priority = 8
+			case BasisIncident:
+				// The CA asked for a replacement now (its ARI window is in
+				// the past): out of schedule, first in every queue.
+				req.Reason, req.Priority, label = events.ReasonReissue, events.MaxPriority, "incident"
 			}
 		}
 		if r.requestID != "" {
@@ -353,80 +371,174 @@ func (s *Scheduler) emitBatch(ctx context.Context, now time.Time, ls LeaseState,
 			s.cfg.Logger.Error("managed certificate cannot be encoded", "identity", r.identity, "err", err)
 			continue
 		}
-		msg.Topic = s.cfg.Topics.Requests
-		msg.Headers = append(msg.Headers, kafka.Header{Key: HeaderFencingToken, Value: []byte(strconv.FormatInt(ls.Token, 10))})
-		msgs = append(msgs, msg)
-		emit = append(emit, r)
-		reasons[label]++
+		msg.Topic = s.cfg.Topics.Requests // the fencing header is added when written
+		b.msgs = append(b.msgs, msg)
+		b.emit = append(b.emit, r)
+		b.reasons[label]++
 	}
-	if len(adopt) > 0 {
-		n, err := s.markAdopted(ctx, ls, adopt, adoptPlans, certs)
-		adopted, refused = n, len(adopt)-n
-		if err != nil {
-			return 0, adopted, refused, err
-		}
-	}
-	if len(msgs) == 0 {
-		return 0, adopted, refused, nil
-	}
-	if err := s.cfg.Writer.WriteMessages(ctx, msgs...); err != nil {
-		return 0, adopted, refused, fmt.Errorf("scheduler: emit: %w", err)
-	}
-	for l, n := range reasons {
-		s.cfg.Metrics.Emitted.WithLabelValues(l).Add(float64(n))
-	}
-	n, err := s.markEmitted(ctx, now, ls, emit)
-	refused += len(emit) - n
-	s.cfg.Metrics.Refused.Add(float64(len(emit) - n))
-	if err != nil {
-		return len(emit), adopted, refused, err
-	}
-	if n == 0 && len(emit) > 0 {
-		// Every mark refused: most likely deposed. The jobs went out with
-		// ids a new leader would use too, so nothing is doubled.
-		return len(emit), adopted, refused, ErrNotLeader
-	}
-	return len(emit), adopted, refused, nil
+	return b
 }
 
-func (s *Scheduler) latestIssued(ctx context.Context, ids []string) (map[string]issued, error) {
-	rows, err := s.cfg.DB.Pool().Query(ctx, latestIssued, ids)
+// selection hands out the rows a tick emits, at most n, in batches: the
+// incident lane first, then routine rows due by now; within each, max-min
+// fair across tenants. Each round gives every tenant still holding due rows
+// (in a rotating order, at most one batch's worth of tenants per round) an
+// equal share of one batch, read after its keyset cursor; tenants with fewer
+// rows than their share leave theirs to the others. The start tenant rotates
+// per tick, so the remainder of an uneven split does not always favour the
+// same tenants. Only one round's rows are held at a time.
+type selection struct {
+	s       *Scheduler
+	now     time.Time
+	left    int         // rows the budget still allows
+	lanes   []time.Time // the upper bounds of next_renewal_at, lane by lane
+	tenants []string    // every tenant, in this tick's order
+	active  []string    // tenants that may still have rows due in the current lane
+	cur     map[string]cursor
+	more    bool // rows were left due when the budget ran out
+}
+
+type cursor struct {
+	at time.Time
+	id string
+}
+
+// newSelection lists the tenants; nil when there are none.
+func (s *Scheduler) newSelection(ctx context.Context, now time.Time, n int) (*selection, error) {
+	trows, err := s.cfg.DB.Pool().Query(ctx, listTenants)
 	if err != nil {
-		return nil, fmt.Errorf("scheduler: current certificates: %w", err)
+		return nil, fmt.Errorf("scheduler: tick: tenants: %w", err)
 	}
-	defer rows.Close()
-	out := make(map[string]issued, len(ids))
-	for rows.Next() {
-		var id string
-		var c issued
-		if err := rows.Scan(&id, &c.ariID, &c.notBefore, &c.notAfter); err != nil {
+	tenants, err := pgx.CollectRows(trows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: tick: tenants: %w", err)
+	}
+	if len(tenants) == 0 {
+		return nil, nil
+	}
+	rot := int(s.ticks.Add(1) % uint64(len(tenants)))
+	tenants = append(tenants[rot:], tenants[:rot]...)
+	sel := &selection{s: s, now: now, left: n, lanes: []time.Time{IncidentDue, now}, tenants: tenants,
+		cur: make(map[string]cursor, len(tenants))}
+	for _, t := range tenants {
+		sel.cur[t] = cursor{epoch, ""}
+	}
+	sel.active = slices.Clone(tenants)
+	return sel, nil
+}
+
+// next returns the next at most max rows, none when the tick is done.
+func (sel *selection) next(ctx context.Context, max int) ([]dueRow, error) {
+	for sel.left > 0 && len(sel.lanes) > 0 {
+		if len(sel.active) == 0 {
+			// This lane is done; the cursors carry over to the next one.
+			sel.lanes = sel.lanes[1:]
+			sel.active = slices.Clone(sel.tenants)
+			continue
+		}
+		rows, err := sel.round(ctx, min(sel.left, max))
+		if err != nil {
 			return nil, err
 		}
-		out[id] = c
+		if len(rows) > 0 {
+			sel.left -= len(rows)
+			if sel.left == 0 {
+				sel.more = sel.mayHaveMore()
+			}
+			return rows, nil
+		}
 	}
-	return out, rows.Err()
+	return nil, nil
 }
 
+// mayHaveMore reports whether rows may still be due when the budget is
+// spent: a tenant of the current lane that may hold more, or a later lane.
+func (sel *selection) mayHaveMore() bool {
+	return len(sel.active) > 0 || len(sel.lanes) > 1
+}
+
+// round reads one share per queried tenant of the current lane and picks up
+// to want rows from them, round-robin.
+func (sel *selection) round(ctx context.Context, want int) ([]dueRow, error) {
+	q := sel.active[:min(len(sel.active), want)]
+	share := (want + len(q) - 1) / len(q)
+	ats, ids := make([]time.Time, len(q)), make([]string, len(q))
+	for i, t := range q {
+		ats[i], ids[i] = sel.cur[t].at, sel.cur[t].id
+	}
+	rs, err := sel.s.cfg.DB.Pool().Query(ctx, dueByTenant, q, ats, ids, sel.lanes[0], share)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: tick: due rows: %w", err)
+	}
+	got := make(map[string][]dueRow, len(q))
+	for rs.Next() {
+		var r dueRow
+		var basis string
+		var ariID *string
+		var nb, na *time.Time
+		if err := rs.Scan(&r.identity, &r.sans, &r.tenant, &r.ca, &r.profile, &r.keyType, &r.due, &r.planned, &r.requestID,
+			&basis, &ariID, &nb, &na); err != nil {
+			rs.Close()
+			return nil, fmt.Errorf("scheduler: tick: due rows: %w", err)
+		}
+		r.basis = Basis(basis)
+		if ariID != nil && nb != nil && na != nil {
+			r.has, r.cert = true, issued{*ariID, *nb, *na}
+		}
+		got[r.tenant] = append(got[r.tenant], r)
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("scheduler: tick: due rows: %w", err)
+	}
+	picked := make([]dueRow, 0, want)
+	taken := make(map[string]int, len(q))
+	for i := 0; len(picked) < want; i++ {
+		progressed := false
+		for _, t := range q {
+			if i < len(got[t]) && len(picked) < want {
+				picked = append(picked, got[t][i])
+				taken[t]++
+				progressed = true
+			}
+		}
+		if !progressed {
+			break
+		}
+	}
+	// Tenants not queried this round go first in the next; a queried one
+	// stays if it may hold more (a full share, or rows read but not picked).
+	next := slices.Clone(sel.active[len(q):])
+	for _, t := range q {
+		if k := taken[t]; k > 0 {
+			last := got[t][k-1]
+			sel.cur[t] = cursor{last.due, last.identity}
+		}
+		if len(got[t]) == share || taken[t] < len(got[t]) {
+			next = append(next, t)
+		}
+	}
+	sel.active = next
+	return picked, nil
+}
 func (s *Scheduler) markEmitted(ctx context.Context, now time.Time, ls LeaseState, rows []dueRow) (int, error) {
-	ids := make([]string, len(rows))
-	dues := make([]time.Time, len(rows))
-	reqs := make([]string, len(rows))
-	planned := make([]time.Time, len(rows))
+	n := len(rows)
+	ids, reqs := make([]string, n), make([]string, n)
+	dues, planned := make([]time.Time, n), make([]time.Time, n)
 	for i, r := range rows {
-		ids[i], dues[i], reqs[i], planned[i] = r.identity, r.due, RequestID(r.identity, r.planned), r.planned
+		ids[i], dues[i], reqs[i], planned[i] = r.identity, r.due, r.jobID, r.planned
 	}
 	return countReturned(ctx, s, markEmitted, ids, now, now.Add(s.cfg.Watchdog), ls.Token, dues, reqs, planned,
 		LeaseName, s.cfg.Holder)
 }
 
-func (s *Scheduler) markAdopted(ctx context.Context, ls LeaseState, rows []dueRow, plans []renewalPlan, certs map[string]issued) (int, error) {
+func (s *Scheduler) markAdopted(ctx context.Context, ls LeaseState, rows []dueRow, plans []renewalPlan) (int, error) {
 	n := len(rows)
 	ids, bases, aris := make([]string, n), make([]string, n), make([]string, n)
 	dues, renew, nb, na := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
 	for i, r := range rows {
-		c := certs[r.identity]
 		ids[i], dues[i], renew[i], bases[i] = r.identity, r.due, plans[i].RenewAt, string(plans[i].Basis)
-		aris[i], nb[i], na[i] = c.ariID, c.notBefore, c.notAfter
+		aris[i], nb[i], na[i] = r.cert.ariID, r.cert.notBefore, r.cert.notAfter
 	}
 	return countReturned(ctx, s, markAdopted, ids, ls.Token, dues, renew, bases, aris, nb, na, LeaseName, s.cfg.Holder)
 }
