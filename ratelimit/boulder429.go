@@ -74,6 +74,8 @@ func perDomain(n Name) bool {
 //	too many certificates already issued for exact set of domains: ...        CertificatesPerFQDNSet
 //	too many failed authorizations (%d) for %q in the last %s, ...            FailedAuthorizationsPerDomainPerAccount, subject %q
 //	too many failed authorizations recently                                   (older; no subject)
+//	too many new registrations (%d) from this IP address in the last %s, ...  NewRegistrationsPerIPAddress
+//	too many new registrations (%d) from this /48 subnet of IPv6 addresses ... NewRegistrationsPerIPv6Range
 //
 // The detail is the CA's free text, untrusted: matching ignores ASCII case
 // and leading text (older Boulder prefixed "Error creating new order :: "),
@@ -89,6 +91,16 @@ func ParseRateLimitDetail(detail string) (limit Name, subject string) {
 	var found []Name
 	if strings.Contains(l, "too many new orders") {
 		found = append(found, NewOrdersPerAccount)
+	}
+	if _, rest, ok := strings.Cut(l, "too many new registrations"); ok {
+		switch rest = skipCount(rest); {
+		case strings.HasPrefix(rest, " from this ip address"):
+			found = append(found, NewRegistrationsPerIPAddress)
+		case strings.HasPrefix(rest, " from this /48 subnet"):
+			found = append(found, NewRegistrationsPerIPv6Range)
+		default:
+			return "", "" // registrations, but which limit: unknown
+		}
 	}
 	if _, rest, ok := strings.Cut(l, "too many failed authorizations"); ok {
 		found = append(found, FailedAuthorizationsPerDomainPerAccount)

@@ -63,8 +63,12 @@ var boulderDetails = []struct {
 	{"legacy exact set, capitalised", "Too many certificates already issued for exact set of domains: a.example.com,b.example.com", CertificatesPerFQDNSet, ""},
 	{"legacy failed authorizations", "too many failed authorizations recently: see https://letsencrypt.org/docs/failed-validation-limit/",
 		FailedAuthorizationsPerDomainPerAccount, ""},
-	// Limits certfleet does not model: unknown.
-	{"registrations per IP", "too many new registrations (10) from this IP address in the last 3h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#new-registrations-per-ip-address", "", ""},
+	{"registrations per IP", "too many new registrations (10) from this IP address in the last 3h0m0s, retry after 2026-03-01 12:34:56 UTC: see https://letsencrypt.org/docs/rate-limits/#new-registrations-per-ip-address",
+		NewRegistrationsPerIPAddress, ""},
+	{"registrations per IPv6 range", "too many new registrations (500) from this /48 subnet of IPv6 addresses in the last 3h0m0s, retry after 2026-03-01 12:34:56 UTC",
+		NewRegistrationsPerIPv6Range, ""},
+	// Limits certfleet does not model, or words it cannot place: unknown.
+	{"registrations, unknown wording", "too many new registrations recently", "", ""},
 	{"pending authorizations", "too many currently pending authorizations: 300", "", ""},
 	{"total issuance", "Certificate issuance limit reached", "", ""},
 }
@@ -176,7 +180,7 @@ func TestPenaltyTargetsTheNamedLimit(t *testing.T) {
 		{"legacy failed authorizations: every name's key", orderTxns, "too many failed authorizations recently", []string{authzWWW, authzAPI}},
 		{"unknown words: every key", orderTxns, "slow down", all},
 		{"no detail: every key", orderTxns, "", all},
-		{"registrations per IP (not modelled): every key", orderTxns,
+		{"registration limit, not an order's: every key", orderTxns,
 			"too many new registrations (10) from this IP address in the last 3h0m0s, retry after 2026-03-01 12:34:56 UTC", all},
 		{"hostile mix of limits: every key", orderTxns,
 			`too many new orders (300) from this account; too many certificates (50) already issued for "example.com"`, all},
@@ -293,7 +297,8 @@ func FuzzParseRateLimitDetail(f *testing.F) {
 		f.Add(c.detail)
 	}
 	known := map[Name]bool{"": true, NewOrdersPerAccount: true, CertificatesPerDomain: true,
-		CertificatesPerFQDNSet: true, FailedAuthorizationsPerDomainPerAccount: true}
+		CertificatesPerFQDNSet: true, FailedAuthorizationsPerDomainPerAccount: true,
+		NewRegistrationsPerIPAddress: true, NewRegistrationsPerIPv6Range: true}
 	f.Fuzz(func(t *testing.T, detail string) {
 		limit, subject := ParseRateLimitDetail(detail)
 		if !known[limit] {

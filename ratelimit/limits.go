@@ -56,7 +56,9 @@ type Catalogue struct {
 }
 
 // LetsEncryptLimits returns the default limit set, modelled on Let's
-// Encrypt's published limits, plus a fleet budget of 10 orders per second.
+// Encrypt's published limits (the registration limits too: 10 accounts per
+// 3 hours per IP address, 500 per 3 hours per IPv6 /48), plus a fleet budget
+// of 10 orders per second.
 func LetsEncryptLimits() map[Name]LimitConfig {
 	week := 7 * 24 * time.Hour
 	return map[Name]LimitConfig{
@@ -65,6 +67,8 @@ func LetsEncryptLimits() map[Name]LimitConfig {
 		CertificatesPerFQDNSet:                  {Limit: Limit{5, week, 5}, Renewal: Enforce, ARIRenewal: Enforce},
 		FailedAuthorizationsPerDomainPerAccount: {Limit: Limit{5, time.Hour, 5}, Renewal: Enforce, ARIRenewal: Enforce},
 		FleetOrdersPerSecond:                    {Limit: Limit{10, time.Second, 10}, Renewal: Enforce, ARIRenewal: Enforce},
+		NewRegistrationsPerIPAddress:            {Limit: Limit{10, 3 * time.Hour, 10}, Renewal: Enforce, ARIRenewal: Enforce},
+		NewRegistrationsPerIPv6Range:            {Limit: Limit{500, 3 * time.Hour, 500}, Renewal: Enforce, ARIRenewal: Enforce},
 	}
 }
 

@@ -115,6 +115,9 @@ func TestDecodeCatalogueMergesLimitsWithTheDefaults(t *testing.T) {
 		CertificatesPerDomain:  le[CertificatesPerDomain],
 		CertificatesPerFQDNSet: le[CertificatesPerFQDNSet],
 		FleetOrdersPerSecond:   le[FleetOrdersPerSecond],
+		// The registration limits are defaults too.
+		NewRegistrationsPerIPAddress: le[NewRegistrationsPerIPAddress],
+		NewRegistrationsPerIPv6Range: le[NewRegistrationsPerIPv6Range],
 	}
 	if len(ca.Limits) != len(want) {
 		t.Errorf("limits %v; want %v", ca.Limits, want)

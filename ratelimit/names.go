@@ -6,20 +6,25 @@ import "slices"
 // overrides naming anything else are rejected.
 type Name string
 
-// The limits certfleet models. The first four mirror Let's Encrypt's
-// published limits; FleetOrdersPerSecond is certfleet's own budget of orders
-// per second across the whole fleet for one CA.
+// The limits certfleet models. All but FleetOrdersPerSecond mirror Let's
+// Encrypt's published limits; FleetOrdersPerSecond is certfleet's own budget
+// of orders per second across the whole fleet for one CA. The two
+// registration limits are spent by account registrations
+// (Catalogue.RegistrationTransactions), keyed by the worker's egress address.
 const (
 	NewOrdersPerAccount                     Name = "NewOrdersPerAccount"
 	CertificatesPerDomain                   Name = "CertificatesPerDomain"
 	CertificatesPerFQDNSet                  Name = "CertificatesPerFQDNSet"
 	FailedAuthorizationsPerDomainPerAccount Name = "FailedAuthorizationsPerDomainPerAccount"
 	FleetOrdersPerSecond                    Name = "FleetOrdersPerSecond"
+	NewRegistrationsPerIPAddress            Name = "NewRegistrationsPerIPAddress"
+	NewRegistrationsPerIPv6Range            Name = "NewRegistrationsPerIPv6Range"
 )
 
 // Names lists every known limit name in a fixed order.
 var Names = []Name{NewOrdersPerAccount, CertificatesPerDomain, CertificatesPerFQDNSet,
-	FailedAuthorizationsPerDomainPerAccount, FleetOrdersPerSecond}
+	FailedAuthorizationsPerDomainPerAccount, FleetOrdersPerSecond,
+	NewRegistrationsPerIPAddress, NewRegistrationsPerIPv6Range}
 
 // Valid reports whether n is a known limit name.
 func (n Name) Valid() bool { return slices.Contains(Names, n) }

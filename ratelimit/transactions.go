@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -64,7 +65,8 @@ type Transaction struct {
 	Directory string
 	Name      Name
 	// Value is the bucket's subject: an account id, a registered domain, a
-	// SAN set hash, "account:fqdn", or "*" for the fleet budget.
+	// SAN set hash, "account:fqdn", "*" for the fleet budget, or for the
+	// registration limits the worker's egress address or its IPv6 /48.
 	Value string
 	// Account and Domain are what overrides can match besides Value.
 	Account string
@@ -151,6 +153,37 @@ func (c *Catalogue) OrderTransactions(o Order) ([]Transaction, error) {
 	add(CertificatesPerFQDNSet, FQDNSetHash(sans), o.Account, "", 1, ModeSpend)
 	for _, host := range authorizationHosts(sans) {
 		add(FailedAuthorizationsPerDomainPerAccount, o.Account+":"+host, o.Account, host, 1, ModeCheck)
+	}
+	return txns, nil
+}
+
+// RegistrationTransactions derives the buckets an ACME account
+// registration (newAccount) spends at the CA named by directory, from the
+// address the CA sees the worker connect from (egress, from the worker's
+// configuration): NewRegistrationsPerIPAddress keyed by the address, and,
+// for an IPv6 address, NewRegistrationsPerIPv6Range keyed by its /48
+// ("2001:db8:1::/48"), as Let's Encrypt counts them. An IPv4-mapped IPv6
+// address counts as its IPv4 address. A CA without these limits yields no
+// transaction; an invalid or unspecified egress is an ErrInvalidRequest.
+// The fleet budget is not spent: a registration is not an order.
+func (c *Catalogue) RegistrationTransactions(directory string, egress netip.Addr) ([]Transaction, error) {
+	ca, ok := c.byDirectory[directory]
+	if !ok {
+		return nil, fmt.Errorf("%w: no limits configured for CA directory %q", ErrInvalidRequest, directory)
+	}
+	egress = egress.Unmap()
+	if !egress.IsValid() || egress.IsUnspecified() {
+		return nil, fmt.Errorf("%w: registration needs the worker's egress address, got %q", ErrInvalidRequest, egress)
+	}
+	var txns []Transaction
+	add := func(n Name, value string) {
+		if _, ok := ca.Limits[n]; ok {
+			txns = append(txns, ca.transaction(n, value, "", "", 1, ModeSpend))
+		}
+	}
+	add(NewRegistrationsPerIPAddress, egress.WithZone("").String())
+	if egress.Is6() {
+		add(NewRegistrationsPerIPv6Range, netip.PrefixFrom(egress.WithZone(""), 48).Masked().String())
 	}
 	return txns, nil
 }

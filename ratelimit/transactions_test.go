@@ -3,10 +3,14 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/certfleet/certfleet/internal/clock"
 	"github.com/certfleet/certfleet/names"
 )
 
@@ -147,5 +151,94 @@ func TestOrderTransactionsCanonicalSANs(t *testing.T) {
 	}
 	if _, err := c.OrderTransactions(Order{Directory: leDir, Account: "a", SANs: []string{"Example.COM."}}); !errors.Is(err, ErrInvalidRequest) {
 		t.Errorf("absolute name: err = %v; want ErrInvalidRequest", err)
+	}
+}
+
+func TestRegistrationTransactions(t *testing.T) {
+	c := testCatalogue(t)
+	tests := []struct {
+		name   string
+		egress string
+		want   []string // keys
+	}{
+		{"IPv4: per address", "192.0.2.7", []string{"le:NewRegistrationsPerIPAddress:192.0.2.7"}},
+		{"IPv4-mapped counts as IPv4", "::ffff:192.0.2.7", []string{"le:NewRegistrationsPerIPAddress:192.0.2.7"}},
+		{"IPv6: per address and per /48", "2001:db8:1:2::7", []string{
+			"le:NewRegistrationsPerIPAddress:2001:db8:1:2::7", "le:NewRegistrationsPerIPv6Range:2001:db8:1::/48"}},
+		{"IPv6 zone dropped", "fe80::1%eth0", []string{
+			"le:NewRegistrationsPerIPAddress:fe80::1", "le:NewRegistrationsPerIPv6Range:fe80::/48"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			txns, err := c.RegistrationTransactions(leDir, netip.MustParseAddr(tt.egress))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, x := range txns {
+				if x.Cost != 1 || x.Mode != ModeSpend {
+					t.Errorf("%s: cost %d mode %s, want a spend of 1", x.Key(), x.Cost, x.Mode)
+				}
+				if l, ok := c.Default(leDir, x.Name); !ok || l.Period != 3*time.Hour {
+					t.Errorf("%s: limit %v, want Let's Encrypt's per 3 h", x.Key(), l)
+				}
+				got = append(got, x.Key())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("keys %q, want %q", got, tt.want)
+			}
+		})
+	}
+	for _, bad := range []netip.Addr{{}, netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
+		if _, err := c.RegistrationTransactions(leDir, bad); !errors.Is(err, ErrInvalidRequest) {
+			t.Errorf("egress %q: err %v, want ErrInvalidRequest", bad, err)
+		}
+	}
+	if _, err := c.RegistrationTransactions("https://unknown.example/dir", netip.MustParseAddr("192.0.2.1")); !errors.Is(err, ErrInvalidRequest) {
+		t.Errorf("unknown CA: err %v, want ErrInvalidRequest", err)
+	}
+}
+
+// TestRegistrationsLimitedPerIP: the eleventh registration from one address
+// within 3 h is denied, and an IPv6 /48 is shared by its addresses.
+func TestRegistrationsLimitedPerIP(t *testing.T) {
+	c := testCatalogue(t)
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := NewLimiter(LimiterConfig{Store: NewMemStore(), Catalogue: c, Clock: clk})
+	reg := func(addr string) Result {
+		txns, err := c.RegistrationTransactions(leDir, netip.MustParseAddr(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := l.Spend(context.Background(), txns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for i := range 10 {
+		if r := reg("192.0.2.7"); !r.Allowed {
+			t.Fatalf("registration %d from one IPv4 address denied: %+v", i+1, r)
+		}
+	}
+	if r := reg("192.0.2.7"); r.Allowed || r.Limiting.Name != NewRegistrationsPerIPAddress || r.RetryIn != 18*time.Minute {
+		t.Fatalf("11th registration = %+v, want denied by NewRegistrationsPerIPAddress for 18m (3h/10)", r)
+	}
+	if r := reg("192.0.2.8"); !r.Allowed {
+		t.Fatalf("another address denied: %+v", r)
+	}
+	// 500 per /48: 50 addresses of one /48, 10 each, then the range is full.
+	for a := range 50 {
+		for range 10 {
+			if r := reg(fmt.Sprintf("2001:db8:1:%x::1", a)); !r.Allowed {
+				t.Fatalf("address %d of the /48 denied early: %+v", a, r)
+			}
+		}
+	}
+	if r := reg("2001:db8:1:ffff::1"); r.Allowed || r.Limiting.Name != NewRegistrationsPerIPv6Range {
+		t.Fatalf("501st registration from one /48 = %+v, want denied by NewRegistrationsPerIPv6Range", r)
+	}
+	if r := reg("2001:db8:2::1"); !r.Allowed {
+		t.Fatalf("another /48 denied: %+v", r)
 	}
 }
