@@ -6,22 +6,28 @@ import (
 )
 
 // fairHold decides which fetched records a worker keeps in memory and which it
-// parks, so one tenant's backlog in one lane can neither fill the worker's
-// MaxPending nor keep it from reading past that backlog to other tenants and
-// higher lanes. A worker keeps at most quota records per (lane, tenant) that
-// wait for an order slot; the rest are parked (durably, outside its memory,
-// their offsets committed) until the time their turn should come: each
-// (lane, tenant) gets successive return times spaced by the rate at which its
-// held records have recently been getting slots, so parked records come back
-// about when they can be served, in arrival order, not all at once.
-// Safe for concurrent use.
+// parks, so that one tenant's backlog in one lane neither fills the worker's
+// MaxPending nor keeps it from reading past that backlog to other tenants and
+// higher lanes. Each (lane, tenant) may keep a share of the worker's capacity
+// waiting for an order slot: capacity/(n+2) records when n other groups hold
+// records (half of it for a group alone, the other half left for whoever
+// shows up behind it), never fewer than minQuota. The rest are parked
+// (durably, outside the worker's memory, their offsets committed) until about
+// when their turn should come: each (lane, tenant) hands out successive return
+// times spaced by the rate at which slots have recently been granted (the
+// higher of its own and the worker's), so parked records come back in arrival
+// order and a little early rather than late: early costs a second parking,
+// late would leave slots idle. Safe for concurrent use.
 type fairHold struct {
-	quota   int
-	minWait time.Duration // the earliest return of a parked record
-	maxWait time.Duration // the latest: a record parked this long is looked at again
+	capacity int
+	minQuota int
+	minWait  time.Duration // the earliest return of a parked record
+	maxWait  time.Duration // the latest: a record parked this long is looked at again
 
 	mu     sync.Mutex
-	queues map[laneTenant]*holdState
+	groups map[laneTenant]*holdState
+	active int        // groups with held records
+	all    rateWindow // every grant of this worker
 }
 
 type laneTenant struct {
@@ -30,38 +36,47 @@ type laneTenant struct {
 }
 
 type holdState struct {
-	held     int
-	nextDue  time.Time // return time handed to the last parked record
-	grants   []time.Time
-	lastSeen time.Time
+	held    int
+	nextDue time.Time // return time handed to the last parked record
+	grants  rateWindow
 }
 
-// rateWindow is how far back a (lane, tenant)'s slot rate is measured.
-const rateWindow = time.Minute
+// defaultRate is the slots per second assumed before any was granted.
+const defaultRate = 20
 
-func newFairHold(quota int) *fairHold {
-	return &fairHold{quota: quota, minWait: time.Second, maxWait: 10 * time.Minute, queues: map[laneTenant]*holdState{}}
+func newFairHold(capacity, minQuota int) *fairHold {
+	return &fairHold{capacity: capacity, minQuota: max(1, minQuota), minWait: time.Second, maxWait: 10 * time.Minute,
+		groups: map[laneTenant]*holdState{}}
 }
 
 // admit is asked for each fetched record before it waits for a slot. hold
-// true: keep it (call done when it no longer waits); false: park it until due.
+// true: keep it, and call release when it stops waiting; false: park it until
+// due.
 func (f *fairHold) admit(lane Lane, tenant string, now time.Time) (hold bool, due time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := laneTenant{lane, tenant}
-	q := f.queues[k]
+	q := f.groups[k]
 	if q == nil {
 		q = &holdState{}
-		f.queues[k] = q
+		f.groups[k] = q
 	}
-	q.lastSeen = now
-	if q.held < f.quota {
+	others := f.active
+	if q.held > 0 {
+		others--
+	}
+	if q.held < max(f.minQuota, f.capacity/(others+2)) {
+		if q.held == 0 {
+			f.active++
+		}
 		q.held++
 		return true, time.Time{}
 	}
-	// The held records are served at about rate; this one's turn comes after
-	// theirs and after every record already parked before it.
-	per := time.Duration(float64(time.Second) / q.rate(now))
+	rate := max(q.grants.rate(now), f.all.rate(now))
+	if rate == 0 {
+		rate = defaultRate
+	}
+	per := time.Duration(float64(time.Second) / rate)
 	due = now.Add(max(f.minWait, time.Duration(q.held)*per))
 	if next := q.nextDue.Add(per); q.nextDue.After(now) && next.After(due) {
 		due = next
@@ -73,60 +88,68 @@ func (f *fairHold) admit(lane Lane, tenant string, now time.Time) (hold bool, du
 	return false, due
 }
 
-// granted records that a held record of (lane, tenant) got its slot.
-func (f *fairHold) granted(lane Lane, tenant string, now time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if q := f.queues[laneTenant{lane, tenant}]; q != nil {
-		q.grants = append(q.grants, now)
-		if len(q.grants) > 256 {
-			q.grants = q.grants[len(q.grants)-256:]
-		}
-	}
-}
-
-// done records that a held record of (lane, tenant) no longer waits.
-func (f *fairHold) done(lane Lane, tenant string, now time.Time) {
+// release records that a held record of (lane, tenant) stopped waiting: it
+// got its slot (granted true) or gave up.
+func (f *fairHold) release(lane Lane, tenant string, now time.Time, granted bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := laneTenant{lane, tenant}
-	q := f.queues[k]
+	q := f.groups[k]
 	if q == nil {
 		return
 	}
-	q.held--
-	// Forget idle queues so the map holds only tenants seen lately.
-	if q.held <= 0 && !q.nextDue.After(now) && now.Sub(q.lastSeen) > rateWindow {
-		delete(f.queues, k)
+	if granted {
+		q.grants.add(now)
+		f.all.add(now)
 	}
-	if len(f.queues) > 4096 {
-		for k, q := range f.queues {
-			if q.held <= 0 && !q.nextDue.After(now) {
-				delete(f.queues, k)
+	q.held--
+	if q.held == 0 {
+		f.active--
+		if !q.nextDue.After(now) {
+			delete(f.groups, k) // idle: only groups with records held or parked are kept
+		}
+	}
+	if len(f.groups) > 4*f.capacity {
+		for k, q := range f.groups {
+			if q.held == 0 && !q.nextDue.After(now) {
+				delete(f.groups, k)
 			}
 		}
 	}
 }
 
-// rate is the slots per second this (lane, tenant) got over the last
-// rateWindow; with none seen yet, one per second.
-func (q *holdState) rate(now time.Time) float64 {
-	n := 0
-	var first time.Time
-	for _, t := range q.grants {
-		if now.Sub(t) <= rateWindow {
-			if n == 0 {
-				first = t
-			}
-			n++
-		}
+// rateWindow measures events per second from the last rateSamples events
+// inside rateSpan.
+type rateWindow struct {
+	times []time.Time // the most recent events, at most rateSamples
+}
+
+const (
+	rateSamples = 256
+	rateSpan    = time.Minute
+)
+
+func (r *rateWindow) add(t time.Time) {
+	r.times = append(r.times, t)
+	if len(r.times) > rateSamples {
+		r.times = r.times[len(r.times)-rateSamples:]
+	}
+}
+
+// rate is events per second over the recent ones inside rateSpan; 0 with
+// fewer than two.
+func (r *rateWindow) rate(now time.Time) float64 {
+	n, i := 0, len(r.times)
+	for i > 0 && now.Sub(r.times[i-1]) <= rateSpan {
+		i--
+		n++
 	}
 	if n < 2 {
-		return 1
+		return 0
 	}
-	span := now.Sub(first).Seconds()
+	span := now.Sub(r.times[i]).Seconds()
 	if span <= 0 {
-		return 1
+		return 0
 	}
-	return max(float64(n)/span, 0.01)
+	return float64(n) / span
 }

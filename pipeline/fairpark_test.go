@@ -5,66 +5,90 @@ import (
 	"time"
 )
 
-func TestFairHoldKeepsAQuotaPerLaneAndTenant(t *testing.T) {
-	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	f := newFairHold(2)
-	for i, want := range []bool{true, true, false, false} {
-		if hold, _ := f.admit(LaneNew, "a", now); hold != want {
-			t.Fatalf("record %d of tenant a: hold = %v, want %v", i, hold, want)
+var fh0 = time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+
+func admitN(f *fairHold, lane Lane, tenant string, n int) (held int, dues []time.Time) {
+	for range n {
+		hold, due := f.admit(lane, tenant, fh0)
+		if hold {
+			held++
+		} else {
+			dues = append(dues, due)
 		}
 	}
-	// Other tenants and other lanes have quotas of their own.
-	if hold, _ := f.admit(LaneNew, "b", now); !hold {
-		t.Error("tenant b's first record was parked behind tenant a's backlog")
+	return held, dues
+}
+
+func TestFairHoldSharesTheCapacity(t *testing.T) {
+	f := newFairHold(12, 2)
+	// Alone, a group keeps half the capacity; the other half is left for
+	// whoever comes behind it.
+	if held, _ := admitN(f, LaneNew, "a", 20); held != 6 {
+		t.Fatalf("a lone group held %d records, want 6 of capacity 12", held)
 	}
-	if hold, _ := f.admit(LaneEmergency, "a", now); !hold {
-		t.Error("tenant a's first emergency was parked behind its own new-issuance backlog")
+	// The next group keeps 12/(1+2) = 4; the first keeps what it has.
+	if held, _ := admitN(f, LaneNew, "b", 20); held != 4 {
+		t.Errorf("a second tenant held %d, want 4", held)
 	}
-	f.done(LaneNew, "a", now)
-	if hold, _ := f.admit(LaneNew, "a", now); !hold {
-		t.Error("a freed hold was not given to the next record")
+	// Lanes are groups of their own: a's emergencies are not parked behind
+	// its new issuance: 12/(2+2) = 3.
+	if held, _ := admitN(f, LaneEmergency, "a", 5); held != 3 {
+		t.Errorf("a's emergencies held %d, want 3", held)
+	}
+	// Never fewer than minQuota.
+	for i := range 10 {
+		admitN(f, LaneRenewal, string(rune('c'+i)), 1)
+	}
+	if held, _ := admitN(f, LaneRenewal, "z", 5); held != 2 {
+		t.Errorf("with many groups a newcomer held %d, want minQuota 2", held)
+	}
+	// A released hold goes to the group's next record.
+	f.release(LaneRenewal, "z", fh0, true)
+	if hold, _ := f.admit(LaneRenewal, "z", fh0); !hold {
+		t.Error("a freed hold was not given to the group's next record")
 	}
 }
 
-func TestFairHoldSpacesReturnsByTheServedRate(t *testing.T) {
-	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	f := newFairHold(4)
-	for range 4 {
-		f.admit(LaneRenewal, "a", now)
+func TestFairHoldSpacesReturnsByTheGrantedRate(t *testing.T) {
+	f := newFairHold(8, 1)
+	admitN(f, LaneRenewal, "a", 4)
+	// 3 held records got slots at 10 per second, 1 stays held.
+	for i := range 3 {
+		f.release(LaneRenewal, "a", fh0.Add(-300*time.Millisecond+time.Duration(i)*100*time.Millisecond), true)
 	}
-	// Held records got slots at 10 per second.
-	for i := range 11 {
-		f.granted(LaneRenewal, "a", now.Add(-time.Second+time.Duration(i)*100*time.Millisecond))
-	}
-	var dues []time.Time
-	for range 5 {
-		hold, due := f.admit(LaneRenewal, "a", now)
-		if hold {
-			t.Fatal("a record beyond the quota was held")
-		}
-		dues = append(dues, due)
+	admitN(f, LaneRenewal, "a", 3) // holds back up to 4
+	_, dues := admitN(f, LaneRenewal, "a", 5)
+	if len(dues) != 5 {
+		t.Fatalf("%d of 5 records beyond the quota parked", len(dues))
 	}
 	// The first parked record comes back after the 4 held ones (0.4 s at
-	// 10/s, raised to the 1 s minimum), each next one 0.1 s later.
-	if got := dues[0].Sub(now); got < time.Second || got > 1100*time.Millisecond {
-		t.Errorf("first parked record due in %v, want about 1 s", got)
+	// about 10/s, raised to the 1 s minimum), each next one a slot later.
+	if got := dues[0].Sub(fh0); got != time.Second {
+		t.Errorf("first parked record due in %v, want the 1 s minimum", got)
 	}
 	for i := 1; i < len(dues); i++ {
-		if gap := dues[i].Sub(dues[i-1]); gap < 90*time.Millisecond || gap > 120*time.Millisecond {
-			t.Errorf("parked record %d due %v after the one before, want about 100 ms (the served rate)", i, gap)
+		if gap := dues[i].Sub(dues[i-1]); gap < 90*time.Millisecond || gap > 160*time.Millisecond {
+			t.Errorf("parked record %d due %v after the one before, want about 100-150 ms (the granted rate)", i, gap)
 		}
 	}
 }
 
 func TestFairHoldCapsTheWait(t *testing.T) {
-	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	f := newFairHold(1)
-	f.admit(LaneNew, "a", now)
-	var due time.Time
-	for range 2000 { // at the default 1/s, the 2000th would be 33 min away
-		_, due = f.admit(LaneNew, "a", now)
+	f := newFairHold(2, 1)
+	_, dues := admitN(f, LaneNew, "a", 20001) // at the default 20/s, the last would be 16 min away
+	if got := dues[len(dues)-1].Sub(fh0); got != f.maxWait {
+		t.Errorf("last parked record due in %v, want the cap %v", got, f.maxWait)
 	}
-	if due.Sub(now) != f.maxWait {
-		t.Errorf("last parked record due in %v, want the cap %v", due.Sub(now), f.maxWait)
+}
+
+func TestFairHoldForgetsIdleGroups(t *testing.T) {
+	f := newFairHold(4, 1)
+	for i := range 100 {
+		tenant := string(rune('a' + i%26)) + string(rune('a'+i/26))
+		admitN(f, LaneNew, tenant, 1)
+		f.release(LaneNew, tenant, fh0, true)
+	}
+	if n := len(f.groups); n != 0 || f.active != 0 {
+		t.Errorf("after every record was released: %d groups kept, %d active; want none", n, f.active)
 	}
 }
