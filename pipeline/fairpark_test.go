@@ -84,7 +84,7 @@ func TestFairHoldCapsTheWait(t *testing.T) {
 func TestFairHoldForgetsIdleGroups(t *testing.T) {
 	f := newFairHold(4, 1)
 	for i := range 100 {
-		tenant := string(rune('a' + i%26)) + string(rune('a'+i/26))
+		tenant := string(rune('a'+i%26)) + string(rune('a'+i/26))
 		admitN(f, LaneNew, tenant, 1)
 		f.release(LaneNew, tenant, fh0, true)
 	}
