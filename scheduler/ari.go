@@ -175,11 +175,13 @@ SET ari_window_start = $3, ari_window_end = $4, ari_retry_at = $5,
 WHERE identity = $1 AND cert_ari_id = $2`
 
 // sweepIssuer brings forward the ARI re-check of every certificate of one
-// issuer (the authority key identifier part $2 of cert_ari_id) at one CA:
-// one statement, run at most once per issuer and ARIRecheckDefault.
+// issuer (the authority key identifier part $2 of cert_ari_id) at one CA
+// whose known window has not passed yet: one statement, run at most once per
+// issuer and ARIRecheckDefault.
 const sweepIssuer = `
 UPDATE managed_certificates SET ari_retry_at = $3, updated_at = now()
-WHERE ca_directory = $1 AND substr(cert_ari_id, 1, length($2)) = $2 AND ari_retry_at > $3`
+WHERE ca_directory = $1 AND substr(cert_ari_id, 1, length($2)) = $2 AND ari_retry_at > $3
+  AND (ari_window_end IS NULL OR ari_window_end > $3)`
 
 // stopARI ends the re-checks of a row whose CA is not configured.
 const stopARI = `
