@@ -9,6 +9,8 @@
 //	(none) --Claim--> ordering --Complete--> succeeded   (outcome kept; redeliveries re-publish it)
 //	                     |     --Fail------> failed      (permanent; outcome kept likewise)
 //	                     |     --Release---> released    (retryable; the next delivery claims it)
+//	                     |     --ReleaseBooked-> released, holding a rate-limit booking for the next owner
+//	                     |     --Renew-----> ordering    (the owner's heartbeat extends its lease)
 //	                     '-- lease expires (worker died): the next Claim takes it over
 //
 // Every transition is guarded by the owner, so a worker whose lease was taken
@@ -58,6 +60,10 @@ type ClaimResult struct {
 	// died or released the request), when Acquired and one was recorded
 	// (RecordOrder): continue it rather than order again.
 	Order *Order
+	// Booking is the rate-limit slot an earlier owner booked and deferred
+	// the request to (ReleaseBooked), when Acquired: order at its time
+	// without spending again.
+	Booking *Booking
 }
 
 // Order is an order in flight at the CA: its URL, the certificate key it is
@@ -87,8 +93,9 @@ var ErrNotOwner = errors.New("certstore: request is not owned by this worker")
 // reports why a claim was refused.
 func (s *Store) Claim(ctx context.Context, requestID, identity, owner string, lease time.Duration) (ClaimResult, error) {
 	var r ClaimResult
-	var orderURL, orderCA *string
+	var orderURL, orderCA, bookedCA *string
 	var orderKey []byte
+	var bookedAt *time.Time
 	err := s.db.Pool().QueryRow(ctx, `
 INSERT INTO issuance_requests (request_id, identity, state, owner, owner_until, attempts)
 VALUES ($1, $2, 'ordering', $3, now() + $4::INT * INTERVAL '1 millisecond', 1)
@@ -97,7 +104,8 @@ ON CONFLICT (request_id) DO UPDATE
        attempts = issuance_requests.attempts + 1, updated_at = now()
  WHERE issuance_requests.state = 'released'
     OR (issuance_requests.state = 'ordering' AND issuance_requests.owner_until < now())
-RETURNING attempts, owner_until, order_url, order_key, order_ca`, requestID, identity, owner, lease.Milliseconds()).Scan(&r.Attempt, &r.LeaseUntil, &orderURL, &orderKey, &orderCA)
+RETURNING attempts, owner_until, order_url, order_key, order_ca, booked_ca, booked_at`, requestID, identity, owner, lease.Milliseconds()).
+		Scan(&r.Attempt, &r.LeaseUntil, &orderURL, &orderKey, &orderCA, &bookedCA, &bookedAt)
 	if err == nil {
 		r.Acquired, r.State = true, StateOrdering
 		if orderURL != nil && *orderURL != "" && len(orderKey) > 0 {
@@ -105,6 +113,9 @@ RETURNING attempts, owner_until, order_url, order_key, order_ca`, requestID, ide
 			if orderCA != nil {
 				r.Order.CA = *orderCA
 			}
+		}
+		if bookedCA != nil && *bookedCA != "" && bookedAt != nil {
+			r.Booking = &Booking{CA: *bookedCA, At: *bookedAt}
 		}
 		return r, nil
 	}
@@ -194,11 +205,30 @@ UPDATE issuance_requests SET order_url = $3, order_key = $4, order_ca = NULLIF($
 	return nil
 }
 
+// Renew extends owner's claim on the request to lease from now: the
+// heartbeat of a worker still working on it, so a short lease (seconds)
+// protects an order of any length while its owner lives and frees the
+// request soon after the owner dies. It returns ErrNotOwner, changing
+// nothing, when owner no longer owns the request (the lease ran out and
+// another worker claimed it, or the request ended or was released).
+func (s *Store) Renew(ctx context.Context, requestID, owner string, lease time.Duration) error {
+	tag, err := s.db.Pool().Exec(ctx, `
+UPDATE issuance_requests SET owner_until = now() + $3::INT * INTERVAL '1 millisecond'
+ WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, lease.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("certstore: renewing the claim on request %q: %w", requestID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("certstore: renewing the claim on request %q: %w", requestID, ErrNotOwner)
+	}
+	return nil
+}
+
 // Release hands the request back (retryable failure, deferral or shutdown) so
 // the next delivery can claim it at once.
 func (s *Store) Release(ctx context.Context, requestID, owner string) error {
 	tag, err := s.db.Pool().Exec(ctx, `
-UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL, updated_at = now()
+UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL, booked_ca = NULL, booked_at = NULL, updated_at = now()
  WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner)
 	if err != nil {
 		return fmt.Errorf("certstore: releasing request %q: %w", requestID, err)
@@ -212,7 +242,7 @@ UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL,
 func finish(ctx context.Context, tx pgx.Tx, requestID, owner string, state State, outcome []byte) error {
 	tag, err := tx.Exec(ctx, `
 UPDATE issuance_requests SET state = $3, outcome = $4, owner = '', owner_until = NULL,
-       order_url = NULL, order_key = NULL, order_ca = NULL, updated_at = now()
+       order_url = NULL, order_key = NULL, order_ca = NULL, booked_ca = NULL, booked_at = NULL, updated_at = now()
  WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, string(state), outcome)
 	if err != nil {
 		return err

@@ -199,3 +199,38 @@ func TestRecordedOrderGoesToTheNextOwner(t *testing.T) {
 		t.Fatalf("claim of an order without its CA: %+v, %v", c, err)
 	}
 }
+
+// The heartbeat: a renewed short lease keeps the request from other
+// workers; one not renewed frees it; a renewal by anyone but the owner, or
+// after the owner lost or ended the claim, changes nothing.
+func TestRenewKeepsTheClaim(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	if _, err := s.Claim(ctx, "r5", "id-r5", "a", -time.Second); err != nil { // lapsed at once
+		t.Fatal(err)
+	}
+	if err := s.Renew(ctx, "r5", "a", time.Minute); err != nil {
+		t.Fatalf("renewal by the owner of a lapsed, untaken lease: %v", err)
+	}
+	if r, err := s.Claim(ctx, "r5", "id-r5", "b", time.Minute); err != nil || !r.Busy || r.LeaseUntil.Before(time.Now().Add(30*time.Second)) {
+		t.Fatalf("claim after the renewal: %+v, %v; want Busy until about a minute from now", r, err)
+	}
+	if err := s.Renew(ctx, "r5", "b", time.Minute); !errors.Is(err, certstore.ErrNotOwner) {
+		t.Fatalf("renewal by a non-owner: %v; want ErrNotOwner", err)
+	}
+	if err := s.Renew(ctx, "r5", "a", -time.Second); err != nil { // the owner stops renewing: the lease lapses
+		t.Fatal(err)
+	}
+	if r, err := s.Claim(ctx, "r5", "id-r5", "b", time.Minute); err != nil || !r.Acquired {
+		t.Fatalf("claim after the lease lapsed: %+v, %v; want Acquired", r, err)
+	}
+	if err := s.Renew(ctx, "r5", "a", time.Minute); !errors.Is(err, certstore.ErrNotOwner) {
+		t.Fatalf("renewal by the old owner after a takeover: %v; want ErrNotOwner", err)
+	}
+	if err := s.Release(ctx, "r5", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Renew(ctx, "r5", "b", time.Minute); !errors.Is(err, certstore.ErrNotOwner) {
+		t.Fatalf("renewal after release: %v; want ErrNotOwner", err)
+	}
+}
