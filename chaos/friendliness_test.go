@@ -27,8 +27,9 @@ const (
 // registered domain, 5 per 7 minutes per identifier set), counting
 // certificates at issuance as Boulder does, and the workers are configured
 // at exactly those limits (100%). Most requests spread over 50 registered
-// domains, so the account limit binds; 300 sit under 3 registered domains,
-// 100 each, so those drain at the domain limit while the rest flows. The run
+// domains, so the account limit binds; 300, published first, sit under 3
+// registered domains, 100 each, so those drain at the domain limit while the
+// rest flows. The run
 // reports the 429s the CA sent (must be 0), the certificates the CA issued
 // beyond a certificate limit (must be 0: the workers' accounting was never
 // ahead of the CA's), and the fraction of the account limit's allowed rate
@@ -59,9 +60,13 @@ func TestCAFriendliness(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), sz.timeout)
 	defer cancel()
 	f := newFleet(t, ctx, fleetConfig{workers: 3, concurrency: 2, limits: limits, ca: ca})
+	// The hot domains' requests go first, so they meet their domain's limit
+	// at once and drain at its rate beside the account-bound rest (behind
+	// it, they would get only their share of the account's rate, below the
+	// domain's).
 	hot := min(friendlinessHot*friendlinessPerHot, jobs/4)
-	valid := f.requests(jobs-hot, friendlinessColdDomain) // at most 40 per registered domain: the account limit binds
-	valid = append(valid, f.hotRequests(hot, friendlinessHot)...)
+	valid := f.hotRequests(hot, friendlinessHot)
+	valid = append(valid, f.requests(jobs-hot, friendlinessColdDomain)...) // at most 40 per registered domain: the account limit binds
 	f.publish(encodeAll(t, valid))
 	o := f.waitDone(valid, 0, nil)
 	r := f.verify("CA friendliness", sz, valid, 0, o)
