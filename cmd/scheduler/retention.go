@@ -32,19 +32,19 @@ func registerRetentionFlags(fs *envflag.Set) *retentionConfig {
 	r := &retentionConfig{}
 	def := retention.DefaultAges()
 	age := func(p *time.Duration, name, env string, d time.Duration, what string) {
-		fs.Duration(p, "retention-"+name, "CERTFLEET_RETENTION_"+env, d, what+"; 0: never (e.g. when CockroachDB's row-level TTL prunes the table)")
+		fs.Duration(p, name, env, d, what+"; 0: never (e.g. when CockroachDB's row-level TTL prunes the table)")
 	}
 	fs.Duration(&r.Interval, "retention-interval", "CERTFLEET_RETENTION_INTERVAL", time.Hour, "time between passes of the retention job, run by one scheduler at a time (its own lease); 0: no retention job in this process")
 	fs.Int(&r.Batch, "retention-batch", "CERTFLEET_RETENTION_BATCH", 500, "rows per retention statement (batches repeat with a pause until one comes back short)")
 	fs.Duration(&r.LeaseTTL, "retention-lease-ttl", "CERTFLEET_RETENTION_LEASE_TTL", time.Minute, "the retention lease's period")
-	age(&r.Ages.IdleBuckets, "idle-buckets", "IDLE_BUCKETS", def.IdleBuckets, "delete a rate-limit bucket full and unchanged this long (a missing bucket is a full one)")
-	age(&r.Ages.EndedRequests, "ended-requests", "ENDED_REQUESTS", def.EndedRequests, "delete an issuance request ended (succeeded, failed, released) this long ago; at least 744h (31 days)")
-	age(&r.Ages.KeyGrace, "key-grace", "KEY_GRACE", def.KeyGrace, "destroy the sealed key of a certificate expired this long ago (crypto-shredding; the row stays)")
-	age(&r.Ages.ExpiredCerts, "expired-certificates", "EXPIRED_CERTIFICATES", def.ExpiredCerts, "delete a certificate row expired this long ago (at least -retention-key-grace)")
-	age(&r.Ages.RelayedOutbox, "relayed-outbox", "RELAYED_OUTBOX", def.RelayedOutbox, "delete an override change notification published this long ago")
-	age(&r.Ages.DLQReplays, "dlq-replays", "DLQ_REPLAYS", def.DLQReplays, "delete a dead-letter replay record this old")
-	age(&r.Ages.DNS01Records, "dns01-records", "DNS01_RECORDS", def.DNS01Records, "delete a DNS-01 record row expired this long ago (the workers remove expired records within minutes; older ones could not be removed)")
-	age(&r.Ages.Audit, "audit", "AUDIT", def.Audit, "delete an audit event this old (default never: the application then needs no DELETE on audit_events)")
+	age(&r.Ages.IdleBuckets, "retention-idle-buckets", "CERTFLEET_RETENTION_IDLE_BUCKETS", def.IdleBuckets, "delete a rate-limit bucket full and unchanged this long (a missing bucket is a full one)")
+	age(&r.Ages.EndedRequests, "retention-ended-requests", "CERTFLEET_RETENTION_ENDED_REQUESTS", def.EndedRequests, "delete an issuance request ended (succeeded, failed, released) this long ago; at least 744h (31 days)")
+	age(&r.Ages.KeyGrace, "retention-key-grace", "CERTFLEET_RETENTION_KEY_GRACE", def.KeyGrace, "destroy the sealed key of a certificate expired this long ago (crypto-shredding; the row stays)")
+	age(&r.Ages.ExpiredCerts, "retention-expired-certificates", "CERTFLEET_RETENTION_EXPIRED_CERTIFICATES", def.ExpiredCerts, "delete a certificate row expired this long ago (at least -retention-key-grace)")
+	age(&r.Ages.RelayedOutbox, "retention-relayed-outbox", "CERTFLEET_RETENTION_RELAYED_OUTBOX", def.RelayedOutbox, "delete an override change notification published this long ago")
+	age(&r.Ages.DLQReplays, "retention-dlq-replays", "CERTFLEET_RETENTION_DLQ_REPLAYS", def.DLQReplays, "delete a dead-letter replay record this old")
+	age(&r.Ages.DNS01Records, "retention-dns01-records", "CERTFLEET_RETENTION_DNS01_RECORDS", def.DNS01Records, "delete a DNS-01 record row expired this long ago (the workers remove expired records within minutes; older ones could not be removed)")
+	age(&r.Ages.Audit, "retention-audit", "CERTFLEET_RETENTION_AUDIT", def.Audit, "delete an audit event this old (default never: the application then needs no DELETE on audit_events)")
 	return r
 }
 
