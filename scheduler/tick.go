@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -154,14 +155,15 @@ RETURNING m.identity`
 // Reads go through indexes only: an idle tick is one index probe whatever
 // the fleet size.
 //
-// A tick is a pipeline of three stages, each one batch at a time: read
-// (the next fair batch by keyset cursors, encoded), write (to Kafka), mark
-// (fenced). Batch n+1 is read while batch n is written and batch n-1
-// marked, so a tick costs about its Kafka writes, and it holds a few
-// batches in memory whatever the number due. A batch is marked only after
-// its write succeeded; a batch may be written before the previous one's
-// mark returns, so a deposed leader can write at most two batches more
-// than before (same request ids as the new leader's, see above).
+// A tick is a pipeline of three stages: read (the next fair batch by keyset
+// cursors, encoded), write (to Kafka, one batch at a time) and mark (fenced,
+// `markers` batches at a time). Batch n+1 is read while batch n is written
+// and earlier ones are marked, so a tick takes about as long as its slowest
+// stage (TickResult.Busy says which), and it holds a few batches in memory
+// whatever the number due. A batch is marked only after its write
+// succeeded; later batches may be written before its mark returns, so a
+// deposed leader can write up to markers+1 batches more than before (with
+// the request ids the new leader uses for the same rows, see above).
 func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResult, error) {
 	start := time.Now()
 	defer func() { s.cfg.Metrics.TickSeconds.Observe(time.Since(start).Seconds()) }()
@@ -217,6 +219,10 @@ func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResu
 	return res, err
 }
 
+// markers is how many batches are marked at once: marking (an indexed
+// UPDATE of every row) is the slowest stage, and batches hold disjoint rows.
+const markers = 2
+
 // batch is one batch on its way through a tick's pipeline.
 type batch struct {
 	emit    []dueRow        // rows whose jobs are msgs, in order
@@ -231,7 +237,7 @@ type batch struct {
 // adds up what they did in res. The first error stops every stage.
 func (s *Scheduler) pipeline(ctx context.Context, now time.Time, lease func() LeaseState, sel *selection, res *TickResult) error {
 	g, gctx := errgroup.WithContext(ctx)
-	toWrite, toMark := make(chan *batch, 1), make(chan *batch, 1)
+	toWrite, toMark := make(chan *batch, 1), make(chan *batch, markers)
 	g.Go(func() error { // read
 		defer close(toWrite)
 		for {
@@ -281,37 +287,45 @@ func (s *Scheduler) pipeline(ctx context.Context, now time.Time, lease func() Le
 		}
 		return nil
 	})
+	var mu sync.Mutex // guards adopted, refused, markBusy
 	var adopted, refused int
 	var markBusy time.Duration
-	g.Go(func() error { // mark
-		for b := range toMark {
-			t0 := time.Now()
-			if len(b.adopt) > 0 {
-				n, err := s.markAdopted(gctx, b.ls, b.adopt, b.plans)
-				adopted += n
-				refused += len(b.adopt) - n
+	for range markers {
+		g.Go(func() error { // mark
+			for b := range toMark {
+				t0 := time.Now()
+				if len(b.adopt) > 0 {
+					n, err := s.markAdopted(gctx, b.ls, b.adopt, b.plans)
+					mu.Lock()
+					adopted += n
+					refused += len(b.adopt) - n
+					mu.Unlock()
+					if err != nil {
+						return err
+					}
+				}
+				if len(b.emit) == 0 {
+					continue
+				}
+				n, err := s.markEmitted(gctx, now, b.ls, b.emit)
+				mu.Lock()
+				markBusy += time.Since(t0)
+				refused += len(b.emit) - n
+				mu.Unlock()
+				s.cfg.Metrics.Refused.Add(float64(len(b.emit) - n))
 				if err != nil {
 					return err
 				}
+				if n == 0 {
+					// Every mark refused: most likely deposed. The jobs went
+					// out with ids a new leader would use too, so nothing is
+					// doubled.
+					return ErrNotLeader
+				}
 			}
-			if len(b.emit) == 0 {
-				continue
-			}
-			n, err := s.markEmitted(gctx, now, b.ls, b.emit)
-			markBusy += time.Since(t0)
-			refused += len(b.emit) - n
-			s.cfg.Metrics.Refused.Add(float64(len(b.emit) - n))
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				// Every mark refused: most likely deposed. The jobs went out
-				// with ids a new leader would use too, so nothing is doubled.
-				return ErrNotLeader
-			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
 	err := g.Wait()
 	// Emitted and Busy.Write are written by the write stage only, Busy.Read
 	// by the read stage: read after Wait.
