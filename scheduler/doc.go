@@ -13,6 +13,16 @@
 // worker stored there (outcomes.go). It does not order certificates or spend
 // rate-limit tokens (the issuer-workers do).
 //
+// A tick (tick.go) reads due rows in fair batches by keyset cursors, writes
+// each batch to Kafka and then marks it, as a pipeline of those three
+// stages, so its memory is a few batches whatever the fleet size. Rows whose
+// CA moved the ARI window into the past (an incident revocation) are in the
+// incident lane (BasisIncident, IncidentDue): emitted first, as reissues at
+// events.MaxPriority, still within the fleet budget; the first such window
+// of an issuer brings forward the ARI re-check of all its certificates
+// (ari.go). Outcome recording retries database failures until shutdown and
+// dead-letters only data errors (outcomes.go, internal/infraretry).
+//
 // Start with NewInventory to manage certificates and New to run a scheduler
 // (Run: lease, ticks, outcome consumer); see cmd/scheduler.
 package scheduler
