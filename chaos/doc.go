@@ -6,7 +6,9 @@
 // The scenarios, each run by its own test:
 //
 //   - TestWorkerKills: kill -9 one of three workers several times during the
-//     run (and start a replacement each time);
+//     run, each time one with orders in flight (and start a replacement each
+//     time); every order in flight at a kill is continued by another worker
+//     within 30 s of the kill and never placed a second time;
 //   - TestKafkaRestart and TestDatabaseRestart: restart the broker or the
 //     database in the middle of the run;
 //   - TestCAFaults: the CA answers 30% of orders with 429 rateLimited and a

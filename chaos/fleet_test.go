@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/db"
@@ -156,7 +158,23 @@ type fleet struct {
 	all     []*worker
 	kills   int
 	started int
+	// orphans are the orders a killed worker had in flight (recorded on
+	// its claims just before the kill), each to be continued by another.
+	orphans []orphan
 }
+
+// orphan is an order in flight at a kill: the request whose claim held it
+// and the kill's time on the database's clock.
+type orphan struct {
+	requestID string
+	killedAt  time.Time
+}
+
+// maxTakeover bounds how long after a kill every order the killed worker
+// had in flight is continued (and its certificate stored): the group
+// notices within its session (10 s), the claim's lease (15 s, renewed
+// every 5 s) lapses at most 15 s after the last renewal.
+const maxTakeover = 30 * time.Second
 
 type worker struct {
 	name   string
@@ -342,20 +360,92 @@ func (f *fleet) startWorker() *worker {
 	return w
 }
 
-// killOne sends SIGKILL to the oldest live worker, waits for it to die and
-// starts a replacement.
+// killOne sends SIGKILL to a live worker with orders in flight (the
+// oldest, when none has one within 30 s), waits for it to die and starts a
+// replacement.
 func (f *fleet) killOne() {
 	f.mu.Lock()
-	w := f.live[0]
-	f.live = f.live[1:]
+	live := slices.Clone(f.live)
+	f.mu.Unlock()
+	victim := 0
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if i := slices.IndexFunc(live, func(w *worker) bool { return len(f.ordersOf(w.name)) > 0 }); i >= 0 {
+			victim = i
+			break
+		}
+	}
+	f.mu.Lock()
+	w := live[victim]
+	f.live = slices.DeleteFunc(f.live, func(o *worker) bool { return o == w })
 	w.killed = true
 	f.kills++
 	f.mu.Unlock()
 	inFlight := scrapeGauge(f.ctx, w.listen, "certfleet_worker_jobs_in_flight")
+	ids := f.ordersOf(w.name)
 	_ = w.cmd.Process.Signal(syscall.SIGKILL)
 	<-w.done
+	var killedAt time.Time
+	if err := f.d.Pool().QueryRow(f.ctx, `SELECT now()`).Scan(&killedAt); err != nil {
+		f.t.Fatalf("reading the database's clock: %v", err)
+	}
+	f.mu.Lock()
+	for _, id := range ids {
+		f.orphans = append(f.orphans, orphan{requestID: id, killedAt: killedAt})
+	}
+	f.mu.Unlock()
+	f.t.Logf("%v: %d orders of %s in flight at the kill: %v", time.Since(f.t0).Round(time.Millisecond), len(ids), w.name, ids)
 	f.t.Logf("%v: killed %s with SIGKILL (%s jobs held order slots just before)", time.Since(f.t0).Round(time.Millisecond), w.name, inFlight)
 	waitReady(f.t, f.ctx, f.startWorker())
+}
+
+// ordersOf lists the requests whose order worker name has placed and not
+// finished (recorded on its claims: owner "<name>/<job>").
+func (f *fleet) ordersOf(name string) []string {
+	f.t.Helper()
+	rows, err := f.d.Pool().Query(f.ctx, `SELECT request_id FROM issuance_requests
+ WHERE state = 'ordering' AND owner LIKE $1 AND order_url IS NOT NULL ORDER BY request_id`, name+"/%")
+	if err != nil {
+		f.t.Fatalf("listing the orders of %s: %v", name, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		f.t.Fatalf("listing the orders of %s: %v", name, err)
+	}
+	return ids
+}
+
+// checkTakeovers asserts that every order in flight at a kill was continued
+// by another worker within maxTakeover of the kill (its certificate stored
+// by then, on the database's clock) and never ordered a second time (one
+// order for its SAN set at the CA). It returns the longest takeover.
+func (f *fleet) checkTakeovers(valid []events.Event, st caproxy.Stats) time.Duration {
+	t := f.t
+	t.Helper()
+	sans := map[string]string{}
+	for _, ev := range valid {
+		req := ev.Data.(*events.IssuanceRequest)
+		sans[req.RequestID] = req.SANs[0]
+	}
+	f.mu.Lock()
+	orphans := f.orphans
+	f.mu.Unlock()
+	var longest time.Duration
+	for _, o := range orphans {
+		var stored time.Time
+		if err := f.d.Pool().QueryRow(f.ctx, `SELECT created_at FROM issued_certificates WHERE request_id = $1`, o.requestID).Scan(&stored); err != nil {
+			t.Errorf("the order of %s, in flight at a kill: no certificate stored (%v)", o.requestID, err)
+			continue
+		}
+		d := stored.Sub(o.killedAt)
+		longest = max(longest, d)
+		if d > maxTakeover {
+			t.Errorf("the order of %s, in flight at a kill, was finished %v after it (at most %v)", o.requestID, d.Round(time.Millisecond), maxTakeover)
+		}
+		if n := st.OrdersBySANSet[sans[o.requestID]]; n != 1 {
+			t.Errorf("the order of %s, in flight at a kill: %d orders for %s at the CA, want 1 (continued, not ordered again)", o.requestID, n, sans[o.requestID])
+		}
+	}
+	return longest
 }
 
 // request is one valid job of a scenario.
@@ -507,6 +597,10 @@ type result struct {
 	DLQ             int    `json:"dead_lettered"`
 	DupEvents       int    `json:"duplicate_event_records"`
 	Resumed         int    `json:"orders_resumed"`
+	// Orphans are orders in flight at the kills; TakeoverSeconds the
+	// longest time from a kill to one of them finished by another worker.
+	Orphans         int     `json:"orders_in_flight_at_kills"`
+	TakeoverSeconds float64 `json:"takeover_seconds"`
 	// IssuedBy counts the valid jobs' certificates by the CA their
 	// cert_obtained names (with two CAs: which CA issued how many).
 	IssuedBy map[string]int `json:"issued_by"`
@@ -577,6 +671,10 @@ func (f *fleet) verify(scenario string, sz size, valid []events.Event, hostile i
 	for _, n := range st.OrdersBySANSet {
 		r.DuplicateOrders += n - 1
 	}
+	r.TakeoverSeconds = f.checkTakeovers(valid, st).Seconds()
+	f.mu.Lock()
+	r.Orphans = len(f.orphans)
+	f.mu.Unlock()
 	// A kill orphans the orders the worker had in flight (up to one per
 	// order slot), but each was recorded on its claim as the CA created it,
 	// and the next owner continues it. Only an order killed between the CA's

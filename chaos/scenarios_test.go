@@ -56,15 +56,24 @@ func thresholds(jobs, k int) []int {
 	return marks
 }
 
+// TestWorkerKills kills a worker with orders in flight (kill -9) at
+// evenly spread points: beyond every scenario's invariants, each order in
+// flight at a kill is continued by another worker, never ordered again, and
+// finished within maxTakeover of the kill (verify, checkTakeovers).
 func TestWorkerKills(t *testing.T) {
 	sz := sizeFor(t)
 	marks := thresholds(sz.jobs, sz.kills)
+	var fl *fleet
 	runValid(t, "worker kills", standard(sz), sz, sz.kills+1, func(f *fleet, obtained int) {
+		fl = f
 		for len(marks) > 0 && obtained >= marks[0] {
 			marks = marks[1:]
 			f.killOne()
 		}
 	})
+	if fl != nil && len(fl.orphans) == 0 {
+		t.Errorf("no order was in flight at any of the %d kills: the takeover went untested", fl.kills)
+	}
 }
 
 // restartDuring restarts service at evenly spread points of the run.

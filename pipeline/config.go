@@ -48,6 +48,11 @@ type Config struct {
 	// that claims the request after this one died continues that order
 	// rather than placing another. Nil: a crash mid-order costs a second order.
 	Orders OrderRecorder
+	// Renewer, optional, renews the claim every Heartbeat while the job
+	// works, so the Lease can be short and a dead worker's order is taken
+	// over (and continued, with Orders) seconds after it dies. Nil: no
+	// heartbeat, and the Lease must outlast the longest order.
+	Renewer Renewer
 	// Previous, optional, finds the certificate a renewal replaces, so the
 	// order names it and the CA can apply its ARI exemption. Nil: renewals
 	// are ordered without "replaces".
@@ -64,9 +69,13 @@ type Config struct {
 	// MaxPending caps fetched records not yet finished, including those
 	// waiting for their not_before. Default 1024.
 	MaxPending int
-	// Lease is how long a claim protects a request from other workers; it
-	// must exceed the longest order. Default 5 minutes.
+	// Lease is how long a claim protects a request from other workers
+	// without a renewal. Default 15 s with a Renewer (the heartbeat renews
+	// it), 5 minutes without (it must then outlast the longest order).
 	Lease time.Duration
+	// Heartbeat is how often a job renews its claim (with a Renewer).
+	// Default a third of the Lease, so two renewals may fail before it lapses.
+	Heartbeat time.Duration
 	// MaxInlineWait: a limit denial whose retry-in is at most this long is
 	// waited out in place (holding the order slot) rather than deferred
 	// through the retry topic. Default 5 s.
@@ -79,12 +88,14 @@ type Config struct {
 	// OrderRetries is how often a retryable ACME failure (5xx, network) is
 	// retried inside the job before deferring. Default 3.
 	OrderRetries int
-	// MaxAttempts ends a request as permanently failed once it was
-	// re-published this often (deferrals by limits, by other workers' claims
-	// and after retryable failures all count). Default 200.
+	// MaxAttempts ends a request as permanently failed once it failed this
+	// often (retryable ACME failures re-queued; HeaderFailures counts them).
+	// Deferrals (limits, the CA's 429, another worker's claim) are not
+	// failures and do not count. Default 200.
 	MaxAttempts int
 	// RetryDelay is the first deferral after retryable ACME failures; it
-	// doubles per attempt up to MaxRetryDelay. Defaults 30 s and 1 h.
+	// doubles per earlier failure (never per deferral) up to MaxRetryDelay.
+	// Defaults 30 s and 1 h.
 	RetryDelay, MaxRetryDelay time.Duration
 	// InfraBackoffMax caps the backoff between retries of database and Kafka
 	// operations inside a job. Default 5 s.
@@ -159,7 +170,11 @@ func (c *Config) defaults() {
 			*p = v
 		}
 	}
+	if c.Renewer != nil {
+		dur(&c.Lease, 15*time.Second)
+	}
 	dur(&c.Lease, 5*time.Minute)
+	dur(&c.Heartbeat, c.Lease/3)
 	dur(&c.OrderTimeout, 2*time.Minute)
 	dur(&c.BusyRetry, 5*time.Second)
 	dur(&c.MaxInlineWait, 5*time.Second)

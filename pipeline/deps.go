@@ -35,6 +35,17 @@ type OrderRecorder interface {
 	RecordOrder(ctx context.Context, requestID, owner string, o certstore.Order) error
 }
 
+// Renewer extends a claim while its owner works on it (the heartbeat), so
+// the claim can be a short lease. *certstore.Store implements it.
+//
+// Contract: Renew sets owner's lease on requestID to lease from now while
+// owner owns the request; otherwise it returns an error wrapping
+// certstore.ErrNotOwner and changes nothing. Safe for concurrent use;
+// honours ctx.
+type Renewer interface {
+	Renew(ctx context.Context, requestID, owner string, lease time.Duration) error
+}
+
 // Previous finds the certificate an ARI renewal replaces, so the order can
 // name it (RFC 9773 "replaces"). *certstore.Store implements it. Contract:
 // ByARICertID returns the stored certificate whose ARI id is ariCertID, or an

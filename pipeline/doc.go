@@ -7,8 +7,13 @@
 //	decode + validate   bad record           -> dead-letter topic, with reason and origin headers
 //	wait for not_before (per record, holding no order slot, so a partition never stalls)
 //	claim the request   done before          -> re-publish the stored event (same ce_id), order nothing
-//	                    another worker has it -> defer until its lease ends
-//	                    Attempt >= MaxAttempts -> cert_failed(tooManyAttempts), recorded on the claim
+//	                    another worker has it -> its lease ends within one Lease: wait, claim again
+//	                                             (a dead owner's order is continued at once), else
+//	                                             defer until its lease ends (not a failure)
+//	                    failures >= MaxAttempts -> cert_failed(tooManyAttempts), recorded on the claim
+//	                                             (failures: HeaderFailures; deferrals are not failures)
+//	while the job holds the claim, its heartbeat renews the lease (heartbeat.go); a
+//	claim found taken over stops the order attempt, and the job ends publishing nothing
 //	choose the CA (failover.go): the request's CA, or the first of its group
 //	  whose breaker is closed and whose limits do not defer it beyond
 //	  FailoverAfter; an order already placed stays at its CA

@@ -56,6 +56,7 @@ type fakeClaims struct {
 	rows    map[string]*claimRow
 
 	claims, completes, fails, releases int
+	renewals                           int // successful Renew calls
 }
 
 type claimRow struct {
@@ -102,6 +103,34 @@ func (f *fakeClaims) Claim(_ context.Context, id, _, owner string, lease time.Du
 	row.attempts++
 	row.owner, row.until, row.state = owner, f.now.Now().Add(lease), certstore.StateOrdering
 	return certstore.ClaimResult{Acquired: true, Attempt: row.attempts, State: row.state, LeaseUntil: row.until, Order: row.order}, nil
+}
+
+// Renew is certstore.Store's: only the owner of an ordering request
+// extends its lease.
+func (f *fakeClaims) Renew(_ context.Context, id, owner string, lease time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	row := f.rows[id]
+	if row == nil || row.owner != owner || row.state != certstore.StateOrdering {
+		return certstore.ErrNotOwner
+	}
+	row.until = f.now.Now().Add(lease)
+	f.renewals++
+	return nil
+}
+
+// takeOver gives the request to another owner, as a claim after the lease
+// lapsed would.
+func (f *fakeClaims) takeOver(id, owner string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rows[id].owner = owner
+}
+
+func (f *fakeClaims) renewed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.renewals
 }
 
 // RecordOrder is certstore.Store's: only the owner records; the next claim

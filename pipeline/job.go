@@ -71,15 +71,20 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	}
 	w.cfg.Metrics.InFlight.Inc()
 	releaseSlot := sync.OnceFunc(func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() })
-	defer releaseSlot()
+	defer func() {
+		if j != nil {
+			j.releaseSlot() // the job may have given its slot back and taken another
+		}
+		releaseSlot()
+	}()
 	// The owner is per job, not per worker: one worker handling two copies of
 	// a request at once must not let the second take over the first's claim.
 	j = &job{w: w, route: rt, ca: rt.cas[0], req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
-		releaseSlot: releaseSlot, skip: map[string]bool{}}
+		failures: failuresOf(m), releaseSlot: releaseSlot, skip: map[string]bool{}}
 	outcome, err := j.run(jobCtx)
 	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
 	if errors.Is(err, errDataRefused) {
-		releaseSlot()
+		j.releaseSlot()
 		_ = j.release(jobCtx, nil)
 		return w.deadLetter(jobCtx, m, events.Sanitize(err.Error(), 1000)+" (retrying would fail the same way)")
 	}
@@ -98,6 +103,7 @@ type job struct {
 	req      *events.IssuanceRequest
 	src      kafka.Message
 	identity string
+	failures int                     // failed attempts so far (HeaderFailures); deferrals are not failures
 	released bool                    // the claim was handed back (release runs once)
 	owner    string                  // claim owner: this worker and job
 	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
@@ -115,6 +121,8 @@ type job struct {
 	// breakerUntil: the last attempt found ca unavailable and its breaker
 	// open until then.
 	breakerUntil time.Time
+	// hb renews the claim while the job holds it (heartbeat.go).
+	hb *heartbeat
 }
 
 func (j *job) log() []any {
@@ -123,9 +131,7 @@ func (j *job) log() []any {
 
 func (j *job) run(ctx context.Context) (string, error) {
 	w := j.w
-	claim, err := retry(ctx, w, "claiming request", func(ctx context.Context) (certstore.ClaimResult, error) {
-		return w.cfg.Claims.Claim(ctx, j.req.RequestID, j.identity, j.owner, w.cfg.Lease)
-	})
+	claim, err := j.claim(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -141,6 +147,8 @@ func (j *job) run(ctx context.Context) (string, error) {
 		}
 		return OutcomeDeferred, j.deferUntil(ctx, at, "InFlight", j.req.RequestID, false)
 	}
+	j.hb = j.startHeartbeat(ctx)
+	defer j.hb.end()
 	if claim.Order != nil && w.cfg.Orders != nil {
 		j.pending = j.openOrder(ctx, claim.Order)
 		if j.pending != nil && !j.pin(claim.Order.CA) {
@@ -151,8 +159,8 @@ func (j *job) run(ctx context.Context) (string, error) {
 	// Give up only once the claim is ours: a request that succeeded meanwhile
 	// (through a duplicate) is re-published above, not contradicted, and the
 	// failure is recorded so later duplicates re-publish it too.
-	if j.req.Attempt >= w.cfg.MaxAttempts {
-		return j.failPermanently(ctx, problemTooManyAttempts, fmt.Sprintf("gave up after %d attempts", j.req.Attempt))
+	if j.failures >= w.cfg.MaxAttempts {
+		return j.failPermanently(ctx, problemTooManyAttempts, fmt.Sprintf("gave up after %d failed attempts", j.failures))
 	}
 
 	kind := ratelimit.NewOrder
@@ -165,6 +173,45 @@ func (j *job) run(ctx context.Context) (string, error) {
 	// Choose the CA (failover.go), spend its tokens, order.
 	return j.issue(ctx, kind)
 }
+
+// claim claims the request. When another worker holds it under a short
+// lease (renewed by its heartbeat) that ends within one Lease, the job
+// waits for the lease's end once, its order slot given back meanwhile, and
+// claims again: a dead owner's order is then continued at once, without a
+// trip through the retry topic. A live owner renews its lease, and the
+// second claim reports it Busy again.
+func (j *job) claim(ctx context.Context) (certstore.ClaimResult, error) {
+	w := j.w
+	claim := func() (certstore.ClaimResult, error) {
+		return retry(ctx, w, "claiming request", func(ctx context.Context) (certstore.ClaimResult, error) {
+			return w.cfg.Claims.Claim(ctx, j.req.RequestID, j.identity, j.owner, w.cfg.Lease)
+		})
+	}
+	c, err := claim()
+	if err != nil || !c.Busy || w.cfg.Renewer == nil {
+		return c, err
+	}
+	wait := c.LeaseUntil.Sub(w.cfg.Clock.Now()) + leaseMargin
+	if wait > w.cfg.Lease+leaseMargin {
+		return c, nil
+	}
+	j.releaseSlot()
+	if err := clock.Sleep(ctx, wait); err != nil {
+		return c, err
+	}
+	select {
+	case w.slots <- struct{}{}:
+	case <-ctx.Done():
+		return c, ctx.Err()
+	}
+	w.cfg.Metrics.InFlight.Inc()
+	j.releaseSlot = sync.OnceFunc(func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() })
+	return claim()
+}
+
+// leaseMargin is waited beyond another owner's lease before claiming
+// again, for the clocks of worker and database to disagree a little.
+const leaseMargin = 250 * time.Millisecond
 
 // order runs the ACME order at j.ca, retrying retryable failures in place,
 // and ends the job by the outcome: succeed, defer to the CA's Retry-After,
@@ -186,6 +233,12 @@ func (j *job) order(ctx context.Context) (string, error) {
 			return j.succeed(ctx, result)
 		case ctx.Err() != nil:
 			return "", j.release(ctx, ctx.Err())
+		case errors.Is(err, errClaimLost):
+			// Not ours any more: the new owner continues the recorded order
+			// and publishes the outcome. The tokens stay spent (that order
+			// was counted).
+			j.w.cfg.Logger.Warn("the claim lapsed and another worker took the request over; leaving the order to it", j.log()...)
+			return OutcomeTakenOver, nil
 		case j.moveOn(ctx, c, err):
 			return "", errReroute
 		case c.Class == acmeissuer.RateLimited:
@@ -232,7 +285,7 @@ func (j *job) acmeRequest(ctx context.Context) acmeissuer.Request {
 // error is returned unclassified.
 func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer.Result, acmeissuer.Classification, error) {
 	w := j.w
-	octx, cancel := context.WithTimeout(ctx, w.cfg.OrderTimeout)
+	octx, cancel := j.orderContext(ctx)
 	t0, since := time.Now(), w.cfg.Clock.Now()
 	areq.Resume, areq.OnOrder = j.pending, nil
 	if w.cfg.Orders != nil {
@@ -256,6 +309,9 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	}
 	if ctx.Err() != nil {
 		return nil, acmeissuer.Classification{}, err
+	}
+	if j.claimLost() {
+		return nil, acmeissuer.Classification{}, fmt.Errorf("%w: %w", errClaimLost, err)
 	}
 	c := acmeissuer.Classify(err)
 	w.cfg.Metrics.OrderSeconds.WithLabelValues(c.Class.String()).Observe(time.Since(t0).Seconds())
@@ -291,7 +347,7 @@ func (j *job) deferToCA(ctx context.Context, c acmeissuer.Classification, err er
 // probe, is the backoff.
 func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (string, error) {
 	w := j.w
-	delay := min(w.cfg.RetryDelay<<min(j.req.Attempt, 20), w.cfg.MaxRetryDelay)
+	delay := min(w.cfg.RetryDelay<<min(j.failures, 20), w.cfg.MaxRetryDelay)
 	next := w.cfg.Clock.Now().Add(delay)
 	if !j.breakerUntil.IsZero() {
 		next = j.breakerUntil
@@ -314,7 +370,7 @@ func (j *job) retryLater(ctx context.Context, last acmeissuer.Classification) (s
 	}); err != nil {
 		return "", j.release(ctx, err)
 	}
-	return OutcomeDeferred, j.requeue(ctx, next)
+	return OutcomeDeferred, j.requeue(ctx, next, true)
 }
 
 // recordOrderTimeout bounds recording an order on its claim.
@@ -467,20 +523,23 @@ func (j *job) deferUntil(ctx context.Context, at time.Time, limit, key string, c
 		return err
 	}
 	if !claimed {
-		return j.requeueOnly(ctx, at)
+		return j.requeueOnly(ctx, at, false)
 	}
-	return j.requeue(ctx, at)
+	return j.requeue(ctx, at, false)
 }
 
 // requeue hands the claim back and puts the request on the retry topic.
-func (j *job) requeue(ctx context.Context, at time.Time) error {
-	if err := j.requeueOnly(ctx, at); err != nil {
+func (j *job) requeue(ctx context.Context, at time.Time, failed bool) error {
+	if err := j.requeueOnly(ctx, at, failed); err != nil {
 		return j.release(ctx, err)
 	}
 	return j.release(ctx, nil)
 }
 
-func (j *job) requeueOnly(ctx context.Context, at time.Time) error {
+// requeueOnly puts the request on the retry topic for at: its attempt one
+// more (every re-publication), its failures one more only when this attempt
+// failed (HeaderFailures).
+func (j *job) requeueOnly(ctx context.Context, at time.Time, failed bool) error {
 	w := j.w
 	next := *j.req
 	next.NotBefore = at.UTC()
@@ -489,6 +548,11 @@ func (j *job) requeueOnly(ctx context.Context, at time.Time) error {
 	if err != nil {
 		return err
 	}
+	failures := j.failures
+	if failed {
+		failures++
+	}
+	msg = withFailures(msg, failures)
 	_, err = retry(ctx, w, "re-queueing the request", func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
 	})

@@ -48,6 +48,7 @@ func TestJobDecisions(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		req   func(r *events.IssuanceRequest)       // changes to the request
+		fails int                                   // the record's failed attempts (HeaderFailures)
 		setup func(h *harness)                      // state of the fakes
 		want  want                                  //
 		check func(t *testing.T, h *harness, r run) // further checks
@@ -89,7 +90,8 @@ func TestJobDecisions(t *testing.T) {
 			},
 		},
 		{
-			name: "busy on another worker: deferred InFlight until BusyRetry, claim untouched",
+			name:  "busy on another worker: deferred InFlight until BusyRetry, claim untouched, no failure counted",
+			fails: 4, // MaxAttempts is 5: a failure more would end it
 			setup: func(h *harness) {
 				h.claims.script["req-1"] = certstore.ClaimResult{Busy: true, State: certstore.StateOrdering, LeaseUntil: t0.Add(4 * time.Minute)}
 			},
@@ -169,8 +171,9 @@ func TestJobDecisions(t *testing.T) {
 			},
 		},
 		{
-			name: "CA answers 5xx: retried OrderRetries times, then cert_failed(retryable) and re-queued",
-			req:  func(r *events.IssuanceRequest) { r.Attempt = 2 },
+			name:  "CA answers 5xx: retried OrderRetries times, then cert_failed(retryable) and re-queued",
+			req:   func(r *events.IssuanceRequest) { r.Attempt = 2 },
+			fails: 2,
 			setup: func(h *harness) {
 				h.issuer.obtain = func(context.Context, acmeissuer.Request, int64) (*acmeissuer.Result, error) {
 					return nil, &acmeissuer.CAError{Status: 503, Err: errors.New("service unavailable")}
@@ -178,12 +181,34 @@ func TestJobDecisions(t *testing.T) {
 			},
 			want: want{events: []events.Type{events.TypeCertFailed}, retry: 1, orders: 3, releases: 1},
 			check: func(t *testing.T, h *harness, r run) {
-				next := t0.Add(30 * time.Second << 2) // RetryDelay doubled per attempt
+				next := t0.Add(30 * time.Second << 2) // RetryDelay doubled per failed attempt
 				f := r.events[0].Data.(*events.CertFailed)
 				if !f.Retryable || !f.NextAttemptAt.Equal(next) || f.Attempt != 3 || f.ProblemType != "urn:certfleet:error:caUnavailable" {
 					t.Errorf("cert_failed %+v, want retryable, next attempt at %s, attempt 3", f, next)
 				}
 				checkRetry(t, r, next, 3)
+				if n := failuresOf(h.writer.on(h.topics.Retry)[0]); n != 3 {
+					t.Errorf("retry record counts %d failures, want 3", n)
+				}
+			},
+		},
+		{
+			// Deferrals are not failures: however often a request was
+			// deferred (its attempt), the backoff after a failure is the
+			// first one, and the retry record keeps counting failures only.
+			name: "CA answers 5xx after many deferrals: the first backoff",
+			req:  func(r *events.IssuanceRequest) { r.Attempt = 250 },
+			setup: func(h *harness) {
+				h.issuer.obtain = func(context.Context, acmeissuer.Request, int64) (*acmeissuer.Result, error) {
+					return nil, &acmeissuer.CAError{Status: 503, Err: errors.New("service unavailable")}
+				}
+			},
+			want: want{events: []events.Type{events.TypeCertFailed}, retry: 1, orders: 3, releases: 1},
+			check: func(t *testing.T, h *harness, r run) {
+				checkRetry(t, r, t0.Add(30*time.Second), 251)
+				if n := failuresOf(h.writer.on(h.topics.Retry)[0]); n != 1 {
+					t.Errorf("retry record counts %d failures, want 1", n)
+				}
 			},
 		},
 		{
@@ -244,9 +269,10 @@ func TestJobDecisions(t *testing.T) {
 			want: want{events: []events.Type{events.TypeCertFailed}, orders: 1, fails: 1},
 		},
 		{
-			name: "too many attempts: cert_failed without ordering, claim failed",
-			req:  func(r *events.IssuanceRequest) { r.Attempt = 5 },
-			want: want{events: []events.Type{events.TypeCertFailed}, fails: 1},
+			name:  "too many failed attempts: cert_failed without ordering, claim failed",
+			req:   func(r *events.IssuanceRequest) { r.Attempt = 5 },
+			fails: 5,
+			want:  want{events: []events.Type{events.TypeCertFailed}, fails: 1},
 			check: func(t *testing.T, h *harness, r run) {
 				f := r.events[0].Data.(*events.CertFailed)
 				if f.Retryable || f.ProblemType != "urn:certfleet:error:tooManyAttempts" || f.Attempt != 6 {
@@ -260,8 +286,9 @@ func TestJobDecisions(t *testing.T) {
 		{
 			// The attempt cap must not contradict a request that succeeded
 			// meanwhile (its duplicate was faster than its retry record).
-			name: "too many attempts but already done: the stored event is re-published",
-			req:  func(r *events.IssuanceRequest) { r.Attempt = 7 },
+			name:  "too many failed attempts but already done: the stored event is re-published",
+			req:   func(r *events.IssuanceRequest) { r.Attempt = 7 },
+			fails: 7,
 			setup: func(h *harness) {
 				h.claims.script["req-1"] = certstore.ClaimResult{Done: true, State: certstore.StateSucceeded, Outcome: stored.raw}
 			},
@@ -309,8 +336,12 @@ func TestJobDecisions(t *testing.T) {
 			if tc.req != nil {
 				tc.req(req)
 			}
-			r := runOne(t, h, record(t, h.topics.Requests, 3, 41, req))
-			r.req = req
+			m := record(t, h.topics.Requests, 3, 41, req)
+			if tc.fails > 0 {
+				m = withFailures(m, tc.fails)
+			}
+			r := runOne(t, h, m)
+			r.req, r.fails = req, tc.fails
 			checkWant(t, h, r, tc.want)
 			if tc.check != nil && !t.Failed() {
 				tc.check(t, h, r)
@@ -390,6 +421,8 @@ type run struct {
 	msgs   []kafka.Message // on the events topic
 	events []events.Event  // the same, decoded
 	retry  []events.Event  // on the retry topic, decoded
+	fails  int             // the record's failed attempts (HeaderFailures)
+	raw    []kafka.Message // on the retry topic
 }
 
 // runOne runs a worker over m alone until it is finished, then stops it.
@@ -403,7 +436,8 @@ func runOne(t *testing.T, h *harness, m kafka.Message) run {
 	}
 	out := run{msgs: h.writer.on(h.topics.Events)}
 	out.events = decoded(t, out.msgs)
-	out.retry = decoded(t, h.writer.on(h.topics.Retry))
+	out.raw = h.writer.on(h.topics.Retry)
+	out.retry = decoded(t, out.raw)
 	for _, m := range h.writer.msgs {
 		if bytes.Contains(m.Value, []byte("PRIVATE KEY")) {
 			t.Fatalf("key material written to %s", m.Topic)
@@ -447,6 +481,12 @@ func checkDeferred(t *testing.T, r run, limit, key string, at time.Time) {
 		t.Errorf("issuance_deferred %+v, want limit %s key %s retry at %s", d, limit, key, at)
 	}
 	checkRetry(t, r, at, r.req.Attempt+1)
+	if len(r.raw) == 0 {
+		return // a run built from decoded records only
+	}
+	if n := failuresOf(r.raw[0]); n != r.fails {
+		t.Errorf("the deferral's retry record counts %d failures, want %d: a deferral is not a failure", n, r.fails)
+	}
 }
 
 // checkRetry checks the re-queued request: the same request, later.

@@ -31,6 +31,7 @@ const (
 	OutcomeRepublished  = "republished"   // request already done: stored event sent again
 	OutcomeFailed       = "failed"        // permanent failure published as cert_failed
 	OutcomeDeferred     = "deferred"      // re-queued on the retry topic
+	OutcomeTakenOver    = "taken_over"    // the claim lapsed and another worker continues the order
 	OutcomeDeadLettered = "dead_lettered" // bad record moved to the DLQ
 )
 

@@ -91,7 +91,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&allowSpecial, "allow-special-names", "CERTFLEET_ALLOW_SPECIAL_NAMES", "", "special-use or undelegated TLDs whose names are accepted, comma separated, e.g. test,example for a lab CA such as Pebble; empty (production): only names under a TLD delegated in the ICANN section of the public suffix list")
 	fs.Int(&c.Concurrency, "concurrency", "CERTFLEET_CONCURRENCY", 8, "orders in flight per worker")
 	fs.Int(&c.MaxPending, "max-pending", "CERTFLEET_MAX_PENDING", 1024, "fetched records held at once, including those waiting for not_before")
-	fs.Duration(&c.Lease, "lease", "CERTFLEET_LEASE", 5*time.Minute, "how long a claim protects a request being ordered")
+	fs.Duration(&c.Lease, "lease", "CERTFLEET_LEASE", 15*time.Second, "how long a claim protects a request without its owner's heartbeat (renewed every third of it): a dead worker's order is continued this long after its last renewal")
 	fs.Duration(&c.ShutdownTimeout, "shutdown-timeout", "CERTFLEET_SHUTDOWN_TIMEOUT", 30*time.Second, "grace for orders in flight at SIGTERM")
 	fs.Duration(&c.SessionTimeout, "session-timeout", "CERTFLEET_KAFKA_SESSION_TIMEOUT", 10*time.Second, "Kafka consumer-group session: a worker that dies without leaving (kill -9, lost host) keeps its partitions this long")
 	fs.String(&c.Listen, "listen", "CERTFLEET_LISTEN", "127.0.0.1:9090", "address of /healthz, /readyz and /metrics")
@@ -185,8 +185,8 @@ func (c config) validate() error {
 	if c.DNS01ChallTest != "" && c.DNS01Config != "" {
 		bad("dns01-config", "and -dns01-challtestsrv exclude each other")
 	}
-	if c.OrderTimeout < 10*time.Second || c.OrderTimeout >= c.Lease {
-		bad("order-timeout", "%v must be at least 10s and below -lease (%v), which must outlast the longest order", c.OrderTimeout, c.Lease)
+	if c.OrderTimeout < 10*time.Second {
+		bad("order-timeout", "%v is below 10s", c.OrderTimeout)
 	}
 	if c.StallTimeout != 0 && c.StallTimeout <= c.Lease {
 		bad("stall-timeout", "%v must be 0 (never) or longer than -lease (%v): a record may wait that long for a claim and an order", c.StallTimeout, c.Lease)
@@ -207,7 +207,7 @@ func (c config) validate() error {
 		bad("provision-topics", "%v", err)
 	}
 	if c.Lease < 10*time.Second {
-		bad("lease", "%v is below 10s (it must outlast the longest order)", c.Lease)
+		bad("lease", "%v is below 10s (a heartbeat every third of it must reach the database in time)", c.Lease)
 	}
 	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 5*time.Minute {
 		bad("session-timeout", "%v is not between 6s and 5m (Kafka's default group.min/max.session.timeout.ms)", c.SessionTimeout)
