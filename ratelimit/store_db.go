@@ -198,52 +198,53 @@ func (s *DBStore) read(ctx context.Context, q querier, sql string, args ...any) 
 	return out, err
 }
 
-// lockSQL creates missing buckets (TAT 0: full) and locks every key, in
-// sorted order so that concurrent batches cannot deadlock, returning the
-// current state of each.
-const lockSQL = `
+// lockBatchSQL creates missing buckets (TAT 0: full) and locks every
+// existing one, in sorted order so that concurrent batches cannot deadlock.
+// An ON CONFLICT DO UPDATE whose WHERE is false locks the conflicting row
+// without writing a new version of it.
+const lockBatchSQL = `
 INSERT INTO ratelimit_buckets AS b (bucket_key, tat_ns, penalty_until_ns, last_granted, updated_at)
 SELECT k, 0, 0, 0, now() FROM unnest($1::TEXT[]) AS u(k) ORDER BY k
-ON CONFLICT (bucket_key) DO UPDATE SET last_granted = b.last_granted
-RETURNING bucket_key, tat_ns, penalty_until_ns`
+ON CONFLICT (bucket_key) DO UPDATE SET last_granted = b.last_granted WHERE false`
 
 // decideSQL decides a whole batch in SQL and writes it, all or nothing, on
-// rows lockSQL has just created and locked in the same implicit
+// rows lockBatchSQL has just created or locked in the same implicit
 // transaction. $1-$5 are the requests (key, cost*interval, burst offset,
 // mode, lead), $6 now, $7 the number of requests, $8 whether to book, $9
 // latest (0: none). The decision is decideBatch's: every request fits at
 // now (ModeSpendNoCheck always does; a penalty denies the others); else,
-// when booking and no denied bucket is penalised, the slot at is the latest
+// when booking and no denied bucket is penalised, the slot is the latest
 // time a ModeSpend or ModeCheck bucket allows its cost, within latest. Every
-// spend bucket then gets GREATEST(tat, at + lead) + inc (at is now when all
-// fit). The command tag counts the rows written. Only +, -, *, GREATEST,
-// comparisons and aggregates on INT8: the same arithmetic as gcra.go.
+// spend bucket then gets GREATEST(tat, slot + lead) + inc (the slot is now
+// when all fit). It returns each bucket's state before the batch and how
+// many rows it wrote. Only +, -, *, GREATEST, comparisons and aggregates on
+// INT8: the same arithmetic as gcra.go.
 const decideSQL = `
 WITH r AS (
   SELECT * FROM unnest($1::TEXT[], $2::INT8[], $3::INT8[], $4::INT8[], $5::INT8[]) AS r(k, inc, bo, mode, lead)
 ), d AS (
-  SELECT r.k, r.inc, r.mode, r.lead, b.tat_ns AS tat,
+  SELECT r.k, r.inc, r.mode, r.lead, b.tat_ns AS tat, b.penalty_until_ns AS pen,
     (r.mode = 1 OR (b.penalty_until_ns <= $6::INT8 AND GREATEST(b.tat_ns, $6::INT8) + r.inc - r.bo <= $6::INT8)) AS ok,
-    b.penalty_until_ns <= $6::INT8 AS unpenalised,
     CASE WHEN r.mode = 1 THEN $6::INT8 ELSE GREATEST(b.tat_ns, $6::INT8) + r.inc - r.bo END AS allow_at
   FROM r JOIN ratelimit_buckets AS b ON b.bucket_key = r.k
 ), v AS (
-  SELECT count(*) = $7::INT8 AS present, bool_and(ok) AS all_ok, bool_and(ok OR unpenalised) AS bookable,
+  SELECT count(*) = $7::INT8 AS present, bool_and(ok) AS all_ok, bool_and(ok OR pen <= $6::INT8) AS bookable,
     GREATEST($6::INT8, max(allow_at)) AS slot
   FROM d
+), w AS (
+  UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(d.tat, v.slot + d.lead) + d.inc, updated_at = now()
+  FROM d, v
+  WHERE b.bucket_key = d.k AND d.mode <> 2 AND v.present
+    AND (v.all_ok OR ($8::BOOL AND v.bookable AND ($9::INT8 = 0 OR v.slot <= $9::INT8)))
+  RETURNING 1
 )
-UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(d.tat, v.slot + d.lead) + d.inc, updated_at = now()
-FROM d, v
-WHERE b.bucket_key = d.k AND d.mode <> 2 AND v.present
-  AND (v.all_ok OR ($8::BOOL AND v.bookable AND ($9::INT8 = 0 OR v.slot <= $9::INT8)))`
+SELECT d.k, d.tat, d.pen, (SELECT count(*) FROM w) FROM d`
 
 // spendMany is the all-or-nothing multi-bucket spend, and Book, in one
-// round trip: a pipelined batch of lockSQL (create missing buckets, lock
-// every key in sorted order, return their state) and decideSQL (decide and
-// write in SQL), run by the server as one implicit transaction. The
-// decisions are computed in Go from the state lockSQL returned, with the
-// same arithmetic; a disagreement about what was written is an error (an
-// unknown outcome), never a wrong answer.
+// round trip: a pipelined batch of lockBatchSQL and decideSQL, run by the
+// server as one implicit transaction. The decisions are computed in Go from
+// the state decideSQL read, with the same arithmetic; a disagreement about
+// what was written is an error (an unknown outcome), never a wrong answer.
 func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request, book bool, latest int64) ([]Decision, int64, error) {
 	keys := make([]string, len(reqs))
 	incs := make([]int64, len(reqs))
@@ -262,7 +263,10 @@ func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request, book
 	var at int64
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		ds, at, err = s.spendBatch(ctx, now, reqs, sorted, [5]any{keys, incs, bos, modes, leads}, book, latest, writes)
+		b := &pgx.Batch{}
+		b.Queue(lockBatchSQL, sorted)
+		b.Queue(decideSQL, keys, incs, bos, modes, leads, now, int64(len(reqs)), book, latest)
+		ds, at, err = s.spendBatch(ctx, now, reqs, b, writes, book, latest)
 		if err == nil || !db.Retryable(err) {
 			break
 		}
@@ -273,38 +277,38 @@ func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request, book
 	return ds, at, nil
 }
 
-func (s *DBStore) spendBatch(ctx context.Context, now int64, reqs []Request, sorted []string, args [5]any, book bool, latest, writes int64) ([]Decision, int64, error) {
-	b := &pgx.Batch{}
-	b.Queue(lockSQL, sorted)
-	b.Queue(decideSQL, args[0], args[1], args[2], args[3], args[4], now, int64(len(reqs)), book, latest)
+func (s *DBStore) spendBatch(ctx context.Context, now int64, reqs []Request, b *pgx.Batch, writes int64, book bool, latest int64) ([]Decision, int64, error) {
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, 0, fmt.Errorf("locking: %w", err)
+	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, 0, fmt.Errorf("locking: %w", err)
+		return nil, 0, fmt.Errorf("deciding: %w", err)
 	}
 	state := make(map[string]bucketState, len(reqs))
 	var k string
 	var st bucketState
-	if _, err := pgx.ForEachRow(rows, []any{&k, &st.tat, &st.penaltyUntil}, func() error {
+	var wrote int64
+	if _, err := pgx.ForEachRow(rows, []any{&k, &st.tat, &st.penaltyUntil, &wrote}, func() error {
 		state[k] = st
 		return nil
 	}); err != nil {
-		return nil, 0, fmt.Errorf("locking: %w", err)
-	}
-	tag, err := br.Exec()
-	if err != nil {
 		return nil, 0, fmt.Errorf("deciding: %w", err)
 	}
 	if err := br.Close(); err != nil {
 		return nil, 0, fmt.Errorf("committing: %w", err)
+	}
+	if len(state) != len(reqs) {
+		return nil, 0, fmt.Errorf("deciding: %d of %d buckets read", len(state), len(reqs))
 	}
 	sts := make([]bucketState, len(reqs))
 	for i, r := range reqs {
 		sts[i] = state[r.Key]
 	}
 	ds, at, write := decideBatch(reqs, sts, now, book, latest)
-	if wrote := tag.RowsAffected(); (write && wrote != writes) || (!write && wrote != 0) {
+	if (write && wrote != writes) || (!write && wrote != 0) {
 		return nil, 0, fmt.Errorf("the database wrote %d buckets where the limiter's arithmetic says %v for %d: outcome unknown", wrote, write, writes)
 	}
 	return ds, at, nil
