@@ -8,8 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/user"
 	"slices"
 	"sort"
 	"strconv"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/certfleet/certfleet/audit"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/dlqreplay"
@@ -166,7 +165,7 @@ func dlq(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("dlq replay: %w", err)
 	}
 	defer d.Close()
-	return dlqReplay(ctx, stdout, stderr, conn, dlqreplay.New(d), kf.topics.DLQ, cands, *all, *timeout)
+	return dlqReplay(ctx, stdout, stderr, conn, d, dlqreplay.New(d), kf.topics.DLQ, cands, *all, *timeout)
 }
 
 // replayCandidate is a DLQ record selected for replay: the record to send,
@@ -238,7 +237,7 @@ func replayHeaders(hs []kafka.Header) []kafka.Header {
 // dlqReplay claims each replayable candidate in the ledger, writes the
 // claimed ones to their topics in one write, and marks them sent (or
 // forgets the claims when the write failed).
-func dlqReplay(ctx context.Context, stdout, stderr io.Writer, conn *kafkaconn.Connector, ledger *dlqreplay.Ledger,
+func dlqReplay(ctx context.Context, stdout, stderr io.Writer, conn *kafkaconn.Connector, d *db.DB, ledger *dlqreplay.Ledger,
 	dlqTopic string, cands []replayCandidate, all bool, timeout time.Duration) error {
 	slices.SortStableFunc(cands, func(a, b replayCandidate) int {
 		if c := cmp.Compare(a.partOff[0], b.partOff[0]); c != 0 {
@@ -250,6 +249,7 @@ func dlqReplay(ctx context.Context, stdout, stderr io.Writer, conn *kafkaconn.Co
 	now := time.Now()
 	var send []kafka.Message
 	var sent []replayCandidate
+	var auditErr error // the records were sent but the trail lacks one
 	for i, c := range cands {
 		if c.refusal != "" {
 			continue
@@ -294,6 +294,13 @@ func dlqReplay(ctx context.Context, stdout, stderr io.Writer, conn *kafkaconn.Co
 			// Written but not marked: the claims hold them until they expire.
 			fmt.Fprintf(stderr, "certfleet: dlq replay: the records were written, but marking them sent failed: %v\n", err)
 		}
+		// One audit event per record sent, even after ctx ended: they were.
+		for _, c := range sent {
+			if err := recordAudit(context.WithoutCancel(ctx), d, audit.Event{Action: audit.DLQReplay, Subject: dlqTopic + "/" + c.record,
+				Detail: map[string]string{"destination": c.msg.Topic, "event_id": c.eventID, "replay_id": run.ID.String()}}); err != nil && auditErr == nil {
+				auditErr = fmt.Errorf("dlq replay: %w", err)
+			}
+		}
 	}
 	// The report: what was sent, then what was not and why.
 	if len(sent) > 0 {
@@ -316,6 +323,9 @@ func dlqReplay(ctx context.Context, stdout, stderr io.Writer, conn *kafkaconn.Co
 	if len(sent) == 0 {
 		fmt.Fprintf(stdout, "nothing new to replay: %d already replayed, %d refused\n", skipped, refused)
 	}
+	if auditErr != nil {
+		return auditErr
+	}
 	if !all && skipped+refused > 0 {
 		return fmt.Errorf("dlq replay: %d of the %d named record(s) not replayed (see above)", skipped+refused, len(cands))
 	}
@@ -330,14 +340,7 @@ func forget(ctx context.Context, ledger *dlqreplay.Ledger, run dlqreplay.Run) er
 }
 
 // operatorName is who runs the replay, for the ledger: user@host.
-func operatorName() string {
-	name := os.Getenv("USER")
-	if u, err := user.Current(); err == nil && u.Username != "" {
-		name = u.Username
-	}
-	host, _ := os.Hostname()
-	return events.Sanitize(name+"@"+host, 255)
-}
+func operatorName() string { return events.Sanitize(audit.OSUser(), 255) }
 
 func hexSHA256(b []byte) string {
 	s := sha256.Sum256(b)

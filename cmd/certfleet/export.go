@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/certfleet/certfleet/audit"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/names"
@@ -54,9 +55,17 @@ func export(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("export: %w (is the SAN set managed and issued? list every name with --san)", err)
 	}
+	if len(c.SealedKey) == 0 {
+		return fmt.Errorf("export: the key of serial %s (expired %s) was destroyed by the retention job after its grace; nothing to export", c.Serial, fmtTime(c.NotAfter))
+	}
 	key, err := seal.OpenPrivateKey(ctx, kr, c.SealedKey, seal.AAD(seal.PurposeCertKey, c.Identity, c.RequestID))
 	if err != nil {
 		return fmt.Errorf("export: opening the sealed key: %w (is this the keyring the workers use?)", err)
+	}
+	// Recorded before the key leaves the database's care: no record, no export.
+	if err := recordAudit(ctx, d, audit.Event{Action: audit.KeyExport, Subject: identity, Tenant: c.Tenant, SANs: canon,
+		CA: c.Issuer, Serial: c.Serial, Detail: map[string]string{"request_id": c.RequestID, "out": *dir}}); err != nil {
+		return fmt.Errorf("export: nothing exported: %w", err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/certfleet/certfleet/audit"
 	"github.com/certfleet/certfleet/certstore"
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
@@ -190,6 +191,9 @@ func TestDLQCommands(t *testing.T) {
 		if strings.HasPrefix(h.Key, "certfleet_dlq_") {
 			t.Fatalf("replayed record keeps DLQ header %s", h.Key)
 		}
+	}
+	if e := wantOneAudit(t, url, audit.DLQReplay, tp.DLQ+"/"+rows[0].Record); e.Detail["destination"] != tp.Requests {
+		t.Errorf("replay audit detail %v; want destination %s", e.Detail, tp.Requests)
 	}
 	for _, bad := range [][]string{{"dlq"}, append([]string{"dlq", "replay"}, topicArgs(s, tp)...), append([]string{"dlq", "replay", "--record", "x"}, topicArgs(s, tp)...),
 		append([]string{"dlq", "replay", "--all", "--database-url", ""}, topicArgs(s, tp)...)} {
@@ -407,6 +411,20 @@ func TestExportCommand(t *testing.T) {
 	t.Setenv("CERTFLEET_SEAL_KEYS", other)
 	if code := run(ctx, []string{"export", "--database-url", url, "--san", "x.example.org", "--out", dir}, &out, &errb); code != exitError {
 		t.Fatalf("export with the wrong keyring: code %d", code)
+	}
+	// One export, one audit event (the refused one left none).
+	if e := wantOneAudit(t, url, audit.KeyExport, identity); e.Serial != "7" || len(e.SANs) != 1 || e.SANs[0] != "x.example.org" {
+		t.Errorf("export audit %+v; want serial 7 and the SAN set", e)
+	}
+	// A key destroyed by retention is said to be so, and nothing is exported.
+	if _, err := d.Pool().Exec(ctx, `UPDATE issued_certificates SET sealed_key = ''::BYTEA`); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CERTFLEET_SEAL_KEYS", keyLine)
+	errb.Reset()
+	if code := run(ctx, []string{"export", "--database-url", url, "--san", "x.example.org", "--out", t.TempDir()}, &out, &errb); code != exitError ||
+		!strings.Contains(errb.String(), "destroyed by the retention job") {
+		t.Fatalf("export of a destroyed key: code %d %q", code, errb.String())
 	}
 }
 

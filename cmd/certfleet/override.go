@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/certfleet/certfleet/audit"
+	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -247,6 +249,13 @@ old count follows a new --count, and a burst set apart from the count stays
 	if err != nil {
 		return explain(cmd, err)
 	}
+	act := audit.OverrideCreate
+	if updating {
+		act = audit.OverrideUpdate
+	}
+	if err := recordOverride(ctx, d, act, res, *by); err != nil {
+		return err
+	}
 	switch {
 	case *quiet:
 		fmt.Fprintln(stdout, res.ID)
@@ -398,14 +407,32 @@ func overrideRemove(ctx context.Context, action string, args []string, stdout, s
 		if err != nil {
 			return explain(cmd, err)
 		}
+		if err := recordOverride(ctx, d, audit.OverrideDisable, o, *actor); err != nil {
+			return err
+		}
 		fmt.Fprintf(stdout, "disabled override %s (%s %s), now at version %d; workers fall back within seconds\n", o.ID, o.Name, o.Key, o.Version)
 		return nil
 	}
 	if err := store.Delete(ctx, pos[0], version, *actor); err != nil {
 		return explain(cmd, err)
 	}
+	if err := recordAudit(context.WithoutCancel(ctx), d, audit.Event{Action: audit.OverrideDelete, Subject: pos[0],
+		Detail: map[string]string{"version": strconv.FormatInt(version, 10), "actor": *actor}}); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "deleted override %s (was version %d); its history stays in the audit table\n", pos[0], version)
 	return nil
+}
+
+// recordOverride audits a change of o (its state after the change); actor
+// is the self-asserted --created-by/--actor, kept in the detail beside the
+// session's identity.
+func recordOverride(ctx context.Context, d *db.DB, act audit.Action, o *ratelimit.Override, actor string) error {
+	return recordAudit(context.WithoutCancel(ctx), d, audit.Event{Action: act, Subject: o.ID, Detail: map[string]string{
+		"limit": string(o.Name), "key": o.Key, "count": strconv.FormatInt(o.Limit.Count, 10), "period": o.Limit.Period.String(),
+		"burst": strconv.FormatInt(o.Limit.Burst, 10), "enabled": strconv.FormatBool(o.Enabled), "version": strconv.FormatInt(o.Version, 10),
+		"actor": actor,
+	}})
 }
 
 // deletedJSON is the --json form of a deleted override: its id and history.

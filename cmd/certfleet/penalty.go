@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/certfleet/certfleet/audit"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -107,5 +108,5 @@ func penaltyClear(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return nil
 	}
 	fmt.Fprintf(stdout, "cleared the penalty on %s; workers may spend it again now (if the CA still refuses, the next 429 sets a new one)\n", pos[0])
-	return nil
+	return recordAudit(context.WithoutCancel(ctx), d, audit.Event{Action: audit.PenaltyClear, Subject: pos[0]})
 }
