@@ -69,6 +69,9 @@ type Config struct {
 	// MaxPending caps fetched records not yet finished, including those
 	// waiting for their not_before. Default 1024.
 	MaxPending int
+	// Lanes says how order slots are shared between lanes and tenants
+	// (lanes.go); the zero value is DefaultLanePolicy.
+	Lanes LanePolicy
 	// Lease is how long a claim protects a request from other workers
 	// without a renewal. Default 15 s with a Renewer (the heartbeat renews
 	// it), 5 minutes without (it must then outlast the longest order).

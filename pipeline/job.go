@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -64,13 +63,10 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	if err := clock.Sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
 		return err
 	}
-	select {
-	case w.slots <- struct{}{}:
-	case <-waitCtx.Done():
-		return waitCtx.Err()
+	releaseSlot, err := w.acquireSlot(waitCtx, req)
+	if err != nil {
+		return err
 	}
-	w.cfg.Metrics.InFlight.Inc()
-	releaseSlot := sync.OnceFunc(func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() })
 	defer func() {
 		if j != nil {
 			j.releaseSlot() // the job may have given its slot back and taken another
@@ -199,13 +195,10 @@ func (j *job) claim(ctx context.Context) (certstore.ClaimResult, error) {
 	if err := clock.Sleep(ctx, wait); err != nil {
 		return c, err
 	}
-	select {
-	case w.slots <- struct{}{}:
-	case <-ctx.Done():
-		return c, ctx.Err()
+	if j.releaseSlot, err = w.acquireSlot(ctx, j.req); err != nil {
+		j.releaseSlot = func() {}
+		return c, err
 	}
-	w.cfg.Metrics.InFlight.Inc()
-	j.releaseSlot = sync.OnceFunc(func() { <-w.slots; w.cfg.Metrics.InFlight.Dec() })
 	return claim()
 }
 

@@ -327,3 +327,17 @@ func (s *slotScheduler) weight(tenant string) int {
 	}
 	return max(1, s.policy.Weight(tenant))
 }
+
+// acquireSlot waits for an order slot for req by its lane, tenant and
+// priority; the returned release (idempotent) gives it back.
+func (w *Worker) acquireSlot(ctx context.Context, req *events.IssuanceRequest) (release func(), err error) {
+	lane := LaneOf(req)
+	w.cfg.Metrics.LaneWaiting.WithLabelValues(lane.String()).Inc()
+	rel, err := w.slots.Acquire(ctx, lane, req.Tenant, req.Priority)
+	w.cfg.Metrics.LaneWaiting.WithLabelValues(lane.String()).Dec()
+	if err != nil {
+		return nil, err
+	}
+	w.cfg.Metrics.InFlight.Inc()
+	return sync.OnceFunc(func() { rel(); w.cfg.Metrics.InFlight.Dec() }), nil
+}

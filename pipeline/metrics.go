@@ -12,7 +12,9 @@ type Metrics struct {
 	OrdersResumed prometheus.Counter // certfleet_worker_orders_resumed_total
 	InFlight      prometheus.Gauge   // certfleet_worker_jobs_in_flight
 	Pending       prometheus.Gauge   // certfleet_worker_records_pending
-	ConsumerLag   prometheus.Gauge   // certfleet_worker_consumer_lag, set by the process from its Kafka reader
+	// LaneWaiting is the number of jobs waiting for an order slot, by lane.
+	LaneWaiting *prometheus.GaugeVec // certfleet_worker_lane_waiting{lane}
+	ConsumerLag prometheus.Gauge     // certfleet_worker_consumer_lag, set by the process from its Kafka reader
 	// DLQStubs counts dead letters written as a stub instead of the record:
 	// the dead-letter topic refused the record, or it held private key
 	// material (events.WriteDeadLetter).
@@ -57,6 +59,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Pending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_worker_records_pending", Help: "Fetched records not yet finished (includes those waiting for not_before).",
 		}),
+		LaneWaiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "certfleet_worker_lane_waiting", Help: "Jobs waiting for an order slot, by lane (emergency, new, renewal).",
+		}, []string{"lane"}),
 		ConsumerLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_worker_consumer_lag", Help: "Records behind the end of the partitions this worker reads (kafka-go reader lag).",
 		}),
@@ -71,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"from", "to"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.ConsumerLag, m.DLQStubs, m.JobPanics, m.Failovers)
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.LaneWaiting, m.ConsumerLag, m.DLQStubs, m.JobPanics, m.Failovers)
 	}
 	return m
 }

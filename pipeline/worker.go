@@ -16,7 +16,7 @@ import (
 type Worker struct {
 	cfg      Config
 	routes   map[string]route // by CA name, CA directory and group name
-	slots    chan struct{}    // order slots (Concurrency)
+	slots    *slotScheduler   // order slots (Concurrency), by lane and tenant (lanes.go)
 	progress progress         // records held, for Stalled (progress.go)
 }
 
@@ -26,7 +26,7 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	cfg.defaults()
-	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: make(chan struct{}, cfg.Concurrency)}
+	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: newSlotScheduler(cfg.Concurrency, cfg.Lanes, cfg.Clock)}
 	byName := map[string]CA{}
 	for _, ca := range cfg.CAs {
 		byName[ca.Name] = ca
