@@ -15,9 +15,9 @@
 //	certfleet import    manage many SAN sets from a file, in batches
 //	certfleet recipient keygen, add, list, rotate, remove the recipients of sealed key deliveries
 //	certfleet agent     keep the certificates and keys delivered to a recipient in a directory
-//	certfleet audit     list the audit trail (exports, replays, penalty clears, override changes, issuance)
 //	certfleet revoke    revoke certificates at their CA (cert.revoked), optionally replacing them
 //	certfleet reissue   replace certificates against a deadline in the emergency lane, with an estimate and progress
+//	certfleet forecast  renewals per day or hour against each CA's budget, herds marked
 //
 // Configuration comes from flags, falling back to environment variables
 // (CERTFLEET_DATABASE_URL, CERTFLEET_KAFKA_BROKERS, ...). -h or --help on any
@@ -69,9 +69,9 @@ commands:
   import    manage many certificates from a file (one SAN set per line)
   recipient keygen, add, list, rotate, remove recipients of sealed key delivery
   agent     keep the certificates and keys delivered to a recipient in a directory
-  audit     list the audit trail: who exported, replayed, cleared, changed, issued
   revoke    revoke certificates at their CA (by serial, SAN set, tenant, issue time)
   reissue   replace certificates against a deadline (estimate, emergency lane, progress)
+  forecast  renewals per day (or hour) ahead against each CA's budget; herds marked
 
 Run 'certfleet <command> -h' for a command's flags (-h and --help print the
 usage and exit 0). Read commands take --json.
@@ -198,12 +198,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = recipient(ctx, args[1:], stdout, stderr)
 	case "agent":
 		err = agentCmd(ctx, args[1:], stdout, stderr)
-	case "audit":
-		err = auditCmd(ctx, args[1:], stdout, stderr)
 	case "revoke":
 		err = revoke(ctx, args[1:], stdout, stderr)
 	case "reissue":
 		err = reissue(ctx, args[1:], stdout, stderr)
+	case "forecast":
+		err = forecastCmd(ctx, args[1:], stdout, stderr)
 	default:
 		if isHelp(args[0]) {
 			fmt.Fprint(stdout, usage)
