@@ -47,7 +47,9 @@ func BenchmarkForecast(b *testing.B) {
 	d := freshDB(b)
 	seed(b, d, 1_000_000)
 	ctx := context.Background()
-	budget := func(string) (ratelimit.Limit, bool) { return ratelimit.Limit{Count: 10, Period: time.Second, Burst: 10}, true }
+	budget := func(string) (ratelimit.Limit, bool) {
+		return ratelimit.Limit{Count: 10, Period: time.Second, Burst: 10}, true
+	}
 	b.Run("baseline_count", func(b *testing.B) {
 		for b.Loop() {
 			var n int64

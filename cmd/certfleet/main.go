@@ -15,6 +15,7 @@
 //	certfleet import    manage many SAN sets from a file, in batches
 //	certfleet recipient keygen, add, list, rotate, remove the recipients of sealed key deliveries
 //	certfleet agent     keep the certificates and keys delivered to a recipient in a directory
+//	certfleet audit     list the audit trail (exports, replays, penalty clears, override changes, issuance)
 //	certfleet revoke    revoke certificates at their CA (cert.revoked), optionally replacing them
 //	certfleet reissue   replace certificates against a deadline in the emergency lane, with an estimate and progress
 //	certfleet forecast  renewals per day or hour against each CA's budget, herds marked
@@ -69,6 +70,7 @@ commands:
   import    manage many certificates from a file (one SAN set per line)
   recipient keygen, add, list, rotate, remove recipients of sealed key delivery
   agent     keep the certificates and keys delivered to a recipient in a directory
+  audit     list the audit trail: who exported, replayed, cleared, changed, issued
   revoke    revoke certificates at their CA (by serial, SAN set, tenant, issue time)
   reissue   replace certificates against a deadline (estimate, emergency lane, progress)
   forecast  renewals per day (or hour) ahead against each CA's budget; herds marked
@@ -198,6 +200,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = recipient(ctx, args[1:], stdout, stderr)
 	case "agent":
 		err = agentCmd(ctx, args[1:], stdout, stderr)
+	case "audit":
+		err = auditCmd(ctx, args[1:], stdout, stderr)
 	case "revoke":
 		err = revoke(ctx, args[1:], stdout, stderr)
 	case "reissue":
