@@ -188,8 +188,8 @@ func (c config) validate() error {
 	if c.OrderTimeout < 10*time.Second {
 		bad("order-timeout", "%v is below 10s", c.OrderTimeout)
 	}
-	if c.StallTimeout != 0 && c.StallTimeout <= c.Lease {
-		bad("stall-timeout", "%v must be 0 (never) or longer than -lease (%v): a record may wait that long for a claim and an order", c.StallTimeout, c.Lease)
+	if c.StallTimeout != 0 && (c.StallTimeout <= c.Lease || c.StallTimeout <= c.OrderTimeout) {
+		bad("stall-timeout", "%v must be 0 (never) or longer than -lease (%v) and -order-timeout (%v): a due record may wait that long for another owner's claim or an order slot", c.StallTimeout, c.Lease, c.OrderTimeout)
 	}
 	if c.Group == "" {
 		bad("group", "must not be empty")
