@@ -54,8 +54,10 @@ func benchScheduler(b *testing.B, d *db.DB, w events.MessageWriter, topics event
 }
 
 // BenchmarkTick measures the issue's targets: emitting the 100,000 due jobs
-// of a 1,000,000-certificate fleet to Kafka (target at most 30 s and 256 MiB
-// peak RSS of the scheduler process) against writing as many jobs to Kafka
+// of a 1,000,000-certificate fleet to Kafka (target at least 0.8x the
+// floor's jobs/s and at most 96 MiB peak RSS; read-s, write-s and mark-s are
+// the busy time of the tick's pipeline stages, mark-s summed over its
+// concurrent marks) against writing as many jobs to Kafka
 // with no database (baseline_kafka_only), and the cost of a tick with nothing
 // due at 10,000 (baseline) and 1,000,000 certificates (target: flat).
 func BenchmarkTick(b *testing.B) {
@@ -105,14 +107,20 @@ func BenchmarkTick(b *testing.B) {
 	b.Run("emit_100k_due_of_1M/scheduler", func(b *testing.B) {
 		mem := benchmem.Start()
 		for i := 0; i < b.N; i++ {
-			if i > 0 {
-				b.StopTimer()
-				if _, err := big.Pool().Exec(ctx, `UPDATE managed_certificates SET next_renewal_at = planned_at, request_id = NULL
-					WHERE request_id IS NOT NULL`); err != nil {
+			// Every run (-count too) starts from the same 100,000 due rows
+			// and a vacuumed table, outside the timer.
+			b.StopTimer()
+			tag, err := big.Pool().Exec(ctx, `UPDATE managed_certificates SET next_renewal_at = planned_at, request_id = NULL
+				WHERE request_id IS NOT NULL`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if tag.RowsAffected() > 0 {
+				if _, err := big.Pool().Exec(ctx, `VACUUM ANALYZE managed_certificates`); err != nil {
 					b.Fatal(err)
 				}
-				b.StartTimer()
 			}
+			b.StartTimer()
 			start := time.Now()
 			res, err := bs.Tick(ctx, bl)
 			if err != nil || res.Emitted != 100_000 || res.Remaining {
