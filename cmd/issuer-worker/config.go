@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -39,6 +40,7 @@ type config struct {
 	LimitsFile       string
 	Profile          string
 	AccountMode      acmeissuer.AccountMode // -account-mode: one ACME account per tenant or one shared per CA
+	EgressAddress    netip.Addr             // -egress-address: where the CAs see registrations come from (invalid: not counted)
 	Concurrency      int
 	MaxPending       int
 	Lease            time.Duration
@@ -86,7 +88,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
 	fs.String(&c.Profile, "profile", "CERTFLEET_PROFILE", "", "ACME profile for requests that name none; empty: such orders name none and the CA applies its default profile")
-	var accountMode string
+	var accountMode, egress string
+	fs.String(&egress, "egress-address", "CERTFLEET_EGRESS_ADDRESS", "", "the IP address the CAs see the workers connect from (after NAT): every new ACME account spends the CA's registration limits for it (Let's Encrypt: 10 per 3 h per address, 500 per 3 h per IPv6 /48) in the fleet's buckets; empty: registrations are not counted")
 	fs.String(&accountMode, "account-mode", "CERTFLEET_ACCOUNT_MODE", string(acmeissuer.AccountPerTenant), "ACME accounts: per-tenant (one per CA and tenant) or shared (one per CA for every tenant, as Let's Encrypt asks of large integrators; tenants stay apart in certfleet's own buckets)")
 	fs.String(&allowSpecial, "allow-special-names", "CERTFLEET_ALLOW_SPECIAL_NAMES", "", "special-use or undelegated TLDs whose names are accepted, comma separated, e.g. test,example for a lab CA such as Pebble; empty (production): only names under a TLD delegated in the ICANN section of the public suffix list")
 	fs.Int(&c.Concurrency, "concurrency", "CERTFLEET_CONCURRENCY", 8, "orders in flight per worker")
@@ -122,6 +125,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if c.AccountMode, err = acmeissuer.ParseAccountMode(accountMode); err != nil {
 		return c, fmt.Errorf("-account-mode: %w", err)
+	}
+	if egress != "" {
+		if c.EgressAddress, err = netip.ParseAddr(egress); err != nil || c.EgressAddress.IsUnspecified() {
+			return c, fmt.Errorf("-egress-address: %q is not an IP address the CAs could see", egress)
+		}
 	}
 	if c.Names, err = names.ParsePolicy(allowSpecial); err != nil {
 		return c, fmt.Errorf("-allow-special-names: %w", err)

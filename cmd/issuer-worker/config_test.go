@@ -45,6 +45,12 @@ func TestParseConfig(t *testing.T) {
 	if c, err := parseConfig(nil, env(map[string]string{"CERTFLEET_ACCOUNT_MODE": "shared"})); err != nil || c.AccountMode != "shared" {
 		t.Fatalf("CERTFLEET_ACCOUNT_MODE=shared: %q, %v", c.AccountMode, err)
 	}
+	if c.EgressAddress.IsValid() {
+		t.Fatalf("default egress address %v; want none (registrations not counted)", c.EgressAddress)
+	}
+	if c, err := parseConfig([]string{"-egress-address", "2001:db8::7"}, env(nil)); err != nil || c.EgressAddress.String() != "2001:db8::7" {
+		t.Fatalf("-egress-address 2001:db8::7: %v, %v", c.EgressAddress, err)
+	}
 	if len(c.Names.AllowedSpecialUse) != 0 {
 		t.Fatalf("default names policy %s; want strict", c.Names)
 	}
@@ -82,6 +88,8 @@ func TestParseConfig(t *testing.T) {
 		{"bad listen", []string{"-listen", "9090"}, nil, `-listen: "9090" is not host:port`},
 		{"bad level", []string{"-log-level", "loud"}, nil, `-log-level: "loud"`},
 		{"unknown account mode", []string{"-account-mode", "per-ca"}, nil, `-account-mode: account mode "per-ca": want per-tenant or shared`},
+		{"egress not an address", []string{"-egress-address", "nat.example"}, nil, `-egress-address: "nat.example" is not an IP address`},
+		{"egress unspecified", []string{"-egress-address", "0.0.0.0"}, nil, `-egress-address: "0.0.0.0" is not an IP address`},
 		{"unknown challenge type", []string{"-challenge-types", "tls-alpn-01"}, nil, `-challenge-types: "tls-alpn-01"`},
 		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
 		{"two dns-01 providers", []string{"-dns01-config", "/d.json", "-dns01-challtestsrv", "http://127.0.0.1:8055"}, nil, "-dns01-config: and -dns01-challtestsrv exclude each other"},

@@ -216,11 +216,18 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 			solvers[ct] = routed
 		}
 	}
+	// New ACME accounts spend the CA's registration limits when the worker
+	// knows the address the CA sees.
+	var regs acmeissuer.RegistrationLimiter
+	if cfg.EgressAddress.IsValid() {
+		regs = registrations{limiter: limiter, catalogue: cat, egress: cfg.EgressAddress}
+	}
 	var cas []pipeline.CA
 	for _, ca := range cfg.CAs {
 		iss, err := acmeissuer.New(acmeissuer.Config{
 			Directory: ca.Directory, DB: d, Sealer: keyring, Solvers: solvers, HTTPClient: hc,
 			Profile: cfg.Profile, Logger: caLogger(log, ca.Name), EAB: sec.eab[ca.Name],
+			AccountMode: cfg.AccountMode, Registrations: regs,
 		})
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)
