@@ -13,10 +13,12 @@ import (
 
 // Revocation asks the CA to revoke one certificate it issued (RFC 8555
 // §7.6). The request is signed with the account that ordered it (the
-// tenant's account at this CA, read from acme_accounts, never registered
-// here) or with the certificate's own key: either may revoke.
+// tenant's account at this CA, or the shared one, read from acme_accounts,
+// never registered here) or with the certificate's own key: either may
+// revoke.
 type Revocation struct {
-	// Tenant selects the account that ordered the certificate.
+	// Tenant selects the account that ordered the certificate: the
+	// tenant's, or the shared account of AccountShared.
 	Tenant string
 	// Cert is the certificate to revoke (the leaf). Required.
 	Cert *x509.Certificate
@@ -79,9 +81,9 @@ func (v *Revoker) Revoke(ctx context.Context, r Revocation) (RevokeResult, error
 }
 
 // Revoke asks the CA to revoke r.Cert: signed with the tenant's stored
-// account when there is one, else (or when the CA refuses that account as
-// unauthorized) with r.CertKey. A CA answering alreadyRevoked is success
-// (RevokeResult.AlreadyRevoked). Errors wrap what the CA said (a 429 or a
+// account, else the shared account (AccountShared), when there is one, else
+// (or when the CA refuses those as unauthorized) with r.CertKey. A CA
+// answering alreadyRevoked is success (RevokeResult.AlreadyRevoked). Errors wrap what the CA said (a 429 or a
 // final 5xx as *CAError, otherwise acme.Problem; use Classify), or say that
 // neither key is at hand.
 func (i *Issuer) Revoke(ctx context.Context, r Revocation) (RevokeResult, error) {
@@ -89,19 +91,28 @@ func (i *Issuer) Revoke(ctx context.Context, r Revocation) (RevokeResult, error)
 		return RevokeResult{}, fmt.Errorf("%w: no certificate to revoke", ErrInvalidRequest)
 	}
 	serial := r.Cert.SerialNumber.Text(16)
-	url, key, found, err := i.readAccount(ctx, r.Tenant)
-	if err != nil {
-		return RevokeResult{}, fmt.Errorf("acmeissuer: revoking %s: %w", serial, err)
-	}
-	if found && url != "" {
+	// The account that ordered it: the tenant's own, or the shared one
+	// (AccountShared), whichever mode the fleet ordered in then.
+	var refused error
+	for _, owner := range []string{r.Tenant, sharedAccountKey} {
+		url, key, found, err := i.readAccount(ctx, owner)
+		if err != nil {
+			return RevokeResult{}, fmt.Errorf("acmeissuer: revoking %s: %w", serial, err)
+		}
+		if !found || url == "" {
+			continue
+		}
 		res, err := i.revokeWith(ctx, i.account(url, key), r, nil, SignedWithAccount)
 		var p acme.Problem
-		if err == nil || r.CertKey == nil || !errors.As(err, &p) ||
-			(p.Type != acme.ProblemTypeUnauthorized && p.Type != acme.ProblemTypeAccountDoesNotExist) {
+		if err == nil || !errors.As(err, &p) || (p.Type != acme.ProblemTypeUnauthorized && p.Type != acme.ProblemTypeAccountDoesNotExist) {
 			return res, err
 		}
-		// The CA does not take this account for this certificate: the
-		// certificate's own key always may.
+		// The CA does not take this account for this certificate: try the
+		// next, then the certificate's own key, which always may.
+		refused = err
+	}
+	if r.CertKey == nil && refused != nil {
+		return RevokeResult{}, refused
 	}
 	if r.CertKey == nil {
 		return RevokeResult{}, fmt.Errorf("acmeissuer: revoking %s: tenant %q has no account at %s and no certificate key was given", serial, r.Tenant, i.cfg.Directory)

@@ -61,6 +61,12 @@ func TestRevoke(t *testing.T) {
 		return res
 	}
 	a, b, c := obtain(), obtain(), obtain()
+	// One ordered through the shared account (AccountShared): tenant sh has no account of its own.
+	shared, err := newTestIssuer(t, s, d, func(c *Config) { c.AccountMode = AccountShared }).Obtain(ctx,
+		Request{Tenant: "sh", SANs: []string{"rv-" + randomSuffix() + ".certfleet.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A Revoker of its own (the CLI's shape): same database and keyring, no solvers.
 	rv, err := NewRevoker(Config{Directory: s.ACMEDirectory, DB: d, Sealer: testKeyring(t), HTTPClient: pebbleHTTPClient(t, s, nil)})
 	if err != nil {
@@ -76,6 +82,7 @@ func TestRevoke(t *testing.T) {
 	}{
 		{"the ordering account", Revocation{Tenant: "rv", Cert: a.Leaf, Reason: acme.ReasonKeyCompromise}, SignedWithAccount, false, 1},
 		{"again: already revoked", Revocation{Tenant: "rv", Cert: a.Leaf, Reason: acme.ReasonSuperseded}, SignedWithAccount, true, 1},
+		{"the shared account", Revocation{Tenant: "sh", Cert: shared.Leaf, Reason: acme.ReasonAffiliationChanged}, SignedWithAccount, false, 3},
 		{"the certificate key, no account", Revocation{Tenant: "nobody", Cert: b.Leaf, Reason: acme.ReasonCessationOfOperation, CertKey: b.PrivateKey}, SignedWithCertKey, false, 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
