@@ -57,8 +57,10 @@ func TestTickIncidentLaneFirst(t *testing.T) {
 		{budget: 100, wantIncident: 4, wantOther: 12, remaining: false},
 	} {
 		t.Run(fmt.Sprintf("budget %d", tc.budget), func(t *testing.T) {
+			metrics := scheduler.NewMetrics(nil)
 			r := newRig(t, func(c *scheduler.Config) {
 				c.Budget = ratelimit.Limit{Count: tc.budget, Period: time.Hour, Burst: tc.budget}
+				c.Metrics = metrics
 			})
 			// Routine renewals in two tenants, overdue for an hour; the
 			// incident rows in a third tenant (and one in a routine tenant).
@@ -75,6 +77,14 @@ func TestTickIncidentLaneFirst(t *testing.T) {
 			res := r.tick()
 			if res.Emitted != tc.wantIncident+tc.wantOther || res.Remaining != tc.remaining {
 				t.Fatalf("tick %+v, want %d emitted, remaining %v", res, tc.wantIncident+tc.wantOther, tc.remaining)
+			}
+			// Measured before the tick emitted: the lane, and the routine
+			// rows' hour overdue (the lane's placeholder time is not a due time).
+			if got := value(metrics.IncidentBacklog); got != float64(len(inc)) {
+				t.Errorf("incident backlog %v, want %d", got, len(inc))
+			}
+			if got := value(metrics.MostOverdue); got != 3600 {
+				t.Errorf("most overdue %v s, want 3600", got)
 			}
 			gotIncident := 0
 			for i, q := range r.w.requests(t) {

@@ -192,10 +192,16 @@ func (s *Scheduler) Tick(ctx context.Context, lease func() LeaseState) (TickResu
 	m.DueBacklog.Set(float64(backlog))
 	m.IncidentBacklog.Set(float64(incidents))
 	if !oldest.After(IncidentDue) {
-		m.MostOverdue.Set(0) // the lane has no due time; the routine rows' is not the oldest
-	} else {
-		m.MostOverdue.Set(now.Sub(oldest).Seconds())
+		// The incident lane has no due time of its own: the most overdue is
+		// the oldest routine row's (one more index probe).
+		oldest = now
+		err := s.cfg.DB.Pool().QueryRow(ctx, `SELECT next_renewal_at FROM managed_certificates
+			WHERE next_renewal_at > $2 AND next_renewal_at <= $1 ORDER BY next_renewal_at LIMIT 1`, now, IncidentDue).Scan(&oldest)
+		if err != nil && !errors.Is(err, errNoRows) {
+			return res, fmt.Errorf("scheduler: tick: %w", err)
+		}
 	}
+	m.MostOverdue.Set(now.Sub(oldest).Seconds())
 
 	allowed := s.budget.available(now)
 	m.BudgetTokens.Set(float64(allowed))
