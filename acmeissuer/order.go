@@ -122,7 +122,9 @@ func (i *Issuer) orderNew(ctx context.Context, acct acme.Account, req Request, s
 func (r *orderRun) complete(ctx context.Context, order acme.Order) (*Result, error) {
 	loc := order.Location
 	var err error
+	solved := false
 	if order.Status == acme.StatusPending {
+		solved = true
 		if err := r.solve(ctx, order.Authorizations); err != nil {
 			return nil, err
 		}
@@ -131,7 +133,10 @@ func (r *orderRun) complete(ctx context.Context, order acme.Order) (*Result, err
 		}
 		order.Location = loc
 	}
-	if order.Status == acme.StatusReady {
+	// A pending order whose authorizations were all just solved is
+	// finalised too: a CA may not have moved it to ready yet, and acmez's
+	// FinalizeOrder polls an order the CA answers orderNotReady for.
+	if order.Status == acme.StatusReady || (solved && order.Status == acme.StatusPending) {
 		csr, err := acmez.NewCSR(r.key, r.req.SANs)
 		if err != nil {
 			return nil, r.stop("making the CSR: %v", err)
