@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/segmentio/kafka-go"
 )
@@ -47,29 +48,66 @@ func Encode(e Event) (kafka.Message, error) {
 		return kafka.Message{}, err
 	}
 	t := e.Type()
+	schema := t.SchemaURI()
+	// The key and every header value share one buffer, each its own
+	// capacity-capped slice of it.
+	buf := make([]byte, 0, 64+len(SpecVersion)+len(e.ID)+len(e.Source)+len(t)+len(time.RFC3339Nano)+len(schema)+len(ContentType))
+	part := func(start int) []byte { return buf[start:len(buf):len(buf)] }
+	var id [64]byte
+	identityHex(&id, e.Data.Names())
+	buf = append(buf, id[:]...)
+	key := part(0)
+	n := len(buf)
+	buf = append(buf, SpecVersion...)
+	spec := part(n)
+	n = len(buf)
+	buf = append(buf, e.ID...)
+	ceID := part(n)
+	n = len(buf)
+	buf = append(buf, e.Source...)
+	source := part(n)
+	n = len(buf)
+	buf = append(buf, t...)
+	typ := part(n)
+	n = len(buf)
+	buf = e.Time.UTC().AppendFormat(buf, time.RFC3339Nano)
+	ceTime := part(n)
+	n = len(buf)
+	buf = append(buf, schema...)
+	dataSchema := part(n)
+	n = len(buf)
+	buf = append(buf, ContentType...)
+	contentType := part(n)
 	return kafka.Message{
-		Key:   []byte(e.Key()),
+		Key:   key,
 		Value: value,
 		Headers: []kafka.Header{
-			{Key: hSpecVersion, Value: []byte(SpecVersion)},
-			{Key: hID, Value: []byte(e.ID)},
-			{Key: hSource, Value: []byte(e.Source)},
-			{Key: hType, Value: []byte(t)},
-			{Key: hTime, Value: []byte(e.Time.UTC().Format(time.RFC3339Nano))},
-			{Key: hDataSchema, Value: []byte(t.SchemaURI())},
-			{Key: hContentType, Value: []byte(ContentType)},
+			{Key: hSpecVersion, Value: spec},
+			{Key: hID, Value: ceID},
+			{Key: hSource, Value: source},
+			{Key: hType, Value: typ},
+			{Key: hTime, Value: ceTime},
+			{Key: hDataSchema, Value: dataSchema},
+			{Key: hContentType, Value: contentType},
 		},
 	}, nil
 }
 
+// marshal writes p's JSON value (appendPayload), or takes encoding/json's
+// path for what appendPayload leaves to it, then applies the size and
+// private key rules.
 func marshal(p Payload) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(inUTC(p)); err != nil {
-		return nil, fieldErr("value", fmt.Errorf("encoding %s: %w", p.EventType(), err))
+	hint := 384
+	if co, ok := p.(*CertObtained); ok {
+		hint += len(co.ChainPEM) + len(co.ChainPEM)/32
 	}
-	value := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	value, ok := appendPayload(make([]byte, 0, hint), p)
+	if !ok {
+		var err error
+		if value, err = marshalJSON(p); err != nil {
+			return nil, err
+		}
+	}
 	if len(value) > MaxValueSize {
 		return nil, fieldErrf("value", ErrTooLarge, "%d bytes", len(value))
 	}
@@ -77,6 +115,18 @@ func marshal(p Payload) ([]byte, error) {
 		return nil, fieldErr("value", ErrPrivateKey)
 	}
 	return value, nil
+}
+
+// marshalJSON is encoding/json's rendering of p, the reference appendPayload
+// follows byte for byte.
+func marshalJSON(p Payload) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(inUTC(p)); err != nil {
+		return nil, fieldErr("value", fmt.Errorf("encoding %s: %w", p.EventType(), err))
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // inUTC returns a copy of p with every time in UTC, so the wire never
@@ -128,7 +178,7 @@ func Decode(m kafka.Message) (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
-	if v, ok := h[hSpecVersion]; !ok {
+	if v, ok := h.get(hSpecVersion); !ok {
 		return Event{}, fieldErr(hSpecVersion, ErrMissingHeader)
 	} else if v != SpecVersion {
 		return Event{}, fieldErrf(hSpecVersion, ErrUnknownSpecVersion, "%s", quote(v))
@@ -143,18 +193,20 @@ func Decode(m kafka.Message) (Event, error) {
 	if err := checkContentType(h); err != nil {
 		return Event{}, err
 	}
-	e := Event{
-		ID:     h[hID],
-		Source: h[hSource],
-		Record: Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset},
-	}
-	if _, ok := h[hID]; !ok {
+	id, ok := h.get(hID)
+	if !ok {
 		return Event{}, fieldErr(hID, ErrMissingHeader)
 	}
-	if _, ok := h[hSource]; !ok {
+	source, ok := h.get(hSource)
+	if !ok {
 		return Event{}, fieldErr(hSource, ErrMissingHeader)
 	}
-	ts, ok := h[hTime]
+	e := Event{
+		ID:     strings.Clone(id),
+		Source: strings.Clone(source),
+		Record: Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset},
+	}
+	ts, ok := h.get(hTime)
 	if !ok {
 		return Event{}, fieldErr(hTime, ErrMissingHeader)
 	}
@@ -167,35 +219,61 @@ func Decode(m kafka.Message) (Event, error) {
 	}
 	e.Data = data
 	if err := e.Validate(); err != nil {
-		return Event{}, emptyNotMissing(err, present, fieldsOf(data))
+		return Event{}, emptyNotMissing(err, present, wireTypes[t])
 	}
-	if string(m.Key) != e.Key() {
-		return Event{}, fieldErrf("key", ErrKeyMismatch, "got %s, want %s", quote(string(m.Key)), e.Key())
+	var key [64]byte
+	identityHex(&key, data.Names())
+	if string(m.Key) != string(key[:]) {
+		return Event{}, fieldErrf("key", ErrKeyMismatch, "got %s, want %s", quote(string(m.Key)), key[:])
 	}
 	return e, nil
 }
 
+// The headers Decode reads, in the order of headerSet's arrays.
+var readHeaderNames = [...]string{hSpecVersion, hID, hSource, hType, hTime, hDataSchema, hContentType}
+
+// headerSet holds the headers Decode reads. Its values alias the record's
+// bytes: they are read during Decode and copied before they are kept
+// (Event.ID, Event.Source; errors quote a copy).
+type headerSet struct {
+	v   [len(readHeaderNames)]string
+	has [len(readHeaderNames)]bool
+}
+
+func headerIndex(key string) int {
+	for i, n := range readHeaderNames {
+		if key == n {
+			return i
+		}
+	}
+	return -1
+}
+
+func (h *headerSet) get(name string) (string, bool) {
+	i := headerIndex(name)
+	return h.v[i], h.has[i]
+}
+
 // readHeaders collects the headers Decode reads, rejecting duplicates, and
 // checks every header it reads for size, UTF-8 and control characters.
-func readHeaders(hs []kafka.Header) (map[string]string, error) {
+func readHeaders(hs []kafka.Header) (*headerSet, error) {
 	if len(hs) > MaxHeaders {
 		return nil, fieldErrf("headers", ErrTooManyHeaders, "%d, at most %d", len(hs), MaxHeaders)
 	}
-	out := make(map[string]string, 8)
+	out := new(headerSet)
 	for _, h := range hs {
-		switch h.Key {
-		case hSpecVersion, hID, hSource, hType, hTime, hDataSchema, hContentType:
-		default:
+		i := headerIndex(h.Key)
+		if i < 0 {
 			continue
 		}
-		if _, dup := out[h.Key]; dup {
+		if out.has[i] {
 			return nil, fieldErr(h.Key, ErrDuplicateHeader)
 		}
-		v := string(h.Value)
+		v := unsafe.String(unsafe.SliceData(h.Value), len(h.Value))
 		if err := checkHeaderText(h.Key, v); err != nil {
 			return nil, err
 		}
-		out[h.Key] = v
+		out.v[i], out.has[i] = v, true
 	}
 	return out, nil
 }
@@ -220,29 +298,33 @@ func checkSource(s string) error {
 	if err := checkHeaderText(hSource, s); err != nil {
 		return err
 	}
+	if isURIPlain(s) {
+		return nil
+	}
 	if _, err := url.Parse(s); err != nil || strings.ContainsAny(s, " ") {
 		return fieldErrf(hSource, ErrInvalidHeader, "%s is not a URI-reference", quote(s))
 	}
 	return nil
 }
 
-func headerType(h map[string]string) (Type, error) {
-	v, ok := h[hType]
+func headerType(h *headerSet) (Type, error) {
+	v, ok := h.get(hType)
 	if !ok {
 		return "", fieldErr(hType, ErrMissingHeader)
 	}
-	t := Type(v)
-	if !t.Valid() {
-		return "", fieldErrf(hType, ErrUnknownType, "%s", quote(v))
+	for _, t := range Types() {
+		if v == string(t) {
+			return t, nil // the constant, not the record's bytes
+		}
 	}
-	return t, nil
+	return "", fieldErrf(hType, ErrUnknownType, "%s", quote(v))
 }
 
 // checkDataSchema requires ce_dataschema to be the schema URI of t in a
 // version this package knows. A URI of the same family with another version
 // is ErrUnknownSchemaVersion; anything else is ErrInvalidHeader.
-func checkDataSchema(h map[string]string, t Type) error {
-	v, ok := h[hDataSchema]
+func checkDataSchema(h *headerSet, t Type) error {
+	v, ok := h.get(hDataSchema)
 	if !ok {
 		return fieldErr(hDataSchema, ErrMissingHeader)
 	}
@@ -257,10 +339,13 @@ func checkDataSchema(h map[string]string, t Type) error {
 	return fieldErrf(hDataSchema, ErrInvalidHeader, "%s is not the schema of %s", quote(v), t)
 }
 
-func checkContentType(h map[string]string) error {
-	v, ok := h[hContentType]
+func checkContentType(h *headerSet) error {
+	v, ok := h.get(hContentType)
 	if !ok {
 		return fieldErr(hContentType, ErrMissingHeader)
+	}
+	if v == ContentType {
+		return nil
 	}
 	mt, params, err := mime.ParseMediaType(v)
 	if err != nil || mt != ContentType {
@@ -275,32 +360,49 @@ func checkContentType(h map[string]string) error {
 }
 
 // unmarshal decodes the JSON value strictly into the payload type of t. It
-// also returns the fields the value holds (null ones included).
-func unmarshal(t Type, value []byte) (Payload, map[string]bool, error) {
+// also returns the fields the value holds (null ones included), as a bit set
+// over t's wireType fields.
+func unmarshal(t Type, value []byte) (Payload, uint64, error) {
 	if bytes.Contains(value, []byte("PRIVATE KEY")) {
-		return nil, nil, fieldErr("value", ErrPrivateKey)
+		return nil, 0, fieldErr("value", ErrPrivateKey)
 	}
 	if !utf8.Valid(value) {
 		// encoding/json would silently turn bad bytes into U+FFFD.
-		return nil, nil, fieldErr("value", ErrInvalidUTF8)
+		return nil, 0, fieldErr("value", ErrInvalidUTF8)
 	}
 	p := registry[t]()
-	present, err := checkShape(value, fieldsOf(p))
+	if present, ok := decodeDirect(p, value); ok {
+		return p, present, nil
+	}
+	return unmarshalSlow(t, value)
+}
+
+// unmarshalSlow is the encoding/json path: a token pass for the shape
+// (checkShape), then json.Decoder into the payload. It decides every value
+// decodeDirect does not take, and words every refusal.
+func unmarshalSlow(t Type, value []byte) (Payload, uint64, error) {
+	p := registry[t]()
+	seen, err := checkShape(value, fieldsOf(p))
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(p); err != nil {
 		var ute *json.UnmarshalTypeError
 		if errors.As(err, &ute) && ute.Field != "" {
-			return nil, nil, fieldErrf(ute.Field, ErrInvalidField, "want JSON %s, got %s", jsonKind(ute.Type), ute.Value)
+			return nil, 0, fieldErrf(ute.Field, ErrInvalidField, "want JSON %s, got %s", jsonKind(ute.Type), ute.Value)
 		}
 		var pe *time.ParseError
 		if errors.As(err, &pe) {
-			return nil, nil, fieldErrf("value", ErrInvalidField, "time %s is not RFC 3339", quote(pe.Value))
+			return nil, 0, fieldErrf("value", ErrInvalidField, "time %s is not RFC 3339", quote(pe.Value))
 		}
-		return nil, nil, fieldErrf("value", ErrMalformedJSON, "%v", err)
+		return nil, 0, fieldErrf("value", ErrMalformedJSON, "%v", err)
+	}
+	var present uint64
+	wt := wireTypes[t]
+	for name := range seen {
+		present |= 1 << wt.byName[name]
 	}
 	return p, present, nil
 }
@@ -308,12 +410,16 @@ func unmarshal(t Type, value []byte) (Payload, map[string]bool, error) {
 // emptyNotMissing turns Validate's "missing required field" for a field the
 // value does hold (an empty string, the zero time) into an invalid value, so
 // the reason says what was sent.
-func emptyNotMissing(err error, present map[string]bool, fs fieldSet) error {
+func emptyNotMissing(err error, present uint64, wt *wireType) error {
 	var fe *FieldError
-	if !errors.As(err, &fe) || !errors.Is(err, ErrMissingField) || !present[fe.Field] {
+	if !errors.As(err, &fe) || !errors.Is(err, ErrMissingField) {
 		return err
 	}
-	if fs.known[fe.Field].kind == kindTime {
+	i, ok := wt.byName[fe.Field]
+	if !ok || present&(1<<i) == 0 {
+		return err
+	}
+	if wt.fields[i].kind == kindTime {
 		return fieldErrf(fe.Field, ErrInvalidField, "the zero time 0001-01-01T00:00:00Z; a real time is required")
 	}
 	return fieldErrf(fe.Field, ErrInvalidField, "empty; a value is required")

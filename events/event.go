@@ -1,10 +1,8 @@
 package events
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -85,23 +83,17 @@ func (e Event) Validate() error {
 // Test vector: Identity(["www.example.com", "example.com"]) is
 // sha256("example.com\nwww.example.com").
 func Identity(sans []string) string {
-	set := make([]string, 0, len(sans))
-	for _, s := range sans {
-		set = append(set, asciiLower(s))
-	}
-	slices.Sort(set)
-	set = slices.Compact(set)
-	h := sha256.New()
-	for i, s := range set {
-		if i > 0 {
-			h.Write([]byte{'\n'})
-		}
-		h.Write([]byte(s))
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	var id [64]byte
+	identityHex(&id, sans)
+	return string(id[:])
 }
 
+// asciiLower lower-cases ASCII letters; s itself when it has none.
 func asciiLower(s string) string {
+	i := strings.IndexFunc(s, func(r rune) bool { return r >= 'A' && r <= 'Z' })
+	if i < 0 {
+		return s
+	}
 	b := []byte(s)
 	for i, c := range b {
 		if c >= 'A' && c <= 'Z' {

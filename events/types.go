@@ -36,7 +36,14 @@ func (t Type) short() string { return string(t)[len("dev.certfleet."):] }
 
 // SchemaURI is the JSON Schema $id for t in schema version v1, sent as the
 // ce_dataschema header. The file is schema/events/v1/<short>.json.
-func (t Type) SchemaURI() string { return schemaBase + SchemaVersion + "/" + t.short() + ".json" }
+func (t Type) SchemaURI() string {
+	if wt, ok := wireTypes[t]; ok {
+		return wt.schema
+	}
+	return t.schemaURI()
+}
+
+func (t Type) schemaURI() string { return schemaBase + SchemaVersion + "/" + t.short() + ".json" }
 
 // Valid reports whether t is one of the defined types.
 func (t Type) Valid() bool {

@@ -53,7 +53,9 @@ func (c *checker) check(field string, err error) {
 	}
 }
 
-func pattern(re *regexp.Regexp, required bool) func(string) error {
+// pattern checks a string field against re; match is re's language written
+// out (fastcheck.go), asked first so the common valid value costs no regexp.
+func pattern(re *regexp.Regexp, match func(string) bool, required bool) func(string) error {
 	return func(s string) error {
 		if s == "" {
 			if required {
@@ -61,32 +63,40 @@ func pattern(re *regexp.Regexp, required bool) func(string) error {
 			}
 			return nil
 		}
+		if match(s) {
+			return nil
+		}
 		if err := checkText(s, 1024); err != nil {
 			return err
 		}
-		if !re.MatchString(s) {
-			return fmt.Errorf("%w: %s does not match %s", ErrInvalidField, quote(s), re)
-		}
-		return nil
+		return fmt.Errorf("%w: %s does not match %s", ErrInvalidField, quote(s), re)
 	}
 }
 
 var (
-	checkRequestID    = pattern(idPattern, true)
-	checkRequestIDOpt = pattern(idPattern, false)
-	checkTenant       = pattern(idPattern, true)
-	checkIdemKey      = pattern(idPattern, false)
-	checkProfile      = pattern(namePattern, false)
-	checkARI          = pattern(ariPattern, true)
-	checkARIOpt       = pattern(ariPattern, false)
-	checkSerial       = pattern(serialPattern, true)
-	checkProblem      = pattern(problemPattern, true)
-	checkLimit        = pattern(limitPattern, true)
+	checkRequestID    = pattern(idPattern, matchID, true)
+	checkRequestIDOpt = pattern(idPattern, matchID, false)
+	checkTenant       = pattern(idPattern, matchID, true)
+	checkIdemKey      = pattern(idPattern, matchID, false)
+	checkProfile      = pattern(namePattern, matchName, false)
+	checkARI          = pattern(ariPattern, matchARI, true)
+	checkARIOpt       = pattern(ariPattern, matchARI, false)
+	checkSerial       = pattern(serialPattern, matchSerial, true)
+	checkProblem      = pattern(problemPattern, matchProblem, true)
+	checkLimit        = pattern(limitPattern, matchLimit, true)
 )
 
 // checkText rejects invalid UTF-8, control characters (C0, DEL, C1 and the
 // Unicode bidi overrides) and strings over max bytes.
 func checkText(s string, max int) error {
+	if plainText(s, max) {
+		return nil
+	}
+	return checkTextFull(s, max)
+}
+
+// checkTextFull is checkText without the printable ASCII shortcut.
+func checkTextFull(s string, max int) error {
 	if len(s) > max {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidField, len(s), max)
 	}
@@ -114,7 +124,7 @@ func checkCA(s string) error {
 	if s == "" {
 		return ErrMissingField
 	}
-	if namePattern.MatchString(s) {
+	if matchName(s) || plainHTTPSURL(s) {
 		return nil
 	}
 	if err := checkText(s, maxCAURLLen); err != nil {
@@ -129,6 +139,9 @@ func checkCA(s string) error {
 
 func checkSANs(c *checker, sans []string) {
 	if c.err != nil {
+		return
+	}
+	if sansFast(sans) {
 		return
 	}
 	if len(sans) > MaxSANs {
