@@ -306,3 +306,55 @@ func TestDiceDeterministic(t *testing.T) {
 		t.Errorf("a POST with AllPOSTs got fault %d; want rate limited", got)
 	}
 }
+
+// The accounting without Pebble: at newOrder NewOrdersPerAccount is spent
+// and the certificate limits only checked; issuance spends them, once per
+// order, best effort (a full bucket counts IssuedBeyondLimit and stays as it
+// is); the next newOrder sees what was issued.
+func TestAccountingChecksAtOrderSpendsAtIssuance(t *testing.T) {
+	clk := newFakeClock()
+	dom, acct := Limit{Count: 1, Period: time.Hour}, Limit{Count: 10, Period: time.Hour}
+	p := &Proxy{clock: clk, limits: Limits{OrdersPerAccount: acct, OrdersPerDomain: dom, OrdersPerFQDNSet: dom},
+		buckets: map[string]time.Time{}, penalties: map[string]time.Time{}, stats: newStats()}
+	keysFor := func(name string) orderKeys {
+		return orderKeys{account: "acct", domains: RegisteredDomains([]string{name}), set: FQDNSet([]string{name})}
+	}
+	k := keysFor("a.example.com")
+	st1, st2 := &orderState{keys: k, keyed: true}, &orderState{keys: k, keyed: true}
+	if d := p.reserve(st1); d != nil {
+		t.Fatalf("first order refused: %s", d.detail)
+	}
+	if d := p.reserve(st2); d != nil {
+		t.Fatalf("second order refused before any issuance: %s", d.detail)
+	}
+	if len(st1.spent) != 1 || st1.spent[0].limitName != LimitNewOrdersPerAccount {
+		t.Errorf("newOrder spent %v; want NewOrdersPerAccount only", st1.spent)
+	}
+	if _, ok := p.buckets[Key(LimitCertificatesPerDomain, "example.com")]; ok {
+		t.Error("a newOrder spent CertificatesPerDomain")
+	}
+	r1, r2 := &orderRecord{keys: k}, &orderRecord{keys: k}
+	p.issue(r1)
+	p.issue(r1) // the same order seen valid again: counted once
+	p.issue(r2) // admitted together with r1: the bucket is empty now
+	if p.stats.Issued != 2 || p.stats.IssuedByDomain["example.com"] != 2 || p.stats.IssuedBySANSet[k.set] != 2 {
+		t.Errorf("stats %+v; want 2 certificates counted", p.stats)
+	}
+	if got := p.stats.IssuedBeyondLimit; got[LimitCertificatesPerDomain] != 1 || got[LimitCertificatesPerFQDNSet] != 1 {
+		t.Errorf("IssuedBeyondLimit %v; want one per certificate limit", got)
+	}
+	if tat := p.buckets[Key(LimitCertificatesPerDomain, "example.com")]; !tat.Equal(clk.Now().Add(time.Hour)) {
+		t.Errorf("domain TAT %v; want one issuance's worth (%v): the second was not counted", tat, clk.Now().Add(time.Hour))
+	}
+	d := p.reserve(&orderState{keys: keysFor("b.example.com"), keyed: true})
+	if d == nil || d.retryAfter != 3600 || !strings.Contains(d.detail, `"example.com"`) {
+		t.Fatalf("an order after the issuance: %+v; want CertificatesPerDomain's refusal for an hour", d)
+	}
+	if p.stats.RateLimitedByLimit[LimitCertificatesPerDomain] != 1 {
+		t.Errorf("refusals %v; want one CertificatesPerDomain", p.stats.RateLimitedByLimit)
+	}
+	clk.Advance(time.Hour)
+	if d := p.reserve(&orderState{keys: keysFor("b.example.com"), keyed: true}); d != nil {
+		t.Errorf("an hour later: %s; want allowed", d.detail)
+	}
+}
