@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
@@ -93,6 +94,83 @@ func (s *DBStore) runQueue(ctx context.Context, ck coalesceKey, r Request, q *sp
 			} else {
 				w.done <- spendResult{d: ds[i]}
 			}
+		}
+	}
+}
+
+// manyQueue holds multi-bucket calls waiting for a runner (guarded by
+// DBStore.mu).
+type manyQueue struct {
+	running int
+	waiting []*manyWaiter
+}
+
+type manyWaiter struct {
+	call *manyCall
+	done chan error // buffered: the runner never blocks on a caller gone away
+}
+
+// spendMany decides c (a multi-bucket spend or Book) in a round trip shared
+// with the batches queued beside it.
+func (s *DBStore) spendMany(ctx context.Context, c *manyCall) error {
+	w := &manyWaiter{call: c, done: make(chan error, 1)}
+	s.mu.Lock()
+	s.many.waiting = append(s.many.waiting, w)
+	start := s.many.running < max(s.ManyRunners, 1)
+	if start {
+		s.many.running++
+	}
+	s.mu.Unlock()
+	if start {
+		go s.runMany(context.WithoutCancel(ctx))
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		// The round trip may still spend for this caller: the Store contract
+		// makes an error an unknown outcome.
+		return ctx.Err()
+	}
+}
+
+// runMany decides queued calls, one round trip for up to MaxCoalesce of them
+// with pairwise disjoint keys (taken in arrival order; a call sharing a key
+// with one taken waits for the next round trip), until the queue is empty.
+func (s *DBStore) runMany(ctx context.Context) {
+	limit := max(s.MaxCoalesce, 1)
+	for {
+		s.mu.Lock()
+		if len(s.many.waiting) == 0 {
+			s.many.running--
+			s.mu.Unlock()
+			return
+		}
+		var take []*manyWaiter
+		keys := map[string]bool{}
+		rest := s.many.waiting[:0:0]
+		for _, w := range s.many.waiting {
+			if len(take) < limit && !slices.ContainsFunc(w.call.reqs, func(r Request) bool { return keys[r.Key] }) {
+				take = append(take, w)
+				for _, r := range w.call.reqs {
+					keys[r.Key] = true
+				}
+				continue
+			}
+			rest = append(rest, w)
+		}
+		s.many.waiting = rest
+		s.mu.Unlock()
+
+		calls := make([]*manyCall, len(take))
+		for i, w := range take {
+			calls[i] = w.call
+		}
+		cctx, cancel := context.WithTimeout(ctx, coalesceTimeout)
+		err := s.decideMany(cctx, calls)
+		cancel()
+		for _, w := range take {
+			w.done <- err
 		}
 	}
 }

@@ -26,17 +26,26 @@ import (
 // of them, in arrival order, as fit. A multi-bucket spend (and Book) is one
 // round trip: a pipelined batch of two statements that the server runs as
 // one implicit transaction, the first locking every key in sorted order, the
-// second deciding the whole batch in SQL and writing it, all or nothing.
+// second deciding the batch in SQL and writing it, all or nothing. Up to
+// ManyRunners such round trips are in flight per store; batches arriving
+// meanwhile queue, and each round trip decides up to MaxCoalesce queued
+// batches with disjoint keys together, each all or nothing on its own.
 type DBStore struct {
 	db   *db.DB
 	pool *pgxpool.Pool
 
 	// MaxCoalesce caps how many queued spends one statement decides (default
-	// 64). Set before first use.
+	// 64), single-bucket spends of one key or multi-bucket batches. Set before
+	// first use.
 	MaxCoalesce int
+	// ManyRunners caps how many multi-bucket statements this store has in
+	// flight at once (default 4); batches arriving meanwhile queue and are
+	// decided together. Set before first use.
+	ManyRunners int
 
 	mu     sync.Mutex
 	queues map[coalesceKey]*spendQueue
+	many   manyQueue
 }
 
 var _ Store = (*DBStore)(nil)
@@ -44,7 +53,7 @@ var _ Store = (*DBStore)(nil)
 // NewDBStore returns a store over d. The ratelimit_* tables must exist
 // (schema.Migrate).
 func NewDBStore(d *db.DB) *DBStore {
-	return &DBStore{db: d, pool: d.Pool(), MaxCoalesce: 64, queues: map[coalesceKey]*spendQueue{}}
+	return &DBStore{db: d, pool: d.Pool(), MaxCoalesce: 64, ManyRunners: 4, queues: map[coalesceKey]*spendQueue{}}
 }
 
 // Spend implements Store.
@@ -76,8 +85,11 @@ func (s *DBStore) Spend(ctx context.Context, now time.Time, reqs []Request) ([]D
 	if checkOnly {
 		return s.check(ctx, nanos(now), reqs)
 	}
-	ds, _, err := s.spendMany(ctx, nanos(now), reqs, false, 0)
-	return ds, err
+	c := &manyCall{now: nanos(now), reqs: reqs}
+	if err := s.spendMany(ctx, c); err != nil {
+		return nil, err
+	}
+	return c.ds, c.err
 }
 
 // Book implements Store, in one round trip as a multi-bucket spend.
@@ -88,11 +100,14 @@ func (s *DBStore) Book(ctx context.Context, now time.Time, reqs []Request, lates
 	if len(reqs) == 0 {
 		return nil, now, nil
 	}
-	ds, at, err := s.spendMany(ctx, nanos(now), reqs, true, nanos(latest))
-	if err != nil || at == 0 {
-		return ds, time.Time{}, err
+	c := &manyCall{now: nanos(now), reqs: reqs, book: true, latest: nanos(latest)}
+	if err := s.spendMany(ctx, c); err != nil {
+		return nil, time.Time{}, err
 	}
-	return ds, time.Unix(0, at), nil
+	if c.err != nil || c.at == 0 {
+		return c.ds, time.Time{}, c.err
+	}
+	return c.ds, time.Unix(0, c.at), nil
 }
 
 // spendSingleSQL decides up to $5 spends of cost increment $3 in one
@@ -207,111 +222,143 @@ INSERT INTO ratelimit_buckets AS b (bucket_key, tat_ns, penalty_until_ns, last_g
 SELECT k, 0, 0, 0, now() FROM unnest($1::TEXT[]) AS u(k) ORDER BY k
 ON CONFLICT (bucket_key) DO UPDATE SET last_granted = b.last_granted WHERE false`
 
-// decideSQL decides a whole batch in SQL and writes it, all or nothing, on
-// rows lockBatchSQL has just created or locked in the same implicit
-// transaction. $1-$5 are the requests (key, cost*interval, burst offset,
-// mode, lead), $6 now, $7 the number of requests, $8 whether to book, $9
-// latest (0: none). The decision is decideBatch's: every request fits at
+// decideSQL decides one or more batches in SQL and writes them, each all
+// or nothing on its own, on rows lockBatchSQL has just created or locked in
+// the same implicit transaction. One row per request: key, cost*interval,
+// burst offset, mode, lead, the batch it belongs to (g), that batch's size,
+// now, whether it books, and its latest slot (0: none); the batches' keys are
+// disjoint. Per batch, the decision is decideBatch's: every request fits at
 // now (ModeSpendNoCheck always does; a penalty denies the others); else,
 // when booking and no denied bucket is penalised, the slot is the latest
 // time a ModeSpend or ModeCheck bucket allows its cost, within latest. Every
-// spend bucket then gets GREATEST(tat, slot + lead) + inc (the slot is now
-// when all fit). It returns each bucket's state before the batch and how
-// many rows it wrote. Only +, -, *, GREATEST, comparisons and aggregates on
-// INT8: the same arithmetic as gcra.go.
+// spend bucket of a batch that passes gets GREATEST(tat, slot + lead) + inc
+// (the slot is now when all fit). It returns each bucket's state before the
+// statement and whether it was written. Only +, -, *, GREATEST,
+// comparisons and aggregates on INT8: the same arithmetic as gcra.go.
 const decideSQL = `
 WITH r AS (
-  SELECT * FROM unnest($1::TEXT[], $2::INT8[], $3::INT8[], $4::INT8[], $5::INT8[]) AS r(k, inc, bo, mode, lead)
+  SELECT * FROM unnest($1::TEXT[], $2::INT8[], $3::INT8[], $4::INT8[], $5::INT8[], $6::INT8[], $7::INT8[], $8::INT8[], $9::BOOL[], $10::INT8[])
+    AS r(k, inc, bo, mode, lead, g, n, now, book, latest)
 ), d AS (
-  SELECT r.k, r.inc, r.mode, r.lead, b.tat_ns AS tat, b.penalty_until_ns AS pen,
-    (r.mode = 1 OR (b.penalty_until_ns <= $6::INT8 AND GREATEST(b.tat_ns, $6::INT8) + r.inc - r.bo <= $6::INT8)) AS ok,
-    CASE WHEN r.mode = 1 THEN $6::INT8 ELSE GREATEST(b.tat_ns, $6::INT8) + r.inc - r.bo END AS allow_at
+  SELECT r.k, r.inc, r.mode, r.lead, r.g, r.n, r.now, r.book, r.latest, b.tat_ns AS tat, b.penalty_until_ns AS pen,
+    (r.mode = 1 OR (b.penalty_until_ns <= r.now AND GREATEST(b.tat_ns, r.now) + r.inc - r.bo <= r.now)) AS ok,
+    CASE WHEN r.mode = 1 THEN r.now ELSE GREATEST(b.tat_ns, r.now) + r.inc - r.bo END AS allow_at
   FROM r JOIN ratelimit_buckets AS b ON b.bucket_key = r.k
-), v AS (
-  SELECT count(*) = $7::INT8 AS present, bool_and(ok) AS all_ok, bool_and(ok OR pen <= $6::INT8) AS bookable,
-    GREATEST($6::INT8, max(allow_at)) AS slot
-  FROM d
+  WHERE b.bucket_key = ANY($1::TEXT[]) -- an index scan, whatever the size of the batch
+), e AS (
+  SELECT k, tat, pen, inc, mode, lead, book, latest,
+    count(*) OVER g = n AS present, bool_and(ok) OVER g AS all_ok, bool_and(ok OR pen <= now) OVER g AS bookable,
+    GREATEST(now, max(allow_at) OVER g) AS slot
+  FROM d WINDOW g AS (PARTITION BY g)
 ), w AS (
-  UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(d.tat, v.slot + d.lead) + d.inc, updated_at = now()
-  FROM d, v
-  WHERE b.bucket_key = d.k AND d.mode <> 2 AND v.present
-    AND (v.all_ok OR ($8::BOOL AND v.bookable AND ($9::INT8 = 0 OR v.slot <= $9::INT8)))
-  RETURNING 1
+  UPDATE ratelimit_buckets AS b SET tat_ns = GREATEST(e.tat, e.slot + e.lead) + e.inc, updated_at = now()
+  FROM e
+  WHERE b.bucket_key = e.k AND e.mode <> 2 AND e.present
+    AND (e.all_ok OR (e.book AND e.bookable AND (e.latest = 0 OR e.slot <= e.latest)))
+  RETURNING b.bucket_key
 )
-SELECT d.k, d.tat, d.pen, (SELECT count(*) FROM w) FROM d`
+SELECT e.k, e.tat, e.pen, e.k IN (SELECT bucket_key FROM w) FROM e`
 
-// spendMany is the all-or-nothing multi-bucket spend, and Book, in one
-// round trip: a pipelined batch of lockBatchSQL and decideSQL, run by the
-// server as one implicit transaction. The decisions are computed in Go from
-// the state decideSQL read, with the same arithmetic; a disagreement about
-// what was written is an error (an unknown outcome), never a wrong answer.
-func (s *DBStore) spendMany(ctx context.Context, now int64, reqs []Request, book bool, latest int64) ([]Decision, int64, error) {
-	keys := make([]string, len(reqs))
-	incs := make([]int64, len(reqs))
-	bos := make([]int64, len(reqs))
-	modes := make([]int64, len(reqs))
-	leads := make([]int64, len(reqs))
-	var writes int64
-	for i, r := range reqs {
-		keys[i], incs[i], bos[i], modes[i], leads[i] = r.Key, r.Limit.Interval()*r.Cost, r.Limit.BurstOffset(), int64(r.Mode), int64(r.Lead)
-		if r.Mode != ModeCheck {
-			writes++
+// manyCall is one multi-bucket spend or Book handed to decideMany.
+type manyCall struct {
+	now    int64
+	reqs   []Request
+	book   bool
+	latest int64
+
+	ds  []Decision
+	at  int64
+	err error
+}
+
+// decideMany decides calls, whose keys are disjoint, in one round trip: a
+// pipelined batch of lockBatchSQL over all their keys and decideSQL, run by
+// the server as one implicit transaction (retried whole on a serialization
+// failure or deadlock). Each call's decisions are computed in Go from the
+// state decideSQL read, with the same arithmetic; a disagreement about
+// what was written is that call's error (an unknown outcome), never a wrong
+// answer. It returns an error only when the round trip failed.
+func (s *DBStore) decideMany(ctx context.Context, calls []*manyCall) error {
+	var keys []string
+	var incs, bos, modes, leads, gs, ns, nows, latests []int64
+	var books []bool
+	for g, c := range calls {
+		for _, r := range c.reqs {
+			keys = append(keys, r.Key)
+			incs = append(incs, r.Limit.Interval()*r.Cost)
+			bos = append(bos, r.Limit.BurstOffset())
+			modes = append(modes, int64(r.Mode))
+			leads = append(leads, int64(r.Lead))
+			gs, ns, nows = append(gs, int64(g)), append(ns, int64(len(c.reqs))), append(nows, c.now)
+			books, latests = append(books, c.book), append(latests, c.latest)
 		}
 	}
 	sorted := slices.Sorted(slices.Values(keys))
-	var ds []Decision
-	var at int64
+	var state map[string]bucketState
+	var written map[string]bool
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		b := &pgx.Batch{}
 		b.Queue(lockBatchSQL, sorted)
-		b.Queue(decideSQL, keys, incs, bos, modes, leads, now, int64(len(reqs)), book, latest)
-		ds, at, err = s.spendBatch(ctx, now, reqs, b, writes, book, latest)
+		b.Queue(decideSQL, keys, incs, bos, modes, leads, gs, ns, nows, books, latests)
+		state, written, err = s.sendDecide(ctx, b, len(keys))
 		if err == nil || !db.Retryable(err) {
 			break
 		}
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(reqs), sorted[0], err)
+		return fmt.Errorf("ratelimit: spending %d buckets (%s...): %w", len(keys), sorted[0], err)
 	}
-	return ds, at, nil
+	for _, c := range calls {
+		sts := make([]bucketState, len(c.reqs))
+		var wrote, writes int
+		for i, r := range c.reqs {
+			sts[i] = state[r.Key]
+			if written[r.Key] {
+				wrote++
+			}
+			if r.Mode != ModeCheck {
+				writes++
+			}
+		}
+		ds, at, write := decideBatch(c.reqs, sts, c.now, c.book, c.latest)
+		if (write && wrote != writes) || (!write && wrote != 0) {
+			c.err = fmt.Errorf("ratelimit: the database wrote %d buckets where the limiter's arithmetic says %v for %d: outcome unknown", wrote, write, writes)
+			continue
+		}
+		c.ds, c.at = ds, at
+	}
+	return nil
 }
 
-func (s *DBStore) spendBatch(ctx context.Context, now int64, reqs []Request, b *pgx.Batch, writes int64, book bool, latest int64) ([]Decision, int64, error) {
+func (s *DBStore) sendDecide(ctx context.Context, b *pgx.Batch, n int) (map[string]bucketState, map[string]bool, error) {
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
-		return nil, 0, fmt.Errorf("locking: %w", err)
+		return nil, nil, fmt.Errorf("locking: %w", err)
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, 0, fmt.Errorf("deciding: %w", err)
+		return nil, nil, fmt.Errorf("deciding: %w", err)
 	}
-	state := make(map[string]bucketState, len(reqs))
+	state := make(map[string]bucketState, n)
+	written := make(map[string]bool, n)
 	var k string
 	var st bucketState
-	var wrote int64
-	if _, err := pgx.ForEachRow(rows, []any{&k, &st.tat, &st.penaltyUntil, &wrote}, func() error {
-		state[k] = st
+	var w bool
+	if _, err := pgx.ForEachRow(rows, []any{&k, &st.tat, &st.penaltyUntil, &w}, func() error {
+		state[k], written[k] = st, w
 		return nil
 	}); err != nil {
-		return nil, 0, fmt.Errorf("deciding: %w", err)
+		return nil, nil, fmt.Errorf("deciding: %w", err)
 	}
 	if err := br.Close(); err != nil {
-		return nil, 0, fmt.Errorf("committing: %w", err)
+		return nil, nil, fmt.Errorf("committing: %w", err)
 	}
-	if len(state) != len(reqs) {
-		return nil, 0, fmt.Errorf("deciding: %d of %d buckets read", len(state), len(reqs))
+	if len(state) != n {
+		return nil, nil, fmt.Errorf("deciding: %d of %d buckets read", len(state), n)
 	}
-	sts := make([]bucketState, len(reqs))
-	for i, r := range reqs {
-		sts[i] = state[r.Key]
-	}
-	ds, at, write := decideBatch(reqs, sts, now, book, latest)
-	if (write && wrote != writes) || (!write && wrote != 0) {
-		return nil, 0, fmt.Errorf("the database wrote %d buckets where the limiter's arithmetic says %v for %d: outcome unknown", wrote, write, writes)
-	}
-	return ds, at, nil
+	return state, written, nil
 }
 
 // runTx runs fn in one transaction. On CockroachDB it is db.ExecuteTx
