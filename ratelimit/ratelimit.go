@@ -22,8 +22,12 @@
 //
 // Start with NewLimiter(LimiterConfig{...}) over a Store (NewMemStore for one
 // process, NewDBStore for the fleet) and a Catalogue (DefaultCatalogue or
-// LoadCatalogue), then call Limiter.Spend with the transactions
-// Catalogue.OrderTransactions derives for an order.
+// LoadCatalogue), then call Limiter.Spend (or Limiter.Book, which queues a
+// denied order in a slot of its own) with the transactions
+// Catalogue.OrderTransactions derives for an order, through
+// WithIssuanceLead when the CA counts certificates at issuance.
+// Catalogue.RegistrationTransactions derives what an account registration
+// spends.
 package ratelimit
 
 import "errors"
