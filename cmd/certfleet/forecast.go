@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/forecast"
-	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -47,17 +46,9 @@ func forecastCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("%w: forecast: --lifetime %q: want a duration of an hour or more, such as 45d", errUsage, *lifetimeText)
 		}
 	}
-	cas, err := cf.parse("forecast")
+	cat, dirs, err := cf.limits("forecast", *limitsFile)
 	if err != nil {
 		return err
-	}
-	cat, err := ratelimit.ServingCatalogue(*limitsFile, caconfig.LimitsView(cas)...)
-	if err != nil {
-		return fmt.Errorf("%w: forecast: --limits: %v", errUsage, err)
-	}
-	dirs := map[string]string{}
-	for _, ca := range cas {
-		dirs[ca.Name] = ca.Directory
 	}
 	budget := func(name string) (ratelimit.Limit, bool) {
 		dir, ok := dirs[name]

@@ -9,10 +9,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/incident"
-	"github.com/certfleet/certfleet/internal/caconfig"
 	"github.com/certfleet/certfleet/ratelimit"
 )
 
@@ -42,14 +40,7 @@ func reissue(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cf := addCAFlags(fs)
 	dbURL, dbInsecure := addDatabaseFlags(fs)
 	kf := addKafkaFlags(fs)
-	if err := parseEnvFlags(fs, kf.env, args, stdout, stderr); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: reissue: unexpected argument %q", errUsage, fs.Arg(0))
-	}
-	now := time.Now()
-	sel, err := sf.selector("reissue", now)
+	sel, now, err := parseIncident("reissue", fs, kf, sf, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -63,33 +54,18 @@ func reissue(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *dbURL == "" {
 		return fmt.Errorf("%w: reissue: no database: set --database-url or CERTFLEET_DATABASE_URL (with testenv: set -a; . ./.testenv/env; set +a)", errUsage)
 	}
-	cas, err := cf.parse("reissue")
+	cat, dirs, err := cf.limits("reissue", *limitsFile)
 	if err != nil {
 		return err
-	}
-	cat, err := ratelimit.ServingCatalogue(*limitsFile, caconfig.LimitsView(cas)...)
-	if err != nil {
-		return fmt.Errorf("%w: reissue: --limits: %v", errUsage, err)
-	}
-	dirs := map[string]string{}
-	for _, ca := range cas {
-		dirs[ca.Name] = ca.Directory
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	d, err := db.Open(sctx, db.Config{URL: *dbURL, Insecure: *dbInsecure, MaxConns: 4})
+	d, certs, err := openAndSelect(sctx, "reissue", *dbURL, *dbInsecure, sel, now, *sf.max)
 	if err != nil {
-		return fmt.Errorf("reissue: cannot reach the database: %w", err)
+		return err
 	}
 	defer d.Close()
-	certs, err := incident.Select(sctx, d, sel, now)
-	if err != nil {
-		return fmt.Errorf("reissue: %w", err)
-	}
-	if len(certs) > *sf.max {
-		return fmt.Errorf("%w: reissue: %d certificates selected, more than --max %d: narrow the selection or raise --max", errUsage, len(certs), *sf.max)
-	}
 	if len(certs) == 0 {
 		fmt.Fprintln(stdout, "no current certificate matches the selection")
 		return nil
@@ -110,8 +86,7 @@ func reissue(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer conn.Close()
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: conn.Brokers(), Topics: kf.topics,
-		Transport: conn.Transport(kf.topics.Requests), WriteTimeout: conn.Timeout()})
+	prod, err := kf.producer(conn, kf.topics.Requests)
 	if err != nil {
 		return fmt.Errorf("reissue: %w", err)
 	}

@@ -16,6 +16,8 @@ import (
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/incident"
 	"github.com/certfleet/certfleet/internal/caconfig"
+	"github.com/certfleet/certfleet/kafkaconn"
+	"github.com/certfleet/certfleet/ratelimit"
 	"github.com/certfleet/certfleet/seal"
 )
 
@@ -84,6 +86,27 @@ func (s *selectionFlags) selector(cmd string, now time.Time) (incident.Selector,
 	return sel, nil
 }
 
+// parseIncident parses the flags of revoke and reissue (fs, with kf's
+// Kafka flags) and reads the selection; now is the time it is relative to.
+func parseIncident(cmd string, fs *flag.FlagSet, kf *kafkaFlags, sf *selectionFlags, args []string, stdout, stderr io.Writer) (incident.Selector, time.Time, error) {
+	if err := parseEnvFlags(fs, kf.env, args, stdout, stderr); err != nil {
+		return incident.Selector{}, time.Time{}, err
+	}
+	if fs.NArg() > 0 {
+		return incident.Selector{}, time.Time{}, fmt.Errorf("%w: %s: unexpected argument %q", errUsage, cmd, fs.Arg(0))
+	}
+	now := time.Now()
+	sel, err := sf.selector(cmd, now)
+	return sel, now, err
+}
+
+// producer is a producer on conn's brokers and kf's topics whose transport
+// knows exactly the topics it writes.
+func (k *kafkaFlags) producer(conn *kafkaconn.Connector, writes ...string) (*events.Producer, error) {
+	return events.NewProducer(events.ProducerConfig{Brokers: conn.Brokers(), Topics: k.topics,
+		Transport: conn.Transport(writes...), WriteTimeout: conn.Timeout()})
+}
+
 func readSerials(path string) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -122,6 +145,42 @@ func (c *caFlags) parse(cmd string) ([]caconfig.CA, error) {
 		return nil, fmt.Errorf("%w: %s: --cas: %v", errUsage, cmd, err)
 	}
 	return cas, nil
+}
+
+// openAndSelect opens the database and selects the certificates, refusing
+// more than max.
+func openAndSelect(ctx context.Context, cmd, url string, insecure bool, sel incident.Selector, now time.Time, max int) (*db.DB, []incident.Certificate, error) {
+	d, err := db.Open(ctx, db.Config{URL: url, Insecure: insecure, MaxConns: 4})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: cannot reach the database: %w", cmd, err)
+	}
+	certs, err := incident.Select(ctx, d, sel, now)
+	if err == nil && len(certs) > max {
+		err = fmt.Errorf("%w: %d certificates selected, more than --max %d: narrow the selection or raise --max", errUsage, len(certs), max)
+	}
+	if err != nil {
+		d.Close()
+		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	return d, certs, nil
+}
+
+// limits reads --cas and the catalogue file as the workers do: the
+// catalogue of their CAs and each CA's directory by name.
+func (c *caFlags) limits(cmd, file string) (*ratelimit.Catalogue, map[string]string, error) {
+	cas, err := c.parse(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	cat, err := ratelimit.ServingCatalogue(file, caconfig.LimitsView(cas)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: --limits: %v", errUsage, cmd, err)
+	}
+	dirs := map[string]string{}
+	for _, ca := range cas {
+		dirs[ca.Name] = ca.Directory
+	}
+	return cat, dirs, nil
 }
 
 // loadKeyring reads the fleet keyring from --seal-keys-file, else
@@ -164,14 +223,7 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cf := addCAFlags(fs)
 	dbURL, dbInsecure := addDatabaseFlags(fs)
 	kf := addKafkaFlags(fs)
-	if err := parseEnvFlags(fs, kf.env, args, stdout, stderr); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: revoke: unexpected argument %q", errUsage, fs.Arg(0))
-	}
-	now := time.Now()
-	sel, err := sf.selector("revoke", now)
+	sel, now, err := parseIncident("revoke", fs, kf, sf, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -199,18 +251,11 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	d, err := db.Open(ctx, db.Config{URL: *dbURL, Insecure: *dbInsecure, MaxConns: 4})
+	d, certs, err := openAndSelect(ctx, "revoke", *dbURL, *dbInsecure, sel, now, *sf.max)
 	if err != nil {
-		return fmt.Errorf("revoke: cannot reach the database: %w", err)
+		return err
 	}
 	defer d.Close()
-	certs, err := incident.Select(ctx, d, sel, now)
-	if err != nil {
-		return fmt.Errorf("revoke: %w", err)
-	}
-	if len(certs) > *sf.max {
-		return fmt.Errorf("%w: revoke: %d certificates selected, more than --max %d: narrow the selection or raise --max", errUsage, len(certs), *sf.max)
-	}
 	if *dryRun || len(certs) == 0 {
 		return listSelection(stdout, certs, *asJSON, "would revoke")
 	}
@@ -219,8 +264,7 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer conn.Close()
-	prod, err := events.NewProducer(events.ProducerConfig{Brokers: conn.Brokers(), Topics: kf.topics,
-		Transport: conn.Transport(kf.topics.Requests, kf.topics.Events), WriteTimeout: conn.Timeout()})
+	prod, err := kf.producer(conn, kf.topics.Requests, kf.topics.Events)
 	if err != nil {
 		return fmt.Errorf("revoke: %w", err)
 	}
