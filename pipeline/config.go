@@ -53,6 +53,21 @@ type Config struct {
 	// over (and continued, with Orders) seconds after it dies. Nil: no
 	// heartbeat, and the Lease must outlast the longest order.
 	Renewer Renewer
+	// Parking, optional, keeps requests that must wait longer than
+	// MaxInlineWait in the database until due (park.go; run a ParkRelay
+	// beside the worker), so they hold no MaxPending slot and no partition
+	// commit. Nil: they wait on the retry topic and in memory.
+	Parking Parking
+	// Booker, optional (with Parking), books a denied request's slot
+	// (ratelimit's Book), so waiters on a bucket get distinct slots in
+	// arrival order and each wake-up orders without spending again. Nil:
+	// a denied request is deferred by the denial's retry-in and spends
+	// again when it comes back.
+	Booker Booker
+	// Lead sets the lead with which CertificatesPerDomain and
+	// CertificatesPerFQDNSet are spent (lead.go): the CA counts them when
+	// it issues. The zero value means its defaults.
+	Lead LeadPolicy
 	// Previous, optional, finds the certificate a renewal replaces, so the
 	// order names it and the CA can apply its ARI exemption. Nil: renewals
 	// are ordered without "replaces".
@@ -80,8 +95,8 @@ type Config struct {
 	// Default a third of the Lease, so two renewals may fail before it lapses.
 	Heartbeat time.Duration
 	// MaxInlineWait: a limit denial whose retry-in is at most this long is
-	// waited out in place (holding the order slot) rather than deferred
-	// through the retry topic. Default 5 s.
+	// waited out in place (holding the order slot) rather than deferred;
+	// with Parking, a longer wait is parked. Default 5 s.
 	MaxInlineWait time.Duration
 	// BusyRetry is how long a record waits when another worker is ordering
 	// the same request, before looking again for its outcome. Default 5 s.
@@ -147,6 +162,9 @@ func (c *Config) validate() error {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("pipeline: config field %s is negative", n.name))
 		}
+	}
+	if c.Booker != nil && c.Parking == nil {
+		errs = append(errs, errors.New("pipeline: config field Booker needs Parking (a booking is kept on the parked request's claim)"))
 	}
 	if c.Concurrency > 0 && c.MaxPending > 0 && c.MaxPending < c.Concurrency {
 		errs = append(errs, errors.New("pipeline: config field MaxPending is below Concurrency"))

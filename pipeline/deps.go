@@ -46,6 +46,35 @@ type Renewer interface {
 	Renew(ctx context.Context, requestID, owner string, lease time.Duration) error
 }
 
+// Booker books the next free slot of an order's buckets when they are
+// full. *ratelimit.Limiter implements it.
+//
+// Contract: Book spends txns now when they fit (Allowed); otherwise, when
+// only full buckets deny them (no penalty) and the slot in which all fit is
+// within horizon, it books that slot (Booked, At): the spend is made now,
+// the n-th concurrent waiter on a bucket gets the n-th slot, and the holder
+// goes ahead at At without spending again (or gives up with Refund).
+// Otherwise it books nothing and RetryIn says when to ask again. An error
+// means the outcome is unknown (over-charging only delays). Safe for
+// concurrent use; honours ctx.
+type Booker interface {
+	Book(ctx context.Context, txns []ratelimit.Transaction, horizon time.Duration) (ratelimit.Result, error)
+}
+
+// Parking keeps deferred requests outside the worker's memory until due,
+// and the booking a deferred request holds. *certstore.Store implements
+// it; ParkRelay writes due records to the retry topic.
+//
+// Contract: Park keeps p until p.Due, replacing what was parked for the
+// request before; ReleaseBooked hands owner's claim back keeping b for the
+// next owner (its claim's Booking), or returns an error wrapping
+// certstore.ErrNotOwner and changes nothing. Safe for concurrent use;
+// honours ctx.
+type Parking interface {
+	Park(ctx context.Context, p certstore.Parked) error
+	ReleaseBooked(ctx context.Context, requestID, owner string, b certstore.Booking) error
+}
+
 // Previous finds the certificate an ARI renewal replaces, so the order can
 // name it (RFC 9773 "replaces"). *certstore.Store implements it. Contract:
 // ByARICertID returns the stored certificate whose ARI id is ariCertID, or an

@@ -18,7 +18,12 @@
 //	  whose breaker is closed and whose limits do not defer it beyond
 //	  FailoverAfter; an order already placed stays at its CA
 //	                                           none now -> issuance_deferred (CAUnavailable or the limit) + retry topic
-//	spend rate-limit tokens (all or nothing)   denied -> issuance_deferred event + retry topic (not_before = retry-at)
+//	spend rate-limit tokens (all or nothing)   denied -> book the next free slot (Config.Booker); within
+//	                                           MaxInlineWait: wait for it in place; later: issuance_deferred,
+//	                                           parked until the slot with the booking on the claim (park.go),
+//	                                           relayed to the retry topic when due (ParkRelay), ordered then
+//	                                           without spending again
+//	  (CertificatesPerDomain and CertificatesPerFQDNSet are spent with the CA's measured lead: lead.go)
 //	order via acmeissuer                       429 -> shared penalty, refund, defer to Retry-After (or the group's next CA)
 //	                                           5xx/network -> retry with backoff (the group's next CA once the
 //	                                           CA's breaker opens), then defer with cert_failed(retryable)

@@ -132,6 +132,17 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 			outcome, err := j.failPermanently(ctx, problemBadRequest, err.Error())
 			return false, outcome, err
 		}
+		txns = j.withLead(ca, txns)
+		if j.booking != nil && j.booking.CA == ca.Directory {
+			// The slot booked for this request (park.go): its tokens are
+			// spent already, for now.
+			j.booking = nil
+			j.ca, j.txns = ca, txns
+			if dec.probe {
+				j.probe = ca.Name
+			}
+			return true, "", nil
+		}
 		res, err := j.spend(ctx, txns)
 		if err != nil {
 			j.giveBackProbe(ctx, ca, dec.probe)
@@ -149,6 +160,17 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 			return true, "", nil
 		}
 		j.giveBackProbe(ctx, ca, dec.probe)
+		if res.Booked {
+			if res.RetryIn <= w.cfg.FailoverAfter || !j.laterCandidate(cands, ca) {
+				j.txns = txns
+				outcome, err := j.deferBooked(ctx, ca, res)
+				return false, outcome, err
+			}
+			// Worth trying the group's next CA: the slot is given back.
+			if err := w.cfg.Tokens.Refund(ctx, txns); err != nil {
+				w.cfg.Logger.Warn("giving back a booked slot failed; it stays spent", append(j.log(), "err", err)...)
+			}
+		}
 		if denied == nil || res.RetryIn < denied.RetryIn {
 			denied = &res
 		}
@@ -177,8 +199,31 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 // MaxInlineWait (the fleet's orders-per-second budget: the budget then gates
 // how fast this worker pulls work instead of churning records through the
 // retry topic). It returns the allowing result or the first longer denial.
+// With a Booker, a denial books the next free slot instead (Booked in the
+// result when it is further than MaxInlineWait; a nearer one is waited for
+// and returned as allowed: the booking is the spend).
 func (j *job) spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimit.Result, error) {
 	w := j.w
+	if w.cfg.Booker != nil && w.cfg.Parking != nil {
+		res, err := retry(ctx, w, "booking rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
+			return w.cfg.Booker.Book(ctx, txns, events.MaxRetryAhead)
+		})
+		if err != nil || res.Allowed {
+			return res, err
+		}
+		limit := "unknown"
+		if res.Limiting != nil {
+			limit = string(res.Limiting.Name)
+		}
+		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
+		if res.Booked && res.RetryIn <= w.cfg.MaxInlineWait {
+			if err := clock.Sleep(ctx, res.RetryIn); err != nil {
+				return res, err // the slot stays spent: over-charging only delays
+			}
+			res.Allowed, res.Booked = true, false
+		}
+		return res, nil
+	}
 	for {
 		res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
 			return w.cfg.Tokens.Spend(ctx, txns)
@@ -198,6 +243,18 @@ func (j *job) spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimi
 			return res, err
 		}
 	}
+}
+
+// laterCandidate reports whether a CA after ca in cands is left to try.
+func (j *job) laterCandidate(cands []CA, ca CA) bool {
+	after := false
+	for _, c := range cands {
+		if after && !j.skip[c.Name] {
+			return true
+		}
+		after = after || c.Name == ca.Name
+	}
+	return false
 }
 
 // decision is the breaker's answer for one CA.

@@ -66,6 +66,7 @@ type claimRow struct {
 	state    certstore.State
 	outcome  []byte
 	order    *certstore.Order // recorded by RecordOrder, handed to the next owner
+	booking  *certstore.Booking
 }
 
 func newFakeClaims(now clock.Clock) *fakeClaims {
@@ -102,7 +103,7 @@ func (f *fakeClaims) Claim(_ context.Context, id, _, owner string, lease time.Du
 	}
 	row.attempts++
 	row.owner, row.until, row.state = owner, f.now.Now().Add(lease), certstore.StateOrdering
-	return certstore.ClaimResult{Acquired: true, Attempt: row.attempts, State: row.state, LeaseUntil: row.until, Order: row.order}, nil
+	return certstore.ClaimResult{Acquired: true, Attempt: row.attempts, State: row.state, LeaseUntil: row.until, Order: row.order, Booking: row.booking}, nil
 }
 
 // Renew is certstore.Store's: only the owner of an ordering request
@@ -151,7 +152,7 @@ func (f *fakeClaims) finish(id, owner string, s certstore.State, outcome []byte)
 	if row == nil || row.owner != owner {
 		return certstore.ErrNotOwner
 	}
-	row.owner, row.state, row.outcome, row.order = "", s, outcome, nil
+	row.owner, row.state, row.outcome, row.order, row.booking = "", s, outcome, nil, nil
 	return nil
 }
 
@@ -180,7 +181,7 @@ func (f *fakeClaims) Release(_ context.Context, id, owner string) error {
 	if row == nil || row.owner != owner {
 		return certstore.ErrNotOwner
 	}
-	row.owner, row.state = "", certstore.StateReleased
+	row.owner, row.state, row.booking = "", certstore.StateReleased, nil
 	return nil
 }
 

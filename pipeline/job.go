@@ -60,6 +60,9 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	if err := events.CheckHorizon(ev, w.cfg.Clock.Now()); err != nil {
 		return w.deadLetter(jobCtx, m, err.Error())
 	}
+	if parked, err := w.parkEarly(jobCtx, m, req); parked || err != nil {
+		return err
+	}
 	if err := clock.Sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
 		return err
 	}
@@ -119,6 +122,9 @@ type job struct {
 	breakerUntil time.Time
 	// hb renews the claim while the job holds it (heartbeat.go).
 	hb *heartbeat
+	// booking is the slot an earlier owner booked for this request, due
+	// now: choose orders at its CA without spending (park.go).
+	booking *certstore.Booking
 }
 
 func (j *job) log() []any {
@@ -145,6 +151,11 @@ func (j *job) run(ctx context.Context) (string, error) {
 	}
 	j.hb = j.startHeartbeat(ctx)
 	defer j.hb.end()
+	if claim.Booking != nil {
+		if done, err := j.redeem(ctx, claim.Booking); done || err != nil {
+			return OutcomeDeferred, err
+		}
+	}
 	if claim.Order != nil && w.cfg.Orders != nil {
 		j.pending = j.openOrder(ctx, claim.Order)
 		if j.pending != nil && !j.pin(claim.Order.CA) {
@@ -291,6 +302,9 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	}
 	if err == nil {
 		w.cfg.Metrics.OrderSeconds.WithLabelValues("ok").Observe(time.Since(t0).Seconds())
+		if !result.Resumed {
+			w.lat.observe(j.ca.Name, time.Since(t0)) // placed and issued in this attempt
+		}
 		if result.Resumed {
 			w.cfg.Metrics.OrdersResumed.Inc()
 			w.cfg.Logger.Info("continued the order a previous attempt left", append(j.log(), "order", j.pending.URL)...)
@@ -533,23 +547,28 @@ func (j *job) requeue(ctx context.Context, at time.Time, failed bool) error {
 // more (every re-publication), its failures one more only when this attempt
 // failed (HeaderFailures).
 func (j *job) requeueOnly(ctx context.Context, at time.Time, failed bool) error {
-	w := j.w
+	msg, err := j.next(at, failed)
+	if err != nil {
+		return err
+	}
+	return j.enqueue(ctx, msg, at)
+}
+
+// next is the retry record of the request for at: its attempt one more,
+// its failures one more only when failed.
+func (j *job) next(at time.Time, failed bool) (kafka.Message, error) {
 	next := *j.req
 	next.NotBefore = at.UTC()
 	next.Attempt = j.req.Attempt + 1
-	msg, err := j.encode(&next, w.cfg.Topics.Retry)
+	msg, err := j.encode(&next, j.w.cfg.Topics.Retry)
 	if err != nil {
-		return err
+		return msg, err
 	}
 	failures := j.failures
 	if failed {
 		failures++
 	}
-	msg = withFailures(msg, failures)
-	_, err = retry(ctx, w, "re-queueing the request", func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, w.cfg.Writer.WriteMessages(ctx, msg)
-	})
-	return err
+	return withFailures(msg, failures), nil
 }
 
 // release hands the claim back so the next delivery can take it at once,

@@ -18,6 +18,7 @@ type Worker struct {
 	routes   map[string]route // by CA name, CA directory and group name
 	slots    *slotScheduler   // order slots (Concurrency), by lane and tenant (lanes.go)
 	progress progress         // records held, for Stalled (progress.go)
+	lat      *latencies       // order latencies per CA, for the issuance lead (lead.go)
 }
 
 // New validates cfg (errors name the field) and returns a Worker.
@@ -26,7 +27,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	cfg.defaults()
-	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: newSlotScheduler(cfg.Concurrency, cfg.Lanes, cfg.Clock)}
+	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: newSlotScheduler(cfg.Concurrency, cfg.Lanes, cfg.Clock),
+		lat: newLatencies(cfg.Lead)}
 	byName := map[string]CA{}
 	for _, ca := range cfg.CAs {
 		byName[ca.Name] = ca

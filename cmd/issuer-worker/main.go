@@ -251,6 +251,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	store := certstore.New(d)
 	pcfg := pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Renewer: store, Previous: store, Tokens: limiter, Limits: cat,
+		Parking: store, Booker: limiter,
 		Writer: producer, Sealer: keyring, CAs: cas, Groups: cfg.CAGroups, Breaker: breaker, FailoverAfter: cfg.FailoverAfter,
 		Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, OrderTimeout: cfg.OrderTimeout, Logger: log, Metrics: metrics,
@@ -289,6 +290,10 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	if backfill != nil {
 		go backfill.Run(bg)
 	}
+	// Requests parked until their slot (or another owner's lease, or a far
+	// not_before) go back to the retry topic when due; every worker relays.
+	parked := &pipeline.ParkRelay{Source: store, Writer: producer, Topic: cfg.Topics.Retry, Owner: cfg.Owner, Logger: log}
+	go parked.Run(bg)
 	if cfg.Relay {
 		relay := ratelimit.NewRelay(d, changefeed.NewPublisher(producer, cfg.Topics.RateLimitChanges))
 		go relay.Run(bg, 200*time.Millisecond, func(err error) { log.Warn("override outbox relay", "err", err) })
