@@ -307,7 +307,7 @@ func TestReissueCommandOnPebble(t *testing.T) {
 	}
 	t.Logf("certfleet reissue:\n%s", out)
 	for _, want := range []string{"4 certificates to replace", "the deadline can be met", "pebble:NewOrdersPerAccount:" + tenant,
-		"published 4 replacement requests (reason reissue, priority 9)", "4/4 obtained, 0 failed", "done"} {
+		"published 4 replacement requests (reason reissue, priority 9)", "4/4 obtained, 0 failed", "done", "estimated at least 0s at the allowed rate"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

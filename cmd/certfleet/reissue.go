@@ -123,6 +123,7 @@ func reissue(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if e, err := events.Decode(m); err == nil && tr.Observe(e, time.Now()) && tr.Snapshot(time.Now()).Done {
 				snap := tr.Snapshot(time.Now())
 				fmt.Fprintln(stdout, snap)
+				fmt.Fprintf(stdout, "took %s; estimated at least %s at the allowed rate\n", fmtDuration(snap.Elapsed), fmtDuration(est.Duration()))
 				if snap.Failed > 0 {
 					return fmt.Errorf("reissue: %d of %d replacements failed for good (see their cert_failed)", snap.Failed, snap.Total)
 				}
