@@ -1,8 +1,12 @@
 package pipeline
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/certfleet/certfleet/acmeissuer"
+	"github.com/certfleet/certfleet/ratelimit"
 )
 
 // The lead is a high percentile of the CA's latest order latencies, never
@@ -44,4 +48,43 @@ func seq(n int, d time.Duration) []time.Duration {
 		out[i] = time.Duration(i+1) * d
 	}
 	return out
+}
+
+// Each order placed and issued in one attempt is measured for its CA, and
+// the next order's issuance-counted transactions carry the lead; the
+// others (the account's orders, the fleet budget) none.
+func TestOrdersSetTheLead(t *testing.T) {
+	h := newHarness(t)
+	h.issuer.obtain = func(ctx context.Context, req acmeissuer.Request, _ int64) (*acmeissuer.Result, error) {
+		if err := sleepCtx(ctx, 30*time.Millisecond); err != nil {
+			return nil, err
+		}
+		return issueTest(req.SANs)
+	}
+	w := h.worker(func(c *Config) { c.Lead = LeadPolicy{Floor: time.Millisecond} })
+	rr := h.run(w, 5*time.Second, record(t, h.topics.Requests, 0, 0, newRequest("req-1", "www.example.com")))
+	rr.waitIdle()
+	rr.stop()
+	lead := w.lat.lead("pebble")
+	if lead < 30*time.Millisecond || lead > 5*time.Second {
+		t.Fatalf("lead %v after one 30 ms order, want about 30 ms", lead)
+	}
+	cat, err := ratelimit.NewCatalogue(ratelimit.CA{ID: "pebble", Directory: "https://ca.test/dir", Limits: ratelimit.LetsEncryptLimits()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	txns, err := cat.OrderTransactions(ratelimit.Order{Directory: "https://ca.test/dir", Account: "t", SANs: []string{"www.example.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &job{w: w}
+	for _, tx := range j.withLead(w.cfg.CAs[0], txns) {
+		want := time.Duration(0)
+		if tx.Name == ratelimit.CertificatesPerDomain || tx.Name == ratelimit.CertificatesPerFQDNSet {
+			want = lead
+		}
+		if tx.Lead != want {
+			t.Errorf("%s: lead %v, want %v", tx.Name, tx.Lead, want)
+		}
+	}
 }

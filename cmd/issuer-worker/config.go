@@ -17,6 +17,7 @@ import (
 	"github.com/certfleet/certfleet/internal/envflag"
 	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/names"
+	"github.com/certfleet/certfleet/pipeline"
 )
 
 // config is the worker's configuration: every flag falls back to an
@@ -36,6 +37,7 @@ type config struct {
 	CAGroups         []caconfig.Group
 	Breaker          breakerConfig // -ca-breaker-*
 	FailoverAfter    time.Duration
+	Lead             pipeline.LeadPolicy // -issuance-lead-floor, -issuance-lead-cap
 	ACMETLSCA        string
 	LimitsFile       string
 	Profile          string
@@ -84,6 +86,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.Int(&c.Breaker.Failures, "ca-breaker-failures", "CERTFLEET_CA_BREAKER_FAILURES", 5, "consecutive unavailable answers of a CA (5xx, timeouts, refused connections) that open its breaker, fleet-wide: no new orders to it until a probe succeeds")
 	fs.Duration(&c.Breaker.Cooldown, "ca-breaker-cooldown", "CERTFLEET_CA_BREAKER_COOLDOWN", 30*time.Second, "how long an opened breaker keeps new orders off its CA before one probe; doubled after each failed probe")
 	fs.Duration(&c.Breaker.MaxCooldown, "ca-breaker-max-cooldown", "CERTFLEET_CA_BREAKER_MAX_COOLDOWN", 10*time.Minute, "the longest a breaker stays open between probes")
+	fs.Duration(&c.Lead.Floor, "issuance-lead-floor", "CERTFLEET_ISSUANCE_LEAD_FLOOR", time.Second, "least lead with which CertificatesPerDomain and CertificatesPerFQDNSet are spent (the CA counts them at issuance; the lead is the p99 of each CA's measured order time, at least this)")
+	fs.Duration(&c.Lead.Cap, "issuance-lead-cap", "CERTFLEET_ISSUANCE_LEAD_CAP", 5*time.Minute, "greatest issuance lead")
 	fs.Duration(&c.FailoverAfter, "ca-failover-after", "CERTFLEET_CA_FAILOVER_AFTER", 10*time.Minute, "a group's request moves to the group's next CA when the limits of the current one (tokens, the CA's 429) defer it longer than this")
 	fs.String(&c.ACMETLSCA, "acme-tls-ca", "CERTFLEET_ACME_TLS_CA", "", "extra PEM root trusted for the CAs' HTTPS, e.g. Pebble's")
 	fs.String(&c.LimitsFile, "limits", "CERTFLEET_LIMITS_FILE", "", "rate-limit catalogue JSON: each CA's \"limits\" change Let's Encrypt's limit by limit (a limit left out keeps Let's Encrypt's, null removes it); a -ca CA it does not list gets Let's Encrypt's limits; a directory no -ca entry uses is an error")
@@ -170,6 +174,9 @@ func (c config) validate() error {
 	}
 	if c.Breaker.Cooldown <= 0 || c.Breaker.MaxCooldown < c.Breaker.Cooldown {
 		bad("ca-breaker-cooldown", "%v must be positive and at most -ca-breaker-max-cooldown (%v)", c.Breaker.Cooldown, c.Breaker.MaxCooldown)
+	}
+	if c.Lead.Floor <= 0 || c.Lead.Cap < c.Lead.Floor || c.Lead.Cap > 24*time.Hour {
+		bad("issuance-lead-cap", "%v must be at least -issuance-lead-floor (%v, positive) and at most 24h", c.Lead.Cap, c.Lead.Floor)
 	}
 	if c.FailoverAfter <= 0 {
 		bad("ca-failover-after", "%v must be positive", c.FailoverAfter)

@@ -94,6 +94,7 @@ func TestParseConfig(t *testing.T) {
 		{"dns-01 without provider", []string{"-challenge-types", "dns-01"}, nil, "no challenge type can be solved"},
 		{"two dns-01 providers", []string{"-dns01-config", "/d.json", "-dns01-challtestsrv", "http://127.0.0.1:8055"}, nil, "-dns01-config: and -dns01-challtestsrv exclude each other"},
 		{"short order timeout", []string{"-order-timeout", "5s"}, nil, "-order-timeout: 5s is below 10s"},
+		{"lead cap below its floor", []string{"-issuance-lead-floor", "10s", "-issuance-lead-cap", "5s"}, nil, "-issuance-lead-cap: 5s must be at least -issuance-lead-floor"},
 		{"stall within the lease", []string{"-stall-timeout", "5m", "-lease", "6m"}, nil, "-stall-timeout: 5m0s must be 0 (never) or longer than -lease"},
 		{"stall within an order", []string{"-stall-timeout", "1m"}, nil, "-stall-timeout: 1m0s must be 0 (never) or longer than -lease (15s) and -order-timeout (2m0s)"},
 		{"stall not a duration", nil, map[string]string{"CERTFLEET_STALL_TIMEOUT": "soon"}, "-stall-timeout: CERTFLEET_STALL_TIMEOUT"},

@@ -251,7 +251,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	store := certstore.New(d)
 	pcfg := pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Renewer: store, Previous: store, Tokens: limiter, Limits: cat,
-		Parking: store, Booker: limiter,
+		Parking: store, Booker: limiter, Lead: cfg.Lead,
 		Writer: producer, Sealer: keyring, CAs: cas, Groups: cfg.CAGroups, Breaker: breaker, FailoverAfter: cfg.FailoverAfter,
 		Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, OrderTimeout: cfg.OrderTimeout, Logger: log, Metrics: metrics,
