@@ -155,7 +155,7 @@ func printEstimate(w io.Writer, e incident.Estimate, unread int) {
 			rows = append(rows, []string{fmt.Sprintf("... %d more", len(e.Binding)-5)})
 			break
 		}
-		src := "default"
+		src := "catalogue"
 		if b.Overridden {
 			src = "override"
 		}
