@@ -134,26 +134,28 @@ func idleCPU(d time.Duration) (rate map[string]float64) {
 	return rate
 }
 
-// reportCPU reports, per certificate, the CPU every part spent between
-// from and to beyond its idle rate over elapsed, plus child (CPU of a
-// process of the side's own, such as the CertMagic peer), as
-// cpu-per-cert-ms, and logs each part's share.
-func reportCPU(b *testing.B, from, to cpuSample, idle map[string]float64, elapsed, child time.Duration, childName string) {
-	total := child
-	parts := []string{}
+// busyCPU is, per part, the CPU spent between from and to beyond its idle
+// rate over elapsed.
+func busyCPU(from, to cpuSample, idle map[string]float64, elapsed time.Duration) map[string]time.Duration {
+	out := map[string]time.Duration{}
 	for name, end := range to {
-		start, ok := from[name]
-		if !ok {
-			continue
+		if start, ok := from[name]; ok {
+			out[name] = max(end-start-time.Duration(idle[name]*float64(elapsed)), 0)
 		}
-		busy := max(end-start-time.Duration(idle[name]*float64(elapsed)), 0)
-		total += busy
-		parts = append(parts, fmt.Sprintf("%s %.1f", name, ms(busy)/float64(b.N)))
 	}
-	if child > 0 {
-		parts = append(parts, fmt.Sprintf("%s %.1f", childName, ms(child)/float64(b.N)))
+	return out
+}
+
+// reportCPU reports the CPU of every part per certificate as
+// cpu-per-cert-ms and logs each part's share.
+func reportCPU(b *testing.B, n int, parts map[string]time.Duration) {
+	var total time.Duration
+	var shares []string
+	for name, d := range parts {
+		total += d
+		shares = append(shares, fmt.Sprintf("%s %.1f", name, ms(d)/float64(n)))
 	}
-	sort.Strings(parts)
-	b.ReportMetric(ms(total)/float64(b.N), "cpu-per-cert-ms")
-	b.Logf("CPU ms per certificate beyond idle: %s", strings.Join(parts, ", "))
+	sort.Strings(shares)
+	b.ReportMetric(ms(total)/float64(n), "cpu-per-cert-ms")
+	b.Logf("CPU ms per certificate beyond idle: %s", strings.Join(shares, ", "))
 }
