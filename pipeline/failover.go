@@ -204,28 +204,12 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 // and returned as allowed: the booking is the spend).
 func (j *job) spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimit.Result, error) {
 	w := j.w
-	if w.cfg.Booker != nil && w.cfg.Parking != nil {
-		res, err := retry(ctx, w, "booking rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
-			return w.cfg.Booker.Book(ctx, txns, events.MaxRetryAhead)
-		})
-		if err != nil || res.Allowed {
-			return res, err
-		}
-		limit := "unknown"
-		if res.Limiting != nil {
-			limit = string(res.Limiting.Name)
-		}
-		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
-		if res.Booked && res.RetryIn <= w.cfg.MaxInlineWait {
-			if err := clock.Sleep(ctx, res.RetryIn); err != nil {
-				return res, err // the slot stays spent: over-charging only delays
-			}
-			res.Allowed, res.Booked = true, false
-		}
-		return res, nil
-	}
+	book := w.cfg.Booker != nil && w.cfg.Parking != nil
 	for {
 		res, err := retry(ctx, w, "spending rate-limit tokens", func(ctx context.Context) (ratelimit.Result, error) {
+			if book {
+				return w.cfg.Booker.Book(ctx, txns, events.MaxRetryAhead)
+			}
 			return w.cfg.Tokens.Spend(ctx, txns)
 		})
 		if err != nil || res.Allowed {
@@ -240,7 +224,11 @@ func (j *job) spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimi
 			return res, nil
 		}
 		if err := clock.Sleep(ctx, res.RetryIn); err != nil {
-			return res, err
+			return res, err // a booked slot stays spent: over-charging only delays
+		}
+		if res.Booked {
+			res.Allowed, res.Booked = true, false // the slot is ours now
+			return res, nil
 		}
 	}
 }

@@ -111,13 +111,22 @@ func (f *fakeClaims) Claim(_ context.Context, id, _, owner string, lease time.Du
 func (f *fakeClaims) Renew(_ context.Context, id, owner string, lease time.Duration) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	row := f.rows[id]
-	if row == nil || row.owner != owner || row.state != certstore.StateOrdering {
+	row := f.owned(id, owner)
+	if row == nil {
 		return certstore.ErrNotOwner
 	}
 	row.until = f.now.Now().Add(lease)
 	f.renewals++
 	return nil
+}
+
+// owned is id's row while owner orders it, else nil. f.mu is held.
+func (f *fakeClaims) owned(id, owner string) *claimRow {
+	row := f.rows[id]
+	if row == nil || row.owner != owner || row.state != certstore.StateOrdering {
+		return nil
+	}
+	return row
 }
 
 // takeOver gives the request to another owner, as a claim after the lease
@@ -139,8 +148,8 @@ func (f *fakeClaims) renewed() int {
 func (f *fakeClaims) RecordOrder(_ context.Context, id, owner string, o certstore.Order) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	row := f.rows[id]
-	if row == nil || row.owner != owner || row.state != certstore.StateOrdering {
+	row := f.owned(id, owner)
+	if row == nil {
 		return certstore.ErrNotOwner
 	}
 	row.order = &o
