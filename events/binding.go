@@ -174,8 +174,8 @@ func Decode(m kafka.Message) (Event, error) {
 	if len(m.Value) > MaxValueSize {
 		return Event{}, fieldErrf("value", ErrTooLarge, "%d bytes", len(m.Value))
 	}
-	h, err := readHeaders(m.Headers)
-	if err != nil {
+	var h headerSet
+	if err := h.read(m.Headers); err != nil {
 		return Event{}, err
 	}
 	if v, ok := h.get(hSpecVersion); !ok {
@@ -183,14 +183,14 @@ func Decode(m kafka.Message) (Event, error) {
 	} else if v != SpecVersion {
 		return Event{}, fieldErrf(hSpecVersion, ErrUnknownSpecVersion, "%s", quote(v))
 	}
-	t, err := headerType(h)
+	t, err := headerType(&h)
 	if err != nil {
 		return Event{}, err
 	}
-	if err := checkDataSchema(h, t); err != nil {
+	if err := checkDataSchema(&h, t); err != nil {
 		return Event{}, err
 	}
-	if err := checkContentType(h); err != nil {
+	if err := checkContentType(&h); err != nil {
 		return Event{}, err
 	}
 	id, ok := h.get(hID)
@@ -201,19 +201,26 @@ func Decode(m kafka.Message) (Event, error) {
 	if !ok {
 		return Event{}, fieldErr(hSource, ErrMissingHeader)
 	}
-	e := Event{
-		ID:     strings.Clone(id),
-		Source: strings.Clone(source),
-		Record: Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset},
-	}
 	ts, ok := h.get(hTime)
 	if !ok {
 		return Event{}, fieldErr(hTime, ErrMissingHeader)
 	}
-	if e.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
 		return Event{}, fieldErrf(hTime, ErrInvalidHeader, "%s is not an RFC 3339 time", quote(ts))
 	}
-	data, present, err := unmarshal(t, m.Value)
+	// One copy holds the id, the source and the value, whose strings the
+	// payload's fields slice (decodeDirect).
+	buf := make([]byte, 0, len(id)+len(source)+len(m.Value))
+	buf = append(append(append(buf, id...), source...), m.Value...)
+	all := unsafe.String(unsafe.SliceData(buf), len(buf))
+	e := Event{
+		ID:     all[:len(id)],
+		Source: all[len(id) : len(id)+len(source)],
+		Time:   at,
+		Record: Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset},
+	}
+	data, present, err := unmarshal(t, m.Value, all[len(id)+len(source):])
 	if err != nil {
 		return Event{}, err
 	}
@@ -254,28 +261,27 @@ func (h *headerSet) get(name string) (string, bool) {
 	return h.v[i], h.has[i]
 }
 
-// readHeaders collects the headers Decode reads, rejecting duplicates, and
+// read collects the headers Decode reads, rejecting duplicates, and
 // checks every header it reads for size, UTF-8 and control characters.
-func readHeaders(hs []kafka.Header) (*headerSet, error) {
+func (out *headerSet) read(hs []kafka.Header) error {
 	if len(hs) > MaxHeaders {
-		return nil, fieldErrf("headers", ErrTooManyHeaders, "%d, at most %d", len(hs), MaxHeaders)
+		return fieldErrf("headers", ErrTooManyHeaders, "%d, at most %d", len(hs), MaxHeaders)
 	}
-	out := new(headerSet)
 	for _, h := range hs {
 		i := headerIndex(h.Key)
 		if i < 0 {
 			continue
 		}
 		if out.has[i] {
-			return nil, fieldErr(h.Key, ErrDuplicateHeader)
+			return fieldErr(h.Key, ErrDuplicateHeader)
 		}
 		v := unsafe.String(unsafe.SliceData(h.Value), len(h.Value))
 		if err := checkHeaderText(h.Key, v); err != nil {
-			return nil, err
+			return err
 		}
 		out.v[i], out.has[i] = v, true
 	}
-	return out, nil
+	return nil
 }
 
 func checkHeaderText(name, v string) error {
@@ -361,8 +367,9 @@ func checkContentType(h *headerSet) error {
 
 // unmarshal decodes the JSON value strictly into the payload type of t. It
 // also returns the fields the value holds (null ones included), as a bit set
-// over t's wireType fields.
-func unmarshal(t Type, value []byte) (Payload, uint64, error) {
+// over t's wireType fields. valueString holds the same bytes as value, and
+// the payload's strings may be slices of it.
+func unmarshal(t Type, value []byte, valueString string) (Payload, uint64, error) {
 	if bytes.Contains(value, []byte("PRIVATE KEY")) {
 		return nil, 0, fieldErr("value", ErrPrivateKey)
 	}
@@ -371,7 +378,7 @@ func unmarshal(t Type, value []byte) (Payload, uint64, error) {
 		return nil, 0, fieldErr("value", ErrInvalidUTF8)
 	}
 	p := registry[t]()
-	if present, ok := decodeDirect(p, value); ok {
+	if present, ok := decodeDirect(p, value, valueString); ok {
 		return p, present, nil
 	}
 	return unmarshalSlow(t, value)

@@ -1,17 +1,31 @@
 package events
 
-import "container/list"
-
 // window remembers the last n event ids, evicting the least recently seen.
 // Not safe for concurrent use; the subscriber's run loop owns it.
+//
+// Each sighting appends (id, stamp) to a queue and records the stamp in the
+// index; eviction pops the queue's front and forgets the id only when the
+// entry is its latest sighting. Entries left behind by later sightings are
+// dropped when the queue is compacted. Nothing is allocated per id beyond the
+// index's and the queue's amortised growth.
 type window struct {
 	max   int
-	order *list.List // front = most recent
-	index map[string]*list.Element
+	index map[string]uint64 // id -> stamp of its latest sighting
+	queue []sighting        // oldest first, from head on
+	head  int
+	stamp uint64
+}
+
+type sighting struct {
+	id    string
+	stamp uint64
 }
 
 func newWindow(n int) *window {
-	return &window{max: n, order: list.New(), index: make(map[string]*list.Element, n)}
+	if n <= 0 {
+		return &window{max: n}
+	}
+	return &window{max: n, index: make(map[string]uint64, n), queue: make([]sighting, 0, 2*n)}
 }
 
 // Seen reports whether id is in the window, refreshing it if so.
@@ -19,26 +33,48 @@ func (w *window) Seen(id string) bool {
 	if w.max <= 0 {
 		return false
 	}
-	el, ok := w.index[id]
+	_, ok := w.index[id]
 	if ok {
-		w.order.MoveToFront(el)
+		w.sight(id)
 	}
 	return ok
 }
 
-// Add records id, evicting the oldest id when full.
+// Add records id, evicting the least recently seen id when full.
 func (w *window) Add(id string) {
 	if w.max <= 0 {
 		return
 	}
-	if el, ok := w.index[id]; ok {
-		w.order.MoveToFront(el)
+	w.sight(id)
+	for len(w.index) > w.max {
+		s := w.queue[w.head]
+		w.queue[w.head] = sighting{}
+		w.head++
+		if w.index[s.id] == s.stamp {
+			delete(w.index, s.id)
+		}
+	}
+}
+
+func (w *window) sight(id string) {
+	w.stamp++
+	w.index[id] = w.stamp
+	w.queue = append(w.queue, sighting{id, w.stamp})
+	w.compact()
+}
+
+// compact drops the popped front and the superseded sightings once the
+// queue holds twice as many entries as ids, so it stays within 2n+1.
+func (w *window) compact() {
+	if len(w.queue)-w.head <= 2*w.max {
 		return
 	}
-	w.index[id] = w.order.PushFront(id)
-	if w.order.Len() > w.max {
-		oldest := w.order.Back()
-		w.order.Remove(oldest)
-		delete(w.index, oldest.Value.(string))
+	live := w.queue[:0]
+	for _, s := range w.queue[w.head:] {
+		if w.index[s.id] == s.stamp {
+			live = append(live, s)
+		}
 	}
+	clear(w.queue[len(live):])
+	w.queue, w.head = live, 0
 }

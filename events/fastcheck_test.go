@@ -134,7 +134,7 @@ func FuzzDirectDecode(f *testing.F) {
 		}
 		typ := types[int(which)%len(types)]
 		p := registry[typ]()
-		present, ok := decodeDirect(p, value)
+		present, ok := decodeDirect(p, value, string(value))
 		if !ok {
 			return
 		}

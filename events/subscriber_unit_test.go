@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +31,7 @@ type fakeReader struct {
 }
 
 func newFakeReader(msgs ...kafka.Message) *fakeReader {
-	f := &fakeReader{queue: make(chan kafka.Message, 100)}
+	f := &fakeReader{queue: make(chan kafka.Message, max(100, len(msgs)))}
 	for i, m := range msgs {
 		m.Topic, m.Offset = "src", int64(i)
 		f.queue <- m
@@ -59,12 +62,17 @@ func (f *fakeReader) Close() error {
 	return nil
 }
 
+// committed lists the offsets the commits cover, as Kafka counts them:
+// committing a record commits every earlier one of its partition (all
+// records here are on one).
 func (f *fakeReader) committed() []int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []int64
 	for _, m := range f.commits {
-		out = append(out, m.Offset)
+		for o := int64(len(out)); o <= m.Offset; o++ {
+			out = append(out, o)
+		}
 	}
 	return out
 }
@@ -367,5 +375,89 @@ func TestSubscriberDLQTimeFromClock(t *testing.T) {
 	d, ok := ReadDeadLetter(w.written()[0])
 	if !ok || !d.Time.Equal(at) {
 		t.Fatalf("dead letter time %v, want the clock's %v", d.Time, at)
+	}
+}
+
+// TestSubscriberCommitsOnlyHandled: records fetched ahead are not committed
+// when Shutdown stops the subscriber in the middle of a handler; offsets
+// committed never go backwards and end at the record in hand.
+func TestSubscriberCommitsOnlyHandled(t *testing.T) {
+	var msgs []kafka.Message
+	for i := range 50 {
+		m, err := Encode(requestEvent(t, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	r := newFakeReader(msgs...)
+	s := newSubscriber(testConfig(&fakeWriter{}), r)
+	var calls atomic.Int64
+	tenth := make(chan struct{})
+	h := func(ctx context.Context, e Event) error {
+		if calls.Add(1) == 10 {
+			close(tenth)
+			time.Sleep(50 * time.Millisecond)
+		}
+		return nil
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.Run(context.Background(), h) }()
+	<-tenth
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	last := int64(-1)
+	for _, m := range r.commits {
+		if m.Offset < last {
+			t.Fatalf("commit of offset %d after %d", m.Offset, last)
+		}
+		last = m.Offset
+	}
+	// The ten handled records, the tenth in hand at Shutdown, are all that
+	// may be committed: the forty fetched ahead or not yet fetched are not.
+	if last != 9 || calls.Load() != 10 || s.Stats().Handled != 10 {
+		t.Fatalf("last committed offset %d after %d handler calls (stats %+v); want 9 after 10", last, calls.Load(), s.Stats())
+	}
+}
+
+// TestWindowMatchesLRU drives the window and a plain LRU list with the same
+// random sightings: they remember the same ids, and the window's queue stays
+// bounded.
+func TestWindowMatchesLRU(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, size := range []int{1, 3, 50} {
+		w := newWindow(size)
+		var lru []string // most recent last
+		touch := func(id string) {
+			lru = slices.DeleteFunc(lru, func(s string) bool { return s == id })
+			lru = append(lru, id)
+		}
+		for i := range 20000 {
+			id := fmt.Sprint(rng.IntN(3 * size))
+			want := slices.Contains(lru, id)
+			if i%3 == 0 {
+				if got := w.Seen(id); got != want {
+					t.Fatalf("size %d, op %d: Seen(%s) = %v, want %v", size, i, id, got, want)
+				}
+				if want {
+					touch(id)
+				}
+				continue
+			}
+			w.Add(id)
+			touch(id)
+			if len(lru) > size {
+				lru = lru[1:]
+			}
+			if len(w.index) != len(lru) || len(w.queue)-w.head > 2*size+1 {
+				t.Fatalf("size %d, op %d: %d ids, queue %d; want %d ids, queue at most %d", size, i, len(w.index), len(w.queue)-w.head, len(lru), 2*size+1)
+			}
+		}
 	}
 }

@@ -179,9 +179,9 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// directReader reads one payload value. s is the value as one string: the
-// strings of the payload that hold no escape are slices of it, so a value
-// costs one copy instead of one per field.
+// directReader reads one payload value. s is the value as one string (a
+// copy the caller made): the strings of the payload that hold no escape are
+// slices of it, so a value costs one copy instead of one per field.
 type directReader struct {
 	s   string
 	raw []byte // the same bytes, for time parsing
@@ -313,10 +313,10 @@ func (d *directReader) integer() (int64, bool) {
 // decodeDirect fills p from value, the plain form of a valid JSON object of
 // p's fields. It returns the fields present (null ones included) as a bit
 // set over wireType.fields, and ok false for anything it does not take.
-func decodeDirect(p Payload, value []byte) (present uint64, ok bool) {
+func decodeDirect(p Payload, value []byte, valueString string) (present uint64, ok bool) {
 	wt := wireTypes[p.EventType()]
 	v := reflect.ValueOf(p).Elem()
-	d := directReader{s: string(value), raw: value}
+	d := directReader{s: valueString, raw: value}
 	d.ws()
 	if !d.next('{') {
 		return 0, false
