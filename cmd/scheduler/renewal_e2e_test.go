@@ -27,9 +27,11 @@ import (
 // certificates on Pebble's short-lived profile are issued through two
 // issuer-worker processes (HTTP-01 validated by Pebble against the workers'
 // database-backed responder), driven by two scheduler processes (leader and
-// standby). Pebble's management API then moves their ARI windows to now; the
-// schedulers' ARI re-check makes them due and the workers order renewals
-// with "replaces" naming the previous certificate. Midway through the
+// standby). Pebble's management API then moves their ARI windows into the
+// past (they end now), as a CA signals an incident: the schedulers' ARI
+// re-check puts them in the incident lane and the workers order the
+// reissues (reason reissue, priority 9) with "replaces" naming the previous
+// certificate. Midway through the
 // renewals the active scheduler is killed with SIGKILL (no lease release):
 // the standby takes over when the lease expires, and every certificate is
 // renewed exactly once: 50 renewals, one request id each, 100 certificates
@@ -184,8 +186,9 @@ func TestRenewalEndToEnd(t *testing.T) {
 	})
 	t.Logf("issuance: %d certificates in %v", n, issued.Round(time.Millisecond))
 
-	// Phase 2: the CA moves every window to now; kill -9 the leader while
-	// the renewal jobs are going out.
+	// Phase 2: the CA moves every window into the past (ending now: by the
+	// re-check it has ended, an incident); kill -9 the leader while the
+	// reissue jobs are going out.
 	t1 := time.Now()
 	for _, o := range initial {
 		if err := s.SetRenewalInfo(ctx, o.ChainPEM, t1.Add(-time.Hour), t1); err != nil {
@@ -193,7 +196,7 @@ func TestRenewalEndToEnd(t *testing.T) {
 		}
 	}
 	emittedRenewals := func(p *process) int {
-		return int(metricValue(get(p.listen, "/metrics"), `certfleet_scheduler_jobs_emitted_total{reason="renewal"}`))
+		return int(metricValue(get(p.listen, "/metrics"), `certfleet_scheduler_jobs_emitted_total{reason="incident"}`))
 	}
 	var atKill int
 	poll(t, ctx, "sched-a emits 10 renewal jobs", func() bool { atKill = emittedRenewals(schedA); return atKill >= 10 })
@@ -241,7 +244,7 @@ func TestRenewalEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if q := ev.Data.(*events.IssuanceRequest); q.Reason == events.ReasonRenewal {
+		if q := ev.Data.(*events.IssuanceRequest); q.Reason == events.ReasonReissue && q.Priority == events.MaxPriority {
 			byToken[header(m, scheduler.HeaderFencingToken)]++
 			jobIDs[q.RequestID] = true
 		}
