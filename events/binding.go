@@ -51,7 +51,12 @@ func Encode(e Event) (kafka.Message, error) {
 	schema := t.SchemaURI()
 	// The key and every header value share one buffer, each its own
 	// capacity-capped slice of it.
-	buf := make([]byte, 0, 64+len(SpecVersion)+len(e.ID)+len(e.Source)+len(t)+len(time.RFC3339Nano)+len(schema)+len(ContentType))
+	// One allocation holds the headers and, when they fit, their values.
+	rec := new(encodedRecord)
+	buf := rec.values[:0]
+	if n := 64 + len(SpecVersion) + len(e.ID) + len(e.Source) + len(t) + len(time.RFC3339Nano) + len(schema) + len(ContentType); n > cap(buf) {
+		buf = make([]byte, 0, n)
+	}
 	part := func(start int) []byte { return buf[start:len(buf):len(buf)] }
 	var id [64]byte
 	identityHex(&id, e.Data.Names())
@@ -78,19 +83,23 @@ func Encode(e Event) (kafka.Message, error) {
 	n = len(buf)
 	buf = append(buf, ContentType...)
 	contentType := part(n)
-	return kafka.Message{
-		Key:   key,
-		Value: value,
-		Headers: []kafka.Header{
-			{Key: hSpecVersion, Value: spec},
-			{Key: hID, Value: ceID},
-			{Key: hSource, Value: source},
-			{Key: hType, Value: typ},
-			{Key: hTime, Value: ceTime},
-			{Key: hDataSchema, Value: dataSchema},
-			{Key: hContentType, Value: contentType},
-		},
-	}, nil
+	rec.headers = [...]kafka.Header{
+		{Key: hSpecVersion, Value: spec},
+		{Key: hID, Value: ceID},
+		{Key: hSource, Value: source},
+		{Key: hType, Value: typ},
+		{Key: hTime, Value: ceTime},
+		{Key: hDataSchema, Value: dataSchema},
+		{Key: hContentType, Value: contentType},
+	}
+	return kafka.Message{Key: key, Value: value, Headers: rec.headers[:]}, nil
+}
+
+// encodedRecord is the memory of one encoded record's headers: 288 bytes
+// hold the key and header values of every record certfleet writes.
+type encodedRecord struct {
+	headers [7]kafka.Header
+	values  [288]byte
 }
 
 // marshal writes p's JSON value (appendPayload), or takes encoding/json's

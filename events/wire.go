@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // The codec's direct path: a payload's JSON written and read field by field
@@ -23,8 +24,8 @@ import (
 // wireField is one JSON field of a payload type.
 type wireField struct {
 	name     string
-	key      string // `"name":`
-	index    int    // struct field index
+	key      string  // `"name":`
+	offset   uintptr // of the field in the struct
 	kind     valueKind
 	required bool // no omitempty/omitzero option
 }
@@ -45,8 +46,15 @@ func init() {
 		wt := &wireType{byName: map[string]int{}, schema: t.schemaURI()}
 		for f := range rt.Fields() {
 			name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
-			wf := wireField{name: name, key: strconv.Quote(name) + ":", index: f.Index[0], kind: kindOf(f.Type),
+			wf := wireField{name: name, key: strconv.Quote(name) + ":", offset: f.Offset, kind: kindOf(f.Type),
 				required: !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero")}
+			// The fields are read and written through pointers of these
+			// types (field), so each must be exactly one of them.
+			want := map[valueKind]reflect.Type{kindString: reflect.TypeFor[string](), kindInteger: reflect.TypeFor[int](),
+				kindBoolean: reflect.TypeFor[bool](), kindTime: reflect.TypeFor[time.Time](), kindStrings: reflect.TypeFor[[]string]()}[wf.kind]
+			if f.Type.Kind() != want.Kind() || f.Type.Size() != want.Size() || wf.kind >= kindTime && f.Type != want {
+				panic("events: field " + name + " of " + string(t) + " has an unsupported type " + f.Type.String())
+			}
 			if wf.required {
 				wt.required |= 1 << len(wt.fields)
 			}
@@ -67,20 +75,20 @@ func init() {
 // encoding/json's path for its error.
 func appendPayload(dst []byte, p Payload) (_ []byte, ok bool) {
 	wt := wireTypes[p.EventType()]
-	v := reflect.ValueOf(p).Elem()
+	base := reflect.ValueOf(p).UnsafePointer()
 	dst = append(dst, '{')
 	first := true
 	for i := range wt.fields {
 		f := &wt.fields[i]
-		fv := v.Field(f.index)
+		ptr := unsafe.Add(base, f.offset)
 		var tm time.Time
 		switch f.kind {
 		case kindString:
-			if !f.required && fv.Len() == 0 {
+			if !f.required && *(*string)(ptr) == "" {
 				continue
 			}
 		case kindTime:
-			tm = fv.Addr().Interface().(*time.Time).UTC()
+			tm = (*time.Time)(ptr).UTC()
 			if !f.required && tm.IsZero() {
 				continue
 			}
@@ -95,17 +103,17 @@ func appendPayload(dst []byte, p Payload) (_ []byte, ok bool) {
 		dst = append(dst, f.key...)
 		switch f.kind {
 		case kindString:
-			dst = appendJSONString(dst, fv.String())
+			dst = appendJSONString(dst, *(*string)(ptr))
 		case kindTime:
 			dst = append(dst, '"')
 			dst = tm.AppendFormat(dst, time.RFC3339Nano)
 			dst = append(dst, '"')
 		case kindInteger:
-			dst = strconv.AppendInt(dst, fv.Int(), 10)
+			dst = strconv.AppendInt(dst, int64(*(*int)(ptr)), 10)
 		case kindBoolean:
-			dst = strconv.AppendBool(dst, fv.Bool())
+			dst = strconv.AppendBool(dst, *(*bool)(ptr))
 		case kindStrings:
-			list := *fv.Addr().Interface().(*[]string)
+			list := *(*[]string)(ptr)
 			if list == nil {
 				dst = append(dst, "null"...)
 				continue
@@ -315,7 +323,7 @@ func (d *directReader) integer() (int64, bool) {
 // set over wireType.fields, and ok false for anything it does not take.
 func decodeDirect(p Payload, value []byte, valueString string) (present uint64, ok bool) {
 	wt := wireTypes[p.EventType()]
-	v := reflect.ValueOf(p).Elem()
+	base := reflect.ValueOf(p).UnsafePointer()
 	d := directReader{s: valueString, raw: value}
 	d.ws()
 	if !d.next('{') {
@@ -346,7 +354,7 @@ func decodeDirect(p Payload, value []byte, valueString string) (present uint64, 
 			if f.required {
 				return 0, false
 			}
-		} else if !d.field(v.Field(f.index), f) {
+		} else if !d.field(unsafe.Add(base, f.offset), f) {
 			return 0, false
 		}
 		d.ws()
@@ -364,15 +372,15 @@ func decodeDirect(p Payload, value []byte, valueString string) (present uint64, 
 	return present, true
 }
 
-// field reads one non-null value of f's kind into fv.
-func (d *directReader) field(fv reflect.Value, f *wireField) bool {
+// field reads one non-null value of f's kind into the field at ptr.
+func (d *directReader) field(ptr unsafe.Pointer, f *wireField) bool {
 	switch f.kind {
 	case kindString:
 		s, _, ok := d.str()
 		if !ok || s == "" && !f.required {
 			return false
 		}
-		fv.SetString(s)
+		*(*string)(ptr) = s
 	case kindTime:
 		start := d.i
 		s, escaped, ok := d.str()
@@ -381,7 +389,7 @@ func (d *directReader) field(fv reflect.Value, f *wireField) bool {
 		}
 		// time.Time.UnmarshalJSON (strict RFC 3339) is what encoding/json
 		// applies; it accepts a subset of what time.Parse(RFC3339Nano) does.
-		if err := fv.Addr().Interface().(*time.Time).UnmarshalText(d.raw[start+1 : d.i-1]); err != nil {
+		if err := (*time.Time)(ptr).UnmarshalText(d.raw[start+1 : d.i-1]); err != nil {
 			return false
 		}
 	case kindInteger:
@@ -389,13 +397,13 @@ func (d *directReader) field(fv reflect.Value, f *wireField) bool {
 		if !ok {
 			return false
 		}
-		fv.SetInt(n)
+		*(*int)(ptr) = int(n)
 	case kindBoolean:
 		switch {
 		case d.literal("true"):
-			fv.SetBool(true)
+			*(*bool)(ptr) = true
 		case d.literal("false"):
-			fv.SetBool(false)
+			*(*bool)(ptr) = false
 		default:
 			return false
 		}
@@ -422,7 +430,7 @@ func (d *directReader) field(fv reflect.Value, f *wireField) bool {
 				}
 			}
 		}
-		*fv.Addr().Interface().(*[]string) = list
+		*(*[]string)(ptr) = list
 	}
 	return true
 }
