@@ -75,7 +75,8 @@
 // Producer writes synchronously with RequiredAcks=RequireAll and a 5 ms
 // batch timeout; a nil error means the records are on every in-sync replica.
 // Subscriber consumes as a consumer group member with FetchMessage and
-// CommitMessages, calls a typed Handler, retries failures with backoff,
+// CommitMessages, one goroutine fetching and decoding ahead of the one that
+// calls a typed Handler in partition order, retries failures with backoff,
 // dead-letters after MaxAttempts (or at once for records that do not decode),
 // dedupes by event id within a window, and marks a record for commit only
 // once it is handled, skipped as a duplicate, or safely in the dead-letter
