@@ -1,8 +1,13 @@
 package pipeline
 
 import (
+	"context"
 	"sync"
 	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/certfleet/certfleet/events"
 )
 
 // fairHold decides which fetched records a worker keeps in memory and which it
@@ -152,4 +157,22 @@ func (r *rateWindow) rate(now time.Time) float64 {
 		return 0
 	}
 	return float64(n) / span
+}
+
+// admitOrPark asks fairHold about a fetched request before it waits for an
+// order slot. It returns hold true when the worker keeps the record (call
+// the returned done when it stops waiting); false when the record was
+// parked until its turn (or the park failed: err), the record finished.
+func (w *Worker) admitOrPark(ctx context.Context, m kafka.Message, req *events.IssuanceRequest) (hold bool, done func(granted bool), err error) {
+	lane := LaneOf(req)
+	if w.cfg.Parking == nil {
+		return true, func(bool) {}, nil
+	}
+	ok, due := w.hold.admit(lane, req.Tenant, w.cfg.Clock.Now())
+	if ok {
+		return true, func(granted bool) { w.hold.release(lane, req.Tenant, w.cfg.Clock.Now(), granted) }, nil
+	}
+	w.cfg.Metrics.ParkedForTurn.WithLabelValues(lane.String()).Inc()
+	msg := kafka.Message{Topic: w.cfg.Topics.Retry, Key: m.Key, Value: m.Value, Headers: m.Headers}
+	return false, nil, w.park(ctx, req.RequestID, events.Identity(req.SANs), msg, due)
 }

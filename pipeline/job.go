@@ -66,7 +66,14 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	if err := clock.Sleep(waitCtx, req.NotBefore.Sub(w.cfg.Clock.Now())); err != nil {
 		return err
 	}
+	// Beyond its (lane, tenant)'s share of the records this worker holds,
+	// the record is parked until about its turn (fairpark.go).
+	hold, stopWaiting, err := w.admitOrPark(jobCtx, m, req)
+	if !hold || err != nil {
+		return err
+	}
 	releaseSlot, err := w.acquireSlot(waitCtx, req)
+	stopWaiting(err == nil)
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,10 @@ type Metrics struct {
 	Pending       prometheus.Gauge   // certfleet_worker_records_pending
 	// LaneWaiting is the number of jobs waiting for an order slot, by lane.
 	LaneWaiting *prometheus.GaugeVec // certfleet_worker_lane_waiting{lane}
-	ConsumerLag prometheus.Gauge     // certfleet_worker_consumer_lag, set by the process from its Kafka reader
+	// ParkedForTurn counts records parked because their lane and tenant
+	// already had their share of the records this worker holds.
+	ParkedForTurn *prometheus.CounterVec // certfleet_worker_parked_for_turn_total{lane}
+	ConsumerLag   prometheus.Gauge       // certfleet_worker_consumer_lag, set by the process from its Kafka reader
 	// DLQStubs counts dead letters written as a stub instead of the record:
 	// the dead-letter topic refused the record, or it held private key
 	// material (events.WriteDeadLetter).
@@ -62,6 +65,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LaneWaiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "certfleet_worker_lane_waiting", Help: "Jobs waiting for an order slot, by lane (emergency, new, renewal).",
 		}, []string{"lane"}),
+		ParkedForTurn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "certfleet_worker_parked_for_turn_total", Help: "Records parked until about their turn because their lane and tenant already had their share of the records this worker holds, by lane.",
+		}, []string{"lane"}),
 		ConsumerLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "certfleet_worker_consumer_lag", Help: "Records behind the end of the partitions this worker reads (kafka-go reader lag).",
 		}),
@@ -76,7 +82,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"from", "to"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.LaneWaiting, m.ConsumerLag, m.DLQStubs, m.JobPanics, m.Failovers)
+		reg.MustRegister(m.Jobs, m.OrderSeconds, m.Denied, m.OrdersResumed, m.InFlight, m.Pending, m.LaneWaiting, m.ParkedForTurn, m.ConsumerLag, m.DLQStubs, m.JobPanics, m.Failovers)
 	}
 	return m
 }

@@ -17,6 +17,7 @@ type Worker struct {
 	cfg      Config
 	routes   map[string]route // by CA name, CA directory and group name
 	slots    *slotScheduler   // order slots (Concurrency), by lane and tenant (lanes.go)
+	hold     *fairHold        // records kept waiting per lane and tenant, the rest parked (fairpark.go)
 	progress progress         // records held, for Stalled (progress.go)
 	lat      *latencies       // order latencies per CA, for the issuance lead (lead.go)
 }
@@ -28,7 +29,8 @@ func New(cfg Config) (*Worker, error) {
 	}
 	cfg.defaults()
 	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: newSlotScheduler(cfg.Concurrency, cfg.Lanes, cfg.Clock),
-		lat: newLatencies(cfg.Lead)}
+		hold: newFairHold(cfg.MaxPending-cfg.Concurrency, cfg.Concurrency),
+		lat:  newLatencies(cfg.Lead)}
 	byName := map[string]CA{}
 	for _, ca := range cfg.CAs {
 		byName[ca.Name] = ca
