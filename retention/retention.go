@@ -11,6 +11,10 @@
 // bucket spent, a request claimed again) is re-checked and kept; the same
 // SQL runs on PostgreSQL and CockroachDB. Batches repeat with a pause until
 // one comes back short, the context ends or the lease is no longer held.
+// Idle buckets are the exception: no index serves their condition (an index
+// on tat_ns would be written by every spend), so each batch walks the next
+// Batch keys of the primary key and deletes those that qualify, and the pass
+// ends at the last key.
 //
 // Which ages are safe, and why, is in docs/architecture.md ("Retention").
 package retention
@@ -161,6 +165,12 @@ type kind struct {
 	age  func(Ages) time.Duration
 	sql  string
 	args func(now, cutoff time.Time) []any // the arguments after $2; nil: none
+	// walk: the statement takes one more argument, the key the previous
+	// batch ended at ('' at first), scans the next $2 keys in primary key
+	// order, deletes those that qualify and returns one row: the last key
+	// scanned (NULL: none), how many it scanned and how many it deleted.
+	// The pass ends with a batch that scans fewer than $2 keys.
+	walk bool
 }
 
 // Kind names, the label values of certfleet_retention_rows_total.
@@ -178,45 +188,50 @@ const (
 // kinds run in this order: keys are destroyed before rows that hold them go.
 var kinds = []kind{
 	{KindIdleBuckets, func(a Ages) time.Duration { return a.IdleBuckets }, `
-DELETE FROM ratelimit_buckets
- WHERE bucket_key IN (SELECT bucket_key FROM ratelimit_buckets
-                       WHERE tat_ns <= $3 AND penalty_until_ns <= $4 AND updated_at < $1 LIMIT $2)
-   AND tat_ns <= $3 AND penalty_until_ns <= $4 AND updated_at < $1`,
+WITH w AS (
+    SELECT bucket_key FROM ratelimit_buckets WHERE bucket_key > $5 ORDER BY bucket_key LIMIT $2
+), d AS (
+    DELETE FROM ratelimit_buckets
+     WHERE bucket_key IN (SELECT bucket_key FROM w)
+       AND tat_ns <= $3 AND penalty_until_ns <= $4 AND updated_at < $1
+    RETURNING bucket_key
+)
+SELECT (SELECT max(bucket_key) FROM w), (SELECT count(*) FROM w), (SELECT count(*) FROM d)`,
 		// Full since the cutoff: its TAT is at or before it (Unix ns, as the
 		// limiter keeps it), and no penalty runs now.
-		func(now, cutoff time.Time) []any { return []any{cutoff.UnixNano(), now.UnixNano()} }},
+		func(now, cutoff time.Time) []any { return []any{cutoff.UnixNano(), now.UnixNano()} }, true},
 	{KindEndedRequests, func(a Ages) time.Duration { return a.EndedRequests }, `
 DELETE FROM issuance_requests
  WHERE request_id IN (SELECT request_id FROM issuance_requests
                        WHERE updated_at < $1 AND (state IN ('succeeded', 'failed', 'released') OR (state = 'ordering' AND owner_until < $1))
                        LIMIT $2)
-   AND updated_at < $1 AND (state IN ('succeeded', 'failed', 'released') OR (state = 'ordering' AND owner_until < $1))`, nil},
+   AND updated_at < $1 AND (state IN ('succeeded', 'failed', 'released') OR (state = 'ordering' AND owner_until < $1))`, nil, false},
 	{KindKeysShredded, func(a Ages) time.Duration { return a.KeyGrace }, `
 UPDATE issued_certificates SET sealed_key = ''::BYTEA
  WHERE id IN (SELECT id FROM issued_certificates WHERE not_after < $1 AND sealed_key <> ''::BYTEA LIMIT $2)
-   AND not_after < $1`, nil},
+   AND not_after < $1`, nil, false},
 	{KindExpiredCerts, func(a Ages) time.Duration { return a.ExpiredCerts }, `
 DELETE FROM issued_certificates
  WHERE id IN (SELECT id FROM issued_certificates WHERE not_after < $1 LIMIT $2)
-   AND not_after < $1`, nil},
+   AND not_after < $1`, nil, false},
 	{KindRelayedOutbox, func(a Ages) time.Duration { return a.RelayedOutbox }, `
 DELETE FROM ratelimit_outbox
  WHERE id IN (SELECT id FROM ratelimit_outbox WHERE published_at < $1 LIMIT $2)
-   AND published_at < $1`, nil},
+   AND published_at < $1`, nil, false},
 	{KindDLQReplays, func(a Ages) time.Duration { return a.DLQReplays }, `
 DELETE FROM dlq_replays
  WHERE (dlq_topic, dlq_partition, dlq_offset) IN (
         SELECT dlq_topic, dlq_partition, dlq_offset FROM dlq_replays
          WHERE replayed_at < $1 AND (sent_at IS NOT NULL OR claim_until < $1) LIMIT $2)
-   AND replayed_at < $1 AND (sent_at IS NOT NULL OR claim_until < $1)`, nil},
+   AND replayed_at < $1 AND (sent_at IS NOT NULL OR claim_until < $1)`, nil, false},
 	{KindDNS01Records, func(a Ages) time.Duration { return a.DNS01Records }, `
 DELETE FROM acme_dns01_records
  WHERE (name, value) IN (SELECT name, value FROM acme_dns01_records WHERE expires_at < $1 LIMIT $2)
-   AND expires_at < $1`, nil},
+   AND expires_at < $1`, nil, false},
 	{KindAudit, func(a Ages) time.Duration { return a.Audit }, `
 DELETE FROM audit_events
  WHERE id IN (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)
-   AND at < $1`, nil},
+   AND at < $1`, nil, false},
 }
 
 // Report is what one pass pruned, rows by kind (kinds turned off absent).
@@ -236,6 +251,7 @@ func (p *Pruner) Once(ctx context.Context, stillLeader func(context.Context) boo
 		if age <= 0 {
 			continue
 		}
+		after := "" // walk: the last key scanned so far
 		for {
 			if stillLeader != nil && !stillLeader(ctx) {
 				return rep, ErrNotLeader
@@ -246,16 +262,15 @@ func (p *Pruner) Once(ctx context.Context, stillLeader func(context.Context) boo
 			if k.args != nil {
 				args = append(args, k.args(now, cutoff)...)
 			}
-			tag, err := p.cfg.DB.Pool().Exec(ctx, k.sql, args...)
+			n, done, err := p.batch(ctx, k, args, &after)
 			if err != nil {
 				return rep, fmt.Errorf("retention: pruning %s older than %v: %w", k.name, age, err)
 			}
-			n := tag.RowsAffected()
 			rep[k.name] += n
 			if p.cfg.Metrics != nil && n > 0 {
 				p.cfg.Metrics.Rows.WithLabelValues(k.name).Add(float64(n))
 			}
-			if n < int64(p.cfg.Batch) {
+			if done {
 				break
 			}
 			if err := clock.Sleep(ctx, p.cfg.Pause); err != nil {
@@ -264,6 +279,29 @@ func (p *Pruner) Once(ctx context.Context, stillLeader func(context.Context) boo
 		}
 	}
 	return rep, nil
+}
+
+// batch runs one batch of k and returns how many rows it pruned and whether
+// the kind is done (a short batch; for a walk, one that scanned fewer keys
+// than Batch). A walk continues after *after and moves it to the last key
+// it scanned.
+func (p *Pruner) batch(ctx context.Context, k kind, args []any, after *string) (n int64, done bool, err error) {
+	if !k.walk {
+		tag, err := p.cfg.DB.Pool().Exec(ctx, k.sql, args...)
+		if err != nil {
+			return 0, false, err
+		}
+		return tag.RowsAffected(), tag.RowsAffected() < int64(p.cfg.Batch), nil
+	}
+	var last *string
+	var scanned int64
+	if err := p.cfg.DB.Pool().QueryRow(ctx, k.sql, append(args, *after)...).Scan(&last, &scanned, &n); err != nil {
+		return 0, false, err
+	}
+	if last != nil {
+		*after = *last
+	}
+	return n, scanned < int64(p.cfg.Batch), nil
 }
 
 // Metrics are the retention job's Prometheus metrics.

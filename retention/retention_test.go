@@ -194,6 +194,37 @@ VALUES ($1, $2, 'penalty_clear', 'u', 'u', '', 'old', '', '{}', '', '', '', '{}'
 	}
 }
 
+// Idle buckets are found by walking the primary key, not through an index on
+// their TAT: batches that scan only buckets still in use (here the first
+// three, a batch and a half) do not end the pass, and the idle ones after
+// them, in key order, go.
+func TestIdleBucketsWalkPastBucketsInUse(t *testing.T) {
+	d := open(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	for i := range 3 {
+		exec(t, d, `INSERT INTO ratelimit_buckets (bucket_key, tat_ns, updated_at) VALUES ($1, $2, $3)`,
+			fmt.Sprintf("a-spent-%d", i), now.Add(-2*day).UnixNano(), now.Add(-time.Hour))
+	}
+	for i := range 3 {
+		exec(t, d, `INSERT INTO ratelimit_buckets (bucket_key, tat_ns, updated_at) VALUES ($1, $2, $3)`,
+			fmt.Sprintf("b-idle-%d", i), now.Add(-2*day).UnixNano(), now.Add(-2*day))
+	}
+	p, err := retention.New(retention.Config{DB: d, Ages: retention.Ages{IdleBuckets: day}, Batch: 2, Pause: time.Millisecond, Clock: clock.NewFake(now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := p.Once(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep[retention.KindIdleBuckets] != 3 {
+		t.Errorf("report %v; want 3 idle buckets", rep)
+	}
+	if got, want := keys(t, d, `SELECT bucket_key FROM ratelimit_buckets`), []string{"a-spent-0", "a-spent-1", "a-spent-2"}; !slices.Equal(got, want) {
+		t.Errorf("buckets left: %v; want %v", got, want)
+	}
+}
+
 // Only the lease holder prunes: a process that does not lead prunes
 // nothing, and a pass stops at the batch after the lease is lost.
 func TestRunPrunesOnlyAsLeader(t *testing.T) {
