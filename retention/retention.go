@@ -12,9 +12,10 @@
 // SQL runs on PostgreSQL and CockroachDB. Batches repeat with a pause until
 // one comes back short, the context ends or the lease is no longer held.
 // Idle buckets are the exception: no index serves their condition (an index
-// on tat_ns would be written by every spend), so each batch walks the next
-// Batch keys of the primary key and deletes those that qualify, and the pass
-// ends at the last key.
+// on tat_ns would be written by every spend), so each batch reads where the
+// next Batch primary keys end and deletes what qualifies in that key range
+// (with the condition in the DELETE, so a bucket spent meanwhile stays), and
+// the pass ends at the last key.
 //
 // Which ages are safe, and why, is in docs/architecture.md ("Retention").
 package retention
@@ -165,12 +166,13 @@ type kind struct {
 	age  func(Ages) time.Duration
 	sql  string
 	args func(now, cutoff time.Time) []any // the arguments after $2; nil: none
-	// walk: the statement takes one more argument, the key the previous
-	// batch ended at ('' at first), scans the next $2 keys in primary key
-	// order, deletes those that qualify and returns one row: the last key
-	// scanned (NULL: none), how many it scanned and how many it deleted.
-	// The pass ends with a batch that scans fewer than $2 keys.
-	walk bool
+	// walk, when set, reads the last key and the number of the next $2
+	// primary keys after $1 ('' at first); sql then deletes what qualifies
+	// in that range, taking no batch size: $1 is the cutoff, then args,
+	// then the range (after the first key, up to and including the second).
+	// Both are primary key range scans on either server. The pass ends with
+	// a walk that finds fewer than Batch keys.
+	walk string
 }
 
 // Kind names, the label values of certfleet_retention_rows_total.
@@ -188,50 +190,46 @@ const (
 // kinds run in this order: keys are destroyed before rows that hold them go.
 var kinds = []kind{
 	{KindIdleBuckets, func(a Ages) time.Duration { return a.IdleBuckets }, `
-WITH w AS (
-    SELECT bucket_key FROM ratelimit_buckets WHERE bucket_key > $5 ORDER BY bucket_key LIMIT $2
-), d AS (
-    DELETE FROM ratelimit_buckets
-     WHERE bucket_key IN (SELECT bucket_key FROM w)
-       AND tat_ns <= $3 AND penalty_until_ns <= $4 AND updated_at < $1
-    RETURNING bucket_key
-)
-SELECT (SELECT max(bucket_key) FROM w), (SELECT count(*) FROM w), (SELECT count(*) FROM d)`,
+DELETE FROM ratelimit_buckets
+ WHERE bucket_key > $4 AND bucket_key <= $5
+   AND tat_ns <= $2 AND penalty_until_ns <= $3 AND updated_at < $1`,
 		// Full since the cutoff: its TAT is at or before it (Unix ns, as the
 		// limiter keeps it), and no penalty runs now.
-		func(now, cutoff time.Time) []any { return []any{cutoff.UnixNano(), now.UnixNano()} }, true},
+		func(now, cutoff time.Time) []any { return []any{cutoff.UnixNano(), now.UnixNano()} }, `
+SELECT max(bucket_key), count(*)
+  FROM (SELECT bucket_key FROM ratelimit_buckets WHERE bucket_key > $1 ORDER BY bucket_key LIMIT $2) AS w`},
 	{KindEndedRequests, func(a Ages) time.Duration { return a.EndedRequests }, `
 DELETE FROM issuance_requests
  WHERE request_id IN (SELECT request_id FROM issuance_requests
                        WHERE updated_at < $1 AND (state IN ('succeeded', 'failed', 'released') OR (state = 'ordering' AND owner_until < $1))
                        LIMIT $2)
-   AND updated_at < $1 AND (state IN ('succeeded', 'failed', 'released') OR (state = 'ordering' AND owner_until < $1))`, nil, false},
+   AND updated_at < $1 AND (state IN ('succeeded', 'failed', 'released') OR (state = 'ordering' AND owner_until < $1))`, nil, ""},
 	{KindKeysShredded, func(a Ages) time.Duration { return a.KeyGrace }, `
 UPDATE issued_certificates SET sealed_key = ''::BYTEA
  WHERE id IN (SELECT id FROM issued_certificates WHERE not_after < $1 AND sealed_key <> ''::BYTEA LIMIT $2)
-   AND not_after < $1`, nil, false},
+   AND not_after < $1`, nil, ""},
 	{KindExpiredCerts, func(a Ages) time.Duration { return a.ExpiredCerts }, `
 DELETE FROM issued_certificates
  WHERE id IN (SELECT id FROM issued_certificates WHERE not_after < $1 LIMIT $2)
-   AND not_after < $1`, nil, false},
+   AND not_after < $1`, nil, ""},
 	{KindRelayedOutbox, func(a Ages) time.Duration { return a.RelayedOutbox }, `
 DELETE FROM ratelimit_outbox
  WHERE id IN (SELECT id FROM ratelimit_outbox WHERE published_at < $1 LIMIT $2)
-   AND published_at < $1`, nil, false},
+   AND published_at < $1`, nil, ""},
 	{KindDLQReplays, func(a Ages) time.Duration { return a.DLQReplays }, `
 DELETE FROM dlq_replays
  WHERE (dlq_topic, dlq_partition, dlq_offset) IN (
         SELECT dlq_topic, dlq_partition, dlq_offset FROM dlq_replays
          WHERE replayed_at < $1 AND (sent_at IS NOT NULL OR claim_until < $1) LIMIT $2)
-   AND replayed_at < $1 AND (sent_at IS NOT NULL OR claim_until < $1)`, nil, false},
+   AND replayed_at < $1 AND (sent_at IS NOT NULL OR claim_until < $1)`, nil, ""},
 	{KindDNS01Records, func(a Ages) time.Duration { return a.DNS01Records }, `
 DELETE FROM acme_dns01_records
  WHERE (name, value) IN (SELECT name, value FROM acme_dns01_records WHERE expires_at < $1 LIMIT $2)
-   AND expires_at < $1`, nil, false},
+   AND expires_at < $1`, nil, ""},
 	{KindAudit, func(a Ages) time.Duration { return a.Audit }, `
 DELETE FROM audit_events
  WHERE id IN (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)
-   AND at < $1`, nil, false},
+   AND at < $1`, nil, ""},
 }
 
 // Report is what one pass pruned, rows by kind (kinds turned off absent).
@@ -286,7 +284,7 @@ func (p *Pruner) Once(ctx context.Context, stillLeader func(context.Context) boo
 // than Batch). A walk continues after *after and moves it to the last key
 // it scanned.
 func (p *Pruner) batch(ctx context.Context, k kind, args []any, after *string) (n int64, done bool, err error) {
-	if !k.walk {
+	if k.walk == "" {
 		tag, err := p.cfg.DB.Pool().Exec(ctx, k.sql, args...)
 		if err != nil {
 			return 0, false, err
@@ -295,13 +293,19 @@ func (p *Pruner) batch(ctx context.Context, k kind, args []any, after *string) (
 	}
 	var last *string
 	var scanned int64
-	if err := p.cfg.DB.Pool().QueryRow(ctx, k.sql, append(args, *after)...).Scan(&last, &scanned, &n); err != nil {
+	if err := p.cfg.DB.Pool().QueryRow(ctx, k.walk, *after, p.cfg.Batch).Scan(&last, &scanned); err != nil {
 		return 0, false, err
 	}
-	if last != nil {
-		*after = *last
+	if last == nil {
+		return 0, true, nil
 	}
-	return n, scanned < int64(p.cfg.Batch), nil
+	rangeArgs := append([]any{args[0]}, args[2:]...) // without the batch size
+	tag, err := p.cfg.DB.Pool().Exec(ctx, k.sql, append(rangeArgs, *after, *last)...)
+	if err != nil {
+		return 0, false, err
+	}
+	*after = *last
+	return tag.RowsAffected(), scanned < int64(p.cfg.Batch), nil
 }
 
 // Metrics are the retention job's Prometheus metrics.
