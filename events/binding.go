@@ -106,11 +106,7 @@ type encodedRecord struct {
 // path for what appendPayload leaves to it, then applies the size and
 // private key rules.
 func marshal(p Payload) ([]byte, error) {
-	hint := 384
-	if co, ok := p.(*CertObtained); ok {
-		hint += len(co.ChainPEM) + len(co.ChainPEM)/32
-	}
-	value, ok := appendPayload(make([]byte, 0, hint), p)
+	value, ok := appendPayload(make([]byte, 0, payloadSize(p)), p)
 	if !ok {
 		var err error
 		if value, err = marshalJSON(p); err != nil {

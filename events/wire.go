@@ -131,6 +131,37 @@ func appendPayload(dst []byte, p Payload) (_ []byte, ok bool) {
 	return append(dst, '}'), true
 }
 
+// payloadSize is the length of p's JSON value when no string needs an
+// escape beyond one per 32 bytes (a PEM line's newline): the buffer
+// appendPayload starts with.
+func payloadSize(p Payload) int {
+	wt := wireTypes[p.EventType()]
+	base := reflect.ValueOf(p).UnsafePointer()
+	n := 2
+	for i := range wt.fields {
+		f := &wt.fields[i]
+		ptr := unsafe.Add(base, f.offset)
+		n += len(f.key) + 1
+		switch f.kind {
+		case kindString:
+			s := *(*string)(ptr)
+			n += len(s) + len(s)/32 + 2
+		case kindTime:
+			n += len(`"2006-01-02T15:04:05.999999999Z"`)
+		case kindInteger:
+			n += 20
+		case kindBoolean:
+			n += 5
+		case kindStrings:
+			for _, s := range *(*[]string)(ptr) {
+				n += len(s) + 3
+			}
+			n += 4
+		}
+	}
+	return n
+}
+
 const hexDigits = "0123456789abcdef"
 
 // appendJSONString is encoding/json's string encoding without HTML escaping:
