@@ -80,7 +80,7 @@ func TestOrdersSetTheLead(t *testing.T) {
 	j := &job{w: w}
 	for _, tx := range j.withLead(w.cfg.CAs[0], txns) {
 		want := time.Duration(0)
-		if tx.Name == ratelimit.CertificatesPerDomain || tx.Name == ratelimit.CertificatesPerFQDNSet {
+		if tx.Name == ratelimit.CertificatesPerDomain || tx.Name == ratelimit.CertificatesPerFQDNSet || tx.Name == ratelimit.NewOrdersPerAccount {
 			want = lead
 		}
 		if tx.Lead != want {
