@@ -44,6 +44,8 @@ type sideResult struct {
 	idleHeap   uint64 // heap in use after a GC before the side's first chunk
 	peakHeap   uint64 // sampled every 20 ms during its chunks
 	peakRSS    int64  // VmHWM, reset before each chunk; 0 when it cannot be reset
+	// Allocated by the side's own process (the CertMagic peer).
+	childAllocBytes, childAllocs uint64
 }
 
 // chunkSize is the EnvBenchChunk setting, else benchChunkPerSlot per order
@@ -107,6 +109,8 @@ func measureInterleaved(tb testing.TB, sides []issuanceSide, n, chunk int) []sid
 			if out.childCPU > 0 {
 				r.cpu[sides[i].name] += out.childCPU
 			}
+			r.childAllocBytes += out.childAllocBytes
+			r.childAllocs += out.childAllocs
 			if rssReset {
 				r.peakRSS = max(r.peakRSS, benchmem.PeakRSS())
 			}
@@ -148,6 +152,10 @@ func (r sideResult) report(b *testing.B, memory bool) {
 	b.ReportMetric(ms(percentile(r.ttc, 0.99)), "ttc-p99-ms")
 	reportCPU(b, r.n, r.cpu)
 	if !memory {
+		// The side runs in a process of its own: its allocations, not
+		// this process's.
+		b.ReportMetric(float64(r.childAllocBytes)/float64(r.n), "B/op")
+		b.ReportMetric(float64(r.childAllocs)/float64(r.n), "allocs/op")
 		return
 	}
 	b.ReportMetric(float64(r.allocBytes)/float64(r.n), "B/op")

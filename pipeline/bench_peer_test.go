@@ -83,9 +83,11 @@ func (st *stack) certmagicSide(throttle string, concurrency int) issuanceSide {
 			}
 			line, err := out.ReadString('\n')
 			var res struct {
-				ElapsedNS int64   `json:"elapsed_ns"`
-				TTCNS     []int64 `json:"ttc_ns"`
-				CPUNS     int64   `json:"cpu_ns"`
+				ElapsedNS  int64   `json:"elapsed_ns"`
+				TTCNS      []int64 `json:"ttc_ns"`
+				CPUNS      int64   `json:"cpu_ns"`
+				AllocBytes uint64  `json:"alloc_bytes"`
+				Allocs     uint64  `json:"allocs"`
 			}
 			if err == nil {
 				err = json.Unmarshal([]byte(line), &res)
@@ -105,7 +107,8 @@ func (st *stack) certmagicSide(throttle string, concurrency int) issuanceSide {
 			for i, d := range res.TTCNS {
 				ttc[i] = time.Duration(d)
 			}
-			return batchResult{elapsed: time.Duration(res.ElapsedNS), ttc: ttc, childCPU: time.Duration(res.CPUNS)}
+			return batchResult{elapsed: time.Duration(res.ElapsedNS), ttc: ttc, childCPU: time.Duration(res.CPUNS),
+				childAllocBytes: res.AllocBytes, childAllocs: res.Allocs}
 		}
 	}}
 }

@@ -166,8 +166,10 @@ type batchResult struct {
 	elapsed time.Duration
 	ttc     []time.Duration
 	// childCPU is CPU the side spent in a process of its own during the
-	// batch (the CertMagic peer), beyond this process and the stack.
-	childCPU time.Duration
+	// batch (the CertMagic peer), beyond this process and the stack;
+	// childAllocBytes and childAllocs are that process's heap allocations.
+	childCPU                     time.Duration
+	childAllocBytes, childAllocs uint64
 }
 
 // benchStack is a stack whose limits never deny (the pipeline still spends,

@@ -22,8 +22,8 @@
 // first (the account registered, the challenge server started: the same
 // warm-up the pipeline and the acmez loop get), prints "ready", waits for
 // one line on stdin, then obtains -n certificates and prints one JSON line,
-// a result: the batch's elapsed time, the peer's CPU time during it, and
-// each certificate's time from the start of the batch (so a name's wait for
+// a result: the batch's elapsed time, the peer's CPU time and allocations
+// during it, and each certificate's time from the start of the batch (so a name's wait for
 // a free goroutine, or for the throttle, counts, as it does on the other
 // sides). Any failure ends it with a non-zero status and the error on
 // stderr.
@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,9 @@ type result struct {
 	ElapsedNS int64   `json:"elapsed_ns"`
 	TTCNS     []int64 `json:"ttc_ns"` // per certificate, from the start of the batch, in completion order
 	CPUNS     int64   `json:"cpu_ns"` // this process's CPU time (user + system) during the batch
+	// This process's heap allocations during the batch: bytes and count.
+	AllocBytes uint64 `json:"alloc_bytes"`
+	Allocs     uint64 `json:"allocs"`
 }
 
 type options struct {
@@ -178,12 +182,17 @@ func run(ctx context.Context, o options) error {
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
 		return fmt.Errorf("waiting for the go line on stdin: %w", err)
 	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
 	cpu0 := cpuTime()
 	elapsed, ttc, err := batch(o.n)
 	if err != nil {
 		return err
 	}
-	res := result{ElapsedNS: int64(elapsed), CPUNS: int64(cpuTime() - cpu0)}
+	cpu := cpuTime() - cpu0
+	runtime.ReadMemStats(&m1)
+	res := result{ElapsedNS: int64(elapsed), CPUNS: int64(cpu),
+		AllocBytes: m1.TotalAlloc - m0.TotalAlloc, Allocs: m1.Mallocs - m0.Mallocs}
 	for _, d := range ttc {
 		res.TTCNS = append(res.TTCNS, int64(d))
 	}
