@@ -123,7 +123,7 @@ func reissue(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if e, err := events.Decode(m); err == nil && tr.Observe(e, time.Now()) && tr.Snapshot(time.Now()).Done {
 				snap := tr.Snapshot(time.Now())
 				fmt.Fprintln(stdout, snap)
-				fmt.Fprintf(stdout, "took %s; estimated at least %s at the allowed rate\n", fmtDuration(snap.Elapsed), fmtDuration(est.Duration()))
+				fmt.Fprintf(stdout, "took %s; estimated at least %s at the allowed rate\n", fmtTenths(snap.Elapsed), fmtTenths(est.Duration()))
 				if snap.Failed > 0 {
 					return fmt.Errorf("reissue: %d of %d replacements failed for good (see their cert_failed)", snap.Failed, snap.Total)
 				}
@@ -168,4 +168,13 @@ func printEstimate(w io.Writer, e incident.Estimate, unread int) {
 	for _, c := range e.Changes {
 		fmt.Fprintln(w, "to meet the deadline: "+c.Advice())
 	}
+}
+
+// fmtTenths is fmtDuration to a tenth of a second below an hour, so that
+// the closing comparison of a short run is not lost to rounding.
+func fmtTenths(d time.Duration) string {
+	if d <= 0 || d >= time.Hour {
+		return fmtDuration(d)
+	}
+	return d.Round(100 * time.Millisecond).String()
 }
