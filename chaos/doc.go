@@ -19,7 +19,13 @@
 //     of both; the preferred CA's proxy stops mid-run (connections refused)
 //     and starts again: requests move to the second CA while it is down, the
 //     orders the outage caught are continued at the first, and new requests
-//     return to it once its breaker closes.
+//     return to it once its breaker closes;
+//   - TestIncidentReissue: a managed fleet (ci 200, full 2,000 certificates)
+//     under a time-scaled account limit; `certfleet reissue` replaces all of
+//     it: the up-front estimate within 10% of the time taken, at least 95%
+//     of the rate it allows, no 429 from the CA; then Pebble's ARI moves
+//     every window into the past and the scheduler alone reissues the fleet
+//     again, with no 429 (it has its own invariants, not verify's).
 //
 // Every scenario asserts the same invariants (see verify): every valid job
 // ends with a cert_obtained event, duplicates only with the same event id;
