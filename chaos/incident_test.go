@@ -29,6 +29,10 @@ type incidentSize struct {
 	name    string
 	certs   int
 	account caproxy.Limit
+	// recheck is the scheduler's -ari-recheck-max: Pebble's 6 h shortened,
+	// but every certificate is asked that often, so not too short for the
+	// fleet (2,000 every 15 s would be 133 ARI requests a second).
+	recheck time.Duration
 	timeout time.Duration
 }
 
@@ -36,9 +40,9 @@ func incidentSizeFor(t *testing.T) incidentSize {
 	t.Helper()
 	switch v := os.Getenv(envChaos); v {
 	case "ci":
-		return incidentSize{name: "ci", certs: 200, account: caproxy.Limit{Count: 30, Period: 10 * time.Second}, timeout: 8 * time.Minute}
+		return incidentSize{name: "ci", certs: 200, account: caproxy.Limit{Count: 30, Period: 10 * time.Second}, recheck: 15 * time.Second, timeout: 8 * time.Minute}
 	case "full":
-		return incidentSize{name: "full", certs: 2000, account: caproxy.Limit{Count: 30, Period: 10 * time.Second}, timeout: 45 * time.Minute}
+		return incidentSize{name: "full", certs: 2000, account: caproxy.Limit{Count: 30, Period: 10 * time.Second}, recheck: time.Minute, timeout: 45 * time.Minute}
 	case "":
 		t.Skipf("the incident run restarts nothing but drives the whole fleet: %s=ci or full", envChaos)
 	default:
@@ -65,9 +69,9 @@ func incidentSizeFor(t *testing.T) incidentSize {
 // the estimate must be within 10% of the time taken.
 //
 // Part 2: Pebble's ARI moves every window of the replacements into the past.
-// The scheduler alone (its ARI re-check shortened to 15 s from Pebble's 6 h)
-// puts the fleet in its incident lane and the workers reissue every
-// certificate again, each replacing the part-1 certificate, with no 429
+// The scheduler alone (its ARI re-check shortened from Pebble's 6 h to 15 s,
+// 1 min for 2,000) puts the fleet in its incident lane and the workers
+// reissue every certificate again, each replacing the part-1 certificate, with no 429
 // from the CA. Its figures are reported beside a dry-run estimate.
 func TestIncidentReissue(t *testing.T) {
 	sz := incidentSizeFor(t)
@@ -86,7 +90,7 @@ func TestIncidentReissue(t *testing.T) {
 		OrdersPerFQDNSet: caproxy.Limit{Count: 5, Period: time.Hour},
 	}
 	f := newFleet(t, ctx, fleetConfig{workers: 2, concurrency: 2, limits: limits, ca: ca})
-	ir := newIncidentRig(t, ctx, f)
+	ir := newIncidentRig(t, ctx, f, sz.recheck)
 	interval := sz.account.Period / time.Duration(sz.account.Count)
 
 	// The workers keep a jitter allowance under the CA's burst: they spend
@@ -184,7 +188,7 @@ type incidentRig struct {
 	schedB string
 }
 
-func newIncidentRig(t *testing.T, ctx context.Context, f *fleet) *incidentRig {
+func newIncidentRig(t *testing.T, ctx context.Context, f *fleet, recheck time.Duration) *incidentRig {
 	t.Helper()
 	dir := t.TempDir()
 	cliBin, err := testenv.BuildCommand(ctx, dir, "certfleet", "github.com/certfleet/certfleet/cmd/certfleet")
@@ -210,13 +214,13 @@ func newIncidentRig(t *testing.T, ctx context.Context, f *fleet) *incidentRig {
 		return string(out)
 	}
 	// The scheduler asks Pebble itself for ARI (the proxy only referees
-	// orders), re-checks every window within 15 s instead of Pebble's 6 h,
+	// orders), re-checks every window within recheck instead of Pebble's 6 h,
 	// and emits within a budget above the account limit: the workers' limits
 	// bind, as in production.
 	w := &worker{name: "scheduler", log: &testenv.LogBuffer{}, done: make(chan struct{}), listen: testenv.FreeAddr(t, "127.0.0.1")}
 	w.cmd = exec.Command(schedBin, "-holder", "sched-"+f.suffix, "-listen", w.listen, "-group", "certfleet-sched-"+f.suffix,
 		"-topic-requests", f.topics.Requests, "-topic-events", f.topics.Events, "-topic-dlq", f.topics.DLQ,
-		"-tick-interval", "500ms", "-budget", "20/1s/20", "-ari-recheck-min", "1s", "-ari-recheck-max", "15s",
+		"-tick-interval", "500ms", "-budget", "20/1s/20", "-ari-recheck-min", "1s", "-ari-recheck-max", recheck.String(),
 		"-allow-special-names", "test", "-shutdown-timeout", "10s")
 	w.cmd.Env = append(append(os.Environ(), topicEnv...), "CERTFLEET_CAS="+caName+"="+f.s.ACMEDirectory, "CERTFLEET_ACME_TLS_CA="+f.s.ACMETLSCA)
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
