@@ -87,6 +87,10 @@ type Config struct {
 	// Lanes says how order slots are shared between lanes and tenants
 	// (lanes.go); the zero value is DefaultLanePolicy.
 	Lanes LanePolicy
+	// LaneSignals, optional, makes lanes fleet-wide: a higher lane's
+	// requests denied by the fleet budget hold lower-lane requests back in
+	// every worker (lanes.go). Nil: lanes order only each worker's slots.
+	LaneSignals LaneSignals
 	// Lease is how long a claim protects a request from other workers
 	// without a renewal. Default 15 s with a Renewer (the heartbeat renews
 	// it), 5 minutes without (it must then outlast the longest order).

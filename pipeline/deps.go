@@ -46,6 +46,18 @@ type Renewer interface {
 	Renew(ctx context.Context, requestID, owner string, lease time.Duration) error
 }
 
+// LaneSignals is the fleet-wide word that a lane's requests are waiting
+// for the fleet budget. *lanesignal.Store implements it.
+//
+// Contract: Mark records that lane's requests wait until until (never
+// shortening a later mark); Until returns the latest end of a mark of any of
+// lanes, the zero time when there is none. Safe for concurrent use, also
+// across processes; ctx bounds each call.
+type LaneSignals interface {
+	Mark(ctx context.Context, lane string, until time.Time) error
+	Until(ctx context.Context, lanes []string) (time.Time, error)
+}
+
 // Booker books the next free slot of an order's buckets when they are
 // full. *ratelimit.Limiter implements it.
 //

@@ -48,6 +48,11 @@ var errReroute = errors.New("pipeline: moving the request to the next CA")
 // the request may be ordered from: their breakers are open.
 const limitCAUnavailable = "CAUnavailable"
 
+// limitLanePriority is the limit an issuance_deferred names when a request
+// was held back for a higher lane waiting for the fleet budget (lanes.go);
+// its key is the request's lane.
+const limitLanePriority = "LanePriority"
+
 // candidates are the CAs the job may order from, most preferred first: the
 // CA its recorded order is at, or the request's route.
 func (j *job) candidates() []CA {
@@ -111,6 +116,15 @@ func (j *job) issue(ctx context.Context, kind ratelimit.OrderKind) (string, erro
 // cannot apply to the request) and returns the job's outcome.
 func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, outcome string, err error) {
 	w := j.w
+	// A higher lane waiting for the fleet budget anywhere in the fleet goes
+	// first (lanes.go).
+	deferTo, err := j.yieldToHigherLanes(ctx)
+	if err != nil {
+		return false, "", j.release(ctx, err)
+	}
+	if !deferTo.IsZero() {
+		return false, OutcomeDeferred, j.deferUntil(ctx, deferTo, limitLanePriority, LaneOf(j.req).String(), true)
+	}
 	cands := j.candidates()
 	var waitUntil time.Time // earliest a CA whose breaker refused may be tried
 	var waitCA string
@@ -220,6 +234,9 @@ func (j *job) spend(ctx context.Context, txns []ratelimit.Transaction) (ratelimi
 			limit = string(res.Limiting.Name)
 		}
 		w.cfg.Metrics.Denied.WithLabelValues(limit).Inc()
+		if res.Limiting != nil && res.Limiting.Name == ratelimit.FleetOrdersPerSecond {
+			j.markWaiting(ctx)
+		}
 		if res.RetryIn > w.cfg.MaxInlineWait {
 			return res, nil
 		}

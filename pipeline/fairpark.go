@@ -27,11 +27,15 @@ type fairHold struct {
 	capacity int
 	minQuota int
 	minWait  time.Duration // the earliest return of a parked record
-	maxWait  time.Duration // the latest: a record parked this long is looked at again
+	// quickWait: a record whose turn is this near at the rate its group is
+	// being served is held beyond the share (see admit).
+	quickWait time.Duration
+	maxWait   time.Duration // the latest: a record parked this long is looked at again
 
 	mu     sync.Mutex
 	groups map[laneTenant]*holdState
 	active int        // groups with held records
+	total  int        // records held, all groups
 	all    rateWindow // every grant of this worker
 }
 
@@ -50,14 +54,19 @@ type holdState struct {
 const defaultRate = 20
 
 func newFairHold(capacity, minQuota int) *fairHold {
-	return &fairHold{capacity: capacity, minQuota: max(1, minQuota), minWait: time.Second, maxWait: 10 * time.Minute,
+	return &fairHold{capacity: capacity, minQuota: max(1, minQuota), minWait: time.Second, maxWait: 10 * time.Minute, quickWait: 5 * time.Second,
 		groups: map[laneTenant]*holdState{}}
 }
 
 // admit is asked for each fetched record before it waits for a slot. hold
 // true: keep it, and call release when it stops waiting; false: park it until
-// due.
-func (f *fairHold) admit(lane Lane, tenant string, now time.Time) (hold bool, due time.Time) {
+// due. returning: the record was parked for its turn before; it may take
+// up to half as much again as its group's share, so a record that came back
+// a little early is held rather than parked again (each parking costs a
+// retry record), while the records of a group that come back far too early
+// still leave the worker room to read past them (twice the share would let
+// a lone group fill it).
+func (f *fairHold) admit(lane Lane, tenant string, now time.Time, returning bool) (hold bool, due time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := laneTenant{lane, tenant}
@@ -70,14 +79,23 @@ func (f *fairHold) admit(lane Lane, tenant string, now time.Time) (hold bool, du
 	if q.held > 0 {
 		others--
 	}
-	if q.held < max(f.minQuota, f.capacity/(others+2)) {
+	share := max(f.minQuota, f.capacity/(others+2))
+	observed := max(q.grants.rate(now), f.all.rate(now))
+	// A group served fast enough that this record's turn comes within
+	// quickWait is held beyond its share while the worker has room (a record
+	// back from its turn's parking even without room: MaxPending still bounds
+	// the worker): parking it would cost a retry record and win nobody more
+	// than seconds.
+	quick := observed > 0 && float64(q.held)/observed <= f.quickWait.Seconds() && (returning || f.total < f.capacity)
+	if q.held < share || returning && q.held < share+share/2 || quick {
 		if q.held == 0 {
 			f.active++
 		}
 		q.held++
+		f.total++
 		return true, time.Time{}
 	}
-	rate := max(q.grants.rate(now), f.all.rate(now))
+	rate := observed
 	if rate == 0 {
 		rate = defaultRate
 	}
@@ -108,6 +126,7 @@ func (f *fairHold) release(lane Lane, tenant string, now time.Time, granted bool
 		f.all.add(now)
 	}
 	q.held--
+	f.total--
 	if q.held == 0 {
 		f.active--
 		if !q.nextDue.After(now) {
@@ -168,11 +187,27 @@ func (w *Worker) admitOrPark(ctx context.Context, m kafka.Message, req *events.I
 	if w.cfg.Parking == nil {
 		return true, func(bool) {}, nil
 	}
-	ok, due := w.hold.admit(lane, req.Tenant, w.cfg.Clock.Now())
+	ok, due := w.hold.admit(lane, req.Tenant, w.cfg.Clock.Now(), m.Topic == w.cfg.Topics.Retry && parkedForTurn(m))
 	if ok {
 		return true, func(granted bool) { w.hold.release(lane, req.Tenant, w.cfg.Clock.Now(), granted) }, nil
 	}
 	w.cfg.Metrics.ParkedForTurn.WithLabelValues(lane.String()).Inc()
-	msg := kafka.Message{Topic: w.cfg.Topics.Retry, Key: m.Key, Value: m.Value, Headers: m.Headers}
+	msg := kafka.Message{Topic: w.cfg.Topics.Retry, Key: m.Key, Value: m.Value,
+		Headers: append(append([]kafka.Header(nil), m.Headers...), kafka.Header{Key: HeaderParkedForTurn, Value: []byte("1")})}
 	return false, nil, w.park(ctx, req.RequestID, events.Identity(req.SANs), msg, due)
+}
+
+// HeaderParkedForTurn marks a record the worker parked for its turn
+// (fairHold): when it comes back it is held whatever its group's share.
+// Only workers write the retry topic, so the header is trusted there and
+// ignored on the requests topic.
+const HeaderParkedForTurn = "certfleet_parked_for_turn"
+
+func parkedForTurn(m kafka.Message) bool {
+	for _, h := range m.Headers {
+		if h.Key == HeaderParkedForTurn {
+			return true
+		}
+	}
+	return false
 }

@@ -9,7 +9,7 @@ var fh0 = time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
 
 func admitN(f *fairHold, lane Lane, tenant string, n int) (held int, dues []time.Time) {
 	for range n {
-		hold, due := f.admit(lane, tenant, fh0)
+		hold, due := f.admit(lane, tenant, fh0, false)
 		if hold {
 			held++
 		} else {
@@ -44,13 +44,14 @@ func TestFairHoldSharesTheCapacity(t *testing.T) {
 	}
 	// A released hold goes to the group's next record.
 	f.release(LaneRenewal, "z", fh0, true)
-	if hold, _ := f.admit(LaneRenewal, "z", fh0); !hold {
+	if hold, _ := f.admit(LaneRenewal, "z", fh0, false); !hold {
 		t.Error("a freed hold was not given to the group's next record")
 	}
 }
 
 func TestFairHoldSpacesReturnsByTheGrantedRate(t *testing.T) {
 	f := newFairHold(8, 1)
+	f.quickWait = 0 // every record beyond the share is parked
 	admitN(f, LaneRenewal, "a", 4)
 	// 3 held records got slots at 10 per second, 1 stays held.
 	for i := range 3 {
@@ -90,5 +91,42 @@ func TestFairHoldForgetsIdleGroups(t *testing.T) {
 	}
 	if n := len(f.groups); n != 0 || f.active != 0 {
 		t.Errorf("after every record was released: %d groups kept, %d active; want none", n, f.active)
+	}
+}
+
+func TestFairHoldHoldsAReturningRecord(t *testing.T) {
+	f := newFairHold(4, 1)
+	admitN(f, LaneNew, "a", 5)
+	if hold, _ := f.admit(LaneNew, "a", fh0, false); hold {
+		t.Fatal("a new record beyond the share was held")
+	}
+	if hold, _ := f.admit(LaneNew, "a", fh0, true); !hold {
+		t.Error("a record back from its turn's parking was parked again")
+	}
+	// Up to 1.5 times the share (2 for a lone group of capacity 4), not more.
+	if hold, _ := f.admit(LaneNew, "a", fh0, true); hold {
+		t.Error("returning records were held beyond twice the group's share")
+	}
+}
+
+// A group served fast enough is held beyond its share while the worker has
+// room: its records' turns come within quickWait anyway.
+func TestFairHoldHoldsAFastGroup(t *testing.T) {
+	f := newFairHold(20, 1)
+	admitN(f, LaneRenewal, "a", 1)
+	for i := range 40 { // 40 slots a second
+		f.release(LaneRenewal, "a", fh0.Add(-time.Second+time.Duration(i)*25*time.Millisecond), true)
+		admitN(f, LaneRenewal, "a", 1)
+	}
+	// Share alone: 10 of 20. At 40/s, 20 held is half a second of work.
+	if held, _ := admitN(f, LaneRenewal, "a", 30); held != 19 {
+		t.Errorf("a group served at 40/s held %d more records, want 19 (up to the capacity of 20)", held)
+	}
+	f.quickWait = 100 * time.Millisecond // 4 records' worth at 40/s
+	g := newFairHold(20, 1)
+	g.quickWait = f.quickWait
+	g.all = f.all
+	if held, _ := admitN(g, LaneRenewal, "b", 30); held != 10 {
+		t.Errorf("with a short quickWait a fast group held %d, want its share 10 (the quick rule only adds while a turn is near)", held)
 	}
 }

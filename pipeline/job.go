@@ -72,7 +72,7 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	if !hold || err != nil {
 		return err
 	}
-	releaseSlot, err := w.acquireSlot(waitCtx, req)
+	releaseSlot, owed, err := w.acquireSlot(waitCtx, req)
 	stopWaiting(err == nil)
 	if err != nil {
 		return err
@@ -86,7 +86,7 @@ func (w *Worker) handle(waitCtx, jobCtx context.Context, m kafka.Message) (err e
 	// The owner is per job, not per worker: one worker handling two copies of
 	// a request at once must not let the second take over the first's claim.
 	j = &job{w: w, route: rt, ca: rt.cas[0], req: req, src: m, identity: events.Identity(req.SANs), owner: w.cfg.Owner + "/" + uuid.NewString(),
-		failures: failuresOf(m), releaseSlot: releaseSlot, skip: map[string]bool{}}
+		failures: failuresOf(m), releaseSlot: releaseSlot, owed: owed, skip: map[string]bool{}}
 	outcome, err := j.run(jobCtx)
 	w.cfg.Logger.Debug("job finished", append(j.log(), "outcome", outcome, "err", err)...)
 	if errors.Is(err, errDataRefused) {
@@ -110,6 +110,7 @@ type job struct {
 	src      kafka.Message
 	identity string
 	failures int                     // failed attempts so far (HeaderFailures); deferrals are not failures
+	owed     bool                    // the order slot is its lane's reserved share: no yielding to higher lanes
 	released bool                    // the claim was handed back (release runs once)
 	owner    string                  // claim owner: this worker and job
 	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
@@ -213,7 +214,7 @@ func (j *job) claim(ctx context.Context) (certstore.ClaimResult, error) {
 	if err := clock.Sleep(ctx, wait); err != nil {
 		return c, err
 	}
-	if j.releaseSlot, err = w.acquireSlot(ctx, j.req); err != nil {
+	if j.releaseSlot, j.owed, err = w.acquireSlot(ctx, j.req); err != nil {
 		j.releaseSlot = func() {}
 		return c, err
 	}

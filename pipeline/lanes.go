@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -123,6 +124,7 @@ type slotWaiter struct {
 	seq      uint64
 	granted  chan struct{}
 	done     bool // granted (closed) or withdrawn
+	owed     bool // granted as its starved lane's reserved share
 }
 
 func newSlotScheduler(slots int, policy LanePolicy, c clock.Clock) *slotScheduler {
@@ -135,8 +137,9 @@ func newSlotScheduler(slots int, policy LanePolicy, c clock.Clock) *slotSchedule
 
 // Acquire waits for an order slot for a request of the lane, tenant and
 // priority, or returns ctx's error (holding nothing). The returned release
-// gives the slot back; calling it more than once is harmless.
-func (s *slotScheduler) Acquire(ctx context.Context, lane Lane, tenant string, priority int) (release func(), err error) {
+// gives the slot back; calling it more than once is harmless. owed reports a
+// slot given as a starved lane's reserved share.
+func (s *slotScheduler) Acquire(ctx context.Context, lane Lane, tenant string, priority int) (release func(), owed bool, err error) {
 	if lane < 0 || lane >= numLanes {
 		lane = LaneRenewal
 	}
@@ -148,7 +151,7 @@ func (s *slotScheduler) Acquire(ctx context.Context, lane Lane, tenant string, p
 	s.mu.Unlock()
 	select {
 	case <-w.granted:
-		return sync.OnceFunc(s.release), nil
+		return sync.OnceFunc(s.release), w.owed, nil
 	case <-ctx.Done():
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -158,7 +161,7 @@ func (s *slotScheduler) Acquire(ctx context.Context, lane Lane, tenant string, p
 		} else {
 			s.withdraw(w)
 		}
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 }
 
@@ -239,11 +242,12 @@ func (s *slotScheduler) dropTenant(lq *laneQueue, tenant string) {
 // dispatch grants free slots to waiters. Called with mu held.
 func (s *slotScheduler) dispatch() {
 	for s.free > 0 {
-		lane, ok := s.pickLane()
+		lane, owed, ok := s.pickLane()
 		if !ok {
 			return
 		}
 		w := s.pickWaiter(lane)
+		w.owed = owed
 		s.free--
 		w.done = true
 		close(w.granted)
@@ -256,7 +260,7 @@ func (s *slotScheduler) dispatch() {
 
 // pickLane is the lane the next slot goes to: the highest owed lane, else the
 // highest lane with waiters.
-func (s *slotScheduler) pickLane() (Lane, bool) {
+func (s *slotScheduler) pickLane() (lane Lane, owed, ok bool) {
 	now := s.clock.Now()
 	top := Lane(-1)
 	for l := LaneEmergency; l < numLanes; l++ {
@@ -266,7 +270,7 @@ func (s *slotScheduler) pickLane() (Lane, bool) {
 		}
 	}
 	if top < 0 {
-		return 0, false
+		return 0, false, false
 	}
 	for l := top + 1; l < numLanes; l++ {
 		lq := &s.lanes[l]
@@ -278,11 +282,11 @@ func (s *slotScheduler) pickLane() (Lane, bool) {
 		}
 		if lq.owed {
 			if s.share(l) < s.policy.Reserved[l] {
-				return l, true
+				return l, true, true
 			}
 		}
 	}
-	return top, true
+	return top, false, true
 }
 
 // share is lane l's fraction of the recent grants.
@@ -329,15 +333,120 @@ func (s *slotScheduler) weight(tenant string) int {
 }
 
 // acquireSlot waits for an order slot for req by its lane, tenant and
-// priority; the returned release (idempotent) gives it back.
-func (w *Worker) acquireSlot(ctx context.Context, req *events.IssuanceRequest) (release func(), err error) {
+// priority; the returned release (idempotent) gives it back. owed: the slot
+// is its starved lane's reserved share (it does not yield to higher lanes).
+func (w *Worker) acquireSlot(ctx context.Context, req *events.IssuanceRequest) (release func(), owed bool, err error) {
 	lane := LaneOf(req)
 	w.cfg.Metrics.LaneWaiting.WithLabelValues(lane.String()).Inc()
-	rel, err := w.slots.Acquire(ctx, lane, req.Tenant, req.Priority)
+	rel, owed, err := w.slots.Acquire(ctx, lane, req.Tenant, req.Priority)
 	w.cfg.Metrics.LaneWaiting.WithLabelValues(lane.String()).Dec()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	w.cfg.Metrics.InFlight.Inc()
-	return sync.OnceFunc(func() { rel(); w.cfg.Metrics.InFlight.Dec() }), nil
+	return sync.OnceFunc(func() { rel(); w.cfg.Metrics.InFlight.Dec() }), owed, nil
+}
+
+// laneHold is how long a mark of a lane waiting for the fleet budget holds
+// lower lanes back; a lane still denied marks again.
+const laneHold = 2 * time.Second
+
+// markWaiting tells the fleet that j's lane waits for the fleet budget
+// (LaneSignals), at most once per laneHold/4 per worker and lane. Failures
+// are logged: lanes across workers are best effort, never a reason to stop.
+func (j *job) markWaiting(ctx context.Context) {
+	w, lane := j.w, LaneOf(j.req)
+	if w.cfg.LaneSignals == nil || lane == LaneRenewal {
+		return
+	}
+	now := w.cfg.Clock.Now()
+	if !w.laneMarks.due(lane, now, laneHold/4) {
+		return
+	}
+	if err := w.cfg.LaneSignals.Mark(ctx, lane.String(), now.Add(laneHold)); err != nil {
+		w.cfg.Logger.Warn("marking the lane as waiting for the fleet budget failed", append(j.log(), "lane", lane, "err", err)...)
+	}
+}
+
+// higherLanesWaiting returns until when a lane above j's was marked waiting
+// for the fleet budget (zero: none, or j's slot is its lane's owed share,
+// or no LaneSignals). Read at most every 250 ms per worker.
+func (j *job) higherLanesWaiting(ctx context.Context) time.Time {
+	w, lane := j.w, LaneOf(j.req)
+	if w.cfg.LaneSignals == nil || lane == LaneEmergency || j.owed {
+		return time.Time{}
+	}
+	var higher []string
+	for l := LaneEmergency; l < lane; l++ {
+		higher = append(higher, l.String())
+	}
+	until, err := w.laneMarks.until(ctx, w.cfg.LaneSignals, higher, w.cfg.Clock.Now())
+	if err != nil {
+		w.cfg.Logger.Warn("reading the lanes waiting for the fleet budget failed; not holding back", append(j.log(), "err", err)...)
+		return time.Time{}
+	}
+	if !until.After(w.cfg.Clock.Now()) {
+		return time.Time{}
+	}
+	return until
+}
+
+// yieldToHigherLanes holds j back while a higher lane waits for the fleet
+// budget somewhere in the fleet: in place (its slot kept) up to
+// MaxInlineWait, then it reports the time to defer j to.
+func (j *job) yieldToHigherLanes(ctx context.Context) (deferTo time.Time, err error) {
+	w := j.w
+	start := w.cfg.Clock.Now()
+	for {
+		until := j.higherLanesWaiting(ctx)
+		if until.IsZero() {
+			return time.Time{}, nil
+		}
+		now := w.cfg.Clock.Now()
+		if until.Sub(start) > w.cfg.MaxInlineWait {
+			return until, nil
+		}
+		if err := clock.Sleep(ctx, until.Sub(now)); err != nil {
+			return time.Time{}, err
+		}
+	}
+}
+
+// laneMarks caches, per worker, when each lane was last marked and the
+// marks last read.
+type laneMarks struct {
+	mu        sync.Mutex
+	marked    [numLanes]time.Time
+	readAt    time.Time
+	readFor   string
+	readUntil time.Time
+}
+
+func (m *laneMarks) due(lane Lane, now time.Time, every time.Duration) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if now.Sub(m.marked[lane]) < every {
+		return false
+	}
+	m.marked[lane] = now
+	return true
+}
+
+func (m *laneMarks) until(ctx context.Context, s LaneSignals, lanes []string, now time.Time) (time.Time, error) {
+	key := fmt.Sprint(lanes)
+	m.mu.Lock()
+	if m.readFor == key && now.Sub(m.readAt) < 250*time.Millisecond {
+		u := m.readUntil
+		m.mu.Unlock()
+		return u, nil
+	}
+	m.mu.Unlock()
+	u, err := s.Until(ctx, lanes)
+	if err != nil {
+		return time.Time{}, err
+	}
+	m.mu.Lock()
+	m.readAt, m.readFor, m.readUntil = now, key, u
+	m.mu.Unlock()
+	return u, nil
 }

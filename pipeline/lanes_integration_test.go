@@ -11,6 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/certfleet/certfleet/events"
+	"github.com/certfleet/certfleet/internal/lanesignal"
 	"github.com/certfleet/certfleet/pipeline"
 	"github.com/certfleet/certfleet/ratelimit"
 )
@@ -47,6 +48,7 @@ func (st *stack) tenantRequests(t *testing.T, ctx context.Context, tenant string
 func (st *stack) laneWorker(t *testing.T, name string, maxPending int) {
 	w := st.worker(t, name, func(c *pipeline.Config) {
 		c.Concurrency, c.MaxPending, c.Parking, c.Booker = 2, maxPending, st.store, st.limiter
+		c.LaneSignals = lanesignal.New(st.db)
 	})
 	st.run(t, w, "g-"+st.suffix)
 	relay := &pipeline.ParkRelay{Source: st.store, Writer: st.producer, Topic: st.topics.Retry, Owner: name, Interval: 50 * time.Millisecond}
@@ -80,13 +82,18 @@ func tenantOf(ev events.Event) string { return ev.Data.(*events.CertObtained).Te
 // backlog of renewals far larger than the worker may hold are all issued
 // before any further renewal (only renewals already holding an order slot
 // when they arrived finish in between), within the fleet budget.
+// CERTFLEET_LANES_FULL=1 runs the size: 200 behind 5,000.
 func TestEmergencyLaneOvertakesARenewalBacklog(t *testing.T) {
+	nR, nE := 150, 12
+	if os.Getenv("CERTFLEET_LANES_FULL") == "1" {
+		nR, nE = 5000, 200
+	}
 	st := laneStack(t, 4)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	st.serveHTTP01(t)
-	renewals := st.tenantRequests(t, ctx, "routine", events.ReasonRenewal, 150)
-	emergencies := st.tenantRequests(t, ctx, "incident", events.ReasonReissue, 12)
+	renewals := st.tenantRequests(t, ctx, "routine", events.ReasonRenewal, nR)
+	emergencies := st.tenantRequests(t, ctx, "incident", events.ReasonReissue, nE)
 	st.laneWorker(t, "worker-a", 24)
 	st.laneWorker(t, "worker-b", 24)
 	st.publish(t, ctx, renewals...)
@@ -201,7 +208,12 @@ func tenantBRun(t *testing.T, nA, nB int, perSecond int64) time.Duration {
 	}
 	share := float64(nB) / float64(nB+aDuring)
 	t.Logf("B behind A's %d: %d certificates of B, p99 %v; while B was being served A got %d (B's share %.0f%%)", nA, nB, p99, aDuring, share*100)
-	if share < 0.4 {
+	// Each worker shares its slots half and half, but B's records are spread
+	// over the partitions unevenly, so a worker done with its part of B
+	// serves only A while the other still serves B: over B's whole span its
+	// share is below half (41-47% seen), far above what partition order
+	// gives it (none until A's backlog is through).
+	if share < 0.35 {
 		t.Errorf("while both had work B got %.0f%% of the certificates (A %d, B %d); fair share is about half", share*100, aDuring, nB)
 	}
 	if aDuring < nB/3 {

@@ -49,7 +49,7 @@ type grant struct {
 
 func newSlotQueue(t *testing.T, p LanePolicy, c clock.Clock) *slotQueue {
 	s := newSlotScheduler(1, p, c)
-	hold, err := s.Acquire(context.Background(), LaneRenewal, "test", 0)
+	hold, _, err := s.Acquire(context.Background(), LaneRenewal, "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func (q *slotQueue) add(name string, lane Lane, tenant string, priority int) {
 	q.queue++
 	want := q.queue
 	go func() {
-		release, err := q.s.Acquire(context.Background(), lane, tenant, priority)
+		release, _, err := q.s.Acquire(context.Background(), lane, tenant, priority)
 		if err != nil {
 			q.got <- grant{name: "error: " + err.Error(), release: func() {}}
 			return
@@ -204,13 +204,13 @@ func TestStarvedLaneGetsItsReservedShare(t *testing.T) {
 
 func TestWithdrawnWaiterHoldsNothing(t *testing.T) {
 	s := newSlotScheduler(1, DefaultLanePolicy, nil)
-	hold, err := s.Acquire(context.Background(), LaneNew, "a", 0)
+	hold, _, err := s.Acquire(context.Background(), LaneNew, "a", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { _, err := s.Acquire(ctx, LaneNew, "b", 0); errc <- err }()
+	go func() { _, _, err := s.Acquire(ctx, LaneNew, "b", 0); errc <- err }()
 	for s.Waiting()[LaneNew] != 1 {
 		time.Sleep(time.Millisecond)
 	}
@@ -223,7 +223,7 @@ func TestWithdrawnWaiterHoldsNothing(t *testing.T) {
 	}
 	hold()
 	hold() // twice is harmless
-	release, err := s.Acquire(context.Background(), LaneRenewal, "c", 0)
+	release, _, err := s.Acquire(context.Background(), LaneRenewal, "c", 0)
 	if err != nil {
 		t.Fatalf("the slot was not given back: %v", err)
 	}
@@ -253,7 +253,7 @@ func TestSlotSchedulerConcurrent(t *testing.T) {
 				ctx, cancel = context.WithTimeout(ctx, time.Duration(r.IntN(3))*time.Millisecond)
 				defer cancel()
 			}
-			release, err := s.Acquire(ctx, Lane(r.IntN(int(numLanes))), fmt.Sprint("t", r.IntN(7)), r.IntN(10))
+			release, _, err := s.Acquire(ctx, Lane(r.IntN(int(numLanes))), fmt.Sprint("t", r.IntN(7)), r.IntN(10))
 			if err != nil {
 				return
 			}

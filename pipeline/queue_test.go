@@ -142,7 +142,9 @@ func TestQueueDrainsAtTheDomainRate(t *testing.T) {
 	if len(slots) > 1 {
 		scheduled = float64(len(slots)-1) / slots[len(slots)-1].Sub(slots[0]).Seconds()
 	}
-	if len(slots) < n-2*burst || scheduled < 0.99*rate {
+	// Nearly all: a record the worker parked for its turn (fairpark.go) may
+	// come back when a token is free and spend it without a booking.
+	if len(slots) < n-4*burst || scheduled < 0.99*rate {
 		t.Errorf("%d of %d requests booked slots, at %.3f/s: want nearly all at the domain's %d/s", len(slots), n, scheduled, rate)
 	}
 	t.Logf("QUEUE %d requests under %s at %d/s: %d deferred to booked slots (%.3f/s scheduled), %d retry records (at most %d per request), 0 failed; drained in %v (%.2f/s measured)",

@@ -14,12 +14,13 @@ import (
 // Worker processes issuance records. Safe for concurrent use: Run calls
 // Handle from many goroutines.
 type Worker struct {
-	cfg      Config
-	routes   map[string]route // by CA name, CA directory and group name
-	slots    *slotScheduler   // order slots (Concurrency), by lane and tenant (lanes.go)
-	hold     *fairHold        // records kept waiting per lane and tenant, the rest parked (fairpark.go)
-	progress progress         // records held, for Stalled (progress.go)
-	lat      *latencies       // order latencies per CA, for the issuance lead (lead.go)
+	cfg       Config
+	routes    map[string]route // by CA name, CA directory and group name
+	slots     *slotScheduler   // order slots (Concurrency), by lane and tenant (lanes.go)
+	hold      *fairHold        // records kept waiting per lane and tenant, the rest parked (fairpark.go)
+	laneMarks laneMarks        // lane signals marked and read (lanes.go)
+	progress  progress         // records held, for Stalled (progress.go)
+	lat       *latencies       // order latencies per CA, for the issuance lead (lead.go)
 }
 
 // New validates cfg (errors name the field) and returns a Worker.

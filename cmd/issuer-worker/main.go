@@ -36,6 +36,7 @@ import (
 	"github.com/certfleet/certfleet/dns01"
 	"github.com/certfleet/certfleet/events"
 	"github.com/certfleet/certfleet/internal/caconfig"
+	"github.com/certfleet/certfleet/internal/lanesignal"
 	"github.com/certfleet/certfleet/kafkaconn"
 	"github.com/certfleet/certfleet/names"
 	"github.com/certfleet/certfleet/pipeline"
@@ -251,7 +252,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	store := certstore.New(d)
 	pcfg := pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Renewer: store, Previous: store, Tokens: limiter, Limits: cat,
-		Parking: store, Booker: limiter, Lead: cfg.Lead,
+		Parking: store, Booker: limiter, Lead: cfg.Lead, LaneSignals: lanesignal.New(d),
 		Writer: producer, Sealer: keyring, CAs: cas, Groups: cfg.CAGroups, Breaker: breaker, FailoverAfter: cfg.FailoverAfter,
 		Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, OrderTimeout: cfg.OrderTimeout, Logger: log, Metrics: metrics,
