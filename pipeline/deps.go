@@ -141,6 +141,19 @@ type Writer interface {
 type CA struct {
 	caconfig.CA
 	Issuer Issuer
+	// AccountKey, optional, names the ACME account a tenant's orders go
+	// through at this CA (acmeissuer's Issuer.AccountKey: the tenant, or one
+	// shared account): NewOrdersPerAccount is keyed by it, so the fleet's
+	// bucket counts what the CA counts per account. Nil: the tenant.
+	AccountKey func(tenant string) string
+}
+
+// account is the account tenant's orders at ca go through.
+func (ca CA) account(tenant string) string {
+	if ca.AccountKey == nil {
+		return tenant
+	}
+	return ca.AccountKey(tenant)
 }
 
 // Breaker is the fleet's circuit breaker per CA, by CA name.

@@ -140,7 +140,7 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 			}
 			continue
 		}
-		txns, err := w.cfg.Limits.OrderTransactions(ratelimit.Order{Directory: ca.Directory, Account: j.req.Tenant, SANs: j.req.SANs, Kind: kind})
+		txns, err := w.cfg.Limits.OrderTransactions(ratelimit.Order{Directory: ca.Directory, Account: ca.account(j.req.Tenant), SANs: j.req.SANs, Kind: kind})
 		if err != nil {
 			j.giveBackProbe(ctx, ca, dec.probe)
 			outcome, err := j.failPermanently(ctx, problemBadRequest, err.Error())
@@ -151,7 +151,7 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 			// The slot booked for this request (park.go): its tokens are
 			// spent already, for now.
 			j.booking = nil
-			j.ca, j.txns = ca, txns
+			j.ca, j.txns, j.ordersPlaced = ca, txns, 0
 			if dec.probe {
 				j.probe = ca.Name
 			}
@@ -163,7 +163,7 @@ func (j *job) choose(ctx context.Context, kind ratelimit.OrderKind) (ok bool, ou
 			return false, "", j.release(ctx, err)
 		}
 		if res.Allowed {
-			j.ca, j.txns = ca, txns
+			j.ca, j.txns, j.ordersPlaced = ca, txns, 0
 			if dec.probe {
 				j.probe = ca.Name
 			}

@@ -209,12 +209,14 @@ type fakeTokens struct {
 	spends, refunds int
 	penalties       map[string]time.Time // bucket key -> until
 	failedAuthz     []string             // problem types reported to SpendFailedAuthorizations
+	spent           [][]ratelimit.Transaction
 }
 
-func (f *fakeTokens) Spend(context.Context, []ratelimit.Transaction) (ratelimit.Result, error) {
+func (f *fakeTokens) Spend(_ context.Context, txns []ratelimit.Transaction) (ratelimit.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.spends++
+	f.spent = append(f.spent, txns)
 	if f.err != nil {
 		return ratelimit.Result{}, f.err
 	}
@@ -257,14 +259,19 @@ func (f *fakeTokens) counts() (spends, refunds int) {
 	return f.spends, f.refunds
 }
 
-// fakeLimits charges one domain bucket and the fleet budget.
-type fakeLimits struct{}
+// fakeLimits charges one domain bucket and the fleet budget, and with
+// account the order's account first.
+type fakeLimits struct{ account bool }
 
-func (fakeLimits) OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction, error) {
-	return []ratelimit.Transaction{
+func (f fakeLimits) OrderTransactions(o ratelimit.Order) ([]ratelimit.Transaction, error) {
+	var acct []ratelimit.Transaction
+	if f.account {
+		acct = []ratelimit.Transaction{{Directory: o.Directory, Name: ratelimit.NewOrdersPerAccount, Value: o.Account, Account: o.Account, Cost: 1}}
+	}
+	return append(acct, []ratelimit.Transaction{
 		{Directory: o.Directory, Name: ratelimit.CertificatesPerDomain, Value: o.SANs[0], Cost: 1},
 		{Directory: o.Directory, Name: ratelimit.FleetOrdersPerSecond, Value: "*", Cost: 1},
-	}, nil
+	}...), nil
 }
 
 // fakeIssuer issues from testCA unless obtain says otherwise; obtain gets
@@ -428,6 +435,8 @@ type harness struct {
 	issuer *fakeIssuer
 	writer *fakeWriter
 	topics events.Topics
+	// accountKey, when set, is the CA's AccountKey.
+	accountKey func(string) string
 }
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -450,9 +459,9 @@ func testKeyring(t testing.TB) *seal.Keyring {
 
 func (h *harness) config() Config {
 	return Config{
-		Owner: "test-worker", Topics: h.topics, Claims: h.claims, Tokens: h.tokens, Limits: fakeLimits{},
+		Owner: "test-worker", Topics: h.topics, Claims: h.claims, Tokens: h.tokens, Limits: fakeLimits{account: h.accountKey != nil},
 		Writer: h.writer, Sealer: testKeyring(h.t), Clock: h.clock,
-		CAs:          []CA{{CA: caconfig.CA{Name: "pebble", Directory: "https://ca.test/dir"}, Issuer: h.issuer}},
+		CAs:          []CA{{CA: caconfig.CA{Name: "pebble", Directory: "https://ca.test/dir"}, Issuer: h.issuer, AccountKey: h.accountKey}},
 		OrderRetries: 2, RetryDelay: 30 * time.Second, MaxRetryDelay: time.Hour, BusyRetry: 5 * time.Second,
 		Lease: 5 * time.Minute, MaxAttempts: 5, InfraBackoffMax: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

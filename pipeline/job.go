@@ -109,11 +109,14 @@ type job struct {
 	req      *events.IssuanceRequest
 	src      kafka.Message
 	identity string
-	failures int                     // failed attempts so far (HeaderFailures); deferrals are not failures
-	owed     bool                    // the order slot is its lane's reserved share: no yielding to higher lanes
-	released bool                    // the claim was handed back (release runs once)
-	owner    string                  // claim owner: this worker and job
-	txns     []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
+	failures int  // failed attempts so far (HeaderFailures); deferrals are not failures
+	owed     bool // the order slot is its lane's reserved share: no yielding to higher lanes
+	// ordersPlaced counts orders the CA created since tokens were last
+	// spent for this job (placed); the first was charged by that spend.
+	ordersPlaced int
+	released     bool                    // the claim was handed back (release runs once)
+	owner        string                  // claim owner: this worker and job
+	txns         []ratelimit.Transaction // spent tokens, refunded if the CA never counted the order
 	// pending is the order in flight for this request: the one a previous
 	// owner left (from the claim), then each one the CA creates for us.
 	pending *acmeissuer.PendingOrder
@@ -299,10 +302,7 @@ func (j *job) attempt(ctx context.Context, areq acmeissuer.Request) (*acmeissuer
 	w := j.w
 	octx, cancel := j.orderContext(ctx)
 	t0, since := time.Now(), w.cfg.Clock.Now()
-	areq.Resume, areq.OnOrder = j.pending, nil
-	if w.cfg.Orders != nil {
-		areq.OnOrder = j.recordOrder
-	}
+	areq.Resume, areq.OnOrder = j.pending, j.placed
 	result, err := j.ca.Issuer.Obtain(octx, areq)
 	cancel()
 	if ctx.Err() == nil {
@@ -406,7 +406,35 @@ func (j *job) openOrder(ctx context.Context, o *certstore.Order) *acmeissuer.Pen
 	return &acmeissuer.PendingOrder{URL: o.URL, Key: key}
 }
 
-// recordOrder is acmeissuer's OnOrder: it keeps the order the CA just
+// placed is acmeissuer's OnOrder, called for every order the CA creates:
+// the first after a spend was charged by it; any further one (a replacement
+// after a failed validation, an order that could not be continued) is
+// charged to NewOrdersPerAccount now, without the check (the CA counted it
+// already), so the fleet's count never drifts below the CA's. Then the order
+// is recorded for the next owner (recordOrder).
+func (j *job) placed(ctx context.Context, o acmeissuer.PendingOrder) {
+	w := j.w
+	j.ordersPlaced++
+	if j.ordersPlaced > 1 {
+		var extra []ratelimit.Transaction
+		for _, t := range j.txns {
+			if t.Name == ratelimit.NewOrdersPerAccount {
+				t.Mode, t.Lead = ratelimit.ModeSpendNoCheck, 0
+				extra = append(extra, t)
+			}
+		}
+		if len(extra) > 0 {
+			if _, err := w.cfg.Tokens.Spend(ctx, extra); err != nil {
+				w.cfg.Logger.Warn("charging a further order to NewOrdersPerAccount failed; the fleet's count is one below the CA's", append(j.log(), "order", o.URL, "err", err)...)
+			}
+		}
+	}
+	if w.cfg.Orders != nil {
+		j.recordOrder(ctx, o)
+	}
+}
+
+// recordOrder keeps the order the CA just
 // created, key sealed, on the claimed request. A failure is logged: the order
 // goes on, only a crash before it ends would cost a second order. It runs
 // inside the order, so an unreachable database may hold it for

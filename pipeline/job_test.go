@@ -321,6 +321,31 @@ func TestJobDecisions(t *testing.T) {
 			},
 		},
 		{
+			name: "every order the CA creates is charged: a second order inside one attempt spends NewOrdersPerAccount again, unchecked, under the CA's account key",
+			setup: func(h *harness) {
+				h.issuer.obtain = func(ctx context.Context, req acmeissuer.Request, _ int64) (*acmeissuer.Result, error) {
+					// A failed validation's fallback: the CA created two orders.
+					req.OnOrder(ctx, acmeissuer.PendingOrder{URL: "https://ca.test/order/1"})
+					req.OnOrder(ctx, acmeissuer.PendingOrder{URL: "https://ca.test/order/2"})
+					return issueTest(req.SANs)
+				}
+				h.accountKey = func(string) string { return "shared" }
+			},
+			want: want{events: []events.Type{events.TypeCertObtained}, orders: 1, completes: 1},
+			check: func(t *testing.T, h *harness, r run) {
+				if len(h.tokens.spent) != 2 {
+					t.Fatalf("%d spends, want the order's and one for the second order", len(h.tokens.spent))
+				}
+				if acct := h.tokens.spent[0][0]; acct.Name != ratelimit.NewOrdersPerAccount || acct.Value != "shared" {
+					t.Errorf("the order's first transaction is %s:%s, want NewOrdersPerAccount keyed by the CA's account key", acct.Name, acct.Value)
+				}
+				extra := h.tokens.spent[1]
+				if len(extra) != 1 || extra[0].Name != ratelimit.NewOrdersPerAccount || extra[0].Mode != ratelimit.ModeSpendNoCheck || extra[0].Value != "shared" {
+					t.Errorf("second spend %+v, want one NewOrdersPerAccount transaction, unchecked, key shared", extra)
+				}
+			},
+		},
+		{
 			name:  "database busy (serialization failure): retried, then obtained",
 			setup: func(h *harness) { h.claims.errs, h.claims.errCode = 2, "40001" },
 			want:  want{events: []events.Type{events.TypeCertObtained}, orders: 1, completes: 1},

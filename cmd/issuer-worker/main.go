@@ -233,7 +233,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("CA %s: %w", ca.Name, err)
 		}
-		cas = append(cas, pipeline.CA{CA: ca, Issuer: auditedIssuer{next: iss, ca: ca.Name, db: d.Pool(), log: log}})
+		cas = append(cas, pipeline.CA{CA: ca, Issuer: auditedIssuer{next: iss, ca: ca.Name, db: d.Pool(), log: log}, AccountKey: iss.AccountKey})
 	}
 
 	reg := prometheus.NewRegistry()
