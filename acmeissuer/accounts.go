@@ -57,7 +57,7 @@ func (i *Issuer) Account(ctx context.Context, tenant string) (acme.Account, erro
 	e, ok := i.accounts[tenant]
 	if !ok {
 		e = &accountEntry{ready: make(chan struct{})}
-		i.accounts[tenant] = e
+		i.remember(tenant, e)
 		i.mu.Unlock()
 		e.acct, e.err = i.loadOrRegister(ctx, tenant)
 		if e.err != nil {
@@ -231,7 +231,7 @@ func (i *Issuer) reregister(ctx context.Context, tenant string, gone acme.Accoun
 	e := &accountEntry{ready: make(chan struct{}), acct: fresh}
 	close(e.ready)
 	i.mu.Lock()
-	i.accounts[tenant] = e
+	i.remember(tenant, e)
 	i.mu.Unlock()
 	if i.cfg.Logger != nil {
 		i.cfg.Logger.Warn("the CA no longer knew the account; registered it again", "tenant", tenant, "old", gone.Location, "new", acct.Location)
@@ -271,4 +271,29 @@ func (i *Issuer) explainEAB(err error) error {
 		return nil
 	}
 	return p
+}
+
+// maxCachedAccounts bounds the accounts an Issuer keeps in memory: a fleet
+// of 100,000 tenants (per-tenant mode) must not grow a worker for ever.
+// Evicted accounts are read again from acme_accounts when next used.
+const maxCachedAccounts = 10000
+
+// remember caches e for key, first evicting accounts already loaded (never
+// one still loading: its waiters hold it) while the cache is at its bound.
+// Called with i.mu held.
+func (i *Issuer) remember(key string, e *accountEntry) {
+	if _, ok := i.accounts[key]; !ok && len(i.accounts) >= maxCachedAccounts {
+		for k, old := range i.accounts { // map order: an arbitrary loaded entry
+			select {
+			case <-old.ready:
+				delete(i.accounts, k)
+			default:
+				continue
+			}
+			if len(i.accounts) < maxCachedAccounts {
+				break
+			}
+		}
+	}
+	i.accounts[key] = e
 }
