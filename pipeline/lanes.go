@@ -392,24 +392,38 @@ func (j *job) higherLanesWaiting(ctx context.Context) time.Time {
 }
 
 // yieldToHigherLanes holds j back while a higher lane waits for the fleet
-// budget somewhere in the fleet: in place (its slot kept) up to
-// MaxInlineWait, then it reports the time to defer j to.
+// budget somewhere in the fleet: in place up to MaxInlineWait, its order slot
+// given back meanwhile (a higher lane's job of this worker may take it) and
+// taken again after; beyond that it reports the time to defer j to.
 func (j *job) yieldToHigherLanes(ctx context.Context) (deferTo time.Time, err error) {
 	w := j.w
 	start := w.cfg.Clock.Now()
+	gaveBack := false
 	for {
 		until := j.higherLanesWaiting(ctx)
 		if until.IsZero() {
-			return time.Time{}, nil
+			break
 		}
-		now := w.cfg.Clock.Now()
 		if until.Sub(start) > w.cfg.MaxInlineWait {
-			return until, nil
+			deferTo = until
+			break
 		}
-		if err := clock.Sleep(ctx, until.Sub(now)); err != nil {
+		if !gaveBack {
+			j.releaseSlot()
+			gaveBack = true
+		}
+		if err := clock.Sleep(ctx, until.Sub(w.cfg.Clock.Now())); err != nil {
+			j.releaseSlot = func() {}
 			return time.Time{}, err
 		}
 	}
+	if gaveBack {
+		if j.releaseSlot, j.owed, err = w.acquireSlot(ctx, j.req); err != nil {
+			j.releaseSlot = func() {}
+			return time.Time{}, err
+		}
+	}
+	return deferTo, nil
 }
 
 // laneMarks caches, per worker, when each lane was last marked and the
