@@ -104,12 +104,14 @@ func (l *latencies) lead(ca string) time.Duration {
 }
 
 // withLead marks the issuance-counted transactions of an order at ca with
-// ca's lead, and NewOrdersPerAccount too: the CA counts an order when its
-// newOrder arrives, after the spend, and a spend recorded when it is made
-// runs ahead of that count by the jitter of the latency in between (at 100%
-// of the CA's limits the CA proxy answered 2 NewOrdersPerAccount 429s in a
-// 2,000-job friendliness run without it; 0 in 1,000 with it). The lead is
-// longer than that latency, which only delays, by the lead once.
+// ca's lead, and NewOrdersPerAccount with a lead of its own, newOrderLead at
+// most: the CA counts an order when its newOrder arrives, after the spend,
+// and a spend recorded when it is made runs ahead of that count by the
+// jitter of the latency in between (at 100% of the CA's limits the CA proxy
+// answered 2 NewOrdersPerAccount 429s in a 2,000-job friendliness run
+// without it; 0 with it). That latency is one request's, not the order's
+// whole time to issuance: the order's lead there slowed a saturated fast
+// bucket to one spend per lead (make bench's fleet row, limits of 10^6/s).
 func (j *job) withLead(ca CA, txns []ratelimit.Transaction) []ratelimit.Transaction {
 	d := j.w.lat.lead(ca.Name)
 	if d == 0 {
@@ -118,8 +120,12 @@ func (j *job) withLead(ca CA, txns []ratelimit.Transaction) []ratelimit.Transact
 	out := ratelimit.WithIssuanceLead(txns, d)
 	for i := range out {
 		if out[i].Name == ratelimit.NewOrdersPerAccount {
-			out[i].Lead = d
+			out[i].Lead = min(d, newOrderLead)
 		}
 	}
 	return out
 }
+
+// newOrderLead bounds the lead of NewOrdersPerAccount: far above a newOrder
+// request's latency and its jitter, far below an order's time to issuance.
+const newOrderLead = time.Second

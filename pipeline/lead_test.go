@@ -87,4 +87,26 @@ func TestOrdersSetTheLead(t *testing.T) {
 			t.Errorf("%s: lead %v, want %v", tx.Name, tx.Lead, want)
 		}
 	}
+	// Orders that take long to issue: the certificate limits take the whole
+	// lead, NewOrdersPerAccount (counted at the newOrder's arrival) at most
+	// newOrderLead.
+	for range 20 {
+		w.lat.observe("pebble", 20*time.Second)
+	}
+	long := w.lat.lead("pebble")
+	if long <= newOrderLead {
+		t.Fatalf("lead %v after 20 s orders, want above %v", long, newOrderLead)
+	}
+	for _, tx := range j.withLead(w.cfg.CAs[0], txns) {
+		switch tx.Name {
+		case ratelimit.CertificatesPerDomain, ratelimit.CertificatesPerFQDNSet:
+			if tx.Lead != long {
+				t.Errorf("%s: lead %v, want the order's %v", tx.Name, tx.Lead, long)
+			}
+		case ratelimit.NewOrdersPerAccount:
+			if tx.Lead != newOrderLead {
+				t.Errorf("NewOrdersPerAccount: lead %v, want newOrderLead %v", tx.Lead, newOrderLead)
+			}
+		}
+	}
 }
