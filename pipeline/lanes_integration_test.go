@@ -78,6 +78,17 @@ func obtainedInOrder(t *testing.T, msgs []kafka.Message) []events.Event {
 
 func tenantOf(ev events.Event) string { return ev.Data.(*events.CertObtained).Tenant }
 
+// obtainedBy counts the requests of tenant with a cert_obtained in msgs.
+func obtainedBy(t *testing.T, msgs []kafka.Message, tenant string) int {
+	n := 0
+	for _, ev := range obtainedInOrder(t, msgs) {
+		if tenantOf(ev) == tenant {
+			n++
+		}
+	}
+	return n
+}
+
 // Issue 19's lane test at CI size: emergency reissues published behind a
 // backlog of renewals far larger than the worker may hold are all issued
 // before any further renewal (only renewals already holding an order slot
@@ -100,13 +111,7 @@ func TestEmergencyLaneOvertakesARenewalBacklog(t *testing.T) {
 	collect(t, ctx, st.s.KafkaBrokers, st.topics.Events, func(all []kafka.Message) bool { return len(obtainedInOrder(t, all)) >= 8 })
 	st.publish(t, ctx, emergencies...)
 	msgs := collect(t, ctx, st.s.KafkaBrokers, st.topics.Events, func(all []kafka.Message) bool {
-		n := 0
-		for _, ev := range obtainedInOrder(t, all) {
-			if tenantOf(ev) == "incident" {
-				n++
-			}
-		}
-		return n == len(emergencies)
+		return obtainedBy(t, all, "incident") == len(emergencies)
 	})
 	order := obtainedInOrder(t, msgs)
 	first := slices.IndexFunc(order, func(ev events.Event) bool { return tenantOf(ev) == "incident" })
@@ -185,13 +190,7 @@ func tenantBRun(t *testing.T, nA, nB int, perSecond int64) time.Duration {
 	published := time.Now()
 	st.publish(t, ctx, b...)
 	msgs := collect(t, ctx, st.s.KafkaBrokers, st.topics.Events, func(all []kafka.Message) bool {
-		n := 0
-		for _, ev := range obtainedInOrder(t, all) {
-			if tenantOf(ev) == "tenant-b" {
-				n++
-			}
-		}
-		return n == nB
+		return obtainedBy(t, all, "tenant-b") == nB
 	})
 	order := obtainedInOrder(t, msgs)
 	var lat []time.Duration
