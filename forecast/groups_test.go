@@ -9,24 +9,13 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/db"
-	"github.com/certfleet/certfleet/schema"
+	"github.com/certfleet/certfleet/internal/dbtest"
 	"github.com/certfleet/certfleet/testenv"
 )
 
 func freshDB(t testing.TB) *db.DB {
 	t.Helper()
-	url := testenv.FreshDatabase(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := db.Open(ctx, db.Config{URL: url, MaxConns: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return dbtest.Migrated(t, 4)
 }
 
 // The database groups the plans by CA, hour after the start (overdue ones

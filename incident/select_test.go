@@ -9,9 +9,8 @@ import (
 	"time"
 
 	"github.com/certfleet/certfleet/certstore"
-	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/events"
-	"github.com/certfleet/certfleet/schema"
+	"github.com/certfleet/certfleet/internal/dbtest"
 	"github.com/certfleet/certfleet/testenv"
 )
 
@@ -23,15 +22,7 @@ func init() { testenv.UseLabNames() }
 func TestSelect(t *testing.T) {
 	testenv.Require(t)
 	ctx := context.Background()
-	url := testenv.FreshDatabase(t)
-	d, err := db.Open(ctx, db.Config{URL: url, MaxConns: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	d := dbtest.Migrated(t, 4)
 	now := time.Now().UTC().Truncate(time.Second)
 	st := certstore.New(d)
 	// name, tenant, CA, serial, issued (days ago), lifetime (days)

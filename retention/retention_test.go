@@ -14,26 +14,15 @@ import (
 
 	"github.com/certfleet/certfleet/db"
 	"github.com/certfleet/certfleet/internal/clock"
+	"github.com/certfleet/certfleet/internal/dbtest"
 	"github.com/certfleet/certfleet/retention"
-	"github.com/certfleet/certfleet/schema"
-	"github.com/certfleet/certfleet/testenv"
 )
 
 const day = 24 * time.Hour
 
 func open(t *testing.T) *db.DB {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d, err := db.Open(ctx, db.Config{URL: testenv.FreshDatabase(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return dbtest.Migrated(t, 0)
 }
 
 func exec(t *testing.T, d *db.DB, sql string, args ...any) {

@@ -5,25 +5,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/internal/dbtest"
 	"github.com/certfleet/certfleet/internal/lanesignal"
-	"github.com/certfleet/certfleet/schema"
-	"github.com/certfleet/certfleet/testenv"
 )
 
 func TestMarksOnTheDatabase(t *testing.T) {
-	testenv.Require(t)
+	s := lanesignal.New(dbtest.Migrated(t, 0))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	d, err := db.Open(ctx, db.Config{URL: testenv.FreshDatabase(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	if _, err := schema.Migrate(ctx, d, schema.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	s := lanesignal.New(d)
 	if u, err := s.Until(ctx, []string{"emergency", "new"}); err != nil || !u.IsZero() {
 		t.Fatalf("Until before any mark = %v, %v; want the zero time", u, err)
 	}
