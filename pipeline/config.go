@@ -91,6 +91,11 @@ type Config struct {
 	// requests denied by the fleet budget hold lower-lane requests back in
 	// every worker (lanes.go). Nil: lanes order only each worker's slots.
 	LaneSignals LaneSignals
+	// FairShare, optional, makes the fair share inside a lane fleet-wide:
+	// every worker shares each tenant's recent usage and serves first the
+	// tenants the whole fleet has served least (fairshare.go). Nil: each
+	// worker is fair over the requests it holds.
+	FairShare FairShare
 	// Lease is how long a claim protects a request from other workers
 	// without a renewal. Default 15 s with a Renewer (the heartbeat renews
 	// it), 5 minutes without (it must then outlast the longest order).

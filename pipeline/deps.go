@@ -58,6 +58,19 @@ type LaneSignals interface {
 	Until(ctx context.Context, lanes []string) (time.Time, error)
 }
 
+// FairShare shares each worker's recent usage of the lanes per tenant with
+// the fleet (fairshare.go). *lanesignal.Store implements it.
+//
+// Contract: Report replaces what owner reported before with usage (an
+// empty usage clears it); Others returns what every worker but owner last
+// reported for tenants, as reported (the caller decays it from At), and may
+// leave out rows so old that they decayed to nothing. Safe for concurrent
+// use, also across processes; ctx bounds each call.
+type FairShare interface {
+	Report(ctx context.Context, owner string, usage []TenantUsage) error
+	Others(ctx context.Context, owner string, tenants []string) ([]TenantUsage, error)
+}
+
 // Booker books the next free slot of an order's buckets when they are
 // full. *ratelimit.Limiter implements it.
 //

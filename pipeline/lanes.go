@@ -14,9 +14,10 @@ import (
 // to the lanes in their order (LaneEmergency first), except that a lower lane
 // left waiting for LanePolicy.StarveAfter without a slot is owed its
 // reserved share from then until its queue empties, so no lane is starved; a lane borrows every slot the lanes
-// above it do not use. Inside a lane, slots go round robin across tenants
-// (deficit round robin with per-tenant weights), and inside a tenant by the
-// request's priority, then in arrival order.
+// above it do not use. Inside a lane, a slot goes to the waiting tenant with
+// the least recent usage for its weight (fairshare.go: slots granted, decayed
+// with a half-life, counted fleet-wide when the workers share their usage),
+// and inside a tenant by the request's priority, then in arrival order.
 type Lane int
 
 // The lanes, in the order they are served.
@@ -65,13 +66,19 @@ type LanePolicy struct {
 	// before any lower-lane request.
 	StarveAfter time.Duration
 	// Weight is a tenant's share inside a lane relative to others (its
-	// deficit round robin quantum); nil or a result below 1 means 1.
+	// usage is divided by it); nil or a result below 1 means 1.
 	Weight func(tenant string) int
+	// ShareHalfLife is how fast a tenant's usage of a lane is forgotten
+	// (fairshare.go): a tenant that had no slots for a while is served
+	// ahead of one that had many, until their usage is even. Longer gives
+	// a newcomer behind a backlog more; zero takes DefaultLanePolicy's.
+	ShareHalfLife time.Duration
 }
 
 // DefaultLanePolicy: new issuance is owed 20% and renewals 10% of the slots
 // once they have waited a minute.
-var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute}
+// A tenant's usage halves every 10 s.
+var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute, ShareHalfLife: 10 * time.Second}
 
 func (p LanePolicy) withDefaults() LanePolicy {
 	for i := range p.Reserved {
@@ -81,6 +88,9 @@ func (p LanePolicy) withDefaults() LanePolicy {
 	}
 	if p.StarveAfter <= 0 {
 		p.StarveAfter = DefaultLanePolicy.StarveAfter
+	}
+	if p.ShareHalfLife <= 0 {
+		p.ShareHalfLife = DefaultLanePolicy.ShareHalfLife
 	}
 	return p
 }
@@ -105,16 +115,17 @@ type slotScheduler struct {
 
 type laneQueue struct {
 	tenants    map[string]*tenantQueue
-	ring       []string // tenants with waiters, in round robin order
-	pos        int      // ring position served next
+	ring       []string // tenants with waiters, in arrival order (ties go round it)
+	pos        int      // ring position looked at first
 	waiting    int
 	lastServed time.Time // last grant, or when the lane last went from empty to waiting
 	owed       bool      // starved: served at its reserved share until caught up
+	usage      usageMap  // slots granted per tenant, decayed (fairshare.go)
 }
 
 type tenantQueue struct {
 	waiters []*slotWaiter // by priority (highest first), then arrival
-	deficit int
+	since   time.Time     // last grant, or when the tenant started waiting
 }
 
 type slotWaiter struct {
@@ -131,6 +142,7 @@ func newSlotScheduler(slots int, policy LanePolicy, c clock.Clock) *slotSchedule
 	s := &slotScheduler{policy: policy.withDefaults(), clock: clock.Or(c), free: slots}
 	for i := range s.lanes {
 		s.lanes[i].tenants = map[string]*tenantQueue{}
+		s.lanes[i].usage = usageMap{}
 	}
 	return s
 }
@@ -191,7 +203,7 @@ func (s *slotScheduler) enqueue(w *slotWaiter) {
 	lq.waiting++
 	tq := lq.tenants[w.tenant]
 	if tq == nil {
-		tq = &tenantQueue{}
+		tq = &tenantQueue{since: s.clock.Now()}
 		lq.tenants[w.tenant] = tq
 		lq.ring = append(lq.ring, w.tenant)
 	}
@@ -303,24 +315,39 @@ func (s *slotScheduler) share(l Lane) float64 {
 	return float64(n) / float64(s.nRec)
 }
 
-// pickWaiter takes the next waiter of a lane that has some, by deficit round
-// robin over its tenants.
+// pickWaiter takes the next waiter of a lane that has some: the first
+// waiter of the tenant with the least usage for its weight (local and, when
+// shared, the fleet's), except that a tenant left waiting StarveAfter without
+// a slot goes first. Ties go round the ring in arrival order.
 func (s *slotScheduler) pickWaiter(l Lane) *slotWaiter {
 	lq := &s.lanes[l]
-	tenant := lq.ring[lq.pos]
-	tq := lq.tenants[tenant]
-	if tq.deficit < 1 {
-		tq.deficit += s.weight(tenant)
+	now := s.clock.Now()
+	best, bestUse := -1, 0.0
+	for n := range lq.ring {
+		i := (lq.pos + n) % len(lq.ring)
+		tenant := lq.ring[i]
+		tq := lq.tenants[tenant]
+		if now.Sub(tq.since) >= s.policy.StarveAfter {
+			best = i
+			break
+		}
+		use := lq.usage.at(tenant, now, s.policy.ShareHalfLife) / float64(s.weight(tenant))
+		if best < 0 || use < bestUse {
+			best, bestUse = i, use
+		}
 	}
+	tenant := lq.ring[best]
+	tq := lq.tenants[tenant]
 	w := tq.waiters[0]
 	tq.waiters = tq.waiters[1:]
-	tq.deficit--
+	tq.since = now
 	lq.waiting--
-	switch {
-	case len(tq.waiters) == 0:
+	lq.usage.add(tenant, 1, now, s.policy.ShareHalfLife)
+	lq.pos = best + 1
+	if len(tq.waiters) == 0 {
 		s.dropTenant(lq, tenant)
-	case tq.deficit < 1:
-		lq.pos = (lq.pos + 1) % len(lq.ring)
+	} else if lq.pos >= len(lq.ring) {
+		lq.pos = 0
 	}
 	return w
 }

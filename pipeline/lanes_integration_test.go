@@ -49,6 +49,7 @@ func (st *stack) laneWorker(t *testing.T, name string, maxPending int) {
 	w := st.worker(t, name, func(c *pipeline.Config) {
 		c.Concurrency, c.MaxPending, c.Parking, c.Booker = 2, maxPending, st.store, st.limiter
 		c.LaneSignals = lanesignal.New(st.db)
+		c.FairShare = lanesignal.New(st.db)
 	})
 	st.run(t, w, "g-"+st.suffix)
 	relay := &pipeline.ParkRelay{Source: st.store, Writer: st.producer, Topic: st.topics.Retry, Owner: name, Interval: 50 * time.Millisecond}

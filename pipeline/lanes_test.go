@@ -3,7 +3,9 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -116,8 +118,9 @@ func TestSlotsGoToLanesInOrder(t *testing.T) {
 	equalOrder(t, q.order(6), "e1", "e2", "n1", "n2", "r1", "r2")
 }
 
+// With even usage, tenants take turns in arrival order.
 func TestTenantsShareALaneRoundRobin(t *testing.T) {
-	q := newSlotQueue(t, DefaultLanePolicy, nil)
+	q := newSlotQueue(t, DefaultLanePolicy, clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)))
 	for i := range 5 {
 		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
 	}
@@ -127,6 +130,8 @@ func TestTenantsShareALaneRoundRobin(t *testing.T) {
 	equalOrder(t, q.order(8), "a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4")
 }
 
+// A tenant's usage is divided by its weight: weight 3 gets three slots to
+// another's one.
 func TestTenantWeights(t *testing.T) {
 	p := DefaultLanePolicy
 	p.Weight = func(tenant string) int {
@@ -135,14 +140,146 @@ func TestTenantWeights(t *testing.T) {
 		}
 		return 0 // below 1 counts as 1
 	}
-	q := newSlotQueue(t, p, nil)
+	q := newSlotQueue(t, p, clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)))
 	for i := range 6 {
 		q.add(fmt.Sprintf("big%d", i), LaneRenewal, "big", 0)
 	}
 	for i := range 3 {
 		q.add(fmt.Sprintf("s%d", i), LaneRenewal, "small", 0)
 	}
-	equalOrder(t, q.order(9), "big0", "big1", "big2", "s0", "big3", "big4", "big5", "s1", "s2")
+	equalOrder(t, q.order(9), "big0", "s0", "big1", "big2", "s1", "big3", "big4", "big5", "s2")
+}
+
+// serveFor has q grant n waiters of tenant in lane one at a time, the clock
+// advancing every between grants, as a busy lane is served.
+func serveFor(t *testing.T, s *slotScheduler, fake *clock.Fake, lane Lane, tenant string, n int, every time.Duration) {
+	t.Helper()
+	for range n {
+		release, _, err := s.Acquire(context.Background(), lane, tenant, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fake.Advance(every)
+		release()
+	}
+}
+
+// A tenant arriving behind another's backlog is served ahead of it until
+// their usage is even (about one half-life when the backlog's tenant had
+// every slot), then they share; the backlog's tenant keeps getting slots.
+func TestNewcomerIsServedAheadOfABacklog(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
+	p := DefaultLanePolicy // half-life 10 s
+	s := newSlotScheduler(1, p, fake)
+	// A has had the lane to itself for a minute at 4 slots a second.
+	serveFor(t, s, fake, LaneNew, "a", 240, 250*time.Millisecond)
+	q := &slotQueue{t: t, s: s, got: make(chan grant, 1024)}
+	var err error
+	if q.hold, _, err = s.Acquire(context.Background(), LaneNew, "a", 0); err != nil {
+		t.Fatal(err)
+	}
+	q.queue = 0
+	for i := range 60 {
+		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
+	}
+	for i := range 60 {
+		q.add(fmt.Sprintf("b%d", i), LaneNew, "b", 0)
+	}
+	q.hold()
+	var got []string
+	for range 120 {
+		g := <-q.got
+		got = append(got, g.name)
+		fake.Advance(250 * time.Millisecond)
+		g.release()
+	}
+	firstA := slices.IndexFunc(got, func(n string) bool { return n[0] == 'a' })
+	// A's usage after a minute at 4/s is about 4*10/ln 2 = 58; B catches
+	// up in about one half-life: some 40 slots at 4/s while A's decays.
+	if firstA < 30 || firstA > 50 {
+		t.Errorf("A's first slot after B arrived was slot %d, want B ahead for about one half-life (30-50 slots): %v", firstA, got)
+	}
+	// Then they share: in the next 40 slots each has about half.
+	var bAfter int
+	for _, n := range got[firstA : firstA+40] {
+		if n[0] == 'b' {
+			bAfter++
+		}
+	}
+	if bAfter < 15 || bAfter > 25 {
+		t.Errorf("after catching up B got %d of the next 40 slots, want about half: %v", bAfter, got)
+	}
+}
+
+// A tenant left waiting StarveAfter goes first, however much it had before.
+func TestStarvedTenantGoesFirst(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
+	p := LanePolicy{StarveAfter: 5 * time.Second, ShareHalfLife: time.Hour}
+	s := newSlotScheduler(1, p, fake)
+	serveFor(t, s, fake, LaneNew, "heavy", 1000, time.Millisecond)
+	q := newSlotQueue(t, p, fake)
+	q.s = s
+	var err error
+	if q.hold, _, err = s.Acquire(context.Background(), LaneNew, "light", 0); err != nil {
+		t.Fatal(err)
+	}
+	q.queue = 0
+	q.add("heavy0", LaneNew, "heavy", 0)
+	for i := range 20 {
+		q.add(fmt.Sprintf("light%d", i), LaneNew, "light", 0)
+	}
+	q.hold()
+	var got []string
+	for range 21 {
+		g := <-q.got
+		got = append(got, g.name)
+		fake.Advance(time.Second)
+		g.release()
+	}
+	if i := slices.Index(got, "heavy0"); i < 4 || i > 6 {
+		t.Errorf("heavy waited %d slots of a second each, want it served once it waited StarveAfter (5 s): %v", i, got)
+	}
+}
+
+// The rest of the fleet's usage counts: a tenant the other workers served
+// much is served after one they did not, whatever this worker gave each.
+func TestFleetUsageCounts(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
+	q := newSlotQueue(t, DefaultLanePolicy, fake)
+	q.add("a0", LaneNew, "a", 0)
+	q.add("b0", LaneNew, "b", 0)
+	q.add("b1", LaneNew, "b", 0)
+	q.add("b2", LaneNew, "b", 0)
+	// Elsewhere in the fleet, A had 2 slots a second ago (2*2^-0.1 now).
+	q.s.setRemote([]TenantUsage{{Lane: "new", Tenant: "a", Usage: 2, At: fake.Now().Add(-time.Second)}, {Lane: "renewal", Tenant: "b", Usage: 50, At: fake.Now()}})
+	equalOrder(t, q.order(4), "b0", "b1", "a0", "b2")
+	got := q.s.usageSnapshot()
+	if len(got) != 3 { // the holder "test", a and b: local grants only
+		t.Errorf("usage snapshot = %+v, want this worker's three tenants", got)
+	}
+}
+
+func TestUsageHalvesEveryHalfLife(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	d := decayed{8, t0}
+	for _, tc := range []struct {
+		after time.Duration
+		want  float64
+	}{{0, 8}, {-time.Second, 8}, {10 * time.Second, 4}, {30 * time.Second, 1}, {5 * time.Second, 8 / math.Sqrt2}} {
+		if got := d.value(t0.Add(tc.after), 10*time.Second); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("8 after %v = %v, want %v", tc.after, got, tc.want)
+		}
+	}
+	var m usageMap
+	for i := range 5000 {
+		m.add(fmt.Sprint(i), 1, t0, time.Second)
+	}
+	for i := range 5000 { // a minute later the first 5,000 decayed to nothing
+		m.add(fmt.Sprint("late", i), 1, t0.Add(time.Minute), time.Second)
+	}
+	if len(m.local) != 5000 {
+		t.Errorf("%d usage entries kept, want the 5,000 that have not decayed to nothing", len(m.local))
+	}
 }
 
 func TestPriorityInsideATenant(t *testing.T) {

@@ -64,6 +64,9 @@ type Fetcher interface {
 func (w *Worker) Run(ctx context.Context, r Fetcher, grace time.Duration) error {
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelJobs()
+	shareCtx, stopSharing := context.WithCancel(ctx)
+	defer stopSharing()
+	go w.shareUsage(shareCtx)
 	tracker := newOffsetTracker()
 	com := &committer{r: r, last: map[partitionKey]int64{}}
 	pending := make(chan struct{}, w.cfg.MaxPending)

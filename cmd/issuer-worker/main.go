@@ -252,7 +252,7 @@ func run(ctx context.Context, cfg config, sec secrets, log *slog.Logger) error {
 	store := certstore.New(d)
 	pcfg := pipeline.Config{
 		Owner: cfg.Owner, Topics: cfg.Topics, Claims: store, Orders: store, Renewer: store, Previous: store, Tokens: limiter, Limits: cat,
-		Parking: store, Booker: limiter, Lead: cfg.Lead, LaneSignals: lanesignal.New(d),
+		Parking: store, Booker: limiter, Lead: cfg.Lead, LaneSignals: lanesignal.New(d), FairShare: lanesignal.New(d),
 		Writer: producer, Sealer: keyring, CAs: cas, Groups: cfg.CAGroups, Breaker: breaker, FailoverAfter: cfg.FailoverAfter,
 		Concurrency: cfg.Concurrency, MaxPending: cfg.MaxPending,
 		Lease: cfg.Lease, OrderTimeout: cfg.OrderTimeout, Logger: log, Metrics: metrics,

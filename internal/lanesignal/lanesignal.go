@@ -1,9 +1,16 @@
-// Package lanesignal is the fleet-wide word that requests of a lane are
-// waiting for the fleet budget (table lane_signals, schema 0017): a worker
-// whose emergency or new-issuance requests are denied by the budget marks
-// their lane active for a short hold, and every worker holds its lower-lane
-// requests back until the marks it sees have ended. It owns nothing else:
-// which lanes exist and what to do with a mark are package pipeline's.
+// Package lanesignal is the fleet-wide word workers share about lanes:
+//
+//   - that requests of a lane are waiting for the fleet budget (table
+//     lane_signals, schema 0017): a worker whose emergency or new-issuance
+//     requests are denied by the budget marks their lane active for a short
+//     hold, and every worker holds its lower-lane requests back until the
+//     marks it sees have ended;
+//   - each worker's recent usage of each lane per tenant (table lane_usage,
+//     schema 0019), so the fair share inside a lane counts the fleet's
+//     grants.
+//
+// It owns nothing else: which lanes exist, what to do with a mark and how
+// usage decays are package pipeline's.
 package lanesignal
 
 import (
@@ -11,7 +18,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/certfleet/certfleet/db"
+	"github.com/certfleet/certfleet/pipeline"
 )
 
 // Store reads and writes lane signals in the database. Safe for concurrent
@@ -46,4 +56,69 @@ func (s *Store) Until(ctx context.Context, lanes []string) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	return *until, nil
+}
+
+// usageKept is how long a reported usage row is kept: far beyond the
+// half-life, after which it decayed to nothing anyway.
+const usageKept = time.Hour
+
+// Report replaces owner's reported usage with usage (pipeline.FairShare):
+// its rows are upserted, then owner's rows it did not report and every
+// row older than an hour are deleted, in one round trip.
+func (s *Store) Report(ctx context.Context, owner string, usage []pipeline.TenantUsage) error {
+	now := time.Now()
+	tenants, lanes, values, ats := make([]string, len(usage)), make([]string, len(usage)), make([]float64, len(usage)), make([]time.Time, len(usage))
+	for i, u := range usage {
+		tenants[i], lanes[i], values[i], ats[i] = u.Tenant, u.Lane, u.Usage, u.At
+		if u.At.After(now) {
+			now = u.At
+		}
+	}
+	b := &pgx.Batch{}
+	if len(usage) > 0 {
+		b.Queue(`
+INSERT INTO lane_usage (tenant, lane, worker, usage, at)
+SELECT t, l, $1, u, a FROM unnest($2::TEXT[], $3::TEXT[], $4::FLOAT8[], $5::TIMESTAMPTZ[]) AS x(t, l, u, a)
+ON CONFLICT (tenant, lane, worker) DO UPDATE SET usage = excluded.usage, at = excluded.at`, owner, tenants, lanes, values, ats)
+	}
+	// What owner reported before this report and not in it is gone: its
+	// usage decayed to nothing.
+	var oldest time.Time
+	for i, a := range ats {
+		if i == 0 || a.Before(oldest) {
+			oldest = a
+		}
+	}
+	if len(usage) == 0 {
+		oldest = now.Add(time.Nanosecond)
+	}
+	b.Queue(`DELETE FROM lane_usage WHERE (worker = $1 AND at < $2) OR at < $3`, owner, oldest, now.Add(-usageKept))
+	if err := s.db.Pool().SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("lanesignal: reporting %d tenant usages of worker %q: %w", len(usage), owner, err)
+	}
+	return nil
+}
+
+// Others returns the usage every worker but owner reported for tenants
+// (pipeline.FairShare), rows older than an hour left out.
+func (s *Store) Others(ctx context.Context, owner string, tenants []string) ([]pipeline.TenantUsage, error) {
+	rows, err := s.db.Pool().Query(ctx, `
+SELECT tenant, lane, usage, at FROM lane_usage WHERE tenant = ANY($1) AND worker <> $2 AND at > $3`,
+		tenants, owner, time.Now().Add(-usageKept))
+	if err != nil {
+		return nil, fmt.Errorf("lanesignal: reading the fleet's usage of %d tenants: %w", len(tenants), err)
+	}
+	var out []pipeline.TenantUsage
+	for rows.Next() {
+		var u pipeline.TenantUsage
+		if err := rows.Scan(&u.Tenant, &u.Lane, &u.Usage, &u.At); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("lanesignal: reading the fleet's usage of %d tenants: %w", len(tenants), err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lanesignal: reading the fleet's usage of %d tenants: %w", len(tenants), err)
+	}
+	return out, nil
 }
