@@ -158,33 +158,43 @@ type Issued struct {
 }
 
 // Complete stores the certificate and marks the request succeeded with the
-// outcome event, in one transaction, if owner still owns it; otherwise it
-// returns ErrNotOwner and stores nothing.
+// outcome event, atomically, if owner still owns it; otherwise it returns
+// ErrNotOwner and stores nothing. One statement (the request's update and
+// the certificate's insert in one data-modifying CTE, atomic on PostgreSQL
+// and CockroachDB alike) and so one round trip: no BEGIN and COMMIT around
+// two statements.
 func (s *Store) Complete(ctx context.Context, owner string, c Issued, outcome []byte) error {
-	id := uuid.New()
-	err := s.db.ExecuteTx(ctx, func(tx pgx.Tx) error {
-		if err := finish(ctx, tx, c.RequestID, owner, StateSucceeded, outcome); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `
+	tag, err := s.db.Pool().Exec(ctx, `
+WITH done AS (
+UPDATE issuance_requests SET state = 'succeeded', outcome = $12, owner = '', owner_until = NULL,
+       order_url = NULL, order_key = NULL, order_ca = NULL, booked_ca = NULL, booked_at = NULL, updated_at = now()
+ WHERE request_id = $3 AND owner = $13 AND state = 'ordering'
+RETURNING request_id)
 INSERT INTO issued_certificates (id, identity, request_id, serial, ari_cert_id, not_before, not_after, chain_pem, sealed_key, issuer, tenant)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-			id, c.Identity, c.RequestID, c.Serial, c.ARICertID, c.NotBefore, c.NotAfter, c.ChainPEM, c.SealedKey, c.Issuer, c.Tenant)
-		return err
-	})
+SELECT $1::UUID, $2::TEXT, request_id, $4::TEXT, $5::TEXT, $6::TIMESTAMPTZ, $7::TIMESTAMPTZ, $8::TEXT, $9::BYTEA, $10::TEXT, $11::TEXT FROM done`,
+		uuid.New(), c.Identity, c.RequestID, c.Serial, c.ARICertID, c.NotBefore, c.NotAfter, c.ChainPEM, c.SealedKey, c.Issuer, c.Tenant,
+		outcome, owner)
 	if err != nil {
 		return fmt.Errorf("certstore: completing request %q: %w", c.RequestID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("certstore: completing request %q: %w", c.RequestID, ErrNotOwner)
 	}
 	return nil
 }
 
 // Fail marks the request permanently failed with the outcome event, if owner
-// still owns it.
+// still owns it (one statement, as Complete).
 func (s *Store) Fail(ctx context.Context, requestID, owner string, outcome []byte) error {
-	if err := s.db.ExecuteTx(ctx, func(tx pgx.Tx) error {
-		return finish(ctx, tx, requestID, owner, StateFailed, outcome)
-	}); err != nil {
+	tag, err := s.db.Pool().Exec(ctx, `
+UPDATE issuance_requests SET state = 'failed', outcome = $3, owner = '', owner_until = NULL,
+       order_url = NULL, order_key = NULL, order_ca = NULL, booked_ca = NULL, booked_at = NULL, updated_at = now()
+ WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, outcome)
+	if err != nil {
 		return fmt.Errorf("certstore: failing request %q: %w", requestID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("certstore: failing request %q: %w", requestID, ErrNotOwner)
 	}
 	return nil
 }
@@ -235,20 +245,6 @@ UPDATE issuance_requests SET state = 'released', owner = '', owner_until = NULL,
 	}
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("releasing request %q: %w", requestID, ErrNotOwner)
-	}
-	return nil
-}
-
-func finish(ctx context.Context, tx pgx.Tx, requestID, owner string, state State, outcome []byte) error {
-	tag, err := tx.Exec(ctx, `
-UPDATE issuance_requests SET state = $3, outcome = $4, owner = '', owner_until = NULL,
-       order_url = NULL, order_key = NULL, order_ca = NULL, booked_ca = NULL, booked_at = NULL, updated_at = now()
- WHERE request_id = $1 AND owner = $2 AND state = 'ordering'`, requestID, owner, string(state), outcome)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return ErrNotOwner
 	}
 	return nil
 }
