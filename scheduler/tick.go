@@ -134,8 +134,7 @@ SET request_id = u.request_id, planned_at = u.planned_at, emitted_at = $2, next_
     fence_token = $4, updated_at = now()
 FROM unnest($1::TEXT[], $5::TIMESTAMPTZ[], $6::TEXT[], $7::TIMESTAMPTZ[]) AS u(identity, due, request_id, planned_at)
 WHERE m.identity = u.identity AND m.next_renewal_at = u.due AND m.fence_token <= $4
-  AND ` + fenceCond("$8", "$9", "$4") + `
-RETURNING m.identity`
+  AND ` + fenceCond("$8", "$9", "$4")
 
 // markAdopted plans rows whose SAN set already has a valid certificate.
 var markAdopted = `
@@ -145,8 +144,7 @@ SET next_renewal_at = u.renew_at, planned_at = u.renew_at, renewal_basis = u.bas
 FROM unnest($1::TEXT[], $3::TIMESTAMPTZ[], $4::TIMESTAMPTZ[], $5::TEXT[], $6::TEXT[], $7::TIMESTAMPTZ[], $8::TIMESTAMPTZ[])
     AS u(identity, due, renew_at, basis, ari_id, not_before, not_after)
 WHERE m.identity = u.identity AND m.next_renewal_at = u.due AND m.fence_token <= $2
-  AND ` + fenceCond("$9", "$10", "$2") + `
-RETURNING m.identity`
+  AND ` + fenceCond("$9", "$10", "$2")
 
 // Tick emits the due jobs the budget allows, in batches: first the incident
 // lane (IncidentDue), then the routine rows, each fairly across tenants.
@@ -548,7 +546,7 @@ func (s *Scheduler) markEmitted(ctx context.Context, now time.Time, ls LeaseStat
 	for i, r := range rows {
 		ids[i], dues[i], reqs[i], planned[i] = r.identity, r.due, r.jobID, r.planned
 	}
-	return countReturned(ctx, s, markEmitted, ids, now, now.Add(s.cfg.Watchdog), ls.Token, dues, reqs, planned,
+	return countUpdated(ctx, s, markEmitted, ids, now, now.Add(s.cfg.Watchdog), ls.Token, dues, reqs, planned,
 		LeaseName, s.cfg.Holder)
 }
 
@@ -560,21 +558,15 @@ func (s *Scheduler) markAdopted(ctx context.Context, ls LeaseState, rows []dueRo
 		ids[i], dues[i], renew[i], bases[i] = r.identity, r.due, plans[i].RenewAt, string(plans[i].Basis)
 		aris[i], nb[i], na[i] = r.cert.ariID, r.cert.notBefore, r.cert.notAfter
 	}
-	return countReturned(ctx, s, markAdopted, ids, ls.Token, dues, renew, bases, aris, nb, na, LeaseName, s.cfg.Holder)
+	return countUpdated(ctx, s, markAdopted, ids, ls.Token, dues, renew, bases, aris, nb, na, LeaseName, s.cfg.Holder)
 }
 
-func countReturned(ctx context.Context, s *Scheduler, sql string, args ...any) (int, error) {
-	rows, err := s.cfg.DB.Pool().Query(ctx, sql, args...)
+// countUpdated runs a mark and returns how many rows it changed: the
+// command tag's count, so no row is sent back.
+func countUpdated(ctx context.Context, s *Scheduler, sql string, args ...any) (int, error) {
+	tag, err := s.cfg.DB.Pool().Exec(ctx, sql, args...)
 	if err != nil {
 		return 0, fmt.Errorf("scheduler: mark: %w", err)
 	}
-	defer rows.Close()
-	n := 0
-	for rows.Next() {
-		n++
-	}
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("scheduler: mark: %w", err)
-	}
-	return n, nil
+	return int(tag.RowsAffected()), nil
 }
