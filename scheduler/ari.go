@@ -161,7 +161,7 @@ const dueARI = `
 SELECT identity, ca_directory, cert_ari_id, COALESCE(request_id, ''), cert_not_before, cert_not_after,
        COALESCE(planned_at, next_renewal_at)
 FROM managed_certificates
-WHERE ari_retry_at <= $1 AND cert_ari_id IS NOT NULL AND cert_not_before IS NOT NULL
+WHERE ari_retry_at <= $1 AND ari_retry_at IS NOT NULL AND cert_ari_id IS NOT NULL AND cert_not_before IS NOT NULL
 ORDER BY ari_retry_at LIMIT $2`
 
 // updateARI stores a fresh window; the plan moves only when no job is in flight.
@@ -189,8 +189,8 @@ UPDATE managed_certificates SET ari_retry_at = NULL, updated_at = now()
 WHERE identity = $1 AND cert_ari_id = $2`
 
 // RecheckARI fetches the ARI windows whose Retry-After has passed (at most
-// limit rows, oldest first, through managed_certificates_ari_retry_idx) with
-// bounded concurrency, and re-plans rows with no job in flight. A row whose
+// limit rows, oldest first, through managed_certificates_ari_retry_nn_idx,
+// which holds no NULLs: schema 0018) with bounded concurrency, and re-plans rows with no job in flight. A row whose
 // CA is not configured (ARIClient.Directories) is not asked about and is
 // re-checked no more. A failed fetch keeps the stored plan and is retried
 // after the CA's Retry-After, or at the earliest after Policy.ARIRecheckMin,
