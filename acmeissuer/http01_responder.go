@@ -27,8 +27,9 @@ import (
 //     serves claims and token spends); a request finding every slot taken
 //     waits up to LookupWait for one (the CA's fetch, arriving during a
 //     flood, is served once a read ends), then gets 503;
-//   - a key authorization found is served from memory for CacheTTL, so the
-//     CA's several vantage points cost one read.
+//   - a key authorization found is served from memory for CacheTTL, and
+//     fetches of a token arriving while it is being read wait for that read,
+//     so the CA's several vantage points, which fetch at once, cost one read.
 //
 // Malformed and unknown or expired tokens get 404, other methods 405, a
 // database failure 503. Requests outside HTTP01Path go to Next (404 when
@@ -50,6 +51,7 @@ type HTTP01Responder struct {
 	lookups chan struct{}
 	mu      sync.Mutex
 	cache   map[string]cachedChallenge
+	flights map[string]*flight   // tokens being read, for fetches arriving meanwhile
 	clients map[string]time.Time // client address -> GCRA theoretical arrival time
 }
 
@@ -66,6 +68,14 @@ var _ ChallengeReader = (*ChallengeStore)(nil)
 type cachedChallenge struct {
 	keyAuth, identifier string
 	until               time.Time
+}
+
+// flight is one read of a token that fetches arriving during it share.
+type flight struct {
+	done  chan struct{} // closed once c, found and err are set
+	c     cachedChallenge
+	found bool
+	err   error
 }
 
 // maxTracked bounds the cache and the client table: past it, entries that
@@ -94,6 +104,7 @@ func (h *HTTP01Responder) init() {
 	h.Clock = clock.Or(h.Clock)
 	h.lookups = make(chan struct{}, h.MaxLookups)
 	h.cache = map[string]cachedChallenge{}
+	h.flights = map[string]*flight{}
 	h.clients = map[string]time.Time{}
 }
 
@@ -144,14 +155,48 @@ func (h *HTTP01Responder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // errBusy: every lookup slot is taken.
 var errBusy = errors.New("acmeissuer: HTTP-01 lookups at their limit")
 
+// lookup finds token's challenge: from the cache, else from the read of it
+// already running (whose result it shares), else by reading it.
 func (h *HTTP01Responder) lookup(ctx context.Context, token string) (cachedChallenge, bool, error) {
-	now := h.Clock.Now()
-	h.mu.Lock()
-	c, ok := h.cache[token]
-	h.mu.Unlock()
-	if ok && now.Before(c.until) {
-		return c, true, nil
+	for {
+		now := h.Clock.Now()
+		h.mu.Lock()
+		c, ok := h.cache[token]
+		if ok && now.Before(c.until) {
+			h.mu.Unlock()
+			return c, true, nil
+		}
+		f, reading := h.flights[token]
+		if !reading {
+			f = &flight{done: make(chan struct{})}
+			h.flights[token] = f
+		}
+		h.mu.Unlock()
+		if !reading {
+			f.c, f.found, f.err = h.read(ctx, token, now)
+			h.mu.Lock()
+			delete(h.flights, token)
+			h.mu.Unlock()
+			close(f.done)
+			return f.c, f.found, f.err
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return cachedChallenge{}, false, ctx.Err()
+		}
+		// A read cut short by its own request's end says nothing about
+		// this one's: look again (read it, or share another read).
+		if errors.Is(f.err, context.Canceled) && ctx.Err() == nil {
+			continue
+		}
+		return f.c, f.found, f.err
 	}
+}
+
+// read reads token's challenge from the store within the bound on
+// concurrent reads, and caches what it found.
+func (h *HTTP01Responder) read(ctx context.Context, token string, now time.Time) (cachedChallenge, bool, error) {
 	wait := time.NewTimer(h.LookupWait)
 	defer wait.Stop()
 	select {
@@ -168,7 +213,7 @@ func (h *HTTP01Responder) lookup(ctx context.Context, token string) (cachedChall
 	if err != nil || !found {
 		return cachedChallenge{}, false, err
 	}
-	c = cachedChallenge{keyAuth: keyAuth, identifier: identifier, until: now.Add(h.CacheTTL)}
+	c := cachedChallenge{keyAuth: keyAuth, identifier: identifier, until: now.Add(h.CacheTTL)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.cache) >= maxTracked {
