@@ -597,6 +597,8 @@ func TestOutOfOrderCompletionCommitsThePrefix(t *testing.T) {
 	}
 	r := h.run(h.worker(func(c *Config) { c.Concurrency = 4 }), 5*time.Second, msgs...)
 	r.waitFor("all but the slow record to finish", func() bool { return r.f.isDrained() && r.pending() == 1 })
+	// Commits are sent in the background, shortly after the record finished.
+	r.waitFor("partition 1's commit", func() bool { return len(r.f.committed(1)) > 0 })
 	if got := r.f.committed(0); len(got) != 0 {
 		t.Fatalf("partition 0 committed %v while offset 0 is unfinished", got)
 	}

@@ -1,8 +1,13 @@
 package pipeline
 
 import (
+	"context"
+	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"testing"
+
+	"github.com/segmentio/kafka-go"
 )
 
 func TestOffsetTrackerTable(t *testing.T) {
@@ -69,5 +74,50 @@ func TestOffsetTrackerProperty(t *testing.T) {
 		if tr.inFlight() != 0 {
 			t.Fatalf("in flight %d after all done", tr.inFlight())
 		}
+	}
+}
+
+// blockingFetcher's CommitMessages waits for release, recording each call.
+type blockingFetcher struct {
+	fakeFetcher
+	release chan struct{}
+	calls   chan []kafka.Message
+}
+
+func (f *blockingFetcher) CommitMessages(ctx context.Context, msgs ...kafka.Message) error {
+	f.calls <- msgs
+	<-f.release
+	return f.fakeFetcher.CommitMessages(ctx, msgs...)
+}
+
+// Offsets finished while a commit is in flight go out together in the next
+// one, the highest per partition; nothing is committed twice or backwards,
+// and close sends what is left.
+func TestCommitterCoalesces(t *testing.T) {
+	f := &blockingFetcher{release: make(chan struct{}), calls: make(chan []kafka.Message, 10)}
+	c := newCommitter(f, slog.New(slog.DiscardHandler))
+	c.commit("t", 0, 1)
+	first := <-f.calls // in flight, blocked
+	for off := int64(2); off <= 1000; off++ {
+		c.commit("t", 0, off)
+		c.commit("t", 1, off)
+	}
+	c.commit("t", 0, 500) // lower than pending: ignored
+	close(f.release)
+	second := <-f.calls
+	c.commit("t", 0, 1000) // sent already
+	c.commit("t", 1, 999)  // backwards: ignored
+	c.close()
+	if len(first) != 1 || first[0].Offset != 1 {
+		t.Errorf("first commit %v, want offset 1 of partition 0", first)
+	}
+	slices.SortFunc(second, func(a, b kafka.Message) int { return a.Partition - b.Partition })
+	if len(second) != 2 || second[0].Offset != 1000 || second[1].Offset != 1000 {
+		t.Errorf("second commit %v, want offset 1000 of partitions 0 and 1 in one call", second)
+	}
+	select {
+	case extra := <-f.calls:
+		t.Errorf("a third commit %v: offset 1000 was committed already", extra)
+	default:
 	}
 }

@@ -68,7 +68,8 @@ func (w *Worker) Run(ctx context.Context, r Fetcher, grace time.Duration) error 
 	defer stopSharing()
 	go w.shareUsage(shareCtx)
 	tracker := newOffsetTracker()
-	com := &committer{r: r, last: map[partitionKey]int64{}}
+	com := newCommitter(r, w.cfg.Logger)
+	defer com.close()
 	pending := make(chan struct{}, w.cfg.MaxPending)
 	var wg sync.WaitGroup
 	fetchBackoff := backoff.NewExponentialBackOff(backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
@@ -107,7 +108,7 @@ fetch:
 				return
 			}
 			if off := tracker.done(m.Topic, m.Partition, m.Offset); off >= 0 {
-				com.commit(jobCtx, w.cfg.Logger, m.Topic, m.Partition, off)
+				com.commit(m.Topic, m.Partition, off)
 			}
 		}()
 	}
@@ -123,27 +124,95 @@ fetch:
 	return nil
 }
 
-// committer serialises commits so a partition's committed offset only grows.
+// committer commits finished offsets in the background, one CommitMessages
+// at a time: offsets that finish while a commit is in flight are coalesced
+// into the next, one per partition, so a worker reading past thousands of
+// records it parks makes a commit round trip per batch, not one per record
+// (which held reading past a backlog to one record per round trip). A
+// partition's committed offset only grows; close commits what is left.
 type committer struct {
-	mu   sync.Mutex
 	r    Fetcher
-	last map[partitionKey]int64
+	log  interface{ Warn(string, ...any) }
+	wake chan struct{} // a commit is pending (capacity 1)
+	stop chan struct{} // close: commit what is left and end
+	done chan struct{} // closed when run ends
+
+	mu      sync.Mutex
+	pending map[partitionKey]int64 // highest finished offset not yet sent
+	last    map[partitionKey]int64 // highest offset sent (committed or in flight)
 }
 
-func (c *committer) commit(ctx context.Context, log interface{ Warn(string, ...any) }, topic string, partition int, offset int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func newCommitter(r Fetcher, log interface{ Warn(string, ...any) }) *committer {
+	c := &committer{r: r, log: log, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		pending: map[partitionKey]int64{}, last: map[partitionKey]int64{}}
+	go c.run()
+	return c
+}
+
+// commit asks for offset (the next to read: everything before it finished)
+// to be committed for the partition; it does not wait.
+func (c *committer) commit(topic string, partition int, offset int64) {
 	k := partitionKey{topic, partition}
+	c.mu.Lock()
 	if last, ok := c.last[k]; ok && offset <= last {
+		c.mu.Unlock()
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if p, ok := c.pending[k]; !ok || offset > p {
+		c.pending[k] = offset
+	}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	for {
+		select {
+		case <-c.wake:
+			c.flush()
+		case <-c.stop:
+			c.flush()
+			return
+		}
+	}
+}
+
+// close commits what is pending and returns once it is done.
+func (c *committer) close() {
+	close(c.stop)
+	<-c.done
+}
+
+// flush sends every pending offset in one CommitMessages. On failure the
+// offsets stay pending, for the next commit to send (the records stay
+// uncommitted meanwhile and come back after a rebalance or restart;
+// handling them again is idempotent).
+func (c *committer) flush() {
+	c.mu.Lock()
+	msgs := make([]kafka.Message, 0, len(c.pending))
+	for k, off := range c.pending {
+		msgs = append(msgs, kafka.Message{Topic: k.topic, Partition: k.partition, Offset: off})
+		c.last[k] = off
+	}
+	clear(c.pending)
+	c.mu.Unlock()
+	if len(msgs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.r.CommitMessages(ctx, kafka.Message{Topic: topic, Partition: partition, Offset: offset}); err != nil {
-		// The records stay uncommitted and come back after a rebalance or
-		// restart; handling them again is idempotent.
-		log.Warn("committing offset failed", "topic", topic, "partition", partition, "offset", offset, "err", err)
-		return
+	if err := c.r.CommitMessages(ctx, msgs...); err != nil {
+		c.log.Warn("committing offsets failed; they are sent again with the next commit", "partitions", len(msgs), "err", err)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, m := range msgs {
+			if k := (partitionKey{m.Topic, m.Partition}); c.pending[k] < m.Offset {
+				c.pending[k] = m.Offset
+			}
+		}
 	}
-	c.last[k] = offset
 }
