@@ -7,13 +7,16 @@ package events
 // index; eviction pops the queue's front and forgets the id only when the
 // entry is its latest sighting. Entries left behind by later sightings are
 // dropped when the queue is compacted. Nothing is allocated per id beyond the
-// index's and the queue's amortised growth.
+// index's and the queue's amortised growth. While no entry from head on has
+// been left behind (the usual case: ids seen once), eviction deletes the
+// front's id without looking it up first.
 type window struct {
 	max   int
 	index map[string]uint64 // id -> stamp of its latest sighting
 	queue []sighting        // oldest first, from head on
 	head  int
 	stamp uint64
+	stale int // entries from head on that a later sighting left behind
 }
 
 type sighting struct {
@@ -50,15 +53,24 @@ func (w *window) Add(id string) {
 		s := w.queue[w.head]
 		w.queue[w.head] = sighting{}
 		w.head++
-		if w.index[s.id] == s.stamp {
+		switch {
+		case w.stale == 0:
+			delete(w.index, s.id) // every entry is its id's latest
+		case w.index[s.id] == s.stamp:
 			delete(w.index, s.id)
+		default:
+			w.stale--
 		}
 	}
 }
 
 func (w *window) sight(id string) {
 	w.stamp++
+	n := len(w.index)
 	w.index[id] = w.stamp
+	if len(w.index) == n {
+		w.stale++ // id was there: its previous entry is left behind
+	}
 	w.queue = append(w.queue, sighting{id, w.stamp})
 	w.compact()
 }
@@ -76,5 +88,5 @@ func (w *window) compact() {
 		}
 	}
 	clear(w.queue[len(live):])
-	w.queue, w.head = live, 0
+	w.queue, w.head, w.stale = live, 0, 0
 }

@@ -427,8 +427,9 @@ func TestSubscriberCommitsOnlyHandled(t *testing.T) {
 }
 
 // TestWindowMatchesLRU drives the window and a plain LRU list with the same
-// random sightings: they remember the same ids, and the window's queue stays
-// bounded.
+// random sightings: they remember the same ids, the window's queue stays
+// bounded, and its count of left-behind entries (which lets eviction skip a
+// lookup) is exact.
 func TestWindowMatchesLRU(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, size := range []int{1, 3, 50} {
@@ -457,6 +458,15 @@ func TestWindowMatchesLRU(t *testing.T) {
 			}
 			if len(w.index) != len(lru) || len(w.queue)-w.head > 2*size+1 {
 				t.Fatalf("size %d, op %d: %d ids, queue %d; want %d ids, queue at most %d", size, i, len(w.index), len(w.queue)-w.head, len(lru), 2*size+1)
+			}
+			stale := 0
+			for _, s := range w.queue[w.head:] {
+				if w.index[s.id] != s.stamp {
+					stale++
+				}
+			}
+			if w.stale != stale {
+				t.Fatalf("size %d, op %d: window counts %d stale entries, the queue holds %d", size, i, w.stale, stale)
 			}
 		}
 	}
