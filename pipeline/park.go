@@ -68,8 +68,12 @@ func (w *Worker) park(ctx context.Context, requestID, identity string, msg kafka
 	if err != nil {
 		return fmt.Errorf("encoding the record to park: %w", err)
 	}
+	p := certstore.Parked{RequestID: requestID, Identity: identity, Due: at, Record: rec}
 	_, err = retry(ctx, w, "parking the request", func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, w.cfg.Parking.Park(ctx, certstore.Parked{RequestID: requestID, Identity: identity, Due: at, Record: rec})
+		if w.parks != nil {
+			return struct{}{}, w.parks.park(ctx, p)
+		}
+		return struct{}{}, w.cfg.Parking.Park(ctx, p)
 	})
 	return err
 }

@@ -21,6 +21,7 @@ type Worker struct {
 	laneMarks laneMarks        // lane signals marked and read (lanes.go)
 	progress  progress         // records held, for Stalled (progress.go)
 	lat       *latencies       // order latencies per CA, for the issuance lead (lead.go)
+	parks     *parkBatcher     // parks in batches, when Parking is a ManyParker (parkbatch.go)
 }
 
 // New validates cfg (errors name the field) and returns a Worker.
@@ -32,6 +33,9 @@ func New(cfg Config) (*Worker, error) {
 	w := &Worker{cfg: cfg, routes: map[string]route{}, slots: newSlotScheduler(cfg.Concurrency, cfg.Lanes, cfg.Clock),
 		hold: newFairHold(cfg.MaxPending-cfg.Concurrency, cfg.Concurrency),
 		lat:  newLatencies(cfg.Lead)}
+	if mp, ok := cfg.Parking.(ManyParker); ok {
+		w.parks = &parkBatcher{store: mp}
+	}
 	byName := map[string]CA{}
 	for _, ca := range cfg.CAs {
 		byName[ca.Name] = ca
