@@ -252,6 +252,13 @@ func isBaseline(variant string) bool {
 	return strings.HasPrefix(v, "baseline") || strings.HasPrefix(v, "naive")
 }
 
+// isFloor reports a same-run reference that is neither candidate nor
+// baseline (a "floor_" variant: what the machine costs any round trip),
+// shown with its own figures, uncompared.
+func isFloor(variant string) bool {
+	return strings.HasPrefix(strings.ToLower(variant), "floor")
+}
+
 // rows pairs every candidate with the baseline of its group.
 func rows(results []Result) []Row {
 	base := map[string]Result{}
@@ -263,7 +270,7 @@ func rows(results []Result) []Row {
 	var out []Row
 	for _, r := range results {
 		row := Row{Result: r}
-		if b, ok := base[r.Package+" "+r.Group]; ok && !isBaseline(r.Variant) {
+		if b, ok := base[r.Package+" "+r.Group]; ok && !isBaseline(r.Variant) && !isFloor(r.Variant) {
 			row.Baseline, row.BaselineN = b.Variant, b.N
 			row.Comparisons = compare(r, b)
 			if len(row.Comparisons) > 0 {
@@ -441,6 +448,9 @@ func print(w io.Writer, rep Report) {
 			}
 		default: // no baseline (or a baseline alone): its figures, uncompared
 			what := r.Variant + " (no baseline)"
+			if isFloor(r.Variant) {
+				what = r.Variant + " (same-run floor)"
+			}
 			if isBaseline(r.Variant) {
 				what = r.Variant + " (baseline without candidates)"
 			}

@@ -338,3 +338,29 @@ func TestRunSummaries(t *testing.T) {
 		t.Errorf("table lacks %q:\n%s", line, b.String())
 	}
 }
+
+// A floor_ variant is a same-run reference: never compared with the
+// baseline, printed with its own figures.
+func TestFloorIsNotACandidate(t *testing.T) {
+	in, err := parse(strings.NewReader(`pkg: github.com/certfleet/certfleet/ratelimit
+BenchmarkBatch3/limiter-2   	 1000	 100 ns/op	 5000 decisions/s
+BenchmarkBatch3/naive-2     	 1000	 300 ns/op	 1500 decisions/s
+BenchmarkBatch3/floor_select1-2 	 1000	 10 ns/op	 50000 round-trips/s	 8.5 p99-ms
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows(in.results) {
+		if r.Variant == "floor_select1" && (r.Baseline != "" || len(r.Comparisons) > 0) {
+			t.Errorf("the floor row was compared with %q: %+v", r.Baseline, r.Comparisons)
+		}
+		if r.Variant == "limiter" && r.Baseline != "naive" {
+			t.Errorf("the limiter row's baseline is %q, want naive", r.Baseline)
+		}
+	}
+	var out strings.Builder
+	print(&out, Report{Rows: rows(in.results)})
+	if !strings.Contains(out.String(), "floor_select1 (same-run floor)") {
+		t.Errorf("the table does not show the floor as such:\n%s", out.String())
+	}
+}
