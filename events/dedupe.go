@@ -1,34 +1,53 @@
 package events
 
+import "hash/maphash"
+
 // window remembers the last n event ids, evicting the least recently seen.
 // Not safe for concurrent use; the subscriber's run loop owns it.
 //
-// Each sighting appends (id, stamp) to a queue and records the stamp in the
-// index; eviction pops the queue's front and forgets the id only when the
-// entry is its latest sighting. Entries left behind by later sightings are
-// dropped when the queue is compacted. Nothing is allocated per id beyond the
-// index's and the queue's amortised growth. While no entry from head on has
-// been left behind (the usual case: ids seen once), eviction deletes the
-// front's id without looking it up first.
+// The ids live in a slab of at most n entries, linked in the order they were
+// last seen (by index, oldest at head). An open-addressing table (linear
+// probing, at least 2n slots, so at most half full) finds an id's entry: a
+// slot holds the upper 32 bits of the id's hash, whose low bits are also its
+// home slot, and the entry's index. A probe thus reads one table line and
+// compares the id itself only where those 32 bits match: an id is reported
+// seen only when it equals a remembered one. A full window reuses its oldest
+// entry for a new id, so nothing is allocated once n ids have been seen, and
+// the table holds no pointers for the garbage collector to scan.
 type window struct {
-	max   int
-	index map[string]uint64 // id -> stamp of its latest sighting
-	queue []sighting        // oldest first, from head on
-	head  int
-	stamp uint64
-	stale int // entries from head on that a later sighting left behind
+	max        int
+	seed       maphash.Seed
+	hash       func(maphash.Seed, string) uint64 // maphash.String; tests use a weak one
+	slots      []uint64                          // tag<<32 | index+1; 0 is empty
+	mask       uint64
+	ents       []windowEntry
+	head, tail int32 // least and most recently seen entry; -1 when empty
 }
 
-type sighting struct {
-	id    string
-	stamp uint64
+type windowEntry struct {
+	id         string
+	tag        uint32 // upper 32 bits of the id's hash
+	prev, next int32  // neighbours in recency order; -1 at the ends
 }
+
+// maxWindow bounds the window so an entry's index and home slot fit a slot
+// (a billion ids would take tens of GiB anyway).
+const maxWindow = 1 << 30
 
 func newWindow(n int) *window {
 	if n <= 0 {
 		return &window{max: n}
 	}
-	return &window{max: n, index: make(map[string]uint64, n), queue: make([]sighting, 0, 2*n)}
+	n = min(n, maxWindow)
+	size := 2
+	for size < 2*n {
+		size *= 2
+	}
+	return &window{
+		max: n, seed: maphash.MakeSeed(), hash: maphash.String,
+		slots: make([]uint64, size), mask: uint64(size - 1),
+		ents: make([]windowEntry, 0, n), head: -1, tail: -1,
+	}
 }
 
 // Seen reports whether id is in the window, refreshing it if so.
@@ -36,11 +55,12 @@ func (w *window) Seen(id string) bool {
 	if w.max <= 0 {
 		return false
 	}
-	_, ok := w.index[id]
-	if ok {
-		w.sight(id)
+	_, i := w.find(id, w.tagOf(id))
+	if i < 0 {
+		return false
 	}
-	return ok
+	w.touch(i)
+	return true
 }
 
 // Add records id, evicting the least recently seen id when full.
@@ -48,45 +68,106 @@ func (w *window) Add(id string) {
 	if w.max <= 0 {
 		return
 	}
-	w.sight(id)
-	for len(w.index) > w.max {
-		s := w.queue[w.head]
-		w.queue[w.head] = sighting{}
-		w.head++
-		switch {
-		case w.stale == 0:
-			delete(w.index, s.id) // every entry is its id's latest
-		case w.index[s.id] == s.stamp:
-			delete(w.index, s.id)
-		default:
-			w.stale--
-		}
-	}
-}
-
-func (w *window) sight(id string) {
-	w.stamp++
-	n := len(w.index)
-	w.index[id] = w.stamp
-	if len(w.index) == n {
-		w.stale++ // id was there: its previous entry is left behind
-	}
-	w.queue = append(w.queue, sighting{id, w.stamp})
-	w.compact()
-}
-
-// compact drops the popped front and the superseded sightings once the
-// queue holds twice as many entries as ids, so it stays within 2n+1.
-func (w *window) compact() {
-	if len(w.queue)-w.head <= 2*w.max {
+	tag := w.tagOf(id)
+	slot, i := w.find(id, tag)
+	if i >= 0 {
+		w.touch(i)
 		return
 	}
-	live := w.queue[:0]
-	for _, s := range w.queue[w.head:] {
-		if w.index[s.id] == s.stamp {
-			live = append(live, s)
+	if len(w.ents) < w.max {
+		i = int32(len(w.ents))
+		w.ents = append(w.ents, windowEntry{})
+	} else {
+		// Reuse the oldest entry; its slot goes, which may move others, so
+		// the new id's slot is looked for again.
+		i = w.head
+		w.deleteSlot(w.slotOf(i))
+		w.unlink(i)
+		slot, _ = w.find(id, tag)
+	}
+	w.ents[i] = windowEntry{id: id, tag: tag}
+	w.slots[slot] = uint64(tag)<<32 | uint64(i+1)
+	w.pushTail(i)
+}
+
+func (w *window) tagOf(id string) uint32 { return uint32(w.hash(w.seed, id) >> 32) }
+
+// find returns the slot holding id and its entry's index, or the empty slot
+// where it would go and -1.
+func (w *window) find(id string, tag uint32) (uint64, int32) {
+	for s := uint64(tag) & w.mask; ; s = (s + 1) & w.mask {
+		v := w.slots[s]
+		if v == 0 {
+			return s, -1
+		}
+		if uint32(v>>32) == tag {
+			if i := int32(uint32(v)) - 1; w.ents[i].id == id {
+				return s, i
+			}
 		}
 	}
-	clear(w.queue[len(live):])
-	w.queue, w.head, w.stale = live, 0, 0
+}
+
+// slotOf returns the slot of entry i.
+func (w *window) slotOf(i int32) uint64 {
+	for s := uint64(w.ents[i].tag) & w.mask; ; s = (s + 1) & w.mask {
+		if uint32(w.slots[s]) == uint32(i+1) {
+			return s
+		}
+	}
+}
+
+// deleteSlot empties slot s and moves back the slots after it that could
+// not be found past the hole (linear probing without tombstones).
+func (w *window) deleteSlot(s uint64) {
+	for {
+		w.slots[s] = 0
+		j := s
+		for {
+			j = (j + 1) & w.mask
+			v := w.slots[j]
+			if v == 0 {
+				return
+			}
+			home := (v >> 32) & w.mask
+			// v stays if its home lies cyclically in (s, j].
+			if (j-home)&w.mask >= (j-s)&w.mask {
+				w.slots[s] = v
+				s = j
+				break
+			}
+		}
+	}
+}
+
+func (w *window) touch(i int32) {
+	if i != w.tail {
+		w.unlink(i)
+		w.pushTail(i)
+	}
+}
+
+func (w *window) unlink(i int32) {
+	e := &w.ents[i]
+	if e.prev >= 0 {
+		w.ents[e.prev].next = e.next
+	} else {
+		w.head = e.next
+	}
+	if e.next >= 0 {
+		w.ents[e.next].prev = e.prev
+	} else {
+		w.tail = e.prev
+	}
+}
+
+func (w *window) pushTail(i int32) {
+	e := &w.ents[i]
+	e.prev, e.next = w.tail, -1
+	if w.tail >= 0 {
+		w.ents[w.tail].next = i
+	} else {
+		w.head = i
+	}
+	w.tail = i
 }

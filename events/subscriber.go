@@ -66,7 +66,8 @@ type SubscriberConfig struct {
 	Backoff func() backoff.BackOff
 	// DedupeWindow is how many recent event ids are remembered; an event
 	// whose id is among them is committed without calling the handler.
-	// Default 10,000; negative disables deduplication.
+	// Default 10,000 (at most 2^30 are kept); negative disables
+	// deduplication.
 	DedupeWindow int
 	// CommitInterval is how often the offsets of finished records are sent to
 	// the group coordinator. Records are marked for commit only once

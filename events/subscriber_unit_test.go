@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -427,47 +428,70 @@ func TestSubscriberCommitsOnlyHandled(t *testing.T) {
 }
 
 // TestWindowMatchesLRU drives the window and a plain LRU list with the same
-// random sightings: they remember the same ids, the window's queue stays
-// bounded, and its count of left-behind entries (which lets eviction skip a
-// lookup) is exact.
+// random sightings: they remember the same ids in the same recency order,
+// and every remembered id is where its hash leads. The window's own hash,
+// and one that sends every id to a few slots, so that probes run long and
+// evictions move other slots back.
 func TestWindowMatchesLRU(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, size := range []int{1, 3, 50} {
-		w := newWindow(size)
-		var lru []string // most recent last
-		touch := func(id string) {
-			lru = slices.DeleteFunc(lru, func(s string) bool { return s == id })
-			lru = append(lru, id)
-		}
-		for i := range 20000 {
-			id := fmt.Sprint(rng.IntN(3 * size))
-			want := slices.Contains(lru, id)
-			if i%3 == 0 {
-				if got := w.Seen(id); got != want {
-					t.Fatalf("size %d, op %d: Seen(%s) = %v, want %v", size, i, id, got, want)
-				}
-				if want {
+	weak := func(_ maphash.Seed, s string) uint64 { return uint64(0xfffffffe+uint32(len(s)%3)) << 32 } // homes at the table's end and start
+	for _, hash := range []string{"maphash", "weak"} {
+		rng := rand.New(rand.NewPCG(1, 2))
+		for _, size := range []int{1, 3, 50} {
+			w := newWindow(size)
+			if hash == "weak" {
+				w.hash = weak
+			}
+			var lru []string // most recent last
+			touch := func(id string) {
+				lru = slices.DeleteFunc(lru, func(s string) bool { return s == id })
+				lru = append(lru, id)
+			}
+			for i := range 20000 {
+				id := fmt.Sprint(rng.IntN(3 * size))
+				want := slices.Contains(lru, id)
+				if i%3 == 0 {
+					if got := w.Seen(id); got != want {
+						t.Fatalf("%s, size %d, op %d: Seen(%s) = %v, want %v", hash, size, i, id, got, want)
+					}
+					if want {
+						touch(id)
+					}
+				} else {
+					w.Add(id)
 					touch(id)
+					if len(lru) > size {
+						lru = lru[1:]
+					}
 				}
-				continue
-			}
-			w.Add(id)
-			touch(id)
-			if len(lru) > size {
-				lru = lru[1:]
-			}
-			if len(w.index) != len(lru) || len(w.queue)-w.head > 2*size+1 {
-				t.Fatalf("size %d, op %d: %d ids, queue %d; want %d ids, queue at most %d", size, i, len(w.index), len(w.queue)-w.head, len(lru), 2*size+1)
-			}
-			stale := 0
-			for _, s := range w.queue[w.head:] {
-				if w.index[s.id] != s.stamp {
-					stale++
-				}
-			}
-			if w.stale != stale {
-				t.Fatalf("size %d, op %d: window counts %d stale entries, the queue holds %d", size, i, w.stale, stale)
+				checkWindow(t, w, lru, fmt.Sprintf("%s, size %d, op %d", hash, size, i))
 			}
 		}
+	}
+}
+
+// checkWindow: w holds exactly the ids of lru, in its order, each found
+// from its hash, and no other slot is taken.
+func checkWindow(t *testing.T, w *window, lru []string, at string) {
+	t.Helper()
+	var got []string
+	for i := w.head; i >= 0; i = w.ents[i].next {
+		got = append(got, w.ents[i].id)
+	}
+	if !slices.Equal(got, lru) || len(w.ents) != len(lru) {
+		t.Fatalf("%s: window holds %q (%d entries), want %q", at, got, len(w.ents), lru)
+	}
+	taken := 0
+	for _, v := range w.slots {
+		if v != 0 {
+			taken++
+		}
+	}
+	for _, id := range lru {
+		if _, i := w.find(id, w.tagOf(id)); i < 0 || w.ents[i].id != id {
+			t.Fatalf("%s: %s not found from its hash", at, id)
+		}
+	}
+	if taken != len(lru) || len(w.ents) > w.max || 2*w.max > len(w.slots) {
+		t.Fatalf("%s: %d slots taken of %d for %d ids (max %d)", at, taken, len(w.slots), len(lru), w.max)
 	}
 }
