@@ -1,6 +1,7 @@
 package events
 
 import (
+	"hash/maphash"
 	"maps"
 	"slices"
 	"strings"
@@ -216,8 +217,40 @@ func canonicalFast(p names.Policy, name string) bool {
 		return false
 	}
 	// names refuses an ICANN public suffix, and a wildcard directly over one.
-	suffix, icann := publicsuffix.PublicSuffix(base)
-	return !icann || suffix != base
+	return notICANNSuffix(base)
+}
+
+// suffixSlots is the size of the table of names known not to be ICANN
+// public suffixes: at most this many names of at most 253 bytes are kept.
+const suffixSlots = 2048
+
+var (
+	suffixSeed = maphash.MakeSeed()
+	// suffixOK[h] holds the last name hashing to h that the public suffix
+	// list said is not an ICANN public suffix; a name is taken from it only
+	// when equal to the one asked about. The answer does not depend on the
+	// policy, so the table is shared by all.
+	suffixOK [suffixSlots]atomic.Pointer[string]
+)
+
+// notICANNSuffix reports whether the public suffix list's prevailing rule
+// for name (LDH, at least two labels) does not make name itself an ICANN
+// public suffix. The list lookup (a binary search per label, after an IP
+// address parse that allocates its error) was a fifth of Encode's time for
+// the common two-SAN event; a name asked about again, as every SAN is by
+// New, Encode and every Decode of the events of its certificate, costs a
+// hash and a comparison instead.
+func notICANNSuffix(name string) bool {
+	slot := &suffixOK[maphash.String(suffixSeed, name)&(suffixSlots-1)]
+	if s := slot.Load(); s != nil && *s == name {
+		return true
+	}
+	if suffix, icann := publicsuffix.PublicSuffix(name); icann && suffix == name {
+		return false
+	}
+	c := strings.Clone(name)
+	slot.Store(&c)
+	return true
 }
 
 // tldVerdicts remembers, for one policy, the top-level domains it accepts.
