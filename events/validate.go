@@ -6,10 +6,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/url"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -235,7 +237,41 @@ func (p *CertObtained) checkChain() error {
 	if len(p.ChainPEM) > maxChainLen {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidField, len(p.ChainPEM), maxChainLen)
 	}
-	rest := []byte(p.ChainPEM)
+	leaf, err := parseChain(p.ChainPEM)
+	if err != nil {
+		return err
+	}
+	if leaf.serial != p.Serial {
+		return fmt.Errorf("%w: leaf serial %s, field serial %s", ErrInvalidField, leaf.serial, quote(p.Serial))
+	}
+	if !leaf.notBefore.Equal(p.NotBefore) || !leaf.notAfter.Equal(p.NotAfter) {
+		return fmt.Errorf("%w: leaf validity %s..%s differs from not_before/not_after", ErrInvalidField,
+			leaf.notBefore.UTC().Format(time.RFC3339), leaf.notAfter.UTC().Format(time.RFC3339))
+	}
+	var sans [64]byte
+	identityHex(&sans, p.SANs)
+	if sans != leaf.dnsIdentity || leaf.otherSANs {
+		return fmt.Errorf("%w: leaf SANs differ from the sans field", ErrInvalidField)
+	}
+	return nil
+}
+
+// leafFacts is what checkChain compares of a chain's leaf certificate.
+type leafFacts struct {
+	serial              string // hex, as big.Int.Text(16)
+	notBefore, notAfter time.Time
+	dnsIdentity         [64]byte // identityHex of the dNSName SANs
+	otherSANs           bool     // any IP address, email or URI SAN
+}
+
+// parseChain parses a chain of PEM CERTIFICATE blocks without headers,
+// nothing but white space after the last, every certificate one
+// x509.ParseCertificate accepts, and returns the facts of the first.
+func parseChain(chain string) (leafFacts, error) {
+	if f, ok := chainCache.get(chain); ok {
+		return f, nil
+	}
+	rest := []byte(chain)
 	var certs []*x509.Certificate
 	for {
 		var b *pem.Block
@@ -244,35 +280,72 @@ func (p *CertObtained) checkChain() error {
 			break
 		}
 		if strings.Contains(b.Type, "PRIVATE KEY") {
-			return ErrPrivateKey
+			return leafFacts{}, ErrPrivateKey
 		}
 		if b.Type != "CERTIFICATE" || len(b.Headers) != 0 {
-			return fmt.Errorf("%w: PEM block %s, only CERTIFICATE blocks without headers are allowed", ErrInvalidField, quote(b.Type))
+			return leafFacts{}, fmt.Errorf("%w: PEM block %s, only CERTIFICATE blocks without headers are allowed", ErrInvalidField, quote(b.Type))
 		}
 		cert, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return fmt.Errorf("%w: certificate %d: %v", ErrInvalidField, len(certs), err)
+			return leafFacts{}, fmt.Errorf("%w: certificate %d: %v", ErrInvalidField, len(certs), err)
 		}
 		certs = append(certs, cert)
 	}
 	if len(bytes.TrimSpace(rest)) != 0 {
-		return fmt.Errorf("%w: data after the last PEM block", ErrInvalidField)
+		return leafFacts{}, fmt.Errorf("%w: data after the last PEM block", ErrInvalidField)
 	}
 	if len(certs) == 0 {
-		return fmt.Errorf("%w: no certificate", ErrInvalidField)
+		return leafFacts{}, fmt.Errorf("%w: no certificate", ErrInvalidField)
 	}
 	leaf := certs[0]
-	if got := leaf.SerialNumber.Text(16); got != p.Serial {
-		return fmt.Errorf("%w: leaf serial %s, field serial %s", ErrInvalidField, got, quote(p.Serial))
+	f := leafFacts{
+		serial:    leaf.SerialNumber.Text(16),
+		notBefore: leaf.NotBefore,
+		notAfter:  leaf.NotAfter,
+		otherSANs: len(leaf.IPAddresses)+len(leaf.EmailAddresses)+len(leaf.URIs) != 0,
 	}
-	if !leaf.NotBefore.Equal(p.NotBefore) || !leaf.NotAfter.Equal(p.NotAfter) {
-		return fmt.Errorf("%w: leaf validity %s..%s differs from not_before/not_after", ErrInvalidField,
-			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	identityHex(&f.dnsIdentity, leaf.DNSNames)
+	chainCache.put(chain, f)
+	return f, nil
+}
+
+// chainSlots is the size of chainCache: at most this many chains of at
+// most maxChainLen bytes are kept.
+const chainSlots = 64
+
+// chainCache holds the leaf facts of chains parseChain accepted, each with
+// its chain. Parsing (PEM, then every certificate) is most of the cost of
+// a cert.obtained: New validates the event, Encode validates it again, a
+// consumer that re-publishes decodes and encodes it. A chain is taken from
+// the cache only when equal, byte for byte, to the one asked about: the
+// facts are what parsing those bytes gives, so every check still applies.
+var chainCache = newFactsCache()
+
+type factsEntry struct {
+	chain string
+	facts leafFacts
+}
+
+type factsCache struct {
+	seed  maphash.Seed
+	slots [chainSlots]atomic.Pointer[factsEntry]
+}
+
+func newFactsCache() *factsCache { return &factsCache{seed: maphash.MakeSeed()} }
+
+func (c *factsCache) slot(chain string) *atomic.Pointer[factsEntry] {
+	return &c.slots[maphash.String(c.seed, chain)&(chainSlots-1)]
+}
+
+func (c *factsCache) get(chain string) (leafFacts, bool) {
+	if e := c.slot(chain).Load(); e != nil && e.chain == chain {
+		return e.facts, true
 	}
-	if Identity(leaf.DNSNames) != Identity(p.SANs) || len(leaf.IPAddresses)+len(leaf.EmailAddresses)+len(leaf.URIs) != 0 {
-		return fmt.Errorf("%w: leaf SANs differ from the sans field", ErrInvalidField)
-	}
-	return nil
+	return leafFacts{}, false
+}
+
+func (c *factsCache) put(chain string, f leafFacts) {
+	c.slot(chain).Store(&factsEntry{chain: strings.Clone(chain), facts: f})
 }
 
 // Validate implements Payload.
