@@ -73,12 +73,19 @@ type LanePolicy struct {
 	// ahead of one that had many, until their usage is even. Longer gives
 	// a newcomer behind a backlog more; zero takes DefaultLanePolicy's.
 	ShareHalfLife time.Duration
+	// NewcomerCredit is how many slots of usage are not counted for a
+	// tenant that starts waiting in a lane with no recent usage there
+	// (below one slot), for as long as it keeps waiting: it is served
+	// that many slots ahead of the tenants already using the lane, beyond
+	// catching up with their usage (fairshare.go). Zero takes
+	// DefaultLanePolicy's; negative means none.
+	NewcomerCredit int
 }
 
 // DefaultLanePolicy: new issuance is owed 20% and renewals 10% of the slots
 // once they have waited a minute.
-// A tenant's usage halves every 10 s.
-var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute, ShareHalfLife: 10 * time.Second}
+// A tenant's usage halves every 10 s; a newcomer's first 20 slots go ahead.
+var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute, ShareHalfLife: 10 * time.Second, NewcomerCredit: 20}
 
 func (p LanePolicy) withDefaults() LanePolicy {
 	for i := range p.Reserved {
@@ -91,6 +98,12 @@ func (p LanePolicy) withDefaults() LanePolicy {
 	}
 	if p.ShareHalfLife <= 0 {
 		p.ShareHalfLife = DefaultLanePolicy.ShareHalfLife
+	}
+	switch {
+	case p.NewcomerCredit == 0:
+		p.NewcomerCredit = DefaultLanePolicy.NewcomerCredit
+	case p.NewcomerCredit < 0:
+		p.NewcomerCredit = 0
 	}
 	return p
 }
@@ -126,6 +139,7 @@ type laneQueue struct {
 type tenantQueue struct {
 	waiters []*slotWaiter // by priority (highest first), then arrival
 	since   time.Time     // last grant, or when the tenant started waiting
+	credit  float64       // newcomer credit: slots of usage not counted while it waits (fairshare.go)
 }
 
 type slotWaiter struct {
@@ -204,6 +218,9 @@ func (s *slotScheduler) enqueue(w *slotWaiter) {
 	tq := lq.tenants[w.tenant]
 	if tq == nil {
 		tq = &tenantQueue{since: s.clock.Now()}
+		if lq.usage.at(w.tenant, s.clock.Now(), s.policy.ShareHalfLife) < 1 {
+			tq.credit = float64(s.policy.NewcomerCredit)
+		}
 		lq.tenants[w.tenant] = tq
 		lq.ring = append(lq.ring, w.tenant)
 	}
@@ -331,7 +348,7 @@ func (s *slotScheduler) pickWaiter(l Lane) *slotWaiter {
 			best = i
 			break
 		}
-		use := lq.usage.at(tenant, now, s.policy.ShareHalfLife) / float64(s.weight(tenant))
+		use := lq.usage.at(tenant, now, s.policy.ShareHalfLife)/float64(s.weight(tenant)) - tq.credit
 		if best < 0 || use < bestUse {
 			best, bestUse = i, use
 		}

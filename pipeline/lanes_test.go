@@ -120,7 +120,7 @@ func TestSlotsGoToLanesInOrder(t *testing.T) {
 
 // With even usage, tenants take turns in arrival order.
 func TestTenantsShareALaneRoundRobin(t *testing.T) {
-	q := newSlotQueue(t, DefaultLanePolicy, clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)))
+	q := newSlotQueue(t, noCredit(DefaultLanePolicy), clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)))
 	for i := range 5 {
 		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
 	}
@@ -133,7 +133,7 @@ func TestTenantsShareALaneRoundRobin(t *testing.T) {
 // A tenant's usage is divided by its weight: weight 3 gets three slots to
 // another's one.
 func TestTenantWeights(t *testing.T) {
-	p := DefaultLanePolicy
+	p := noCredit(DefaultLanePolicy)
 	p.Weight = func(tenant string) int {
 		if tenant == "big" {
 			return 3
@@ -148,6 +148,47 @@ func TestTenantWeights(t *testing.T) {
 		q.add(fmt.Sprintf("s%d", i), LaneRenewal, "small", 0)
 	}
 	equalOrder(t, q.order(9), "big0", "s0", "big1", "big2", "s1", "big3", "big4", "big5", "s2")
+}
+
+// noCredit is p without the newcomer credit, to see the usage rule alone.
+func noCredit(p LanePolicy) LanePolicy {
+	p.NewcomerCredit = -1
+	return p
+}
+
+// A tenant that starts waiting with no recent usage has its first
+// NewcomerCredit slots ahead of a tenant that started just before it; one
+// that comes back while its usage is still there has no credit again.
+func TestNewcomerCredit(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
+	p := DefaultLanePolicy
+	p.NewcomerCredit = 5
+	q := newSlotQueue(t, p, fake)
+	for i := range 8 {
+		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
+	}
+	for i := range 8 {
+		q.add(fmt.Sprintf("b%d", i), LaneNew, "b", 0)
+	}
+	// Both arrived new: a's credit goes first (arrival order), then b's,
+	// then they alternate by usage.
+	equalOrder(t, q.order(16), "a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3", "a4", "b4", "a5", "b5", "a6", "b6", "a7", "b7")
+
+	s := newSlotScheduler(1, p, fake)
+	serveFor(t, s, fake, LaneNew, "a", 3, 100*time.Millisecond) // a has been served a little
+	q = &slotQueue{t: t, s: s, got: make(chan grant, 1024)}
+	var err error
+	if q.hold, _, err = s.Acquire(context.Background(), LaneRenewal, "test", 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
+	}
+	for i := range 7 {
+		q.add(fmt.Sprintf("b%d", i), LaneNew, "b", 0)
+	}
+	// b: 5 on credit, then 3 more to even out a's 3; then by usage.
+	equalOrder(t, q.order(11), "b0", "b1", "b2", "b3", "b4", "b5", "b6", "a0", "a1", "a2", "a3")
 }
 
 // serveFor has q grant n waiters of tenant in lane one at a time, the clock
@@ -169,7 +210,7 @@ func serveFor(t *testing.T, s *slotScheduler, fake *clock.Fake, lane Lane, tenan
 // every slot), then they share; the backlog's tenant keeps getting slots.
 func TestNewcomerIsServedAheadOfABacklog(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
-	p := DefaultLanePolicy // half-life 10 s
+	p := noCredit(DefaultLanePolicy) // half-life 10 s; the usage rule alone
 	s := newSlotScheduler(1, p, fake)
 	// A has had the lane to itself for a minute at 4 slots a second.
 	serveFor(t, s, fake, LaneNew, "a", 240, 250*time.Millisecond)
@@ -245,7 +286,7 @@ func TestStarvedTenantGoesFirst(t *testing.T) {
 // much is served after one they did not, whatever this worker gave each.
 func TestFleetUsageCounts(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
-	q := newSlotQueue(t, DefaultLanePolicy, fake)
+	q := newSlotQueue(t, noCredit(DefaultLanePolicy), fake)
 	q.add("a0", LaneNew, "a", 0)
 	q.add("b0", LaneNew, "b", 0)
 	q.add("b1", LaneNew, "b", 0)
