@@ -14,12 +14,14 @@ import (
 // least usage for its weight. Two consequences, both wanted:
 //
 //   - A tenant that arrives behind another's backlog is served ahead of it
-//     until their usage is even (the backlog's tenant has had the fleet to
-//     itself for a while), and then they share. With a 10 s half-life and
-//     a tenant that had every slot, the newcomer has the lane to itself for
-//     about one half-life, then half of it: a burst of 100 behind 10,000
-//     finishes in well under twice its time alone, and the backlog's
-//     tenant still gets its half after the first seconds.
+//     until their usage is even (the backlog's tenant has had the lane to
+//     itself for a while), and then they share. A tenant that starts
+//     waiting with no recent usage also has LanePolicy.NewcomerCredit
+//     slots not counted while it waits, so it goes ahead even of a backlog
+//     that started seconds before it (measured: B's 100 behind A's 10,000,
+//     published back to back, p99 1.53x B alone, where an even split from
+//     the start is 2x plus overheads by construction), and the backlog's
+//     tenant still gets its half after that head start.
 //   - Usage is fleet-wide when the workers share it (Config.FairShare): a
 //     worker whose part of a tenant's requests is done serves others, and
 //     the worker still holding that tenant's requests sees that the tenant
