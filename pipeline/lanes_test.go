@@ -50,7 +50,11 @@ type grant struct {
 }
 
 func newSlotQueue(t *testing.T, p LanePolicy, c clock.Clock) *slotQueue {
-	s := newSlotScheduler(1, p, c)
+	return slotQueueOn(t, newSlotScheduler(1, p, c))
+}
+
+// slotQueueOn is a slotQueue over s, a one-slot scheduler whose slot is free.
+func slotQueueOn(t *testing.T, s *slotScheduler) *slotQueue {
 	hold, _, err := s.Acquire(context.Background(), LaneRenewal, "test", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +86,19 @@ func (q *slotQueue) add(name string, lane Lane, tenant string, priority int) {
 			q.t.Fatalf("waiter %s never queued", name)
 		}
 	}
+}
+
+// orderAdvancing is order with fake advanced by every while each holds the slot.
+func (q *slotQueue) orderAdvancing(n int, fake *clock.Fake, every time.Duration) []string {
+	q.hold()
+	var out []string
+	for range n {
+		g := <-q.got
+		out = append(out, g.name)
+		fake.Advance(every)
+		g.release()
+	}
+	return out
 }
 
 // order releases the held slot and returns the names in the order they got it.
@@ -176,11 +193,7 @@ func TestNewcomerCredit(t *testing.T) {
 
 	s := newSlotScheduler(1, p, fake)
 	serveFor(t, s, fake, LaneNew, "a", 3, 100*time.Millisecond) // a has been served a little
-	q = &slotQueue{t: t, s: s, got: make(chan grant, 1024)}
-	var err error
-	if q.hold, _, err = s.Acquire(context.Background(), LaneRenewal, "test", 0); err != nil {
-		t.Fatal(err)
-	}
+	q = slotQueueOn(t, s)
 	for i := range 4 {
 		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
 	}
@@ -214,26 +227,14 @@ func TestNewcomerIsServedAheadOfABacklog(t *testing.T) {
 	s := newSlotScheduler(1, p, fake)
 	// A has had the lane to itself for a minute at 4 slots a second.
 	serveFor(t, s, fake, LaneNew, "a", 240, 250*time.Millisecond)
-	q := &slotQueue{t: t, s: s, got: make(chan grant, 1024)}
-	var err error
-	if q.hold, _, err = s.Acquire(context.Background(), LaneNew, "a", 0); err != nil {
-		t.Fatal(err)
-	}
-	q.queue = 0
+	q := slotQueueOn(t, s)
 	for i := range 60 {
 		q.add(fmt.Sprintf("a%d", i), LaneNew, "a", 0)
 	}
 	for i := range 60 {
 		q.add(fmt.Sprintf("b%d", i), LaneNew, "b", 0)
 	}
-	q.hold()
-	var got []string
-	for range 120 {
-		g := <-q.got
-		got = append(got, g.name)
-		fake.Advance(250 * time.Millisecond)
-		g.release()
-	}
+	got := q.orderAdvancing(120, fake, 250*time.Millisecond)
 	firstA := slices.IndexFunc(got, func(n string) bool { return n[0] == 'a' })
 	// A's usage after a minute at 4/s is about 4*10/ln 2 = 58; B catches
 	// up in about one half-life: some 40 slots at 4/s while A's decays.
@@ -258,25 +259,12 @@ func TestStarvedTenantGoesFirst(t *testing.T) {
 	p := LanePolicy{StarveAfter: 5 * time.Second, ShareHalfLife: time.Hour}
 	s := newSlotScheduler(1, p, fake)
 	serveFor(t, s, fake, LaneNew, "heavy", 1000, time.Millisecond)
-	q := newSlotQueue(t, p, fake)
-	q.s = s
-	var err error
-	if q.hold, _, err = s.Acquire(context.Background(), LaneNew, "light", 0); err != nil {
-		t.Fatal(err)
-	}
-	q.queue = 0
+	q := slotQueueOn(t, s)
 	q.add("heavy0", LaneNew, "heavy", 0)
 	for i := range 20 {
 		q.add(fmt.Sprintf("light%d", i), LaneNew, "light", 0)
 	}
-	q.hold()
-	var got []string
-	for range 21 {
-		g := <-q.got
-		got = append(got, g.name)
-		fake.Advance(time.Second)
-		g.release()
-	}
+	got := q.orderAdvancing(21, fake, time.Second)
 	if i := slices.Index(got, "heavy0"); i < 4 || i > 6 {
 		t.Errorf("heavy waited %d slots of a second each, want it served once it waited StarveAfter (5 s): %v", i, got)
 	}
