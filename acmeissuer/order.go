@@ -128,12 +128,14 @@ func (r *orderRun) complete(ctx context.Context, order acme.Order) (*Result, err
 		if err := r.solve(ctx, order.Authorizations); err != nil {
 			return nil, err
 		}
+		if order, err = r.i.client.GetOrder(ctx, r.acct, order); err != nil {
+			return nil, r.fail(ctx, "reading the order after its authorizations", err)
+		}
+		order.Location = loc
 	}
 	// A pending order whose authorizations were all just solved is
-	// finalised without reading it again (as acmez's ObtainCertificate
-	// does; a read would cost a signed request per order): a CA may not
-	// have moved it to ready yet, and acmez's FinalizeOrder polls an order
-	// the CA answers orderNotReady for.
+	// finalised too: a CA may not have moved it to ready yet, and acmez's
+	// FinalizeOrder polls an order the CA answers orderNotReady for.
 	if order.Status == acme.StatusReady || (solved && order.Status == acme.StatusPending) {
 		csr, err := acmez.NewCSR(r.key, r.req.SANs)
 		if err != nil {
