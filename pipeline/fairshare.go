@@ -19,9 +19,11 @@ import (
 //     waiting with no recent usage also has LanePolicy.NewcomerCredit
 //     slots not counted while it waits, so it goes ahead even of a backlog
 //     that started seconds before it (measured: B's 100 behind A's 10,000,
-//     published back to back, p99 1.53x B alone, where an even split from
-//     the start is 2x plus overheads by construction), and the backlog's
-//     tenant still gets its half after that head start.
+//     published back to back, p99 1.72x B alone with a credit of 10 and
+//     1.45-1.53x with 20, where an even split from the start is 2x plus
+//     overheads by construction); the backlog's tenant still gets about a
+//     third of the slots while the newcomer catches up (a quarter with 20,
+//     which is why the default is 10), and half after.
 //   - Usage is fleet-wide when the workers share it (Config.FairShare): a
 //     worker whose part of a tenant's requests is done serves others, and
 //     the worker still holding that tenant's requests sees that the tenant

@@ -84,8 +84,8 @@ type LanePolicy struct {
 
 // DefaultLanePolicy: new issuance is owed 20% and renewals 10% of the slots
 // once they have waited a minute.
-// A tenant's usage halves every 10 s; a newcomer's first 20 slots go ahead.
-var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute, ShareHalfLife: 10 * time.Second, NewcomerCredit: 20}
+// A tenant's usage halves every 10 s; a newcomer's first 10 slots go ahead.
+var DefaultLanePolicy = LanePolicy{Reserved: [numLanes]float64{0, 0.2, 0.1}, StarveAfter: time.Minute, ShareHalfLife: 10 * time.Second, NewcomerCredit: 10}
 
 func (p LanePolicy) withDefaults() LanePolicy {
 	for i := range p.Reserved {

@@ -227,7 +227,7 @@ func tenantBRun(t *testing.T, nA, nB int, perSecond int64) time.Duration {
 	t.Logf("B behind A's %d: %d certificates of B, first %v, p50 %v, p99 %v; A got %d after B was published and before B's first, %d while B was being served (B's share %.0f%%)",
 		nA, nB, lat[0], lat[len(lat)/2], p99, aBefore, aDuring, share*100)
 	// B's newcomer credit puts its first requests ahead, then usage,
-	// counted fleet-wide, shares evenly (53-70% for B seen; with deficit
+	// counted fleet-wide, shares evenly (53-76% for B seen; with deficit
 	// round robin per worker it was 41-47%, as a worker done with its part
 	// of B served only A); partition order gives B none until A's backlog
 	// is through.
