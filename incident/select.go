@@ -112,7 +112,8 @@ SELECT c.id::TEXT, c.identity, c.request_id, c.serial, c.ari_cert_id, c.not_befo
    AND ($6 = '' OR c.tenant = $6 OR (c.tenant = '' AND m.tenant = $6))
    AND ($7::TIMESTAMPTZ IS NULL OR c.not_before < $7::TIMESTAMPTZ)
    AND ($8::TIMESTAMPTZ IS NULL OR c.not_before >= $8::TIMESTAMPTZ)
-   AND (NOT $9 OR NOT EXISTS (SELECT 1 FROM issued_certificates n WHERE n.identity = c.identity AND n.not_after > c.not_after))
+   AND (NOT $9 OR NOT EXISTS (SELECT 1 FROM issued_certificates n WHERE n.identity = c.identity
+                              AND (n.not_after > c.not_after OR n.not_after = c.not_after AND (n.created_at, n.id) > (c.created_at, c.id))))
  ORDER BY c.identity, c.id::TEXT
  LIMIT $10`
 

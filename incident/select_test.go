@@ -33,6 +33,10 @@ func TestSelect(t *testing.T) {
 		{"a.example.com", "t1", "le", "a1", 10, 90}, {"a.example.com", "t1", "le", "a2", 2, 90},
 		{"b.example.com", "t1", "zs", "b1", 5, 90}, {"c.example.com", "t2", "le", "c1", 20, 90},
 		{"d.example.com", "t2", "le", "d1", 100, 90}, // expired
+		// Issued in the same second: the same validity, to the second
+		// (Pebble's replacements within a second of the original). The
+		// one stored last is the current one.
+		{"e.example.com", "t4", "xx", "e1", 1, 90}, {"e.example.com", "t4", "xx", "e2", 1, 90},
 	} {
 		sans := []string{c.name}
 		identity := events.Identity(sans)
@@ -55,6 +59,7 @@ func TestSelect(t *testing.T) {
 		{"by serial", Selector{Serials: []string{"a1", "c1", "d1"}}, "a1 c1"},
 		{"by SAN set, any case", Selector{SANs: []string{"A.Example.COM"}}, "a1 a2"},
 		{"the current one of the SAN set", Selector{SANs: []string{"a.example.com"}, CurrentOnly: true}, "a2"},
+		{"the current one of two with the same validity", Selector{Tenant: "t4", CurrentOnly: true}, "e2"},
 		{"by tenant", Selector{Tenant: "t1"}, "a1 a2 b1"},
 		{"by CA", Selector{CA: "le"}, "a1 a2 c1"},
 		{"issued before", Selector{IssuedBefore: now.Add(-4 * 24 * time.Hour)}, "a1 b1 c1"},
