@@ -286,7 +286,8 @@ func (s *Store) ByARICertID(ctx context.Context, ariCertID string) (Certificate,
 
 // Current returns up to limit current certificates, by identity after
 // after ("" for the first page): for each identity the newest stored
-// certificate (by NotAfter) that has not expired. Tenant is the row's, or
+// certificate (by NotAfter, then the later stored) that has not expired,
+// one per identity. Tenant is the row's, or
 // for a row stored before tenants were recorded, the tenant the SAN set is
 // managed under ("" when it is not managed).
 func (s *Store) Current(ctx context.Context, after string, limit int) ([]Certificate, error) {
@@ -296,7 +297,8 @@ SELECT c.id, c.identity, c.request_id, c.serial, c.ari_cert_id, c.not_before, c.
   FROM issued_certificates c
   LEFT JOIN managed_certificates m ON m.identity = c.identity
  WHERE c.identity > $1 AND c.not_after > now()
-   AND NOT EXISTS (SELECT 1 FROM issued_certificates n WHERE n.identity = c.identity AND n.not_after > c.not_after)
+   AND NOT EXISTS (SELECT 1 FROM issued_certificates n WHERE n.identity = c.identity
+                   AND (n.not_after > c.not_after OR n.not_after = c.not_after AND (n.created_at, n.id) > (c.created_at, c.id)))
  ORDER BY c.identity, c.id
  LIMIT $2`, after, limit)
 	if err != nil {

@@ -234,3 +234,32 @@ func TestRenewKeepsTheClaim(t *testing.T) {
 		t.Fatalf("renewal after release: %v; want ErrNotOwner", err)
 	}
 }
+
+// Two certificates of a SAN set with the same validity to the second (a
+// replacement issued within a second of the original): Current lists one,
+// the later stored.
+func TestCurrentIsOnePerSANSet(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	nb := time.Now().UTC().Truncate(time.Second)
+	for _, serial := range []string{"old", "new"} {
+		if _, err := s.Claim(ctx, "r-"+serial, "same-identity", "o", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Complete(ctx, "o", certstore.Issued{Identity: "same-identity", RequestID: "r-" + serial, Serial: serial, ARICertID: "x." + serial,
+			NotBefore: nb, NotAfter: nb.Add(90 * 24 * time.Hour), ChainPEM: "-", SealedKey: []byte{1}}, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Current(ctx, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Serial != "new" {
+		var serials []string
+		for _, c := range got {
+			serials = append(serials, c.Serial)
+		}
+		t.Fatalf("Current = %v, want only the later stored [new]", serials)
+	}
+}
