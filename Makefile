@@ -52,7 +52,7 @@ testenv-status: ## show each testenv service
 
 migrate: testenv-up ## apply database migrations to the testenv database
 	@echo "==> applying database migrations: go run ./cmd/certfleet migrate"
-	set -a; . ./.testenv/env; set +a; $(GO) run ./cmd/certfleet migrate
+	set -a; . $${CERTFLEET_TESTENV_DIR:-./.testenv}/env; set +a; $(GO) run ./cmd/certfleet migrate
 
 lint: $(STATICCHECK) ## go vet and staticcheck
 	$(GO) vet ./...
