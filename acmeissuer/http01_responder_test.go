@@ -157,58 +157,41 @@ func TestHTTP01ResponderCachesFoundChallenges(t *testing.T) {
 }
 
 // The CA's vantage points fetch a token at once, before any read of it
-// ended: they share one read, and each gets the key authorization.
+// ended: they share one read, and each gets the key authorization; an
+// unknown token's concurrent fetches share one read too, each a miss.
 func TestHTTP01ResponderConcurrentFetchesShareOneRead(t *testing.T) {
-	reader := &countingReader{token: token43, keyAuth: "ka", identifier: "a.certfleet.test", release: make(chan struct{})}
-	h := &HTTP01Responder{Store: reader}
-	var wg sync.WaitGroup
-	codes := make([]int, 5)
-	for i := range codes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			codes[i] = get(h, fmt.Sprintf("192.0.2.%d", i), "a.certfleet.test", token43)
-		}()
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for reader.running.Load() < 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond) // the other fetches arrive while the read is held
-	close(reader.release)
-	wg.Wait()
-	for i, c := range codes {
-		if c != http.StatusOK {
-			t.Errorf("fetch %d: %d, want 200", i, c)
-		}
-	}
-	if n := reader.calls.Load(); n != 1 {
-		t.Errorf("%d reads for 5 concurrent fetches, want 1", n)
-	}
-	// An unknown token's concurrent fetches share one read too, and each
-	// is a miss (404).
-	reader2 := &countingReader{token: token43, release: make(chan struct{})}
-	h2 := &HTTP01Responder{Store: reader2}
-	for i := range codes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			codes[i] = get(h2, fmt.Sprintf("192.0.2.%d", i), "a.certfleet.test", "unknown")
-		}()
-	}
-	for reader2.running.Load() < 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
-	close(reader2.release)
-	wg.Wait()
-	for i, c := range codes {
-		if c != http.StatusNotFound {
-			t.Errorf("unknown token, fetch %d: %d, want 404", i, c)
-		}
-	}
-	if n := reader2.calls.Load(); n != 1 {
-		t.Errorf("%d reads for 5 concurrent fetches of an unknown token, want 1", n)
+	for _, tc := range []struct {
+		name, token string
+		want        int
+	}{{"known token", token43, http.StatusOK}, {"unknown token", "unknown", http.StatusNotFound}} {
+		t.Run(tc.name, func(t *testing.T) {
+			reader := &countingReader{token: token43, keyAuth: "ka", identifier: "a.certfleet.test", release: make(chan struct{})}
+			h := &HTTP01Responder{Store: reader}
+			var wg sync.WaitGroup
+			codes := make([]int, 5)
+			for i := range codes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					codes[i] = get(h, fmt.Sprintf("192.0.2.%d", i), "a.certfleet.test", tc.token)
+				}()
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for reader.running.Load() < 1 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond) // the other fetches arrive while the read is held
+			close(reader.release)
+			wg.Wait()
+			for i, c := range codes {
+				if c != tc.want {
+					t.Errorf("fetch %d: %d, want %d", i, c, tc.want)
+				}
+			}
+			if n := reader.calls.Load(); n != 1 {
+				t.Errorf("%d reads for 5 concurrent fetches, want 1", n)
+			}
+		})
 	}
 }
 
