@@ -28,13 +28,7 @@ type Parked struct {
 // Park keeps p until p.Due, replacing what was parked for the request
 // before (the latest decision about a request wins). It sets p.Version.
 func (s *Store) Park(ctx context.Context, p Parked) error {
-	_, err := s.db.Pool().Exec(ctx, `
-INSERT INTO parked_requests (request_id, version, identity, due_at, record)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (request_id) DO UPDATE
-   SET version = excluded.version, identity = excluded.identity, due_at = excluded.due_at, record = excluded.record,
-       relay_owner = '', relay_until = NULL`, p.RequestID, uuid.New(), p.Identity, p.Due, p.Record)
-	if err != nil {
+	if err := s.park(ctx, []Parked{p}); err != nil {
 		return fmt.Errorf("certstore: parking request %q until %s: %w", p.RequestID, p.Due.UTC().Format(time.RFC3339), err)
 	}
 	return nil

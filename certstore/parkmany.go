@@ -15,6 +15,14 @@ func (s *Store) ParkMany(ctx context.Context, ps []Parked) error {
 	if len(ps) == 0 {
 		return nil
 	}
+	if err := s.park(ctx, ps); err != nil {
+		return fmt.Errorf("certstore: parking %d requests: %w", len(ps), err)
+	}
+	return nil
+}
+
+// park is Park and ParkMany's one statement.
+func (s *Store) park(ctx context.Context, ps []Parked) error {
 	last := make(map[string]int, len(ps))
 	for i, p := range ps {
 		last[p.RequestID] = i
@@ -33,8 +41,5 @@ SELECT * FROM unnest($1::TEXT[], $2::UUID[], $3::TEXT[], $4::TIMESTAMPTZ[], $5::
 ON CONFLICT (request_id) DO UPDATE
    SET version = excluded.version, identity = excluded.identity, due_at = excluded.due_at, record = excluded.record,
        relay_owner = '', relay_until = NULL`, ids, versions, identities, dues, records)
-	if err != nil {
-		return fmt.Errorf("certstore: parking %d requests: %w", n, err)
-	}
-	return nil
+	return err
 }
