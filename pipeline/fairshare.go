@@ -178,10 +178,15 @@ func (w *Worker) shareUsage(ctx context.Context) {
 	if fs == nil {
 		return
 	}
+	reported := true // not known: the first report clears what a previous run left
 	for {
-		mine := w.slots.usageSnapshot()
-		if err := fs.Report(ctx, w.cfg.Owner, mine); err != nil && ctx.Err() == nil {
-			w.cfg.Logger.Warn("sharing this worker's tenant usage failed", "err", err)
+		// An idle worker writes nothing once its empty report is in.
+		if mine := w.slots.usageSnapshot(); len(mine) > 0 || reported {
+			err := fs.Report(ctx, w.cfg.Owner, mine)
+			if err != nil && ctx.Err() == nil {
+				w.cfg.Logger.Warn("sharing this worker's tenant usage failed", "err", err)
+			}
+			reported = len(mine) > 0 || err != nil
 		}
 		if tenants := w.slots.waitingTenants(); len(tenants) > 0 {
 			others, err := fs.Others(ctx, w.cfg.Owner, tenants)
